@@ -1,0 +1,1 @@
+"""Batch jobs: click-log generation, item2vec training, tuning, loading into Redis, evaluation."""

@@ -1,0 +1,13 @@
+"""realtime-recall: the shared core used by the online worker (stream/) and batch jobs (offline/).
+
+- ``recall.config``     settings from environment variables
+- ``recall.lsh``        seeded LSH hasher and incremental in-memory index with multi-probe
+- ``recall.tuner``      picks LSH parameters for a target recall@k
+- ``recall.users``      rolling (optionally time-decayed) user vectors
+- ``recall.store``      the Redis layout: durable, shared state
+- ``recall.messages``   parsing and validation of the contract's messages
+- ``recall.localstack`` local Tansu broker + redis-server for demo and tests
+- ``recall.cli``        the ``recall`` command
+"""
+
+__version__ = "0.1.0"

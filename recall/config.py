@@ -1,0 +1,149 @@
+"""All settings, read from environment variables in one place.
+
+Every other module takes a :class:`Settings` (or reads ``Settings.from_env()``);
+nothing else reads ``os.environ``. Names and defaults follow ../shared/CONTRACT.md;
+the README lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- contract settings -------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    dim: int = 64
+    metrics_port: int = 9108
+    topic_clicks: str = "clicks"
+    topic_items: str = "items"
+    topic_requests: str = "recall-requests"
+    topic_responses: str = "recall-responses"
+    topic_dlq: str = "recall-dlq"
+    user_window: int = 50
+    # --- extra settings ----------------------------------------------------
+    #: prefix of every Redis key this project writes
+    redis_prefix: str = "recall"
+    #: half-life of the time-decayed user mean, seconds; 0 = plain window mean
+    user_decay_half_life: float = 0.0
+    #: LSH parameters; 0 / "" = use the tuned ones stored with the index, else defaults
+    lsh_family: str = "pstable"
+    lsh_tables: int = 0
+    lsh_hashes: int = 0
+    lsh_width: float = 0.0
+    lsh_probes: int = 0
+    lsh_seed: int = 42
+    #: partitions used when the worker creates its topics
+    topic_partitions: int = 4
+    #: largest message accepted, bytes (bigger ones go to the DLQ)
+    max_message_bytes: int = 1_000_000
+    #: faust application id = Kafka consumer group of the workers
+    app_id: str = "recall-worker"
+    #: host:port of faust's own web server (it binds 0.0.0.0:6066 unless told)
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: consumer fetch wait, ms (faust hardcodes 1500; we lower it for latency)
+    fetch_max_wait_ms: int = 5
+    #: how long an applied click's event_id is remembered, seconds
+    event_id_ttl_seconds: int = 7 * 24 * 3600
+    #: Kafka security (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) and SASL credentials
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    #: consumer-group session timeout, seconds (short in tests for fast readiness)
+    kafka_session_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); unknown values raise."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = ENV_NAMES[f.name]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            default = getattr(cls, f.name)
+            try:
+                values[f.name] = type(default)(raw)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"{var}={raw!r}: expected {type(default).__name__}"
+                ) from exc
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (self.dim >= 1, "dim", "must be >= 1"),
+            (self.user_window >= 1, "user_window", "must be >= 1"),
+            (0 < self.metrics_port < 65536, "metrics_port", "must be a TCP port"),
+            (self.user_decay_half_life >= 0, "user_decay_half_life", "must be >= 0"),
+            (self.lsh_family in ("pstable", "simhash"), "lsh_family", "pstable or simhash"),
+            (self.topic_partitions >= 1, "topic_partitions", "must be >= 1"),
+            (self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: {why}")
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "clicks": self.topic_clicks,
+            "items": self.topic_items,
+            "requests": self.topic_requests,
+            "responses": self.topic_responses,
+            "dlq": self.topic_dlq,
+        }
+
+    def environ(self) -> dict[str, str]:
+        """These settings as environment variables (for starting a worker process)."""
+        return {ENV_NAMES[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+#: field name -> environment variable
+ENV_NAMES: dict[str, str] = {
+    "kafka_bootstrap": "KAFKA_BOOTSTRAP",
+    "redis_url": "REDIS_URL",
+    "dim": "RECALL_DIM",
+    "metrics_port": "RECALL_METRICS_PORT",
+    "topic_clicks": "RECALL_TOPIC_CLICKS",
+    "topic_items": "RECALL_TOPIC_ITEMS",
+    "topic_requests": "RECALL_TOPIC_REQUESTS",
+    "topic_responses": "RECALL_TOPIC_RESPONSES",
+    "topic_dlq": "RECALL_TOPIC_DLQ",
+    "user_window": "RECALL_USER_WINDOW",
+    "redis_prefix": "RECALL_REDIS_PREFIX",
+    "user_decay_half_life": "RECALL_USER_DECAY_HALF_LIFE",
+    "lsh_family": "RECALL_LSH_FAMILY",
+    "lsh_tables": "RECALL_LSH_TABLES",
+    "lsh_hashes": "RECALL_LSH_HASHES",
+    "lsh_width": "RECALL_LSH_WIDTH",
+    "lsh_probes": "RECALL_LSH_PROBES",
+    "lsh_seed": "RECALL_LSH_SEED",
+    "topic_partitions": "RECALL_TOPIC_PARTITIONS",
+    "max_message_bytes": "RECALL_MAX_MESSAGE_BYTES",
+    "app_id": "RECALL_APP_ID",
+    "web_host": "RECALL_WEB_HOST",
+    "web_port": "RECALL_WEB_PORT",
+    "fetch_max_wait_ms": "RECALL_FETCH_MAX_WAIT_MS",
+    "event_id_ttl_seconds": "RECALL_EVENT_ID_TTL_SECONDS",
+    "kafka_security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "kafka_sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "kafka_sasl_username": "KAFKA_SASL_USERNAME",
+    "kafka_sasl_password": "KAFKA_SASL_PASSWORD",
+    "kafka_session_timeout": "RECALL_KAFKA_SESSION_TIMEOUT",
+    "log_level": "RECALL_LOG_LEVEL",
+}

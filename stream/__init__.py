@@ -1,0 +1,1 @@
+"""The online worker: faust agents for clicks, items and recall requests (``recall worker``)."""
