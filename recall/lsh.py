@@ -1,47 +1,668 @@
 """Seeded LSH hasher and incremental in-memory index with multi-probe and exact re-rank.
 
-INTERFACE SPEC (filled in by the implementation; consumers in stream/ and offline/ code
-against exactly these names):
+Role: the hot index of the online worker and the shared hashing of the offline loader.
 
-    @dataclass(frozen=True)
-    class LSHParams:
-        family: str = "pstable"      # "pstable": h(v)=floor((x·v+b)/w); "simhash": sign(x·v)
-        dim: int = 64
-        k: int                       # hash functions per table (AND)
-        L: int                       # tables (OR)
-        w: float                     # bucket width (pstable only)
-        T: int                       # probes per table (multi-probe; 1 = home bucket only)
-        seed: int = 42
-        def to_dict(self) -> dict; @classmethod from_dict(d) -> LSHParams   # JSON-able
-
-    class Hasher:                    # deterministic from LSHParams (same seed, same buckets
-        def __init__(self, params)   #  in every process)
-        def keys(self, vectors: np.ndarray (n,D) float32) -> np.ndarray (n, L) int64
-            # one bucket key per table (the k-tuple folded to an int64)
-        def probe_keys(self, q: np.ndarray (D,)) -> np.ndarray (L, T) int64
-            # home bucket first, then the T-1 most likely neighbouring buckets
-
-    def normalize(vectors) -> np.ndarray   # L2-normalise rows (float32); raises
-                                           # ValueError for zero / non-finite rows
-
-    @dataclass
-    class QueryResult:
-        ids: list[str]               # best first
-        scores: np.ndarray           # float32 cosine, best first
-        candidates: int              # distinct candidates re-ranked
-
-    class LSHIndex:
-        def __init__(self, params: LSHParams)
-        params, hasher, dim
-        def __len__(self) -> int; def __contains__(self, item_id: str) -> bool
-        def add(self, ids: Sequence[str], vectors: np.ndarray) -> None
-            # upsert one or many (existing ids are moved to their new buckets);
-            # vectors are normalised here; no rebuild
-        def remove(self, ids: Sequence[str]) -> int          # how many were present
-        def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray (n,D), np.ndarray bool (n,)]
-            # normalised vectors (zeros where missing) and a "present" mask
-        def query(self, q: np.ndarray (D,), k: int, exclude: Collection[str] = ()) -> QueryResult
-            # LSH candidates -> exact cosine re-rank -> top-k, excluded ids left out
-        def exact(self, q, k, exclude=()) -> QueryResult   # brute force over all items
-        def ids(self) -> list[str]
+- :class:`LSHParams` says everything about the hash functions; :class:`Hasher` is built
+  from it alone (numpy ``Generator(PCG64(seed))``), so the same parameters give the same
+  bucket keys in every process. Projections are computed in float64, so keys do not
+  depend on how many vectors are hashed at once.
+- Families: ``pstable`` (Datar et al.): ``h(v) = floor((x·v + b) / w)``, ``x ~ N(0, I)``,
+  ``b ~ U[0, w)``; ``simhash``: ``h(v) = [x·v > 0]``. ``k`` functions per table are
+  joined with AND (the k-tuple folded into one int64 with random odd multipliers and a
+  per-table salt), ``L`` tables with OR.
+- Multi-probe (Lv et al. 2007, query-directed): per table the home bucket and the
+  ``T - 1`` neighbouring buckets whose perturbation sets have the smallest sum of squared
+  distances to the boundaries (p-stable) or of squared margins ``|x·q|`` (SimHash).
+  Perturbation sets come from a template over sorted positions, scored per query and
+  chosen for all tables at once in numpy.
+- :class:`LSHIndex` keeps normalised float32 vectors in slots of a growable matrix, an
+  id -> slot dict, a free-list, and one sorted (key, slot) array over all tables (keys
+  are salted per table, so one ``searchsorted`` serves every probe). Small upserts go to a
+  pending dict (key -> slots) merged into the sorted arrays in amortised batches; updated
+  or removed slots are masked out of the sorted arrays until the next merge. A query
+  gathers the probed buckets (at most ``cap`` items each), dedupes, re-ranks the
+  candidates by exact cosine (one matrix-vector product) and returns the top k.
 """
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+FAMILIES = ("pstable", "simhash")
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
+#: rows hashed per block (bounds the float64 projection buffer)
+_HASH_BLOCK = 32768
+#: rows whose norm is this close to 1 are taken as already normalised (keeps normalize
+#: idempotent, so hashing a re-normalised vector gives the same keys)
+_UNIT_TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class LSHParams:
+    """Parameters of the hash functions and of the probing; JSON-able via to_dict()."""
+
+    family: str = "pstable"  # "pstable": floor((x·v+b)/w); "simhash": sign(x·v)
+    dim: int = 64
+    k: int = 8  # hash functions per table (AND)
+    L: int = 16  # tables (OR)
+    w: float = 1.0  # bucket width (pstable only)
+    T: int = 16  # probes per table (1 = home bucket only)
+    seed: int = 42
+    cap: int = 0  # items read per probed bucket (0 = all)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"family must be one of {FAMILIES}, got {self.family!r}")
+        for name, low in (("dim", 1), ("k", 1), ("L", 1), ("T", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                problems.append(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.k > 64:
+            problems.append(f"k must be <= 64, got {self.k}")
+        if not isinstance(self.w, (int, float)) or not (math.isfinite(self.w) and self.w > 0):
+            problems.append(f"w must be a finite number > 0, got {self.w!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            problems.append(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.cap, (int, np.integer)) or self.cap < 0:
+            problems.append(f"cap must be an integer >= 0, got {self.cap!r}")
+        if problems:
+            raise ValueError("invalid LSH parameters: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LSHParams:
+        """Inverse of to_dict(); unknown keys raise ValueError, missing ones take defaults."""
+        if not isinstance(d, dict):
+            raise ValueError(f"LSH parameters must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown LSH parameter(s): {', '.join(unknown)}")
+        casts = {"family": str, "dim": int, "k": int, "L": int, "w": float, "T": int,
+                 "seed": int, "cap": int}
+        values = {}
+        for key, value in d.items():
+            if casts[key] is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"LSH parameter {key} must be an integer, got {value!r}")
+            try:
+                values[key] = casts[key](value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"LSH parameter {key}: cannot use {value!r}") from exc
+        return cls(**values)
+
+    def describe(self) -> str:
+        text = f"{self.family} k={self.k} L={self.L}"
+        if self.family == "pstable":
+            text += f" w={self.w:g}"
+        text += f" T={self.T}"
+        if self.cap:
+            text += f" cap={self.cap}"
+        return text
+
+
+def normalize(vectors: Any) -> np.ndarray:
+    """L2-normalise rows (1-D input = one row) to float32.
+
+    Raises ValueError naming the first bad row for non-finite values or a zero norm.
+    Rows already of unit norm (within 1e-5) are returned unchanged, so normalising twice
+    gives the same bits as normalising once.
+    """
+    arr = np.asarray(vectors)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"vectors must be numeric, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"vectors must be 1-D or 2-D, got shape {arr.shape}")
+    x = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(x).all(axis=-1)
+    if not np.all(finite):
+        bad = int(np.flatnonzero(np.atleast_1d(~finite))[0])
+        raise ValueError(f"vector {bad} has NaN or infinite values")
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))
+    if np.any(norms == 0):
+        bad = int(np.flatnonzero(np.atleast_1d(norms == 0))[0])
+        raise ValueError(f"vector {bad} is a zero vector (cannot be normalised)")
+    scale = np.where(np.abs(norms - 1.0) <= _UNIT_TOL, 1.0, 1.0 / norms)
+    out = arr.astype(np.float32, copy=True) if np.all(scale == 1.0) else None
+    if out is None:
+        out = (x * scale[..., None]).astype(np.float32)
+        keep = scale == 1.0
+        if np.any(keep):
+            out[keep] = arr[keep]
+    return out
+
+
+def _perturbation_template(family: str, k: int, size: int) -> np.ndarray:
+    """The ``size`` most likely perturbation sets over sorted positions, best first.
+
+    p-stable: positions 0..2k-1 index the 2k boundary distances of a query sorted
+    ascending; position j and 2k-1-j belong to the same hash function (their distances
+    sum to w), so a valid set never holds both. Sets are ordered by the expected score
+    of Lv et al. (E[z_j^2]) with the shift/expand heap. SimHash: positions 0..k-1 are
+    the k margins sorted ascending, ordered by expected squared half-normal order
+    statistics. Returns an int array (size', maxlen) padded with the position count.
+    """
+    if family == "pstable":
+        npos = 2 * k
+        expected = []
+        for i in range(1, npos + 1):
+            if i <= k:
+                expected.append(i * (i + 1) / ((k + 1) * (k + 2)))
+            else:
+                j = 2 * k + 1 - i
+                expected.append(1 - 2 * j / (k + 1) + j * (j + 1) / ((k + 1) * (k + 2)))
+    else:
+        npos = k
+        nd = NormalDist()
+        expected = [nd.inv_cdf(0.5 + 0.5 * (i / (k + 1))) ** 2 for i in range(1, k + 1)]
+
+    def valid(s: tuple[int, ...]) -> bool:
+        if family != "pstable":
+            return True
+        members = set(s)
+        return all((npos - 1 - j) not in members for j in s)
+
+    out: list[tuple[int, ...]] = []
+    heap: list[tuple[float, tuple[int, ...]]] = [(expected[0], (0,))]
+    seen: set[tuple[int, ...]] = set()
+    while heap and len(out) < size:
+        score, s = heapq.heappop(heap)
+        if s in seen:
+            continue
+        seen.add(s)
+        if valid(s):
+            out.append(s)
+        last = s[-1]
+        if last + 1 < npos:
+            shifted = (*s[:-1], last + 1)
+            expanded = (*s, last + 1)
+            heapq.heappush(heap, (score - expected[last] + expected[last + 1], shifted))
+            heapq.heappush(heap, (score + expected[last + 1], expanded))
+    maxlen = max((len(s) for s in out), default=1)
+    table = np.full((max(len(out), 1), maxlen), npos, dtype=np.intp)
+    for row, s in enumerate(out):
+        table[row, : len(s)] = s
+    return table[: len(out)]
+
+
+class Hasher:
+    """The L x k hash functions of an LSHParams, deterministic from the params alone."""
+
+    def __init__(self, params: LSHParams) -> None:
+        self.params = params
+        p = params
+        rng = np.random.Generator(np.random.PCG64(p.seed))
+        self.proj = rng.standard_normal((p.dim, p.L * p.k))  # float64
+        self.offset = rng.uniform(0.0, 1.0, p.L * p.k) * p.w
+        self.mult = rng.integers(_INT64_MIN, _INT64_MAX, size=(p.L, p.k), dtype=np.int64) | 1
+        self.salt = rng.integers(_INT64_MIN, _INT64_MAX, size=p.L, dtype=np.int64)
+        # perturbation-set pool: twice the probes needed, so query scores can reorder it
+        n_sets = p.T - 1
+        self.template = (
+            _perturbation_template(p.family, p.k, max(2 * n_sets, n_sets + 8))
+            if n_sets > 0 else np.zeros((0, 1), dtype=np.intp)
+        )
+        self.probes_per_table = 1 + min(n_sets, len(self.template))
+
+    def _codes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer codes (n, L*k) and the float64 value behind them, for unit rows x."""
+        p = self.params
+        t = x.astype(np.float64, copy=False) @ self.proj
+        if p.family == "pstable":
+            t += self.offset
+            t /= p.w
+            codes = np.floor(t)
+        else:
+            codes = (t > 0).astype(np.float64)
+        return codes.astype(np.int64), t
+
+    def _fold(self, codes: np.ndarray) -> np.ndarray:
+        p = self.params
+        c = codes.reshape(-1, p.L, p.k)
+        with np.errstate(over="ignore"):
+            return np.einsum("nlk,lk->nl", c, self.mult) + self.salt
+
+    def keys(self, vectors: np.ndarray) -> np.ndarray:
+        """One bucket key per table: (n, L) int64 for (n, D) normalised vectors."""
+        x = np.asarray(vectors)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.params.dim:
+            raise ValueError(
+                f"expected vectors of shape (n, {self.params.dim}), got {np.shape(vectors)}"
+            )
+        out = np.empty((x.shape[0], self.params.L), dtype=np.int64)
+        for start in range(0, x.shape[0], _HASH_BLOCK):
+            block = x[start : start + _HASH_BLOCK]
+            out[start : start + len(block)] = self._fold(self._codes(block)[0])
+        return out
+
+    def probe_keys(self, q: np.ndarray) -> np.ndarray:
+        """(L, T') int64 probe keys for one normalised query, home bucket first.
+
+        T' = min(T, 1 + number of valid perturbation sets).
+        """
+        p = self.params
+        x = np.asarray(q).reshape(1, -1)
+        if x.shape[1] != p.dim:
+            raise ValueError(f"expected a query of dimension {p.dim}, got {np.shape(q)}")
+        codes, t = self._codes(x)
+        home = self._fold(codes)[0]  # (L,)
+        if self.probes_per_table == 1:
+            return home[:, None]
+        codes = codes.reshape(p.L, p.k)
+        t = t.reshape(p.L, p.k)
+        mult = self.mult
+        if p.family == "pstable":
+            frac = t - codes  # distance to the lower boundary, in units of w
+            dist = np.concatenate([frac, 1.0 - frac], axis=1)  # (L, 2k): -1 moves, +1 moves
+            step = np.concatenate([-mult, mult], axis=1)
+        else:
+            dist = np.abs(t)
+            step = np.where(codes == 1, -mult, mult)
+        order = np.argsort(dist, axis=1)
+        rows = np.arange(p.L)[:, None]
+        d2 = np.zeros((p.L, dist.shape[1] + 1))
+        d2[:, :-1] = dist[rows, order] ** 2
+        contrib = np.zeros((p.L, dist.shape[1] + 1), dtype=np.int64)
+        contrib[:, :-1] = step[rows, order]
+        tmpl = self.template
+        n_sets = self.probes_per_table - 1
+        if len(tmpl) > n_sets:
+            scores = d2[:, tmpl].sum(axis=2)  # (L, S)
+            best = np.argpartition(scores, n_sets - 1, axis=1)[:, :n_sets]
+            sb = np.take_along_axis(scores, best, axis=1)
+            best = np.take_along_axis(best, np.argsort(sb, axis=1), axis=1)
+            sets = tmpl[best]  # (L, n_sets, maxlen)
+        else:
+            sets = np.broadcast_to(tmpl, (p.L, *tmpl.shape))
+        with np.errstate(over="ignore"):
+            delta = contrib[rows[:, :, None], sets].sum(axis=2)  # (L, n_sets)
+            out = np.empty((p.L, 1 + n_sets), dtype=np.int64)
+            out[:, 0] = home
+            out[:, 1:] = home[:, None] + delta
+        return out
+
+
+class _SortedBuckets:
+    """Immutable bucket table: sorted unique keys, CSR offsets into a slot array, and a
+    radix directory on the keys' top bits (keys are uniform hashes), so looking up many
+    probes costs a few vectorised gathers instead of cache-missing binary searches."""
+
+    def __init__(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """keys: sorted int64 entry keys; slots: int32 slot of each entry."""
+        self.slots = slots
+        self.size = len(slots)
+        if self.size:
+            first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            self.ukeys = keys[first]
+            self.starts = np.r_[first, self.size].astype(np.int64)
+        else:
+            self.ukeys = np.zeros(0, dtype=np.int64)
+            self.starts = np.zeros(1, dtype=np.int64)
+        n_keys = len(self.ukeys)
+        self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 2))
+        self.shift = np.uint64(64 - self.bits)
+        # directory[d] = first key whose top bits (in signed order) are >= d
+        bounds = (np.arange(2**self.bits, dtype=np.uint64) << self.shift) ^ np.uint64(1 << 63)
+        self.directory = np.empty(2**self.bits + 1, dtype=np.int64)
+        self.directory[:-1] = np.searchsorted(self.ukeys, bounds.view(np.int64))
+        self.directory[-1] = n_keys
+
+    def nbytes(self) -> int:
+        return int(self.slots.nbytes + self.ukeys.nbytes + self.starts.nbytes
+                   + self.directory.nbytes)
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, slots) of every entry, keys sorted (a temporary expansion for merges)."""
+        return np.repeat(self.ukeys, np.diff(self.starts)), self.slots
+
+    def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) entry ranges of each probe key (empty where the key is absent)."""
+        d = (probes.view(np.uint64) ^ np.uint64(1 << 63)) >> self.shift
+        lo = self.directory[d]
+        hi = self.directory[d + 1]
+        ukeys = self.ukeys
+        last = len(ukeys) - 1
+        # vectorised binary search inside each (short) directory range
+        while True:
+            open_ = lo < hi
+            if not open_.any():
+                break
+            mid = (lo + hi) >> 1
+            less = ukeys[np.minimum(mid, last)] < probes
+            lo = np.where(open_ & less, mid + 1, lo)
+            hi = np.where(open_ & ~less, mid, hi)
+        found = ukeys[np.minimum(lo, last)] == probes if last >= 0 else np.zeros(len(lo), bool)
+        found &= lo <= last
+        start = np.where(found, self.starts[np.minimum(lo, last + 1)], 0)
+        end = np.where(found, self.starts[np.minimum(lo + 1, last + 1)], 0)
+        return start, end
+
+
+@dataclass
+class QueryResult:
+    ids: list[str]  # best first
+    scores: np.ndarray  # float32 cosine, best first
+    candidates: int  # distinct candidates re-ranked
+
+
+class LSHIndex:
+    """Incremental LSH index over normalised float32 vectors, keyed by string ids."""
+
+    #: merge pending items into the sorted arrays when pending + stale slots exceed
+    #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
+    MERGE_MIN = 4096
+    MERGE_RATIO = 16
+
+    def __init__(self, params: LSHParams) -> None:
+        self.params = params
+        self.hasher = Hasher(params)
+        self.dim = params.dim
+        self._capacity = 0
+        self._vecs = np.zeros((0, self.dim), dtype=np.float32)
+        self._alive = np.zeros(0, dtype=bool)
+        self._in_main = np.zeros(0, dtype=bool)
+        self._stamp = np.zeros(0, dtype=np.int32)
+        self._slot_ids: list[str | None] = []
+        self._id2slot: dict[str, int] = {}
+        self._free: list[int] = []
+        self._high = 0  # slots ever handed out (high-water mark)
+        self._buckets = _SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        self._pending: dict[int, list[int]] = {}
+        self._pending_slots: set[int] = set()
+        self._stale = 0  # slots whose entries in the sorted arrays are out of date
+        self.merges = 0
+
+    # ------------------------------------------------------------------ basics
+    def set_probing(self, T: int, cap: int | None = None) -> None:
+        """Change the probes per table (and bucket cap) in place; buckets do not change."""
+        params = replace(self.params, T=T, cap=self.params.cap if cap is None else cap)
+        hasher = Hasher(params)
+        self.params, self.hasher = params, hasher
+
+    def __len__(self) -> int:
+        return len(self._id2slot)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._id2slot
+
+    def ids(self) -> list[str]:
+        return list(self._id2slot)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "items": len(self),
+            "capacity": self._capacity,
+            "sorted_entries": self._buckets.size,
+            "buckets": len(self._buckets.ukeys),
+            "pending_items": len(self._pending_slots),
+            "stale_items": self._stale,
+            "merges": self.merges,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes held in numpy arrays (vectors, sorted bucket arrays, masks)."""
+        arrays = (self._vecs, self._alive, self._in_main, self._stamp)
+        return int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
+
+    def _check_ids(self, ids: Sequence[str]) -> list[str]:
+        if isinstance(ids, (str, bytes)):
+            raise ValueError("ids must be a sequence of strings, not a single string")
+        ids = list(ids)
+        for item_id in ids:
+            if not isinstance(item_id, str):
+                raise ValueError(f"item ids must be strings, got {type(item_id).__name__}")
+        return ids
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self._capacity:
+            return
+        new = max(needed, int(self._capacity * 1.5), 1024)
+        vecs = np.zeros((new, self.dim), dtype=np.float32)
+        vecs[: self._capacity] = self._vecs
+        self._vecs = vecs
+        for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32)):
+            arr = np.zeros(new, dtype=dtype)
+            arr[: self._capacity] = getattr(self, name)
+            setattr(self, name, arr)
+        self._slot_ids.extend([None] * (new - self._capacity))
+        self._capacity = new
+
+    # ------------------------------------------------------------------ writes
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Upsert one or many items; existing ids move to their new buckets. No rebuild."""
+        ids = self._check_ids(ids)
+        vecs = np.asarray(vectors)
+        if vecs.ndim == 1 and len(ids) == 1:
+            vecs = vecs[None, :]
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vecs.shape}")
+        if vecs.shape[0] != len(ids):
+            raise ValueError(f"{len(ids)} ids but {vecs.shape[0]} vectors")
+        if not ids:
+            return
+        vn = normalize(vecs)
+        if len(set(ids)) != len(ids):  # the last occurrence of an id wins
+            last = {item_id: i for i, item_id in enumerate(ids)}
+            rows = np.fromiter(last.values(), dtype=np.intp, count=len(last))
+            ids, vn = list(last), vn[rows]
+        n = len(ids)
+        free_needed = max(0, n - len(self._free))
+        self._grow(self._high + free_needed)
+        slots = np.empty(n, dtype=np.int64)
+        moved: list[int] = []
+        id2slot = self._id2slot
+        for i, item_id in enumerate(ids):
+            slot = id2slot.get(item_id)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._next_new_slot()
+                id2slot[item_id] = slot
+                self._slot_ids[slot] = item_id
+            else:
+                moved.append(slot)
+            slots[i] = slot
+        if moved:
+            self._unindex(np.asarray(moved, dtype=np.int64))
+        self._vecs[slots] = vn
+        self._alive[slots] = True
+        keys = self.hasher.keys(vn)
+        if n >= self._merge_threshold():
+            self._merge(slots, keys)
+            return
+        pending = self._pending
+        for slot, row in zip(slots.tolist(), keys.tolist(), strict=True):
+            for key in row:
+                bucket = pending.get(key)
+                if bucket is None:
+                    pending[key] = [slot]
+                else:
+                    bucket.append(slot)
+            self._pending_slots.add(slot)
+        if len(self._pending_slots) + self._stale >= self._merge_threshold():
+            self._merge()
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove items by id; returns how many were present. Unknown ids are ignored."""
+        ids = self._check_ids(list(ids) if not isinstance(ids, (str, bytes)) else ids)
+        slots = []
+        for item_id in dict.fromkeys(ids):
+            slot = self._id2slot.pop(item_id, None)
+            if slot is not None:
+                slots.append(slot)
+                self._slot_ids[slot] = None
+        if not slots:
+            return 0
+        arr = np.asarray(slots, dtype=np.int64)
+        self._unindex(arr)
+        self._alive[arr] = False
+        self._vecs[arr] = 0.0
+        self._free.extend(slots)
+        if self._stale >= self._merge_threshold():
+            self._merge()
+        return len(slots)
+
+    def _next_new_slot(self) -> int:
+        slot = self._high
+        self._high += 1
+        return slot
+
+    def _merge_threshold(self) -> int:
+        return max(self.MERGE_MIN, len(self._id2slot) // self.MERGE_RATIO)
+
+    def _unindex(self, slots: np.ndarray) -> None:
+        """Take slots out of the bucket structures (before an update or a removal)."""
+        in_main = self._in_main[slots]
+        if np.any(in_main):
+            self._in_main[slots[in_main]] = False
+            self._stale += int(in_main.sum())
+        pend = [s for s in slots.tolist() if s in self._pending_slots]
+        if pend:
+            old = self.hasher.keys(self._vecs[pend])
+            for slot, row in zip(pend, old.tolist(), strict=True):
+                for key in row:
+                    bucket = self._pending[key]
+                    bucket.remove(slot)
+                    if not bucket:
+                        del self._pending[key]
+                self._pending_slots.discard(slot)
+
+    def _merge(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+        """Fold pending items (and a batch) into the sorted arrays; drop stale entries."""
+        parts_s, parts_k = [], []
+        if self._pending_slots:
+            pend = np.fromiter(self._pending_slots, dtype=np.int64, count=len(self._pending_slots))
+            parts_s.append(pend)
+            parts_k.append(self.hasher.keys(self._vecs[pend]))
+        if slots is not None and keys is not None:
+            parts_s.append(slots)
+            parts_k.append(keys)
+        L = self.params.L
+        if parts_s:
+            new_slots = np.repeat(np.concatenate(parts_s).astype(np.int32), L)
+            new_keys = np.concatenate(parts_k).reshape(-1)
+            order = np.argsort(new_keys, kind="stable")
+            new_keys, new_slots = new_keys[order], new_slots[order]
+        else:
+            new_keys = np.zeros(0, dtype=np.int64)
+            new_slots = np.zeros(0, dtype=np.int32)
+        mk, ms = self._buckets.entries()
+        if self._stale:
+            keep = self._in_main[ms]
+            mk, ms = mk[keep], ms[keep]
+        if len(new_keys):
+            where = np.searchsorted(mk, new_keys, side="right")
+            mk = np.insert(mk, where, new_keys)
+            ms = np.insert(ms, where, new_slots)
+        self._buckets = _SortedBuckets(mk, ms)
+        del mk
+        if parts_s:
+            self._in_main[np.concatenate(parts_s)] = True
+        self._pending.clear()
+        self._pending_slots.clear()
+        self._stale = 0
+        self.merges += 1
+
+    # ------------------------------------------------------------------ reads
+    def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised vectors (zeros where missing) and a "present" mask."""
+        ids = self._check_ids(ids)
+        slots = np.fromiter((self._id2slot.get(i, -1) for i in ids), dtype=np.int64,
+                            count=len(ids))
+        present = slots >= 0
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        out[present] = self._vecs[slots[present]]
+        return out, present
+
+    def _prepare(self, q: np.ndarray, k: int) -> np.ndarray:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        arr = np.asarray(q)
+        if arr.ndim != 1 or arr.shape[0] != self.dim:
+            raise ValueError(f"expected a query vector of dimension {self.dim}, got {arr.shape}")
+        try:
+            return normalize(arr)
+        except ValueError as exc:
+            raise ValueError(f"unusable query: {str(exc).replace('vector 0', 'query')}") from None
+
+    def _excluded_slots(self, exclude: Collection[str]) -> np.ndarray:
+        if not exclude:
+            return np.zeros(0, dtype=np.int64)
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        get = self._id2slot.get
+        slots = [s for s in map(get, exclude) if s is not None]
+        return np.asarray(slots, dtype=np.int64)
+
+    def candidates(self, qn: np.ndarray) -> np.ndarray:
+        """Distinct candidate slots (int32) for a normalised query."""
+        probes = self.hasher.probe_keys(qn).reshape(-1)
+        parts = []
+        buckets = self._buckets
+        if buckets.size:
+            lo, hi = buckets.lookup(probes)
+            if self.params.cap:
+                np.minimum(hi, lo + self.params.cap, out=hi)
+            counts = hi - lo
+            total = int(counts.sum())
+            if total:
+                ends = np.cumsum(counts)
+                idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
+                slots = buckets.slots[idx]
+                if self._stale:
+                    slots = slots[self._in_main[slots]]
+                parts.append(slots)
+        if self._pending:
+            get = self._pending.get
+            extra = [s for key in probes.tolist() if (b := get(key)) for s in b]
+            if extra:
+                parts.append(np.asarray(extra, dtype=np.int32))
+        if not parts:
+            return np.zeros(0, dtype=np.int32)
+        cand = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        order = np.arange(len(cand), dtype=np.int32)
+        stamp = self._stamp
+        stamp[cand] = order
+        return cand[stamp[cand] == order]
+
+    def _top(self, slots: np.ndarray, scores: np.ndarray, k: int, n_cand: int) -> QueryResult:
+        top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        ids = [self._slot_ids[s] for s in slots[top].tolist()]
+        return QueryResult(ids=ids, scores=scores[top].astype(np.float32), candidates=n_cand)
+
+    def query(self, q: np.ndarray, k: int, exclude: Collection[str] = ()) -> QueryResult:
+        """LSH candidates -> exact cosine re-rank -> top-k, excluded ids left out."""
+        qn = self._prepare(q, k)
+        cand = self.candidates(qn)
+        ex = self._excluded_slots(exclude)
+        if len(ex) and len(cand):
+            cand = cand[~np.isin(cand, ex)]
+        scores = self._vecs[cand] @ qn
+        return self._top(cand, scores, k, len(cand))
+
+    def exact(self, q: np.ndarray, k: int, exclude: Collection[str] = ()) -> QueryResult:
+        """Brute force over all items (same scores as query(); for checks and fallbacks)."""
+        qn = self._prepare(q, k)
+        high = self._high
+        scores = self._vecs[:high] @ qn
+        dead = ~self._alive[:high]
+        ex = self._excluded_slots(exclude)
+        if len(ex):
+            dead[ex] = True
+        live = np.flatnonzero(~dead)
+        if len(live) < high:
+            return self._top(live, scores[live], k, len(live))
+        return self._top(live, scores, k, len(live))

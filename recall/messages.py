@@ -1,0 +1,264 @@
+"""Parsing and validation of the contract's messages, and the records the worker writes.
+
+Pure functions over raw Kafka values (bytes, decoded with orjson); no I/O. Every
+problem raises :class:`Invalid` with a short snake_case ``reason`` -- the ``reason``
+label of ``recall_invalid_messages_total`` -- and a human-readable message:
+
+    not_json      not UTF-8 JSON (or an empty value)
+    not_object    JSON, but not an object
+    missing_field a required field is absent (or null)
+    wrong_type    a field has the wrong type (bool is not a number; ids are strings)
+    bad_dimension an item vector's length is not RECALL_DIM
+    not_finite    NaN or an infinite number
+    zero_vector   an item vector of norm 0 (cosine is undefined)
+    oversized     more than ``max_bytes`` bytes (rejected before parsing)
+    out_of_range  a number outside its range (k, weight, ts), an over-long id
+
+Unknown extra fields are ignored (forward compatibility).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+#: longest user / item / request / event id accepted, characters
+MAX_ID_LENGTH = 256
+#: default limit on a raw message (Settings.max_message_bytes)
+DEFAULT_MAX_BYTES = 1_000_000
+#: a ts above this is taken for milliseconds, not seconds (year 5138)
+MAX_TS_SECONDS = 1e11
+MAX_K = 1000
+DEFAULT_K = 10
+
+REASONS = (
+    "not_json", "not_object", "missing_field", "wrong_type", "bad_dimension",
+    "not_finite", "zero_vector", "oversized", "out_of_range",
+)
+
+Raw = bytes | bytearray | memoryview | str | None
+
+
+class Invalid(ValueError):
+    """A message that cannot be used. ``reason`` is one of :data:`REASONS`.
+
+    For a request, ``request_id`` (and ``user_id``) are set when they could be read,
+    so the worker can still answer with ``status: invalid``.
+    """
+
+    def __init__(self, reason: str, message: str, request_id: str | None = None,
+                 user_id: str | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.request_id = request_id
+        self.user_id = user_id
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    user_id: str
+    item_id: str
+    ts: float  # seconds since the epoch
+    weight: float = 1.0
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpsert:
+    item_id: str
+    vector: np.ndarray  # (D,) float32, L2-normalised
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDelete:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    user_id: str
+    k: int = DEFAULT_K
+    exclude_seen: bool = True
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def _load(raw: Raw, max_bytes: int) -> dict[str, Any]:
+    if raw is None or len(raw) == 0:
+        raise Invalid("not_json", "empty message")
+    if len(raw) > max_bytes:
+        raise Invalid("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" in str(exc):
+            raise Invalid("not_finite", f"number too large: {exc}") from None
+        raise Invalid("not_json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _is_number(x: object) -> bool:
+    return type(x) is float or type(x) is int  # bool is not a number
+
+
+def _id(obj: dict[str, Any], field: str, required: bool = True) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise Invalid("missing_field", f"{field!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise Invalid("wrong_type", f"{field!r} must be a string, got {type(value).__name__}")
+    if not value:
+        raise Invalid("out_of_range", f"{field!r} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise Invalid("out_of_range", f"{field!r} longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _number(obj: dict[str, Any], field: str) -> float | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise Invalid("wrong_type", f"{field!r} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise Invalid("not_finite", f"{field!r} is not finite")
+    return value
+
+
+# --- parsers ---------------------------------------------------------------
+
+
+def parse_click(raw: Raw, record_ts: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Click:
+    """A ``clicks`` value. ``record_ts`` (seconds) is used when ``ts`` is absent."""
+    obj = _load(raw, max_bytes)
+    user_id = _id(obj, "user_id")
+    item_id = _id(obj, "item_id")
+    event_id = _id(obj, "event_id", required=False)
+    ts = _number(obj, "ts")
+    if ts is None:
+        ts = float(record_ts)
+    if not 0 <= ts <= MAX_TS_SECONDS:
+        raise Invalid("out_of_range", f"'ts' {ts!r} is not seconds since the epoch")
+    weight = _number(obj, "weight")
+    if weight is None:
+        weight = 1.0
+    elif weight <= 0:
+        raise Invalid("out_of_range", f"'weight' must be > 0, got {weight!r}")
+    return Click(user_id, item_id, ts, weight, event_id)  # type: ignore[arg-type]
+
+
+def parse_item(raw: Raw, dim: int, max_bytes: int = DEFAULT_MAX_BYTES) -> ItemUpsert | ItemDelete:
+    """An ``items`` value: an upsert (vector normalised to float32) or a delete."""
+    obj = _load(raw, max_bytes)
+    item_id = _id(obj, "item_id")
+    deleted = obj.get("deleted")
+    if deleted is not None and type(deleted) is not bool:
+        raise Invalid("wrong_type", "'deleted' must be true or false")
+    if deleted:
+        return ItemDelete(item_id)  # type: ignore[arg-type]
+    vector = obj.get("vector")
+    if vector is None:
+        raise Invalid("missing_field", "'vector' is required (or 'deleted': true)")
+    if not isinstance(vector, list):
+        raise Invalid("wrong_type", f"'vector' must be an array, got {type(vector).__name__}")
+    if len(vector) != dim:
+        raise Invalid("bad_dimension", f"'vector' has {len(vector)} numbers, expected {dim}")
+    if not all(map(_is_number, vector)):
+        raise Invalid("wrong_type", "'vector' must hold only numbers")
+    v = np.asarray(vector, dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise Invalid("not_finite", "'vector' holds a non-finite number")
+    biggest = float(np.abs(v).max()) if dim else 0.0
+    if biggest == 0.0:
+        raise Invalid("zero_vector", "'vector' is all zeros: it has no direction")
+    v /= biggest  # scaled first, so the norm cannot overflow
+    v /= np.linalg.norm(v)
+    return ItemUpsert(item_id, v.astype(np.float32))  # type: ignore[arg-type]
+
+
+def parse_request(raw: Raw, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:
+    """A ``recall-requests`` value. An Invalid carries request_id/user_id when readable."""
+    obj = _load(raw, max_bytes)
+    rid = obj.get("request_id")
+    uid = obj.get("user_id")
+    known_rid = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH else None
+    known_uid = uid if isinstance(uid, str) and 0 < len(uid) <= MAX_ID_LENGTH else None
+    try:
+        request_id = _id(obj, "request_id")
+        user_id = _id(obj, "user_id")
+        k = obj.get("k")
+        if k is None:
+            k = DEFAULT_K
+        elif type(k) is not int:
+            raise Invalid("wrong_type", f"'k' must be an integer, got {type(k).__name__}")
+        elif not 1 <= k <= MAX_K:
+            raise Invalid("out_of_range", f"'k' must be from 1 to {MAX_K}, got {k}")
+        exclude_seen = obj.get("exclude_seen")
+        if exclude_seen is None:
+            exclude_seen = True
+        elif type(exclude_seen) is not bool:
+            raise Invalid("wrong_type", "'exclude_seen' must be true or false")
+    except Invalid as exc:
+        exc.request_id, exc.user_id = known_rid, known_uid
+        raise
+    return Request(request_id, user_id, k, exclude_seen)  # type: ignore[arg-type]
+
+
+# --- records written by the worker ----------------------------------------
+
+
+def dlq_record(topic: str, partition: int, offset: int, reason: str, message: str,
+               raw: Raw, key: bytes | None = None) -> bytes:
+    """The ``recall-dlq`` value for an unusable message.
+
+    ``{"topic", "partition", "offset", "reason", "error", "value_b64", "value_text"?,
+    "key_b64"?, "key_text"?, "ts"}``: the original bytes in base64, plus a UTF-8 text copy
+    when they decode; ``ts`` is when the record was written (seconds since the epoch).
+    """
+    record: dict[str, Any] = {
+        "topic": topic, "partition": partition, "offset": offset,
+        "reason": reason, "error": message,
+    }
+    for name, value in (("value", raw), ("key", key)):
+        if value is None:
+            if name == "value":
+                record["value_b64"] = None
+            continue
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        record[f"{name}_b64"] = base64.b64encode(data).decode("ascii")
+        with contextlib.suppress(UnicodeDecodeError):
+            record[f"{name}_text"] = data.decode("utf-8")
+    record["ts"] = time.time()
+    return orjson.dumps(record)
+
+
+def response_record(request_id: str, user_id: str | None, status: str,
+                    items: Iterable[tuple[str, float]], source: str,
+                    error: str | None = None) -> bytes:
+    """The ``recall-responses`` value; ``items`` best first as (item_id, score) pairs."""
+    record: dict[str, Any] = {
+        "request_id": request_id,
+        "user_id": user_id if user_id is not None else "",
+        "status": status,
+        "items": [{"item_id": i, "score": float(s)} for i, s in items],
+        "source": source,
+    }
+    if error is not None:
+        record["error"] = error
+    return orjson.dumps(record)

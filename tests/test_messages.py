@@ -1,0 +1,204 @@
+"""Message parsing and validation: every bad input is an Invalid with its reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recall.messages import (
+    REASONS,
+    Click,
+    Invalid,
+    ItemDelete,
+    ItemUpsert,
+    Request,
+    dlq_record,
+    parse_click,
+    parse_item,
+    parse_request,
+    response_record,
+)
+
+DIM = 4
+
+
+def dumps(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+def reason_of(fn, *args) -> str:
+    with pytest.raises(Invalid) as info:
+        fn(*args)
+    assert info.value.reason in REASONS
+    return info.value.reason
+
+
+# --- clicks -------------------------------------------------------------------
+
+
+def test_click_defaults_and_fields() -> None:
+    assert parse_click(dumps({"user_id": "u", "item_id": "i"}), 123.5) == Click(
+        "u", "i", 123.5, 1.0, None)
+    c = parse_click(dumps({"user_id": "u", "item_id": "i", "ts": 7, "event_id": "e",
+                           "weight": 2.5, "extra": [1]}), 0.0)
+    assert c == Click("u", "i", 7.0, 2.5, "e")
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"", "not_json"),
+    (None, "not_json"),
+    (b"{nope", "not_json"),
+    (b"\xff\xfe", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"text"', "not_object"),
+    (dumps({"item_id": "i"}), "missing_field"),
+    (dumps({"user_id": None, "item_id": "i"}), "missing_field"),
+    (dumps({"user_id": 5, "item_id": "i"}), "wrong_type"),
+    (dumps({"user_id": "u", "item_id": ""}), "out_of_range"),
+    (dumps({"user_id": "u" * 257, "item_id": "i"}), "out_of_range"),
+    (dumps({"user_id": "u", "item_id": "i", "ts": "1"}), "wrong_type"),
+    (dumps({"user_id": "u", "item_id": "i", "ts": True}), "wrong_type"),
+    (dumps({"user_id": "u", "item_id": "i", "ts": -1}), "out_of_range"),
+    (dumps({"user_id": "u", "item_id": "i", "ts": 1.7e12}), "out_of_range"),  # ms
+    (b'{"user_id": "u", "item_id": "i", "ts": 1e999}', "not_finite"),
+    (dumps({"user_id": "u", "item_id": "i", "weight": 0}), "out_of_range"),
+    (dumps({"user_id": "u", "item_id": "i", "weight": -2}), "out_of_range"),
+    (dumps({"user_id": "u", "item_id": "i", "weight": False}), "wrong_type"),
+    (dumps({"user_id": "u", "item_id": "i", "event_id": 3}), "wrong_type"),
+])
+def test_bad_clicks(value, reason) -> None:
+    assert reason_of(parse_click, value, 1.0) == reason
+
+
+def test_oversized_is_rejected_before_parsing() -> None:
+    raw = b"{" + b" " * 2000 + b"}"  # would parse, but is too big
+    with pytest.raises(Invalid) as info:
+        parse_click(raw, 1.0, 1024)
+    assert info.value.reason == "oversized"
+
+
+# --- items --------------------------------------------------------------------
+
+
+def test_item_upsert_is_normalised_float32() -> None:
+    item = parse_item(dumps({"item_id": "a", "vector": [3, 0, 4.0, 0]}), DIM)
+    assert isinstance(item, ItemUpsert) and item.item_id == "a"
+    assert item.vector.dtype == np.float32
+    np.testing.assert_allclose(item.vector, [0.6, 0, 0.8, 0], rtol=1e-6)
+
+
+def test_huge_item_vector_is_normalised_without_overflow() -> None:
+    item = parse_item(dumps({"item_id": "a", "vector": [1e308, -1e308, 0, 0]}), DIM)
+    np.testing.assert_allclose(item.vector, [0.70710677, -0.70710677, 0, 0], rtol=1e-6)
+
+
+def test_item_delete() -> None:
+    assert parse_item(dumps({"item_id": "a", "deleted": True}), DIM) == ItemDelete("a")
+    # deleted: false is an upsert, which needs its vector
+    assert reason_of(parse_item, dumps({"item_id": "a", "deleted": False}), DIM) == (
+        "missing_field")
+
+
+@pytest.mark.parametrize(("obj", "reason"), [
+    ({"vector": [1, 0, 0, 0]}, "missing_field"),
+    ({"item_id": "a"}, "missing_field"),
+    ({"item_id": "a", "vector": "1,2,3,4"}, "wrong_type"),
+    ({"item_id": "a", "vector": [1, 0, 0]}, "bad_dimension"),
+    ({"item_id": "a", "vector": [1, 0, 0, 0, 0]}, "bad_dimension"),
+    ({"item_id": "a", "vector": [1, 0, "0", 0]}, "wrong_type"),
+    ({"item_id": "a", "vector": [1, 0, True, 0]}, "wrong_type"),
+    ({"item_id": "a", "vector": [1, 0, None, 0]}, "wrong_type"),
+    ({"item_id": "a", "vector": [0, 0, 0, 0]}, "zero_vector"),
+    ({"item_id": "a", "deleted": "yes"}, "wrong_type"),
+])
+def test_bad_items(obj, reason) -> None:
+    assert reason_of(parse_item, dumps(obj), DIM) == reason
+
+
+def test_item_with_nan_or_infinity_literal() -> None:
+    for raw in (b'{"item_id": "a", "vector": [NaN, 0, 0, 1]}',
+                b'{"item_id": "a", "vector": [Infinity, 0, 0, 1]}'):
+        assert reason_of(parse_item, raw, DIM) in ("not_json", "not_finite")
+    assert reason_of(parse_item, b'{"item_id": "a", "vector": [1e400, 0, 0, 1]}', DIM) == (
+        "not_finite")
+
+
+# --- requests -----------------------------------------------------------------
+
+
+def test_request_defaults() -> None:
+    assert parse_request(dumps({"request_id": "r", "user_id": "u"})) == Request("r", "u", 10,
+                                                                                 True)
+    assert parse_request(dumps({"request_id": "r", "user_id": "u", "k": 1000,
+                                "exclude_seen": False})) == Request("r", "u", 1000, False)
+
+
+@pytest.mark.parametrize(("obj", "reason", "rid", "uid"), [
+    ({"user_id": "u"}, "missing_field", None, "u"),
+    ({"request_id": 7, "user_id": "u"}, "wrong_type", None, "u"),
+    ({"request_id": "r"}, "missing_field", "r", None),
+    ({"request_id": "r", "user_id": ["u"]}, "wrong_type", "r", None),
+    ({"request_id": "r", "user_id": "u", "k": 0}, "out_of_range", "r", "u"),
+    ({"request_id": "r", "user_id": "u", "k": 1001}, "out_of_range", "r", "u"),
+    ({"request_id": "r", "user_id": "u", "k": 2.0}, "wrong_type", "r", "u"),
+    ({"request_id": "r", "user_id": "u", "k": True}, "wrong_type", "r", "u"),
+    ({"request_id": "r", "user_id": "u", "exclude_seen": 1}, "wrong_type", "r", "u"),
+])
+def test_bad_requests_keep_their_ids(obj, reason, rid, uid) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_request(dumps(obj))
+    assert (info.value.reason, info.value.request_id, info.value.user_id) == (reason, rid, uid)
+
+
+def test_unparseable_request_has_no_id() -> None:
+    with pytest.raises(Invalid) as info:
+        parse_request(b'{"request_id": "r", ')
+    assert info.value.reason == "not_json" and info.value.request_id is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5)
+    | st.lists(st.floats(), min_size=DIM, max_size=DIM),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
+        st.sampled_from(["user_id", "item_id", "request_id", "k", "ts", "weight", "vector",
+                         "deleted", "event_id", "exclude_seen"]), inner, max_size=6),
+    max_leaves=20,
+).map(lambda o: json.dumps(o).encode()))  # stdlib: NaN, Infinity, big ints too
+def test_parsers_never_raise_anything_but_invalid(raw: bytes) -> None:
+    for fn, args in ((parse_click, (raw, 1.0)), (parse_item, (raw, DIM)),
+                     (parse_request, (raw,))):
+        try:
+            fn(*args)
+        except Invalid as exc:
+            assert exc.reason in REASONS
+
+
+# --- records ------------------------------------------------------------------
+
+
+def test_dlq_record_keeps_original_bytes() -> None:
+    raw = b"\xffnot json"
+    rec = orjson.loads(dlq_record("items", 3, 42, "not_json", "bad", raw, key=b"k1"))
+    assert (rec["topic"], rec["partition"], rec["offset"], rec["reason"], rec["error"]) == (
+        "items", 3, 42, "not_json", "bad")
+    assert base64.b64decode(rec["value_b64"]) == raw
+    assert "value_text" not in rec  # not UTF-8
+    assert rec["key_text"] == "k1" and isinstance(rec["ts"], float)
+    rec = orjson.loads(dlq_record("clicks", 0, 1, "not_object", "x", b"[1]"))
+    assert rec["value_text"] == "[1]"
+
+
+def test_response_record() -> None:
+    rec = orjson.loads(response_record("r", "u", "ok", [("a", np.float32(0.5)), ("b", 0.25)],
+                                       "lsh"))
+    assert rec == {"request_id": "r", "user_id": "u", "status": "ok", "source": "lsh",
+                   "items": [{"item_id": "a", "score": 0.5}, {"item_id": "b", "score": 0.25}]}
+    rec = orjson.loads(response_record("r", None, "invalid", [], "none", error="k: bad"))
+    assert rec["error"] == "k: bad" and rec["items"] == [] and rec["user_id"] == ""

@@ -1,0 +1,213 @@
+"""Rolling user vectors: exactness against a from-scratch mean, window rules, encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recall.users import RollingUserVectors, UserState
+
+DIM = 8
+RTOL, ATOL = 1e-5, 1e-6  # the documented tolerance (float32 output of float64 sums)
+
+
+class Table:
+    """Item vectors as a lookup; counts the ids looked up."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+        self.calls: list[int] = []
+
+    def __call__(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(len(ids))
+        mat = np.zeros((len(ids), DIM), dtype=np.float32)
+        present = np.zeros(len(ids), dtype=bool)
+        for i, item in enumerate(ids):
+            if item in self.vectors:
+                mat[i] = self.vectors[item]
+                present[i] = True
+        return mat, present
+
+    def get(self, item: str) -> np.ndarray | None:
+        return self.vectors.get(item)
+
+
+def make_table(n_items: int, missing: set[int], seed: int = 0) -> Table:
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(n_items, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return Table({f"i{j}": vecs[j] for j in range(n_items) if j not in missing})
+
+
+def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
+              half_life: float, table: Table) -> tuple[list[tuple], np.ndarray | None]:
+    """The window (last N by ts, ties by arrival, duplicates of kept event ids skipped)
+    and its mean recomputed from scratch."""
+    kept: list[tuple[float, int, str, float, str | None]] = []
+    for arrival, (item, ts, weight, event_id) in enumerate(clicks):
+        if event_id is not None and any(k[4] == event_id for k in kept):
+            continue
+        kept.append((ts, arrival, item, weight, event_id))
+        kept.sort(key=lambda k: (k[0], k[1]))
+        kept = kept[-window:]
+    num = np.zeros(DIM)
+    den = 0.0
+    t_now = max((k[0] for k in kept), default=0.0)
+    for ts, _, item, weight, _ in kept:
+        v = table.get(item)
+        if v is None:
+            continue
+        share = weight * (2.0 ** (-(t_now - ts) / half_life) if half_life > 0 else 1.0)
+        num += share * v.astype(np.float64)
+        den += share
+    return [(k[2], k[0], k[4]) for k in kept], (num / den if den > 0 else None)
+
+
+click_st = st.tuples(
+    st.integers(0, 11).map(lambda j: f"i{j}"),  # 12 items, some without vectors
+    st.integers(0, 400).map(float),  # coarse ts: many ties
+    st.sampled_from([0.01, 0.5, 1.0, 2.0, 100.0]),
+    st.one_of(st.none(), st.integers(0, 15).map(lambda e: f"e{e}")),  # duplicates
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    clicks=st.lists(click_st, max_size=60),
+    window=st.integers(1, 8),
+    half_life=st.sampled_from([0.0, 0.0, 30.0, 500.0]),
+    missing=st.sets(st.integers(0, 11), max_size=4),
+)
+def test_vector_equals_from_scratch_mean(clicks, window, half_life, missing) -> None:
+    table = make_table(12, missing)
+    roll = RollingUserVectors(DIM, window, half_life, lookup=table)
+    state = roll.new_state()
+    for item, ts, weight, event_id in clicks:
+        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    want_window, want = reference(clicks, window, half_life, table)
+    assert [(c.item_id, c.ts, c.event_id) for c in state.window] == want_window
+    got = state.vector()
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    # the encoding round-trips exactly
+    back = UserState.from_bytes(state.to_bytes(), DIM)
+    assert back.window == state.window
+    np.testing.assert_array_equal(back.vsum, state.vsum)
+    assert (back.wsum, back.t_ref, back.since_recompute) == (
+        state.wsum, state.t_ref, state.since_recompute)
+
+
+def test_update_is_incremental_between_recomputes() -> None:
+    """Per click, at most one item (the evicted one) is looked up; the whole window is
+    looked up only on the periodic recompute, once every N applies."""
+    table = make_table(100, set())
+    window = 10
+    roll = RollingUserVectors(DIM, window, lookup=table)
+    state = roll.new_state()
+    for j in range(100):
+        roll.apply(state, f"i{j}", float(j), 1.0, table.get(f"i{j}"))
+    assert table.calls.count(window) == 100 // window
+    assert all(n in (1, window) for n in table.calls)
+    assert len(table.calls) - table.calls.count(window) == 100 - window  # one per eviction
+
+
+def test_duplicate_event_is_not_applied() -> None:
+    table = make_table(3, set())
+    roll = RollingUserVectors(DIM, 5, lookup=table)
+    state = roll.new_state()
+    assert roll.apply(state, "i0", 1.0, 1.0, table.get("i0"), "e1")
+    before = state.to_bytes()
+    assert not roll.apply(state, "i1", 2.0, 1.0, table.get("i1"), "e1")
+    assert state.to_bytes() == before
+    # still a duplicate after a round trip through the encoding (a restarted worker)
+    again = UserState.from_bytes(before, DIM)
+    assert not roll.apply(again, "i0", 1.0, 1.0, table.get("i0"), "e1")
+
+
+def test_late_click_older_than_the_full_window_does_not_enter() -> None:
+    table = make_table(5, set())
+    roll = RollingUserVectors(DIM, 2, lookup=table)
+    state = roll.new_state()
+    roll.apply(state, "i0", 10.0, 1.0, table.get("i0"))
+    roll.apply(state, "i1", 20.0, 1.0, table.get("i1"))
+    roll.apply(state, "i2", 5.0, 1.0, table.get("i2"))
+    assert [c.item_id for c in state.window] == ["i0", "i1"]
+    roll.apply(state, "i3", 15.0, 1.0, table.get("i3"))  # evicts i0, lands in the middle
+    assert [c.item_id for c in state.window] == ["i3", "i1"]
+    assert state.seen() == {"i1", "i3"}
+
+
+def test_items_without_vectors_count_but_add_nothing() -> None:
+    table = make_table(3, {1})
+    roll = RollingUserVectors(DIM, 2, lookup=table)
+    state = roll.new_state()
+    roll.apply(state, "i1", 1.0, 1.0, None)
+    assert state.vector() is None and state.seen() == {"i1"}
+    roll.apply(state, "i0", 2.0, 3.0, table.get("i0"))
+    np.testing.assert_allclose(state.vector(), table.get("i0"), rtol=RTOL, atol=ATOL)
+    roll.apply(state, "i1", 3.0, 1.0, None)
+    roll.apply(state, "i1", 4.0, 1.0, None)  # i0 evicted: only vector-less clicks remain
+    assert state.vector() is None
+    assert not state.vsum.any() and state.wsum == 0.0
+
+
+def test_evicting_a_deleted_item_recomputes() -> None:
+    table = make_table(4, set())
+    roll = RollingUserVectors(DIM, 2, lookup=table)
+    state = roll.new_state()
+    roll.apply(state, "i0", 1.0, 1.0, table.get("i0"))
+    roll.apply(state, "i1", 2.0, 1.0, table.get("i1"))
+    del table.vectors["i0"]
+    table.vectors["i1"] = table.vectors["i3"]  # i1's vector changed since the click
+    roll.apply(state, "i2", 3.0, 1.0, table.get("i2"))
+    want = (table.get("i3").astype(np.float64) + table.get("i2")) / 2
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+
+
+def test_decay_weights_recent_clicks_more() -> None:
+    table = make_table(2, set())
+    roll = RollingUserVectors(DIM, 10, half_life=10.0, lookup=table)
+    state = roll.new_state()
+    roll.apply(state, "i0", 0.0, 1.0, table.get("i0"))
+    roll.apply(state, "i1", 10.0, 1.0, table.get("i1"))  # i0 now counts half
+    want = (0.5 * table.get("i0").astype(np.float64) + table.get("i1")) / 1.5
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+
+
+def test_from_bytes_rejects_other_dimension_and_garbage() -> None:
+    roll = RollingUserVectors(DIM, 3)
+    state = roll.new_state()
+    roll.apply(state, "x", 1.0, 1.0, np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
+    data = state.to_bytes()
+    with pytest.raises(ValueError, match="dimension"):
+        UserState.from_bytes(data, DIM + 1)
+    for bad in (b"", b"\x01abc", data[:30], data[:-3] + b"}}}", b"\x09" + data[1:]):
+        with pytest.raises(ValueError):
+            UserState.from_bytes(bad, DIM)
+
+
+def test_eviction_without_lookup_is_a_clear_error() -> None:
+    roll = RollingUserVectors(DIM, 1)
+    state = roll.new_state()
+    v = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    roll.apply(state, "a", 1.0, 1.0, v)
+    with pytest.raises(ValueError, match="lookup"):
+        roll.apply(state, "b", 2.0, 1.0, v)
+
+
+def test_bad_click_values_are_rejected_before_changing_state() -> None:
+    roll = RollingUserVectors(DIM, 3)
+    state = roll.new_state()
+    v = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    for ts, weight, vec in ((float("nan"), 1.0, v), (1.0, 0.0, v), (1.0, -1.0, v),
+                            (1.0, 1.0, np.ones(DIM + 1, dtype=np.float32))):
+        with pytest.raises(ValueError):
+            roll.apply(state, "a", ts, weight, vec)
+    assert len(state) == 0 and state.vector() is None
