@@ -1,0 +1,361 @@
+"""The offline subcommands: ``recall gen | train | tune | load | eval``.
+
+Only the standard library at module level (``recall --help`` stays fast); each command
+imports what it needs. Settings (RECALL_DIM, RECALL_USER_WINDOW, REDIS_URL, ...) come
+from :class:`recall.config.Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recall.cli import CommandError
+
+
+def _settings() -> Any:
+    from recall.config import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _quiet_gensim(args: argparse.Namespace) -> None:
+    """gensim logs every epoch at INFO; keep that for -v only."""
+    import logging
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("gensim").setLevel(logging.WARNING)
+
+
+def _fmt(args: argparse.Namespace) -> str | None:
+    return getattr(args, "format", None)
+
+
+# --- gen ---------------------------------------------------------------------
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from offline.clicklog import detect_format, write_log
+    from offline.generate import generate_clicks
+
+    out = Path(args.out)
+    fmt = detect_format(out, args.format)
+    t0 = time.perf_counter()
+    try:
+        gen = generate_clicks(args.users, args.items, args.clicks, args.seed,
+                              clusters=args.clusters, zipf_a=args.zipf,
+                              session_clicks=args.session_clicks, noise=args.noise)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    write_log(gen.log, out, fmt, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    print(f"wrote {len(gen.log)} clicks of {args.users} users on {args.items} items "
+          f"({gen.clusters} interest clusters) to {out} in {seconds:.1f} s", file=sys.stderr)
+    print(json.dumps({"command": "gen", "out": str(out), "clicks": len(gen.log),
+                      "users": args.users, "items": args.items, "clusters": gen.clusters,
+                      "seconds": round(seconds, 3)}))
+    return 0
+
+
+# --- train -------------------------------------------------------------------
+
+
+def _train_params(args: argparse.Namespace, dim: int) -> Any:
+    from offline.train import TrainParams
+
+    return TrainParams(dim=dim, window=args.window, negative=args.negative,
+                       min_count=args.min_count, epochs=args.epochs,
+                       session_gap=args.session_gap, workers=args.workers, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from offline.clicklog import read_log
+    from offline.train import train_item2vec
+    from offline.vectors import save_vectors
+
+    settings = _settings()
+    _quiet_gensim(args)
+    t0 = time.perf_counter()
+    clicks = read_log(args.log, _fmt(args))
+    t_read = time.perf_counter() - t0
+    try:
+        ids, vectors = train_item2vec(clicks, _train_params(args, settings.dim),
+                                      progress=not args.quiet)
+    except ValueError as exc:
+        raise CommandError(f"{args.log}: {exc}") from None
+    save_vectors(args.out, ids, vectors)
+    seconds = time.perf_counter() - t0
+    print(f"trained {len(ids)} item vectors (D={settings.dim}) from {len(clicks)} clicks "
+          f"in {seconds:.1f} s (reading {t_read:.1f} s) -> {args.out}", file=sys.stderr)
+    print(json.dumps({"command": "train", "out": str(args.out), "clicks": len(clicks),
+                      "items": len(ids), "dim": settings.dim, "seconds": round(seconds, 3)}))
+    return 0
+
+
+# --- tune --------------------------------------------------------------------
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from offline.clicklog import read_log
+    from offline.tune import log_queries, tune_params, write_params
+    from offline.vectors import load_vectors, params_path
+
+    settings = _settings()
+    t0 = time.perf_counter()
+    ids, vectors = load_vectors(args.vectors, settings.dim)
+    queries = None
+    if args.log:
+        clicks = read_log(args.log, _fmt(args))
+        queries = log_queries(clicks, ids, vectors, settings.user_window,
+                              settings.user_decay_half_life, args.queries, args.seed)
+        if len(queries) == 0:
+            raise CommandError(f"{args.log}: no user clicked an item of {args.vectors}")
+    params, summary = tune_params(vectors, queries, args.target, args.k, args.seed)
+    out = Path(args.out) if args.out else params_path(args.vectors)
+    write_params(out, params, target_recall=args.target, k=args.k, items=len(ids),
+                 queries=0 if queries is None else len(queries), summary=summary)
+    seconds = time.perf_counter() - t0
+    print(summary, file=sys.stderr)
+    print(f"wrote {out} in {seconds:.1f} s", file=sys.stderr)
+    print(json.dumps({"command": "tune", "out": str(out), "params": params.to_dict(),
+                      "seconds": round(seconds, 3)}))
+    return 0
+
+
+# --- load --------------------------------------------------------------------
+
+
+async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    from offline.clicklog import read_log
+    from offline.load import (
+        bootstrap_users,
+        load_index,
+        publish_items,
+        replace_popular,
+    )
+    from offline.tune import read_params
+    from offline.vectors import load_vectors, params_path
+    from recall.store import Store
+
+    t0 = time.perf_counter()
+    ids, vectors = load_vectors(args.vectors, settings.dim)
+    clicks = read_log(args.log, _fmt(args)) if args.log else None
+    out: dict[str, Any] = {"command": "load", "items": len(ids),
+                           "read_seconds": round(time.perf_counter() - t0, 3)}
+    if args.to_topic:
+        await publish_items(settings, ids, vectors, progress=not args.quiet)
+        out["topic"] = settings.topic_items
+        if clicks is None:
+            return out
+    else:
+        params = read_params(args.params or params_path(args.vectors), settings.dim)
+    store = Store.from_url(args.redis_url or settings.redis_url, settings.redis_prefix)
+    try:
+        if not args.to_topic:
+            t0 = time.perf_counter()
+            version, previous = await load_index(store, ids, vectors, params, args.batch,
+                                                 args.keep_old, progress=not args.quiet)
+            out.update(version=version, previous=previous,
+                       index_seconds=round(time.perf_counter() - t0, 3))
+        if clicks is not None:
+            t0 = time.perf_counter()
+            out["users"] = await bootstrap_users(
+                store, clicks, ids, vectors, settings.user_window,
+                settings.user_decay_half_life, progress=not args.quiet)
+            out["popular_items"] = await replace_popular(store, clicks)
+            out["users_seconds"] = round(time.perf_counter() - t0, 3)
+    finally:
+        await store.close()
+    return out
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    settings = _settings()
+    t0 = time.perf_counter()
+    try:
+        out = asyncio.run(_load(args, settings))
+    except (RedisError, OSError) as exc:
+        raise CommandError(f"redis/kafka: {exc}") from None
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    where = (f"topic {out['topic']}" if "topic" in out
+             else f"index version {out['version']} (live; previous {out['previous']})")
+    print(f"loaded {out['items']} items into {where}"
+          + (f"; {out['users']} user windows, {out['popular_items']} popular counts"
+             if "users" in out else "")
+          + f" in {out['seconds']:.1f} s", file=sys.stderr)
+    print(json.dumps(out))
+    return 0
+
+
+# --- eval --------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from offline.clicklog import read_log
+    from offline.evaluate import EvalConfig, evaluate, format_table, plot, time_split
+    from offline.train import train_item2vec
+    from offline.tune import log_queries, read_params, tune_params
+    from offline.vectors import load_vectors
+
+    settings = _settings()
+    _quiet_gensim(args)
+    t0 = time.perf_counter()
+    clicks = read_log(args.log, _fmt(args))
+    try:
+        train, test, cutoff = time_split(clicks, args.test_fraction, str(args.log))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    timings: dict[str, float] = {}
+    if args.vectors:
+        ids, vectors = load_vectors(args.vectors, settings.dim)
+    else:
+        t = time.perf_counter()
+        try:
+            ids, vectors = train_item2vec(train, _train_params(args, settings.dim),
+                                          progress=not args.quiet)
+        except ValueError as exc:
+            raise CommandError(f"{args.log} (training split): {exc}") from None
+        timings["train_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if args.params:
+        params = read_params(args.params, settings.dim)
+    else:
+        queries = log_queries(train, ids, vectors, settings.user_window,
+                              settings.user_decay_half_life, seed=args.seed)
+        params, summary = tune_params(vectors, queries if len(queries) else None,
+                                      args.target, args.k, args.seed)
+        print(summary, file=sys.stderr)
+        timings["tune_seconds"] = time.perf_counter() - t
+    cfg = EvalConfig(k=args.k, test_fraction=args.test_fraction,
+                     window=settings.user_window, half_life=settings.user_decay_half_life,
+                     max_users=args.max_users, seed=args.seed)
+    res = evaluate(train, test, ids, vectors, params, cfg, progress=not args.quiet)
+    res.update(command="eval", log=str(args.log), clicks=len(clicks), cutoff=cutoff,
+               params=params.to_dict(), **{k: round(v, 3) for k, v in timings.items()},
+               seconds=round(time.perf_counter() - t0, 3))
+    print(format_table(res))
+    if args.plot:
+        plot(res, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
+# --- parsers -----------------------------------------------------------------
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="log format (default: from the suffix, .csv[.gz] = csv, else jsonl)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("item2vec (gensim Word2Vec, skip-gram, negative sampling)")
+    g.add_argument("--window", type=int, default=5, help="context window (default 5)")
+    g.add_argument("--negative", type=int, default=5, help="negative samples (default 5)")
+    g.add_argument("--min-count", type=int, default=3,
+                   help="items clicked fewer times get no vector (default 3)")
+    g.add_argument("--epochs", type=int, default=5, help="passes (default 5)")
+    g.add_argument("--session-gap", type=float, default=1800.0,
+                   help="cut a user's sequence at gaps longer than this, s (default 1800)")
+    g.add_argument("--workers", type=int, default=2, help="training threads (default 2)")
+
+
+def add_parser(sub: Any, bench_sub: Any) -> None:
+    p = sub.add_parser("gen", help="generate a synthetic click log",
+                       description="Write a synthetic click log (JSON lines in the clicks "
+                       "format, or CSV user_id,item_id,ts,event_id,weight).")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--clicks", type=int, default=500_000)
+    p.add_argument("--clusters", type=int, default=None,
+                   help="latent interest clusters (default items/50)")
+    p.add_argument("--zipf", type=float, default=1.1,
+                   help="Zipf exponent of item popularity within a cluster (default 1.1)")
+    p.add_argument("--session-clicks", type=float, default=8.0,
+                   help="mean clicks per session (default 8)")
+    p.add_argument("--noise", type=float, default=0.05,
+                   help="share of clicks on random popular items (default 0.05)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="default: from the suffix of --out")
+    p.add_argument("--out", required=True, help="output file (.jsonl, .csv, optional .gz)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("train", help="train item2vec vectors on a click log",
+                       description="item2vec over users' time-ordered click sessions; "
+                       "writes an .npz with 'ids' and L2-normalised float32 'vectors' "
+                       "(dimension RECALL_DIM).")
+    p.add_argument("log", help="click log (.jsonl / .csv, optional .gz)")
+    p.add_argument("--out", required=True, help="vector file to write (.npz)")
+    _log_args(p)
+    _train_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="pick LSH parameters for a vector file",
+                       description="Run the LSH tuner for a target recall@k on users' "
+                       "rolling vectors from --log; writes <vectors>.lsh.json.")
+    p.add_argument("vectors", help="vector file from `recall train`")
+    p.add_argument("--log", help="click log whose users' rolling vectors are the queries")
+    _log_args(p)
+    p.add_argument("--target", type=float, default=0.95, help="target recall@k (0.95)")
+    p.add_argument("-k", type=int, default=10, help="k of recall@k (10)")
+    p.add_argument("--queries", type=int, default=2000, help="queries sampled (2000)")
+    p.add_argument("--out", help="parameter file (default <vectors stem>.lsh.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("load", help="load vectors into Redis and switch the live index",
+                       description="Write a new index version to Redis (pipelined), switch "
+                       "it live atomically, delete the old one; or publish the vectors to "
+                       "the items topic. With --log, bootstrap user windows and popularity.")
+    p.add_argument("vectors", help="vector file from `recall train`")
+    p.add_argument("--params", help="LSH parameter file (default <vectors stem>.lsh.json)")
+    p.add_argument("--log", help="click log: store users' last RECALL_USER_WINDOW clicks "
+                   "and replace the popularity counts")
+    _log_args(p)
+    p.add_argument("--to-topic", action="store_true",
+                   help="publish the vectors to RECALL_TOPIC_ITEMS instead of writing an "
+                   "index version")
+    p.add_argument("--keep-old", action="store_true", help="keep the previous version")
+    p.add_argument("--batch", type=int, default=5000, help="items per pipeline (5000)")
+    p.add_argument("--redis-url", help="default REDIS_URL")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("eval", help="evaluate next-click recall on a time split",
+                       description="Train on the clicks before a time cutoff, predict each "
+                       "user's later clicks: HitRate@k / Recall@k of LSH, exact search and "
+                       "most-popular; coverage; LSH recall@k vs exact.")
+    p.add_argument("log", help="click log")
+    _log_args(p)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of clicks (by time) held out (0.1)")
+    p.add_argument("--vectors", help="vectors trained on the training split only "
+                   "(default: train item2vec on it here)")
+    p.add_argument("--params", help="LSH parameter file (default: tune here)")
+    p.add_argument("--target", type=float, default=0.95,
+                   help="tuner's target recall@k when tuning here (0.95)")
+    p.add_argument("--max-users", type=int, default=10_000,
+                   help="test users sampled (10000)")
+    p.add_argument("--plot", help="write HitRate@1..k per method to this PNG")
+    _train_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,161 @@
+"""Bulk-load item vectors into Redis as a new index version and switch it live atomically;
+or publish them to the ``items`` topic; and bootstrap user windows and popularity.
+
+Into Redis (through :class:`recall.store.Store`): a new version is created with the
+tuned parameters in its meta, vectors and bucket memberships are written in pipelined
+batches, and only then is ``{p}:index:live`` switched (one MULTI/EXEC), so a worker
+never sees a half-loaded index. The previous live version is deleted afterwards unless
+``keep_old``. A failure before the switch deletes the partial version.
+
+From a click log: every user's last ``RECALL_USER_WINDOW`` clicks become their stored
+window (``UserState`` built by :class:`recall.users.RollingUserVectors`, overwriting what
+was there), and the popularity zset is replaced by the log's click counts (one
+MULTI/EXEC).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from offline.clicklog import ClickLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadResult:
+    version: int | None  # None when published to the topic
+    previous: int | None
+    items: int
+    users: int
+    popular_items: int
+
+
+async def load_index(store: Any, ids: list[str], vectors: np.ndarray, params: Any,
+                     batch: int = 5000, keep_old: bool = False, progress: bool = True,
+                     ) -> tuple[int, int | None]:
+    """Write a new version and switch it live; returns (new version, previous live)."""
+    from tqdm import tqdm
+
+    from recall.lsh import Hasher
+
+    hasher = Hasher(params)
+    previous = await store.live_version()
+    version = await store.create_version(params.to_dict(), vectors.shape[1])
+    try:
+        with tqdm(total=len(ids), unit="item", desc=f"load v{version}",
+                  disable=not progress) as bar:
+            for start in range(0, len(ids), batch):
+                chunk = vectors[start:start + batch]
+                await store.upsert_items(version, ids[start:start + batch], chunk,
+                                         hasher.keys(chunk))
+                bar.update(len(chunk))
+        written = await store.items_count(version)
+        if written != len(ids):
+            raise RuntimeError(f"version {version} holds {written} items, expected {len(ids)}")
+        await store.switch_live(version)
+    except BaseException:
+        log.error("load failed; removing the partial version %d", version)
+        await store.delete_version(version)
+        raise
+    if previous is not None and previous != version and not keep_old:
+        await store.delete_version(previous)
+    return version, previous
+
+
+async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors: np.ndarray,
+                          window: int, half_life: float = 0.0, batch: int = 2000,
+                          progress: bool = True) -> int:
+    """Store every user's last ``window`` clicks as their window; returns users written."""
+    from tqdm import tqdm
+
+    from offline.userwin import window_mask
+    from recall.users import RollingUserVectors, WindowClick
+
+    row_of = {item_id: r for r, item_id in enumerate(ids)}
+    dim = vectors.shape[1]
+
+    def lookup(items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        r = np.fromiter((row_of.get(i, -1) for i in items), dtype=np.int64, count=len(items))
+        present = r >= 0
+        out = np.zeros((len(items), dim), dtype=np.float32)
+        out[present] = vectors[r[present]]
+        return out, present
+
+    policy = RollingUserVectors(dim, window, half_life, lookup=lookup)
+    win = clicks.take(window_mask(clicks, window))
+    bounds = win.user_bounds()
+    names, users = clicks.item_ids, clicks.user_ids
+    item = win.item.tolist()
+    ts, w = win.ts.tolist(), win.weight.tolist()
+    ev = [None] * len(win) if win.event_id is None else win.event_id.tolist()
+    pending: dict[str, bytes] = {}
+    n_users = len(bounds) - 1
+    with tqdm(total=n_users, unit="user", desc="users", disable=not progress) as bar:
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            state = policy.new_state()
+            state.window = [WindowClick(names[item[j]], ts[j], w[j], ev[j], False)
+                            for j in range(a, b)]
+            policy.recompute(state)
+            pending[users[int(win.user[a])]] = state.to_bytes()
+            if len(pending) >= batch:
+                await store.put_users(pending)
+                bar.update(len(pending))
+                pending = {}
+        if pending:
+            await store.put_users(pending)
+            bar.update(len(pending))
+    return n_users
+
+
+async def replace_popular(store: Any, clicks: ClickLog) -> int:
+    """Replace the popularity zset with the log's click counts, atomically."""
+    counts = np.bincount(clicks.item, minlength=len(clicks.item_ids))
+    nz = np.flatnonzero(counts)
+    pipe = store.r.pipeline(transaction=True)
+    pipe.delete(store.keys.popular)
+    for start in range(0, len(nz), 10_000):
+        part = nz[start:start + 10_000]
+        pipe.zadd(store.keys.popular,
+                  {clicks.item_ids[i]: float(c) for i, c in zip(part, counts[part], strict=True)})
+    await pipe.execute()
+    return len(nz)
+
+
+async def publish_items(settings: Any, ids: list[str], vectors: np.ndarray,
+                        progress: bool = True) -> int:
+    """Send every vector to the items topic (key = item id, contract format)."""
+    import orjson
+    from aiokafka import AIOKafkaProducer
+    from tqdm import tqdm
+
+    extra: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        extra.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                     sasl_plain_username=settings.kafka_sasl_username,
+                     sasl_plain_password=settings.kafka_sasl_password)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024, **extra)
+    await producer.start()
+    try:
+        vec_lists = vectors.tolist()
+        with tqdm(total=len(ids), unit="item", desc=f"publish {settings.topic_items}",
+                  disable=not progress) as bar:
+            for start in range(0, len(ids), 5000):
+                futures = [
+                    await producer.send(
+                        settings.topic_items, key=item_id.encode(),
+                        value=orjson.dumps({"item_id": item_id, "vector": vec}))
+                    for item_id, vec in zip(ids[start:start + 5000],
+                                            vec_lists[start:start + 5000], strict=True)
+                ]
+                for fut in futures:
+                    await fut
+                bar.update(len(futures))
+    finally:
+        await producer.stop()
+    return len(ids)
