@@ -1,0 +1,278 @@
+"""Items: the Redis writer, the in-memory follower, and index (re)builds from Redis.
+
+How item changes reach every worker (several workers share one consumer group):
+
+- **writer** (:class:`ItemsWriter`, fed by the faust agent on ``items``, so each items
+  partition has exactly one writer in the group): validates, sends unusable messages to
+  the DLQ, and writes vectors + LSH bucket membership of the *live* version to Redis in
+  partition order, then records ``{p}:index:{v}:offsets`` (partition -> next offset)
+  in the same round trip. Redis thus always holds at least every change before the
+  recorded offsets.
+- **follower** (:class:`ItemsFollower`, a plain aiokafka consumer with *no* group,
+  assigned every items partition): applies every change to this worker's in-memory index
+  in partition order. It never writes Redis.
+- **rebuild** (:func:`load_index`): reads a version's offsets first, then its items
+  (HSCAN), builds a new index aside, then the follower seeks to those offsets and the
+  index is swapped in one assignment. Replaying from offsets that are older than the
+  snapshot is harmless: each item ends with the state of its last message.
+
+A version without recorded offsets for a partition (e.g. one loaded by ``recall load``)
+starts that partition where the follower stood (at start-up: at the end of the topic); a
+version the worker creates itself starts every partition at 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from recall.config import Settings
+from recall.lsh import Hasher, LSHIndex, LSHParams
+from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_item
+from recall.store import Store
+from stream.metrics import Metrics
+from stream.state import IndexSlot
+
+log = logging.getLogger(__name__)
+
+#: items read per HSCAN batch when rebuilding
+LOAD_BATCH = 20_000
+
+
+def offsets_key(store: Store, version: int) -> str:
+    """``{p}:index:{v}:offsets``: hash partition -> next items offset applied to Redis."""
+    return f"{store.keys.version(version)}:offsets"
+
+
+def init_lock_key(store: Store) -> str:
+    """``{p}:index:init``: SET NX lock taken by the worker that creates the first version."""
+    return f"{store.keys.prefix}:index:init"
+
+
+def default_params(settings: Settings) -> LSHParams:
+    """LSH parameters from RECALL_LSH_* (0 = the library default, good for D=64)."""
+    base = LSHParams(dim=settings.dim)
+    return LSHParams(
+        family=settings.lsh_family, dim=settings.dim,
+        k=settings.lsh_hashes or base.k, L=settings.lsh_tables or base.L,
+        w=settings.lsh_width or base.w, T=settings.lsh_probes or base.T,
+        seed=settings.lsh_seed)
+
+
+async def read_offsets(store: Store, version: int) -> dict[int, int]:
+    raw = await store.r.hgetall(offsets_key(store, version))
+    return {int(p): int(o) for p, o in raw.items()}
+
+
+async def ensure_live_version(store: Store, settings: Settings, partitions: int,
+                              timeout: float = 30.0) -> int:
+    """The live version; when there is none, one worker creates an empty one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = await store.live_version()
+        if live is not None:
+            return live
+        if await store.r.set(init_lock_key(store), b"1", nx=True, ex=30):
+            params = default_params(settings)
+            v = await store.create_version(params.to_dict(), settings.dim)
+            await store.r.hset(offsets_key(store, v), mapping={p: 0 for p in range(partitions)})
+            await store.switch_live(v)
+            log.info("created index version %d (%s)", v, params.describe())
+            return v
+        if time.monotonic() > deadline:
+            raise RuntimeError("no live index version appeared in Redis")
+        await asyncio.sleep(0.2)
+
+
+async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, dict[int, int]]:
+    """A new index with every item of ``version`` and the offsets it is complete up to."""
+    meta = await store.get_meta(version)
+    if meta is None:
+        raise ValueError(f"index version {version} has no metadata")
+    params = LSHParams.from_dict(meta["params"])
+    if params.dim != dim or int(meta["dim"]) != dim:
+        raise ValueError(f"index version {version} has dimension {meta['dim']}, "
+                         f"RECALL_DIM is {dim}")
+    offsets = await read_offsets(store, version)  # before the items: see module docstring
+    index = LSHIndex(params)
+    async for ids, mat in store.iter_items(version, LOAD_BATCH, dim=dim):
+        # hashing is numpy work that releases the GIL: keep the event loop serving
+        await asyncio.to_thread(index.add, ids, mat)
+    return index, offsets
+
+
+@dataclass
+class ItemBatch:
+    """The net effect of a batch of item messages: last operation per item id."""
+
+    upserts: dict[str, np.ndarray] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+
+    def add(self, op: ItemUpsert | ItemDelete) -> None:
+        if isinstance(op, ItemUpsert):
+            self.deletes.discard(op.item_id)
+            self.upserts[op.item_id] = op.vector
+        else:
+            self.upserts.pop(op.item_id, None)
+            self.deletes.add(op.item_id)
+
+    def apply_to(self, index: LSHIndex) -> tuple[int, int]:
+        """Apply to an in-memory index; returns (upserts, deletes)."""
+        if self.upserts:
+            index.add(list(self.upserts), np.stack(list(self.upserts.values())))
+        if self.deletes:
+            index.remove(list(self.deletes))
+        return len(self.upserts), len(self.deletes)
+
+
+class ItemsWriter:
+    """Writes item batches to the live version in Redis (see module docstring)."""
+
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._hashers: dict[int, Hasher] = {}
+
+    async def _hasher(self, version: int) -> Hasher:
+        h = self._hashers.get(version)
+        if h is None:
+            meta = await self.store.get_meta(version)
+            if meta is None:
+                raise RuntimeError(f"live index version {version} has no metadata")
+            h = self._hashers[version] = Hasher(LSHParams.from_dict(meta["params"]))
+        return h
+
+    async def write(self, batch: ItemBatch, next_offsets: dict[int, int]) -> None:
+        store, dim = self.store, self.settings.dim
+        t0 = time.perf_counter()
+        version = await store.live_version()
+        if version is None:
+            raise RuntimeError("no live index version in Redis")
+        hasher = await self._hasher(version)
+        ids = list(batch.upserts) + sorted(batch.deletes)
+        old, present = await store.get_vectors(version, ids, dim)
+        n_up = len(batch.upserts)
+        if n_up:
+            vecs = np.stack(list(batch.upserts.values())).astype(np.float32)
+            new_keys = hasher.keys(vecs)
+            old_keys = new_keys.copy()
+            if present[:n_up].any():
+                old_keys[present[:n_up]] = hasher.keys(old[:n_up][present[:n_up]])
+            await store.upsert_items(version, ids[:n_up], vecs, new_keys, old_keys)
+        gone = [i for i, p in zip(ids[n_up:], present[n_up:].tolist(), strict=True) if p]
+        if gone:
+            await store.remove_items(version, gone, hasher.keys(old[n_up:][present[n_up:]]))
+        if next_offsets:
+            await store.r.hset(offsets_key(store, version), mapping=next_offsets)
+        self.metrics.redis_duration.labels("items").observe(time.perf_counter() - t0)
+
+
+class ItemsFollower:
+    """Applies every items partition to the served in-memory index (no consumer group)."""
+
+    def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics,
+                 consumer_kwargs: dict | None = None) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.metrics = metrics
+        self.lock = asyncio.Lock()  # held while applying a batch and while swapping
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms), max_poll_records=5000,
+            **(consumer_kwargs or {}))
+        self.partitions: list[TopicPartition] = []
+        self._task: asyncio.Task | None = None
+        self.applied = 0  # messages handled (tests / readiness)
+
+    async def start(self, offsets: dict[int, int]) -> None:
+        await self.consumer.start()
+        topic = self.settings.topic_items
+        for _ in range(100):
+            parts = self.consumer.partitions_for_topic(topic)
+            if parts:
+                break
+            await self.consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"topic {topic!r} not found")
+        self.partitions = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(self.partitions)
+        ends = await self.consumer.end_offsets(self.partitions)
+        for tp in self.partitions:
+            self.consumer.seek(tp, offsets.get(tp.partition, ends[tp]))
+        self._task = asyncio.create_task(self._run(), name="items-follower")
+
+    async def positions(self) -> dict[int, int]:
+        return {tp.partition: await self.consumer.position(tp) for tp in self.partitions}
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        for tp in self.partitions:
+            if tp.partition in offsets:
+                self.consumer.seek(tp, offsets[tp.partition])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        dim, limit = self.settings.dim, self.settings.max_message_bytes
+        while True:
+            records = await self.consumer.getmany(timeout_ms=1000)
+            if not records:
+                continue
+            async with self.lock:
+                batch = ItemBatch()
+                n = 0
+                for tp, msgs in records.items():
+                    for m in msgs:
+                        n += 1
+                        # an unusable record is the writer's to send to the DLQ
+                        with contextlib.suppress(Invalid):
+                            batch.add(parse_item(m.value, dim, limit))
+                    hw = self.consumer.highwater(tp)
+                    if hw is not None:
+                        self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                            max(0, hw - msgs[-1].offset - 1))
+                try:
+                    ups, dels = batch.apply_to(self.slot.index)
+                except Exception:
+                    log.exception("applying %d item messages to the index failed", n)
+                    continue
+                self.applied += n
+                self.metrics.items.labels("upsert").inc(ups)
+                self.metrics.items.labels("delete").inc(dels)
+                self.metrics.index_items.set(len(self.slot.index))
+
+    async def rebuild(self, store: Store, version: int) -> None:
+        """Build ``version`` from Redis aside, then seek and swap (no half-loaded index)."""
+        t0 = time.perf_counter()
+        before = await self.positions()
+        index, offsets = await load_index(store, version, self.settings.dim)
+        async with self.lock:
+            self.seek({**before, **offsets})
+            self.slot.swap(index, version)
+        self.metrics.index_rebuild.set(time.perf_counter() - t0)
+        self.metrics.index_version.set(version)
+        self.metrics.index_items.set(len(index))
+        log.info("index version %d live in memory: %d items in %.1fs", version, len(index),
+                 time.perf_counter() - t0)
+
+
+def ids_with_offsets(records: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Next offset per partition from (partition, offset) pairs."""
+    out: dict[int, int] = {}
+    for p, o in records:
+        out[p] = max(out.get(p, -1), o + 1)
+    return out

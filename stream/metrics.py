@@ -1,0 +1,66 @@
+"""Prometheus metrics of the worker (names fixed by CONTRACT.md and the Grafana dashboards).
+
+All metrics live in one :class:`Metrics` object with its own registry, so tests can build
+several workers in one process; :meth:`Metrics.serve` exposes them on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+#: latency buckets, seconds: fine enough to read p50/p99 between 0.5 ms and 1 s
+LATENCY_BUCKETS = (
+    0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015,
+    0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+CANDIDATE_BUCKETS = (0, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000, 300000, 1e6)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    """The worker's metrics, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter("recall_requests", "responses sent", ["status"], registry=r)
+        self.request_duration = Histogram(
+            "recall_request_duration_seconds",
+            "request read to response sent, inside the worker",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end = Histogram(
+            "recall_end_to_end_seconds",
+            "the request record's Kafka timestamp to response sent",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.candidates = Histogram(
+            "recall_candidates", "candidates re-ranked per request",
+            buckets=CANDIDATE_BUCKETS, registry=r)
+        self.clicks = Counter("recall_clicks", "clicks applied", registry=r)
+        self.click_duplicates = Counter(
+            "recall_click_duplicates", "clicks not applied again (event_id or offset seen)",
+            registry=r)
+        self.items = Counter("recall_items", "item upserts and deletes applied", ["op"],
+                             registry=r)
+        self.index_items = Gauge("recall_index_items", "items in the index", registry=r)
+        self.invalid = Counter("recall_invalid_messages", "messages sent to the DLQ",
+                               ["topic", "reason"], registry=r)
+        self.consumer_lag = Gauge(
+            "recall_consumer_lag", "messages behind the end offset", ["topic", "partition"],
+            registry=r)
+        self.redis_duration = Histogram(
+            "recall_redis_duration_seconds", "Redis pipeline round trips", ["op"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("recall_batch_size", "messages handled together",
+                                    ["topic"], buckets=BATCH_BUCKETS, registry=r)
+        self.index_version = Gauge("recall_index_version", "index version served", registry=r)
+        self.index_rebuild = Gauge("recall_index_rebuild_seconds",
+                                   "duration of the last index rebuild from Redis", registry=r)
+        self.users_cached = Gauge("recall_users_cached", "user states held in memory",
+                                  registry=r)
+        for status in ("ok", "invalid", "error"):
+            self.requests.labels(status)
+        for op in ("upsert", "delete"):
+            self.items.labels(op)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` over HTTP in a background thread."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,102 @@
+"""The worker's in-memory state: the served LSH index, the user cache, popular items.
+
+- :class:`IndexSlot` holds the index being served with its version; a rebuild builds a
+  new :class:`~recall.lsh.LSHIndex` aside and :meth:`IndexSlot.swap` replaces it in one
+  assignment, so a request never sees a half-loaded index.
+- :class:`UserCache` holds the :class:`~recall.users.UserState` of users of this worker's
+  ``clicks``/``recall-requests`` partitions (co-partitioned, so this worker is the only
+  writer of those users); entries remember their partition and are dropped when the
+  partition is revoked. Memory is authoritative, Redis is the durable copy.
+- :class:`PopularCache` keeps the top popular items, refreshed from Redis about every
+  second, for cold users.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recall.lsh import LSHIndex
+from recall.users import UserState
+
+
+@dataclass
+class IndexSlot:
+    """The index served now; replaced atomically by :meth:`swap`."""
+
+    index: LSHIndex
+    version: int
+
+    def swap(self, index: LSHIndex, version: int) -> None:
+        self.index, self.version = index, version
+
+    def lookup(self, ids: list[str] | tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``recall.users.Lookup``: current normalised vectors and a present mask."""
+        return self.index.vectors_of(list(ids))
+
+
+@dataclass
+class _Entry:
+    state: UserState
+    partition: int
+
+
+@dataclass
+class UserCache:
+    """user id -> (state, partition) for the users of this worker's partitions."""
+
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def get(self, user_id: str) -> UserState | None:
+        e = self.entries.get(user_id)
+        return None if e is None else e.state
+
+    def put(self, user_id: str, state: UserState, partition: int) -> None:
+        self.entries[user_id] = _Entry(state, partition)
+
+    def missing(self, user_ids: Iterable[str]) -> list[str]:
+        return [u for u in dict.fromkeys(user_ids) if u not in self.entries]
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget users of revoked partitions; returns how many were dropped."""
+        gone = set(partitions)
+        if not gone:
+            return 0
+        drop = [u for u, e in self.entries.items() if e.partition in gone]
+        for u in drop:
+            del self.entries[u]
+        return len(drop)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class PopularCache:
+    """Top popular (item_id, count) pairs, best first, with the time they were read."""
+
+    items: list[tuple[str, float]] = field(default_factory=list)
+    loaded_at: float = 0.0
+    max_age: float = 1.0
+
+    def stale(self, now: float | None = None) -> bool:
+        return (now or time.monotonic()) - self.loaded_at > self.max_age
+
+    def set(self, items: list[tuple[str, float]]) -> None:
+        self.items = items
+        self.loaded_at = time.monotonic()
+
+    def top(self, k: int, exclude: set[str] | frozenset[str] = frozenset(),
+            alive: LSHIndex | None = None) -> list[tuple[str, float]]:
+        """The k most popular items not excluded (and still in ``alive`` when given)."""
+        out: list[tuple[str, float]] = []
+        for item_id, score in self.items:
+            if item_id in exclude or (alive is not None and item_id not in alive):
+                continue
+            out.append((item_id, score))
+            if len(out) >= k:
+                break
+        return out

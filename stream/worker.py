@@ -1,0 +1,436 @@
+"""The worker: faust agents for clicks, items and recall requests, wired to the core.
+
+- ``clicks`` (group, co-partitioned with requests): batches of the clicks already waiting
+  (``take_events``, a few ms at most) are applied to the in-memory user states at once,
+  then written in ONE Redis MULTI round trip: user states, popularity, claimed event ids,
+  and the partition's next offset. Offsets already applied (after a crash) and event ids
+  already claimed are skipped, so every click applies exactly once.
+- ``items`` (group): :class:`stream.items.ItemsWriter` writes Redis; a group-less
+  follower applies every partition to this worker's in-memory index.
+- ``recall-requests`` (group): each request is answered as soon as it is read, from
+  memory (a user's state is read from Redis once, on first touch); LSH top-k, popular
+  items for cold users, ``invalid`` / ``error`` responses, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from recall.config import Settings
+from recall.messages import (
+    Click,
+    Invalid,
+    ItemDelete,
+    ItemUpsert,
+    parse_click,
+    parse_item,
+    parse_request,
+    response_record,
+)
+from recall.messages import dlq_record as make_dlq_record
+from recall.store import Store
+from recall.users import RollingUserVectors, UserState
+from stream.items import ItemBatch, ItemsFollower, ItemsWriter, ensure_live_version, load_index
+from stream.metrics import Metrics
+from stream.state import IndexSlot, PopularCache, UserCache
+
+log = logging.getLogger(__name__)
+
+#: at most this many clicks / items are handled together
+CLICK_BATCH = 1000
+ITEM_BATCH = 2000
+#: how long a click batch waits for more clicks (the first click is held at most this)
+CLICK_WITHIN = 0.002
+ITEM_WITHIN = 0.005
+#: below this many items, exact search is as fast as LSH and exact
+EXACT_MAX_ITEMS = 1000
+#: popular items kept in memory (enough for k=1000 after excluding a window)
+POPULAR_KEEP = 2000
+#: seconds between checks of the live index version
+VERSION_POLL = 1.0
+
+
+def clicks_offsets_key(store: Store) -> str:
+    """``{p}:clicks:offsets``: hash partition -> next clicks offset applied to Redis."""
+    return f"{store.keys.prefix}:clicks:offsets"
+
+
+class Recaller:
+    """Everything a worker holds; the faust agents call into it (one per process)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = Store.from_url(settings.redis_url, settings.redis_prefix)
+        self.users = UserCache()
+        self.popular = PopularCache()
+        self.policy = RollingUserVectors(settings.dim, settings.user_window,
+                                         settings.user_decay_half_life)
+        self.slot: IndexSlot | None = None
+        self.follower: ItemsFollower | None = None
+        self.writer = ItemsWriter(self.store, settings, self.metrics)
+        self.click_offsets: dict[int, int] = {}  # partition -> next offset, owned partitions
+        self._tasks: list[asyncio.Task] = []
+        self._send: Any = None  # async (topic_name, key, value) -> None, set by the app
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        version = await ensure_live_version(self.store, s, s.topic_partitions)
+        t0 = time.perf_counter()
+        index, offsets = await load_index(self.store, version, s.dim)
+        self.slot = IndexSlot(index, version)
+        self.metrics.index_rebuild.set(time.perf_counter() - t0)
+        self.metrics.index_version.set(version)
+        self.metrics.index_items.set(len(index))
+        log.info("index version %d: %d items loaded in %.1fs", version, len(index),
+                 time.perf_counter() - t0)
+        self.follower = ItemsFollower(s, self.slot, self.metrics)
+        await self.follower.start(offsets)
+        await self.refresh_popular()
+        self._tasks = [asyncio.create_task(self._watch(), name="recall-watch")]
+        self.ready.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.follower is not None:
+            await self.follower.stop()
+        await self.store.close()
+
+    async def _watch(self) -> None:
+        """Poll the live version (rebuild on change) and refresh popular items."""
+        while True:
+            await asyncio.sleep(VERSION_POLL)
+            try:
+                live = await self.store.live_version()
+                if live is not None and self.slot is not None and live != self.slot.version:
+                    log.info("live index version changed %d -> %d: rebuilding",
+                             self.slot.version, live)
+                    assert self.follower is not None
+                    await self.follower.rebuild(self.store, live)
+                if self.popular.stale():
+                    await self.refresh_popular()
+                self.metrics.users_cached.set(len(self.users))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background refresh failed; retrying")
+
+    async def refresh_popular(self) -> None:
+        t0 = time.perf_counter()
+        self.popular.set(await self.store.top_popular(POPULAR_KEEP))
+        self.metrics.redis_duration.labels("popular").observe(time.perf_counter() - t0)
+
+    def on_revoked(self, partitions: set[int]) -> None:
+        """Forget users and click offsets of partitions this worker no longer owns."""
+        for p in partitions:
+            self.click_offsets.pop(p, None)
+        dropped = self.users.drop_partitions(partitions)
+        log.info("partitions %s revoked: %d users dropped", sorted(partitions), dropped)
+        self.metrics.users_cached.set(len(self.users))
+
+    async def dlq(self, topic: str, partition: int, offset: int, exc: Invalid,
+                  raw: bytes | None, key: bytes | None) -> None:
+        self.metrics.invalid.labels(topic, exc.reason).inc()
+        log.info("DLQ %s[%d]@%d: %s", topic, partition, offset, exc)
+        await self._send(self.settings.topic_dlq, key,
+                         make_dlq_record(topic, partition, offset, exc.reason, exc.message,
+                                         raw, key))
+
+    async def _execute(self, make_pipe: Any, op: str) -> list[Any]:
+        """Run a pipeline built by ``make_pipe()``; retry with backoff while Redis fails
+        (the stream waits, nothing is acknowledged or lost)."""
+        delay = 0.05
+        while True:
+            t0 = time.perf_counter()
+            try:
+                replies = await make_pipe().execute()
+            except (ConnectionError, OSError, RedisError) as exc:
+                log.warning("redis %s failed (%s); retrying in %.2fs", op, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            self.metrics.redis_duration.labels(op).observe(time.perf_counter() - t0)
+            return list(replies)
+
+    # --- users ---------------------------------------------------------------
+
+    def _decode_user(self, uid: str, raw: bytes | None) -> UserState:
+        if raw is None:
+            return self.policy.new_state()
+        try:
+            return UserState.from_bytes(raw, self.settings.dim)
+        except ValueError:
+            log.warning("user %r: stored state unreadable; starting empty", uid)
+            return self.policy.new_state()
+
+    async def user(self, uid: str, partition: int) -> UserState:
+        state = self.users.get(uid)
+        if state is not None:
+            return state
+        t0 = time.perf_counter()
+        raw = (await self.store.get_users([uid]))[uid]
+        self.metrics.redis_duration.labels("users_load").observe(time.perf_counter() - t0)
+        state = self.users.get(uid)  # a click may have loaded it meanwhile
+        if state is None:
+            state = self._decode_user(uid, raw)
+            self.users.put(uid, state, partition)
+        return state
+
+    # --- clicks ----------------------------------------------------------------
+
+    async def handle_clicks(self, events: Sequence[Any]) -> None:
+        """Apply a batch of click events (faust events with raw values)."""
+        s, m, store = self.settings, self.metrics, self.store
+        m.batch_size.labels("clicks").observe(len(events))
+        parsed: list[tuple[int, int, Click]] = []
+        for ev in events:
+            msg = ev.message
+            try:
+                click = parse_click(ev.value, msg.timestamp or time.time(), s.max_message_bytes)
+            except Invalid as exc:
+                await self.dlq(msg.topic, msg.partition, msg.offset, exc, ev.value, ev.key)
+                continue
+            parsed.append((msg.partition, msg.offset, click))
+        next_offsets: dict[int, int] = {}
+        for ev in events:
+            p, o = ev.message.partition, ev.message.offset
+            next_offsets[p] = max(next_offsets.get(p, 0), o + 1)
+        # one read round trip: unknown partitions' offsets, users not cached, event ids
+        parts = [p for p in next_offsets if p not in self.click_offsets]
+        missing = self.users.missing(c.user_id for _, _, c in parsed)
+        eids = list(dict.fromkeys(c.event_id for _, _, c in parsed if c.event_id))
+        if parts or missing or eids:
+
+            def read() -> Any:
+                pipe = store.r.pipeline(transaction=False)
+                if parts:
+                    pipe.hmget(clicks_offsets_key(store), [str(p) for p in parts])
+                if missing:
+                    pipe.mget([store.keys.user(u) for u in missing])
+                if eids:
+                    pipe.mget([store.keys.event(e) for e in eids])
+                return pipe
+
+            replies = list(await self._execute(read, "clicks_read"))
+            if parts:
+                for p, raw in zip(parts, replies.pop(0), strict=True):
+                    self.click_offsets.setdefault(p, int(raw) if raw is not None else 0)
+            if missing:
+                part_of = {c.user_id: p for p, _, c in parsed}
+                for uid, raw in zip(missing, replies.pop(0), strict=True):
+                    if self.users.get(uid) is None:
+                        self.users.put(uid, self._decode_user(uid, raw), part_of[uid])
+            claimed = {e for e, raw in zip(eids, replies.pop(0), strict=True)
+                       if raw is not None} if eids else set()
+        else:
+            claimed = set()
+        lookup = self.slot.lookup if self.slot is not None else None
+        changed: dict[str, UserState] = {}
+        popular: Tally[str] = Tally()
+        new_events: list[str] = []
+        applied = dupes = 0
+        index = self.slot.index if self.slot is not None else None
+        for p, o, c in parsed:
+            if o < self.click_offsets.get(p, 0) or (c.event_id and c.event_id in claimed):
+                dupes += 1
+                continue
+            state = self.users.get(c.user_id)
+            if state is None:  # revoked meanwhile: load again next time
+                continue
+            vec = None
+            if index is not None:
+                mat, present = index.vectors_of([c.item_id])
+                vec = mat[0] if present[0] else None
+            if not self.policy.apply(state, c.item_id, c.ts, c.weight, vec, c.event_id,
+                                     lookup=lookup):
+                dupes += 1
+                continue
+            applied += 1
+            changed[c.user_id] = state
+            popular[c.item_id] += 1
+            if c.event_id:
+                claimed.add(c.event_id)
+                new_events.append(c.event_id)
+        # one write round trip, atomic: states, popularity, event ids, offsets
+        users_blob = {store.keys.user(u): st.to_bytes() for u, st in changed.items()}
+
+        def write() -> Any:
+            pipe = store.r.pipeline(transaction=True)
+            if users_blob:
+                pipe.mset(users_blob)
+            for item_id, n in popular.items():
+                pipe.zincrby(store.keys.popular, float(n), item_id)
+            for e in new_events:
+                pipe.set(store.keys.event(e), b"1", ex=int(s.event_id_ttl_seconds))
+            pipe.hset(clicks_offsets_key(store),
+                      mapping={str(p): o for p, o in next_offsets.items()})
+            return pipe
+
+        await self._execute(write, "clicks")
+        for p, o in next_offsets.items():
+            self.click_offsets[p] = max(self.click_offsets.get(p, 0), o)
+        m.clicks.inc(applied)
+        if dupes:
+            m.click_duplicates.inc(dupes)
+
+    # --- items -----------------------------------------------------------------
+
+    async def handle_items(self, events: Sequence[Any]) -> None:
+        s = self.settings
+        self.metrics.batch_size.labels("items").observe(len(events))
+        batch = ItemBatch()
+        next_offsets: dict[int, int] = {}
+        for ev in events:
+            msg = ev.message
+            next_offsets[msg.partition] = max(next_offsets.get(msg.partition, 0),
+                                              msg.offset + 1)
+            try:
+                op: ItemUpsert | ItemDelete = parse_item(ev.value, s.dim, s.max_message_bytes)
+            except Invalid as exc:
+                await self.dlq(msg.topic, msg.partition, msg.offset, exc, ev.value, ev.key)
+                continue
+            batch.add(op)
+        await self.writer.write(batch, next_offsets)
+
+    # --- requests --------------------------------------------------------------
+
+    async def handle_request(self, raw: bytes | None, key: bytes | None, topic: str,
+                             partition: int, offset: int, record_ts: float | None) -> None:
+        """Answer one request (exactly one response when its request_id is readable)."""
+        t0 = time.perf_counter()
+        m = self.metrics
+        try:
+            req = parse_request(raw, self.settings.max_message_bytes)
+        except Invalid as exc:
+            await self.dlq(topic, partition, offset, exc, raw, key)
+            if exc.request_id is not None:
+                await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
+                                    t0, record_ts, error=f"{exc.reason}: {exc.message}")
+            return
+        try:
+            items, source, n_cand = await self.recall(req.user_id, req.k, req.exclude_seen,
+                                                      partition)
+        except Exception as exc:
+            log.exception("request %r failed", req.request_id)
+            await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
+                                record_ts, error=f"internal error: {type(exc).__name__}")
+            return
+        if n_cand is not None:
+            m.candidates.observe(n_cand)
+        await self._respond(req.request_id, req.user_id, "ok", items, source, t0, record_ts)
+
+    async def recall(self, uid: str, k: int, exclude_seen: bool, partition: int
+                     ) -> tuple[list[tuple[str, float]], str, int | None]:
+        """(items best first, source, candidates re-ranked or None)."""
+        state = await self.user(uid, partition)
+        assert self.slot is not None
+        index = self.slot.index
+        seen = state.seen() if exclude_seen else set()
+        vec = state.vector()
+        if vec is not None and len(index) and np.linalg.norm(vec) > 0:
+            if len(index) <= EXACT_MAX_ITEMS:
+                res, source = index.exact(vec, k, exclude=seen), "exact"
+            else:
+                res, source = index.query(vec, k, exclude=seen), "lsh"
+            items = list(zip(res.ids, res.scores.tolist(), strict=True))
+            if items:
+                return items, source, res.candidates
+        return self.popular.top(k, seen, index), "popular", None
+
+    async def _respond(self, rid: str, uid: str | None, status: str,
+                       items: list[tuple[str, float]], source: str, t0: float,
+                       record_ts: float | None, error: str | None = None) -> None:
+        value = response_record(rid, uid, status, items, source, error)
+        await self._send(self.settings.topic_responses, rid.encode(), value)
+        m = self.metrics
+        m.requests.labels(status).inc()
+        m.request_duration.observe(time.perf_counter() - t0)
+        if record_ts:
+            m.end_to_end.observe(max(0.0, time.time() - record_ts))
+
+
+def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Recaller]:
+    """The faust app with its three agents, and the :class:`Recaller` behind them."""
+    from stream.app import build_app
+
+    app = build_app(settings)
+    rec = Recaller(settings, metrics)
+    topics = {name: app.topic(t, value_type=bytes, key_type=bytes,
+                              partitions=settings.topic_partitions)
+              for name, t in settings.topics.items()}
+    out_topics = {settings.topic_responses: topics["responses"],
+                  settings.topic_dlq: topics["dlq"]}
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        await out_topics[topic].send(key=key, value=value)
+
+    rec._send = send
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
+        rec.on_revoked({tp.partition for tp in revoked if tp.topic == settings.topic_clicks})
+
+    def lag(events: Sequence[Any]) -> None:
+        """recall_consumer_lag from the last event per partition and its high-water mark."""
+        last = {ev.message.tp: ev.message.offset for ev in events}
+        for tp, offset in last.items():
+            hw = app.consumer.highwater(tp)
+            if hw is not None:
+                rec.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, hw - offset - 1))
+
+    async def clicks_agent(stream: Any) -> Any:
+        await rec.ready.wait()
+        async for events in stream.take_events(CLICK_BATCH, within=CLICK_WITHIN):
+            await rec.handle_clicks(events)
+            lag(events)
+
+    async def items_agent(stream: Any) -> Any:
+        await rec.ready.wait()
+        async for events in stream.take_events(ITEM_BATCH, within=ITEM_WITHIN):
+            while True:
+                try:
+                    await rec.handle_items(events)
+                    break
+                except (ConnectionError, OSError, RedisError) as exc:
+                    log.warning("items batch: redis failed (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+            lag(events)
+
+    async def requests_agent(stream: Any) -> Any:
+        await rec.ready.wait()
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                await rec.handle_request(ev.value, ev.key, msg.topic, msg.partition,
+                                         msg.offset, msg.timestamp)
+            except Exception:
+                log.exception("request at %s[%d]@%d could not be answered",
+                              msg.topic, msg.partition, msg.offset)
+            lag((ev,))
+
+    app.agent(topics["clicks"], name="recall.clicks")(clicks_agent)
+    app.agent(topics["items"], name="recall.items")(items_agent)
+    app.agent(topics["requests"], name="recall.requests")(requests_agent)
+
+    @app.task
+    async def start_recaller() -> None:
+        await rec.start()
+
+    return app, rec
