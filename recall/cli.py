@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "stream.cli",  # worker, demo, bench e2e
     "offline.cli",  # gen, train, tune, load, eval
     "recall.bench_index",  # bench index
+    "recall.bench_store",  # bench store
 ]
 
 
