@@ -179,3 +179,23 @@ def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
         yield stack
     finally:
         stack.stop()
+
+
+def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
+                 timeout: float = 60.0) -> Service:
+    """``recall worker`` as a child process with ``env`` (settings), waited for until its
+    ``/metrics`` port answers; its output goes to ``log_path``."""
+    import sys
+
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recall.cli", "worker"], env=full_env,
+        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(metrics_port, timeout, proc=proc)
+    except LocalStackError:
+        proc.kill()
+        raise
+    return Service("worker", proc, metrics_port, log_path)
