@@ -1,0 +1,286 @@
+"""The worker end to end, driven only through its Kafka topics, on a real broker and Redis.
+
+One worker process (``recall worker``) serves the whole module, on topics and a Redis
+prefix of its own; the tests talk to it with :class:`stream.client.RecallClient` as a
+back end would, and read Redis only through the documented layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from offline.generate import cluster_vectors
+from recall.config import Settings
+from recall.localstack import LocalStack, Service, create_topics, free_port, start_worker
+from recall.lsh import normalize
+from recall.users import UserState
+from stream.client import RecallClient
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS = 3000
+DIM = 64
+
+
+def metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on the worker's /metrics (0 if absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
+    """Poll an async or sync ``check`` until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(7)
+    clusters = rng.integers(0, 60, size=N_ITEMS)
+    vectors = cluster_vectors(clusters, DIM, seed=7)
+    return [f"item-{i}" for i in range(N_ITEMS)], vectors
+
+
+@pytest.fixture(scope="module")
+def settings(stack: LocalStack) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, dim=DIM,
+        metrics_port=free_port(), web_port=0, kafka_session_timeout=2.0,
+        app_id=f"recall-test-{tag}", redis_prefix=f"wt-{tag}", topic_partitions=2,
+        topic_clicks=f"clicks-{tag}", topic_items=f"items-{tag}",
+        topic_requests=f"requests-{tag}", topic_responses=f"responses-{tag}",
+        topic_dlq=f"dlq-{tag}", user_window=5, log_level="INFO")
+
+
+@pytest.fixture(scope="module")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
+                              settings.topic_partitions))
+    log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
+    svc = start_worker(settings.environ(), log, settings.metrics_port)
+    yield svc
+    svc.stop()  # the restart test swaps in its new process
+    print(log.read_text()[-5000:])
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings, worker: Service,
+                 catalogue: tuple[list[str], np.ndarray]) -> AsyncIterator[RecallClient]:
+    c = RecallClient(settings)
+    await c.start(read_dlq=True)
+    await c.wait_ready(60)
+    ids, vectors = catalogue
+    await c.upsert_items(ids, vectors)
+    await eventually(lambda: metric(settings.metrics_port, "recall_index_items") >= N_ITEMS, 30)
+    yield c
+    await c.stop()
+
+
+@pytest.fixture(scope="module")
+def r(settings: Settings) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(settings.redis_url)
+    yield conn
+    conn.close()
+
+
+def user_state(r: redis.Redis, settings: Settings, uid: str) -> UserState | None:
+    raw = r.get(f"{settings.redis_prefix}:user:{uid}")
+    return None if raw is None else UserState.from_bytes(raw, settings.dim)
+
+
+def exact_top(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int,
+              exclude: set[str]) -> list[str]:
+    scores = vectors @ normalize(query)
+    order = np.argsort(-scores)
+    return [ids[i] for i in order if ids[i] not in exclude][:k]
+
+
+async def click_and_wait(client: RecallClient, r: redis.Redis, settings: Settings,
+                         uid: str, items: list[str]) -> None:
+    await client.clicks([{"user_id": uid, "item_id": i, "ts": 1000.0 + n}
+                         for n, i in enumerate(items)])
+    await eventually(lambda: (s := user_state(r, settings, uid)) is not None
+                     and len(s) == len(items))
+
+
+async def test_items_then_clicks_give_the_exact_top_k(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    ids, vectors = catalogue
+    rng = np.random.default_rng(1)
+    found = []
+    for u in range(8):
+        uid = f"user-top-{u}"
+        anchor = int(rng.integers(N_ITEMS))
+        near = np.argsort(-(vectors @ vectors[anchor]))[:20]
+        clicked = [ids[i] for i in rng.choice(near, 3, replace=False)]
+        await click_and_wait(client, r, settings, uid, clicked)
+        resp = await client.recall(uid, k=10)
+        assert resp.value["status"] == "ok"
+        assert resp.value["source"] == "lsh"
+        got = resp.item_ids
+        assert len(got) == 10 and not set(got) & set(clicked)
+        mean = vectors[[ids.index(c) for c in clicked]].mean(axis=0)
+        want = exact_top(vectors, ids, mean, 10, set(clicked))
+        found.append(len(set(got) & set(want)) / 10)
+        # scores are exact cosines, best first
+        scores = [i["score"] for i in resp.value["items"]]
+        assert scores == sorted(scores, reverse=True)
+        qn = normalize(mean)
+        for item in resp.value["items"]:
+            cos = float(vectors[ids.index(item["item_id"])] @ qn)
+            assert item["score"] == pytest.approx(cos, abs=1e-4)
+    assert np.mean(found) >= 0.9, found
+
+
+async def test_exclude_seen_false_can_return_clicked_items(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    ids, _ = catalogue
+    await click_and_wait(client, r, settings, "user-seen", [ids[5]])
+    resp = await client.recall("user-seen", k=3, exclude_seen=False)
+    assert resp.item_ids[0] == ids[5]
+    assert resp.value["items"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+async def test_a_new_item_becomes_recallable_and_a_deleted_one_never_again(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    ids, vectors = catalogue
+    clicked = [ids[10], ids[11]]
+    await click_and_wait(client, r, settings, "user-new", clicked)
+    mean = vectors[[10, 11]].mean(axis=0)
+    await client.upsert_items(["brand-new"], mean[None, :] * 3.0)  # normalised on arrival
+
+    async def first_is_new() -> bool:
+        resp = await client.recall("user-new", k=5)
+        return bool(resp.item_ids) and resp.item_ids[0] == "brand-new"
+
+    await eventually(first_is_new)
+    resp = await client.recall("user-new", k=5)
+    assert resp.value["items"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+    await client.delete_items(["brand-new"])
+
+    async def gone() -> bool:
+        return "brand-new" not in (await client.recall("user-new", k=50)).item_ids
+
+    await eventually(gone)
+    for _ in range(5):
+        assert "brand-new" not in (await client.recall("user-new", k=1000)).item_ids
+
+
+async def test_a_duplicate_event_id_applies_once(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    ids, _ = catalogue
+    first = {"user_id": "user-dup", "item_id": ids[20], "ts": 10.0, "event_id": "ev-1"}
+    again = {**first, "item_id": ids[21], "ts": 11.0}  # a replay under the same event id
+    other = {"user_id": "user-dup", "item_id": ids[22], "ts": 12.0, "event_id": "ev-2"}
+    await client.clicks([first, first, again])
+    await client.clicks([other])
+    state = await eventually(lambda: (s := user_state(r, settings, "user-dup")) is not None
+                             and any(c.event_id == "ev-2" for c in s.window) and s)
+    assert [c.item_id for c in state.window] == [ids[20], ids[22]]
+    await client.clicks([first])  # later, after it was applied
+    await client.clicks([{"user_id": "user-dup", "item_id": ids[23], "ts": 13.0}])
+    state = await eventually(lambda: (s := user_state(r, settings, "user-dup")) is not None
+                             and len(s) == 3 and s)
+    assert [c.item_id for c in state.window] == [ids[20], ids[22], ids[23]]
+
+
+async def test_a_cold_user_gets_the_most_clicked_items(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    ids, _ = catalogue
+    hot = ids[100]
+    await client.clicks([{"user_id": f"fan-{n}", "item_id": hot} for n in range(30)])
+
+    async def popular_first() -> bool:
+        resp = await client.recall(f"cold-{uuid.uuid4().hex}", k=3)
+        return resp.value["source"] == "popular" and resp.item_ids[:1] == [hot]
+
+    await eventually(popular_first)
+
+
+async def test_bad_messages_go_to_the_dlq_and_the_worker_goes_on(
+        client: RecallClient, settings: Settings) -> None:
+    bad = [
+        (settings.topic_clicks, b"not json", "not_json"),
+        (settings.topic_clicks, orjson.dumps({"user_id": "u"}), "missing_field"),
+        (settings.topic_items, orjson.dumps({"item_id": "x", "vector": [1.0, 2.0]}),
+         "bad_dimension"),
+        (settings.topic_items, b'{"item_id": "y", "vector": [' + b",".join([b"1e999"] * DIM)
+         + b"]}", "not_finite"),
+        (settings.topic_items, orjson.dumps({"item_id": "z", "vector": [0.0] * DIM}),
+         "zero_vector"),
+        (settings.topic_requests, b"\xff\xfe", "not_json"),
+    ]
+    for topic, value, _ in bad:
+        await client.send_raw(topic, b"key", value)
+    rid = "req-bad-k"
+    fut = client.expect(rid)
+    await client.send_raw(settings.topic_requests, b"u",
+                          orjson.dumps({"request_id": rid, "user_id": "u", "k": 0}))
+    resp = await asyncio.wait_for(fut, 15)
+    assert resp.value["status"] == "invalid" and "k" in resp.value["error"]
+
+    await eventually(lambda: len(client.dlq) >= len(bad) + 1)
+    by_value = {base64.b64decode(d["value_b64"]): d for d in client.dlq}
+    for topic, value, reason in bad:
+        record = by_value[value]
+        assert record["topic"] == topic and record["reason"] == reason
+        assert isinstance(record["partition"], int) and isinstance(record["offset"], int)
+    # still serving, and a valid message sent after the bad ones is used
+    await client.upsert_items(["after-bad"], np.ones((1, DIM), dtype=np.float32))
+    assert (await client.recall("user-top-0")).value["status"] == "ok"
+    await eventually(lambda: metric(settings.metrics_port, "recall_invalid_messages_total")
+                     >= len(bad) + 1)
+
+
+async def test_a_restarted_worker_gives_the_same_answers(
+        client: RecallClient, worker: Service, settings: Settings) -> None:
+    users = [f"user-top-{u}" for u in range(4)] + ["user-new"]
+    before = {u: (await client.recall(u, k=10)).item_ids for u in users}
+    worker.proc.kill()  # no clean shutdown
+    worker.proc.wait(10)
+    log = worker.log_path
+    fresh = start_worker(settings.environ(), log, settings.metrics_port)
+    worker.proc = fresh.proc  # the module fixture stops whichever runs
+    await client.wait_ready(60)
+    after = {u: (await client.recall(u, k=10)).item_ids for u in users}
+    assert after == before
+    # and it keeps applying clicks on top of the state it rebuilt
+    await client.clicks([{"user_id": "user-new", "item_id": "item-0", "ts": 5000.0}])
+
+    async def changed() -> bool:
+        return (await client.recall("user-new", k=10)).item_ids != before["user-new"]
+
+    await eventually(changed)
