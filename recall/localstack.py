@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +200,31 @@ def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
         proc.kill()
         raise
     return Service("worker", proc, metrics_port, log_path)
+
+
+@contextlib.contextmanager
+def worker_stack(settings: Any, external: bool = False, workdir: Path | None = None,
+                 **overrides: Any) -> Iterator[tuple[Any, LocalStack | None, Service | None]]:
+    """The worker's world for the demo and the e2e benchmark: ``(settings, stack, worker)``.
+
+    ``external``: the broker, Redis and worker of ``settings`` are already running; yield
+    them as they are. Otherwise start Tansu, redis-server and ``recall worker`` (topics
+    created with ``settings.topic_partitions``; faust's web server off; ``overrides``
+    applied to the settings) and stop all three, by process id, on exit.
+    """
+    from dataclasses import replace
+
+    if external:
+        yield settings, None, None
+        return
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-stack-"))
+    with local_stack(topics=(), partitions=settings.topic_partitions) as stack:
+        settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
+                           web_port=0, **overrides)
+        asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),
+                                  settings.topic_partitions))
+        log_path = workdir / "worker.log"
+        worker = start_worker(settings.environ(), log_path, settings.metrics_port)
+        stack.extra.append(worker)
+        log.info("worker pid %d, log %s", worker.proc.pid, log_path)
+        yield settings, stack, worker
