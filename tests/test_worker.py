@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -27,36 +24,12 @@ from recall.localstack import LocalStack, Service, create_topics, free_port, sta
 from recall.lsh import normalize
 from recall.users import UserState
 from stream.client import RecallClient
+from tests.support import eventually, metric
 
 pytestmark = pytest.mark.integration
 
 N_ITEMS = 3000
 DIM = 64
-
-
-def metric(port: int, name: str) -> float:
-    """Sum of a metric's samples on the worker's /metrics (0 if absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in " {":
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
-    """Poll an async or sync ``check`` until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,126 @@
+"""Two workers in one consumer group: users are partitioned between them, items are not.
+
+What users rely on when they add workers: every request is answered exactly once, by
+the worker that owns the user's partition, from that user's clicks; every worker can
+recall every item, including one that arrives while both run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.generate import cluster_vectors
+from recall.config import Settings
+from recall.localstack import LocalStack, Service, create_topics, free_port, start_worker
+from recall.lsh import normalize
+from stream.client import RecallClient
+from tests.support import eventually, metric
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS = 2000
+DIM = 32
+USERS = 24
+
+
+@pytest.fixture(scope="module")
+def settings(stack: LocalStack) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, dim=DIM,
+        metrics_port=free_port(), web_port=0, kafka_session_timeout=2.0,
+        app_id=f"recall-scale-{tag}", redis_prefix=f"sc-{tag}", topic_partitions=4,
+        topic_clicks=f"clicks-{tag}", topic_items=f"items-{tag}",
+        topic_requests=f"requests-{tag}", topic_responses=f"responses-{tag}",
+        topic_dlq=f"dlq-{tag}", user_window=4)
+
+
+@pytest.fixture(scope="module")
+def workers(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        list[Service]]:
+    asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
+                              settings.topic_partitions))
+    logs = Path(tmp_path_factory.mktemp("workers"))
+    started = []
+    try:
+        for n in range(2):
+            port = settings.metrics_port if n == 0 else free_port()
+            env = replace(settings, metrics_port=port).environ()
+            started.append(start_worker(env, logs / f"worker-{n}.log", port))
+        yield started
+    finally:
+        for svc in started:
+            svc.stop()
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings, workers: list[Service]) -> AsyncIterator[RecallClient]:
+    c = RecallClient(settings)
+    await c.start()
+    await c.wait_ready(60)
+    yield c
+    await c.stop()
+
+
+async def test_two_workers_split_the_users_and_both_serve_every_item(
+        client: RecallClient, settings: Settings, workers: list[Service]) -> None:
+    rng = np.random.default_rng(3)
+    vectors = cluster_vectors(rng.integers(0, 40, size=N_ITEMS), DIM, seed=3)
+    ids = [f"it-{i}" for i in range(N_ITEMS)]
+    await client.upsert_items(ids, vectors)
+    for svc in workers:  # every worker's index follows every items partition
+        await eventually(lambda s=svc: metric(s.port, "recall_index_items") >= N_ITEMS, 30)
+
+    def near(anchor: int) -> np.ndarray:  # a user's clicks stay on one interest
+        return np.argsort(-(vectors @ vectors[anchor]))[:20]
+
+    clicked = {f"user-{u}": [ids[i] for i in rng.choice(near(int(rng.integers(N_ITEMS))), 3,
+                                                         replace=False)]
+               for u in range(USERS)}
+    await client.clicks([{"user_id": u, "item_id": i, "ts": 100.0 + n}
+                         for u, items in clicked.items() for n, i in enumerate(items)])
+
+    def expected(uid: str) -> list[str]:
+        mean = vectors[[ids.index(i) for i in clicked[uid]]].mean(axis=0)
+        scores = vectors @ normalize(mean)
+        return [ids[i] for i in np.argsort(-scores) if ids[i] not in clicked[uid]][:10]
+
+    async def all_reflect_clicks() -> bool:
+        resps = await asyncio.gather(*(client.recall(u, k=10) for u in clicked))
+        return all(r.value["source"] in ("lsh", "exact") for r in resps)
+
+    await eventually(all_reflect_clicks, 20)
+    # the group has settled once both workers answer (each owns some partitions)
+    await eventually(lambda: all(metric(s.port, "recall_requests_total") > 0
+                                 for s in workers), 30)
+    before = [metric(s.port, "recall_requests_total") for s in workers]
+    rids = [await client.send_request(u, k=10) for u in clicked]
+    resps = await asyncio.gather(*(asyncio.wait_for(client.expect(r), 10) for r in rids))
+    await asyncio.sleep(0.5)
+    # exactly one response per request (no second worker answered it too)
+    assert not set(rids) & set(client.unclaimed)
+    answered = [metric(s.port, "recall_requests_total") - b for s, b in zip(workers, before,
+                                                                             strict=True)]
+    assert sum(answered) == len(rids)
+    assert all(a > 0 for a in answered), f"one worker answered everything: {answered}"
+    found = [len(set(r.item_ids) & set(expected(r.value["user_id"]))) / 10 for r in resps]
+    assert np.mean(found) >= 0.9, found
+
+    # an item that arrives now is served by both workers
+    target = "user-0"
+    mean = vectors[[ids.index(i) for i in clicked[target]]].mean(axis=0)
+    await client.upsert_items(["fresh-item"], mean[None, :])
+    for svc in workers:
+        await eventually(lambda s=svc: metric(s.port, "recall_index_items") >= N_ITEMS + 1)
+
+    async def fresh_first() -> bool:
+        return (await client.recall(target, k=3)).item_ids[:1] == ["fresh-item"]
+
+    await eventually(fresh_first)
