@@ -107,39 +107,81 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.3g}{suffix}" if value != int(value) else f"{int(value)}{suffix}"
 
 
+#: Grafana's named colours and its classic palette
+COLORS = {"green": "#37872d", "yellow": "#e0b400", "red": "#c4162a", "orange": "#fa6400"}
+PALETTE = ["#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9",
+           "#705da0", "#508642", "#cca300", "#447ebc", "#c15c17"]
+
+
 def threshold_color(value: float, panel: dict[str, Any]) -> str:
-    colors = {"green": "#37872d", "yellow": "#e0b400", "red": "#c4162a", "orange": "#fa6400"}
     steps = panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", [])
     color = "green"
     for step in steps:
         if step["value"] is None or (not math.isnan(value) and value >= step["value"]):
             color = step["color"]
-    return colors.get(color, color)
+    return COLORS.get(color, color)
+
+
+def overrides(panel: dict[str, Any], name: str) -> dict[str, Any]:
+    """The field-config override properties that apply to the series called ``name``."""
+    props: dict[str, Any] = {}
+    for o in panel["fieldConfig"].get("overrides", []):
+        m = o["matcher"]
+        if (m["id"] == "byName" and m["options"] == name) or (
+                m["id"] == "byRegexp" and re.fullmatch(m["options"], name)):
+            props.update({p["id"]: p["value"] for p in o["properties"]})
+    return props
+
+
+#: layout, inches: size of one dashboard grid row, margins and bands inside a panel
+ROW_IN, FIG_W, MARGIN, GAP = 0.42, 18.0, 0.15, 0.12
+TITLE_IN, TICKS_IN, LEGEND_ROW_IN, YLABELS_IN = 0.32, 0.3, 0.19, 0.8
 
 
 def render(dashboard: dict[str, Any], prom: Prometheus, start: float, end: float,
            out: Path, step: float = 5.0, rate_interval: str = "20s") -> dict[str, int]:
-    """Draw ``dashboard`` over [start, end] into ``out``; returns series drawn per panel."""
+    """Draw ``dashboard`` over [start, end] into ``out``; returns series drawn per panel.
+
+    Laid out like Grafana: the dashboard's grid, a title on each panel, legends below the
+    graphs, thresholds drawn as dashed lines where the panel says so, series that an
+    override puts on the right axis drawn on a second axis, stat panels coloured by their
+    thresholds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     panels = dashboard["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(18, rows * 0.42), dpi=90)
-    fig.suptitle(f"{dashboard['title']} — {time.strftime('%Y-%m-%d %H:%M', time.gmtime(end))}"
-                 f" UTC, last {round((end - start) / 60)} min", fontsize=13, y=0.995)
-    grid = fig.add_gridspec(rows, 24, hspace=3.2, wspace=1.4, left=0.03, right=0.99,
-                            top=0.965, bottom=0.02)
+    header = 0.45
+    fig_h = rows * ROW_IN + header + MARGIN
+    fig = plt.figure(figsize=(FIG_W, fig_h), dpi=90)
+    fig.patch.set_facecolor("white")
+    fig.text(MARGIN / FIG_W, 1 - 0.3 / fig_h,
+             f"{dashboard['title']}  ·  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(end))} UTC,"
+             f" last {round((end - start) / 60)} min", fontsize=14, weight="bold", va="center")
+    col_in = (FIG_W - 2 * MARGIN) / 24
+
+    def rect(left: float, top: float, width: float, height: float) -> list[float]:
+        """inches from the figure's top-left -> matplotlib's figure fraction"""
+        return [left / FIG_W, 1 - (top + height) / fig_h, width / FIG_W, height / fig_h]
+
     drawn: dict[str, int] = {}
     for panel in panels:
         g = panel["gridPos"]
-        ax = fig.add_subplot(grid[g["y"]:g["y"] + g["h"], g["x"]:g["x"] + g["w"]])
+        left, top = MARGIN + g["x"] * col_in, header + g["y"] * ROW_IN
+        width, height = g["w"] * col_in - GAP, g["h"] * ROW_IN - GAP
+        box = fig.add_axes(rect(left, top, width, height))
+        box.set_xticks([])
+        box.set_yticks([])
+        for spine in box.spines.values():
+            spine.set_color("#d0d0d0")
+        box.text(0.1 / width, 1 - 0.16 / height, panel["title"], transform=box.transAxes,
+                 fontsize=10.5, weight="bold", va="center")
         unit = panel["fieldConfig"]["defaults"].get("unit", "short")
-        ax.set_title(panel["title"], fontsize=10, loc="left")
         series = []
         for t in panel["targets"]:
             expr = promql(t["expr"], rate_interval=rate_interval)
@@ -149,29 +191,62 @@ def render(dashboard: dict[str, Any], prom: Prometheus, start: float, end: float
                 series.append((legend(t.get("legendFormat", ""), s["metric"]), ts, vs))
         drawn[panel["title"]] = len(series)
         if panel["type"] == "stat":
-            ax.axis("off")
-            last = next((float(v[-1]) for _, _, v in series if len(v)), math.nan)
-            ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes,
-                                       color=threshold_color(last, panel), alpha=0.85))
-            ax.text(0.5, 0.45, format_value(last, unit), ha="center", va="center",
-                    fontsize=17, color="white", weight="bold", transform=ax.transAxes)
+            # Grafana's default reduction: the last value that is not null/NaN
+            last = next((float(v[np.isfinite(v)][-1]) for _, _, v in series
+                         if np.isfinite(v).any()), math.nan)
+            box.add_patch(plt.Rectangle((0.04, 0.08), 0.92, 1 - 0.08 - 0.32 / height,
+                                        transform=box.transAxes,
+                                        color=threshold_color(last, panel), alpha=0.9))
+            box.text(0.5, 0.04 + (1 - 0.32 / height) / 2, format_value(last, unit),
+                     ha="center", va="center", fontsize=20, color="white", weight="bold",
+                     transform=box.transAxes)
             continue
-        for name, ts, vs in series:
-            ax.plot([mdates.num2date(x / 86400.0) for x in ts], vs, label=name, lw=1.3)
-        for step_ in panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", []):
-            if step_["value"] is not None and step_["color"] == "red":
-                ymax = max((np.nanmax(v) for _, _, v in series if np.isfinite(v).any()),
-                           default=0.0)
-                if step_["value"] <= 1.5 * ymax:  # draw the line only when it is in view
-                    ax.axhline(step_["value"], color="#c4162a", ls="--", lw=0.8)
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
-        ax.yaxis.set_major_formatter(
-            matplotlib.ticker.FuncFormatter(lambda v, _p, u=unit: format_value(v, u)))
-        ax.tick_params(labelsize=7)
-        ax.set_ylim(bottom=0)
+        right = [name for name, _, _ in series
+                 if overrides(panel, name).get("custom.axisPlacement") == "right"]
+        ncol = max(1, min(len(series), int(width // 2.1)))
+        legend_in = LEGEND_ROW_IN * math.ceil(len(series) / ncol) + 0.05 if series else 0.0
+        right_in = YLABELS_IN if right else 0.15
+        ax = fig.add_axes(rect(left + YLABELS_IN, top + TITLE_IN,
+                               width - YLABELS_IN - right_in,
+                               height - TITLE_IN - TICKS_IN - legend_in))
+        ax2 = ax.twinx() if right else None
+        handles = []
+        for i, (name, ts, vs) in enumerate(series):
+            target = ax2 if name in right and ax2 is not None else ax
+            dates = [mdates.num2date(x / 86400.0) for x in ts]
+            color = PALETTE[i % len(PALETTE)]
+            (line,) = target.plot(dates, vs, label=name, lw=1.4, color=color)
+            if target is ax:  # a filled right-axis series would hide the left one
+                target.fill_between(dates, vs, 0, color=color, alpha=0.08, lw=0)
+            handles.append(line)
+        style = panel["fieldConfig"]["defaults"].get("custom", {}).get("thresholdsStyle", {})
+        if style.get("mode") == "line":
+            ymax = max((np.nanmax(v) for n, _, v in series
+                        if n not in right and np.isfinite(v).any()), default=0.0)
+            for step_ in panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", []):
+                if step_["value"] is not None and step_["value"] <= 1.5 * ymax:
+                    ax.axhline(step_["value"], color=COLORS.get(step_["color"], step_["color"]),
+                               ls="--", lw=1.0)
+        for a, names in ((ax, [n for n, _, _ in series if n not in right]), (ax2, right)):
+            if a is None:
+                continue
+            u = overrides(panel, names[0]).get("unit", unit) if names and a is ax2 else unit
+            a.yaxis.set_major_formatter(FuncFormatter(lambda v, _p, u=u: format_value(v, u)))
+            a.yaxis.set_major_locator(MaxNLocator(5))
+            a.tick_params(labelsize=7.5, colors="#444444")
+            a.set_ylim(bottom=0)
+            for spine in ("top",) if a is ax2 else ("top", "right"):
+                a.spines[spine].set_visible(False)
+        ax.set_xlim(mdates.num2date(start / 86400.0), mdates.num2date(end / 86400.0))
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=4, maxticks=8))
+        ax.xaxis.set_major_formatter(
+            mdates.DateFormatter("%H:%M:%S" if end - start < 600 else "%H:%M"))
         ax.grid(alpha=0.3)
         if series:
-            ax.legend(fontsize=7, loc="upper left", ncol=min(4, len(series)), framealpha=0.6)
+            fig.legend(handles=handles, loc="upper left", ncol=ncol, fontsize=8, frameon=False,
+                       bbox_to_anchor=rect(left + YLABELS_IN - 0.1,
+                                           top + height - legend_in, 0, 0)[:2],
+                       handlelength=1.5, columnspacing=1.2, borderaxespad=0)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,18 +129,21 @@ class Phase:
     new_items: float = 0.0
 
 
-#: the test's load: steady, every kind of message, a little bad input
-TEST_LOAD = [Phase(3600, requests=40, clicks=150, bad=1.0)]
+#: the test's load: steady, every kind of message, a little bad input (gentle: the machine
+#: that runs the tests may be busy with other work)
+TEST_LOAD = [Phase(3600, requests=30, clicks=80, bad=1.0)]
 
 
 def picture_load(seconds: float) -> list[Phase]:
-    """Phases that make a dashboard worth looking at, scaled to ``seconds``."""
+    """Phases that make a dashboard worth looking at, scaled to ``seconds``: traffic
+    rising, new items arriving, a click burst that builds lag which then drains, a
+    producer sending bad messages for a while."""
     shares = [
-        Phase(0.2, requests=20, clicks=100),
-        Phase(0.2, requests=60, clicks=200, new_items=20),
-        Phase(0.2, requests=120, clicks=300),
-        Phase(0.15, requests=60, clicks=200, bad=8.0),
-        Phase(0.25, requests=30, clicks=120),
+        Phase(0.2, requests=15, clicks=40),
+        Phase(0.2, requests=30, clicks=70, new_items=10),
+        Phase(0.15, requests=45, clicks=250),
+        Phase(0.15, requests=30, clicks=50, bad=6.0),
+        Phase(0.3, requests=20, clicks=50),
     ]
     return [replace(p, seconds=p.seconds * seconds) for p in shares] + [TEST_LOAD[0]]
 
