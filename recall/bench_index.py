@@ -1,0 +1,398 @@
+"""``recall bench index``: the LSH index against exact numpy and hnswlib, in one run.
+
+Builds a clustered synthetic catalogue (recall.synthetic: a Gaussian mixture with skewed
+cluster sizes, unit float32 vectors) and user-like queries (means of a few near items),
+computes the exact top-k, then measures, one query at a time:
+
+- exact numpy (one matrix-vector product over the catalogue + argpartition);
+- the LSH index: bulk build, then the held-back items inserted one by one (as the worker
+  does on ``items`` messages), recall@k against exact, latency, candidates, memory;
+- hnswlib (if importable) at the ``ef`` reaching the LSH's recall, as a reference.
+
+Prints a table and ends with exactly one JSON line of all figures. ``--plot PATH``
+writes recall vs latency over a sweep of probes per table T, with exact and an hnswlib
+``ef`` sweep as references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROBES = "1,2,4,8,16,32"
+
+
+def add_parser(sub: Any, bench_sub: Any) -> None:
+    p = bench_sub.add_parser(
+        "index", help="LSH index vs exact numpy vs hnswlib: recall, latency, inserts, memory",
+        description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=100_000, help="catalogue size N (default 100000)")
+    p.add_argument("--dim", type=int, default=64, help="dimension D (default 64)")
+    p.add_argument("--queries", type=int, default=1000, help="user-like queries (default 1000)")
+    p.add_argument("--k", type=int, default=10, help="top-k for recall@k (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of catalogue and queries")
+    p.add_argument("--clusters", type=int, default=0,
+                   help="clusters of the catalogue (default ~sqrt(N))")
+    p.add_argument("--intrinsic-dim", type=int, default=8,
+                   help="dimensions of each cluster's spread (default 8; D = isotropic, hardest)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tune", action="store_true",
+                       help="choose LSH parameters with the tuner on a sample first")
+    group.add_argument("--params", default="",
+                       help="LSH parameters: a JSON object or a JSON file (LSHParams fields)")
+    p.add_argument("--tune-items", type=int, default=200_000,
+                   help="sample size for --tune (default 200000)")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@k the tuner aims at (default 0.95)")
+    p.add_argument("--inserts", type=int, default=-1,
+                   help="items held back from the bulk build and inserted one by one "
+                        "(default min(N/10, 20000))")
+    p.add_argument("--plot", default="", metavar="PATH", help="write a recall-vs-latency PNG")
+    p.add_argument("--probes", default=DEFAULT_PROBES,
+                   help=f"probes per table T swept for --plot (default {DEFAULT_PROBES})")
+    p.add_argument("--no-hnsw", action="store_true", help="skip the hnswlib reference")
+    p.set_defaults(func=run)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: fall back to the peak
+        return _peak_rss_mb()
+
+
+def _load_params(text: str, dim: int) -> Any:
+    from recall.cli import CommandError
+    from recall.lsh import LSHParams
+
+    try:
+        raw = json.loads(text) if text.lstrip().startswith("{") else json.loads(
+            Path(text).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(f"--params: not a JSON object or a readable JSON file: {exc}") from None
+    if isinstance(raw, dict) and "params" in raw and isinstance(raw["params"], dict):
+        raw = raw["params"]  # a tuner result file
+    try:
+        params = LSHParams.from_dict({"dim": dim, **raw} if isinstance(raw, dict) else raw)
+    except ValueError as exc:
+        raise CommandError(f"--params: {exc}") from None
+    if params.dim != dim:
+        raise CommandError(f"--params: dim {params.dim} does not match --dim {dim}")
+    return params
+
+
+def _parse_probes(text: str) -> list[int]:
+    from recall.cli import CommandError
+
+    try:
+        probes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise CommandError(f"--probes must be comma-separated integers, got {text!r}") from None
+    if not probes or probes[0] < 1:
+        raise CommandError("--probes must list integers >= 1")
+    return probes
+
+
+def run(args: argparse.Namespace) -> int:
+    from recall.cli import CommandError
+
+    if args.items < 2 or args.dim < 1 or args.queries < 1 or args.k < 1:
+        raise CommandError("--items must be >= 2, --dim, --queries and --k >= 1")
+    if args.k > args.items:
+        raise CommandError(f"--k {args.k} is larger than --items {args.items}")
+    if not 0 < args.target_recall <= 1:
+        raise CommandError("--target-recall must be in (0, 1]")
+    if args.clusters < 0 or args.intrinsic_dim < 1:
+        raise CommandError("--clusters must be >= 0 and --intrinsic-dim >= 1")
+    probes = _parse_probes(args.probes)
+    params = _load_params(args.params, args.dim) if args.params else None
+    inserts = min(args.items // 10, 20_000) if args.inserts < 0 else args.inserts
+    if inserts >= args.items:
+        raise CommandError("--inserts must be smaller than --items")
+    return _bench(args, params, inserts, probes)
+
+
+def _percentiles(seconds: Any) -> tuple[float, float]:
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1e3
+    return round(float(np.percentile(ms, 50)), 4), round(float(np.percentile(ms, 99)), 4)
+
+
+def _exact_truth(x: Any, q: Any, k: int, progress: bool) -> Any:
+    """(Q, k) exact top-k rows, blocked so the score matrix stays under ~64 MB."""
+    import numpy as np
+    from tqdm import tqdm
+
+    block = max(1, min(256, (16 << 20) // len(x)))
+    out = np.empty((len(q), k), dtype=np.int64)
+    for start in tqdm(range(0, len(q), block), desc="exact top-k", unit="block",
+                      disable=not progress):
+        scores = q[start : start + block] @ x.T
+        out[start : start + block] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return out
+
+
+def _recall(found: list[Any], truth: Any) -> float:
+    import numpy as np
+
+    hits = [len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits))
+
+
+def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
+              progress: bool) -> dict[str, Any]:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    lat, found, cands = [], [], []
+    for qi in tqdm(q, desc=desc, unit="query", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        res = index.query(qi, k)
+        lat.append(time.perf_counter() - t0)
+        found.append(np.fromiter(map(int, res.ids), dtype=np.int64, count=len(res.ids)))
+        cands.append(res.candidates)
+    p50, p99 = _percentiles(lat)
+    return {"recall": round(_recall(found, truth), 4), "ms_p50": p50, "ms_p99": p99,
+            "ms_mean": round(1e3 * float(np.mean(lat)), 4),
+            "candidates": round(float(np.mean(cands)), 1)}
+
+
+def _time_hnsw(index: Any, q: Any, truth: Any, k: int) -> dict[str, Any]:
+    import time
+
+    import numpy as np
+
+    lat, found = [], []
+    for qi in q:
+        t0 = time.perf_counter()
+        labels, _ = index.knn_query(qi, k=k, num_threads=1)
+        lat.append(time.perf_counter() - t0)
+        found.append(labels[0].astype(np.int64))
+    p50, p99 = _percentiles(lat)
+    return {"recall": round(_recall(found, truth), 4), "ms_p50": p50, "ms_p99": p99}
+
+
+def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int]) -> int:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from recall.lsh import LSHIndex
+    from recall.synthetic import clustered_catalogue, user_like_queries
+    from recall.tuner import suggested_params, tune
+
+    progress = sys.stderr.isatty() or args.items >= 100_000
+    n, dim, k = args.items, args.dim, args.k
+    res: dict[str, Any] = {"bench": "index", "items": n, "dim": dim, "queries": args.queries,
+                           "k": k, "seed": args.seed}
+
+    t0 = time.perf_counter()
+    x, labels = clustered_catalogue(n, dim, clusters=args.clusters or None,
+                                    intrinsic=args.intrinsic_dim, seed=args.seed)
+    q = user_like_queries(x, labels, args.queries, seed=args.seed + 1)
+    res["clusters"] = int(labels.max()) + 1
+    res["intrinsic_dim"] = min(args.intrinsic_dim, dim)
+    print(f"catalogue: {n} x {dim} unit float32 in {res['clusters']} clusters "
+          f"(skewed sizes, intrinsic dim {res['intrinsic_dim']}), {len(q)} user-like "
+          f"queries ({time.perf_counter() - t0:.1f} s)", flush=True)
+    truth = _exact_truth(x, q, k, progress)
+
+    # --- exact numpy, one query at a time
+    n_exact = min(len(q), 200)
+    lat = []
+    for qi in tqdm(q[:n_exact], desc="exact numpy", unit="query", disable=not progress,
+                   leave=False):
+        t1 = time.perf_counter()
+        scores = x @ qi
+        top = np.argpartition(-scores, k - 1)[:k]
+        top[np.argsort(-scores[top])]
+        lat.append(time.perf_counter() - t1)
+    res["exact_ms_p50"], res["exact_ms_p99"] = _percentiles(lat)
+
+    # --- parameters
+    if params is None and args.tune:
+        sample = min(n, args.tune_items)
+        print(f"tuning on {sample} items for recall@{k} >= {args.target_recall} ...", flush=True)
+        tuned = tune(x, None, args.target_recall, k, max_items=sample, seed=args.seed,
+                     progress=progress)
+        print(tuned.summary(), flush=True)
+        params = tuned.params
+        res["tuned"] = {"sample_items": sample, "recall": round(tuned.recall, 4),
+                        "seconds": round(tuned.seconds, 1)}
+    if params is None:
+        params = suggested_params(n, dim)
+    res["params"] = params.to_dict()
+
+    # --- LSH: bulk build, then one-by-one inserts of the held-back items
+    ids = [str(i) for i in range(n)]
+    n_bulk = n - inserts
+    rss0 = _rss_mb()
+    index = LSHIndex(params)
+    t1 = time.perf_counter()
+    index.add(ids[:n_bulk], x[:n_bulk])
+    build_s = time.perf_counter() - t1
+    ins_lat = []
+    t1 = time.perf_counter()
+    for i in tqdm(range(n_bulk, n), desc="single inserts", unit="item", disable=not progress,
+                  leave=False):
+        t2 = time.perf_counter()
+        index.add([ids[i]], x[i])
+        ins_lat.append(time.perf_counter() - t2)
+    insert_s = time.perf_counter() - t1
+    res["build_seconds"] = round(build_s, 3)
+    res["build_items_per_s"] = round(n_bulk / build_s, 1)
+    res["inserts"] = inserts
+    res["insert_items_per_s"] = round(inserts / insert_s, 1) if inserts else None
+    res["insert_ms_p50"], res["insert_ms_p99"] = (
+        _percentiles(ins_lat) if ins_lat else (None, None))
+    res["index_nbytes"] = index.nbytes()
+    res["index_rss_mb"] = round(_rss_mb() - rss0, 1)
+    res["index_stats"] = index.stats()
+
+    lsh = _time_lsh(index, q, truth, k, "LSH queries", progress)
+    res.update({f"lsh_{key}": value for key, value in lsh.items()})
+    res["speedup_p50"] = round(res["exact_ms_p50"] / max(lsh["ms_p50"], 1e-9), 1)
+    res["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+
+    # --- hnswlib reference at the LSH's recall
+    hnsw_curve: list[dict[str, Any]] = []
+    res.update({"hnsw_recall": None, "hnsw_ms_p50": None, "hnsw_ms_p99": None,
+                "hnsw_ef": None, "hnsw_build_seconds": None, "hnsw_M": None})
+    hnsw = None
+    if not args.no_hnsw:
+        try:
+            import hnswlib
+        except ImportError:
+            print("hnswlib is not installed: no reference (pip install hnswlib)", flush=True)
+        else:
+            hnsw = hnswlib.Index(space="ip", dim=dim)
+            hnsw.init_index(max_elements=n, M=16, ef_construction=100, random_seed=args.seed)
+            t1 = time.perf_counter()
+            step = 50_000
+            for start in tqdm(range(0, n, step), desc="hnswlib build", unit="block",
+                              disable=not progress, leave=False):
+                end = min(n, start + step)
+                hnsw.add_items(x[start:end], np.arange(start, end))
+            res["hnsw_build_seconds"] = round(time.perf_counter() - t1, 2)
+            res["hnsw_M"] = 16
+            sub = min(len(q), 300)
+            for ef in (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+                if ef < k:
+                    continue
+                hnsw.set_ef(ef)
+                point = {"ef": ef, **_time_hnsw(hnsw, q[:sub], truth[:sub], k)}
+                hnsw_curve.append(point)
+                if point["recall"] >= lsh["recall"] and not args.plot:
+                    break
+            good = [pt for pt in hnsw_curve if pt["recall"] >= lsh["recall"]]
+            ef = good[0]["ef"] if good else hnsw_curve[-1]["ef"]
+            hnsw.set_ef(ef)
+            ref = _time_hnsw(hnsw, q, truth, k)
+            res.update({"hnsw_ef": ef, "hnsw_recall": ref["recall"],
+                        "hnsw_ms_p50": ref["ms_p50"], "hnsw_ms_p99": ref["ms_p99"]})
+            res["peak_rss_mb_with_hnsw"] = round(_peak_rss_mb(), 1)
+
+    # --- sweep of probes for the plot
+    if args.plot:
+        sub = min(len(q), 300)
+        sweep = []
+        for T in tqdm(probes, desc="probe sweep", unit="T", disable=not progress,
+                      leave=False):
+            index.set_probing(T)
+            sweep.append({"T": T, **_time_lsh(index, q[:sub], truth[:sub], k, f"T={T}",
+                                              False)})
+        index.set_probing(params.T)
+        res["sweep"] = sweep
+        _plot(args.plot, res, sweep, hnsw_curve)
+        res["plot"] = args.plot
+
+    _print_table(res)
+    print(json.dumps(res))
+    return 0
+
+
+def _print_table(res: dict[str, Any]) -> None:
+    from recall.lsh import LSHParams
+
+    p = LSHParams.from_dict(res["params"])
+    rows = [("", f"recall@{res['k']}", "p50 ms", "p99 ms", "candidates")]
+    rows.append(("exact numpy", "1.000", f"{res['exact_ms_p50']:.3f}",
+                 f"{res['exact_ms_p99']:.3f}", str(res["items"])))
+    rows.append((f"LSH ({p.describe()})", f"{res['lsh_recall']:.3f}",
+                 f"{res['lsh_ms_p50']:.3f}", f"{res['lsh_ms_p99']:.3f}",
+                 f"{res['lsh_candidates']:.0f}"))
+    if res["hnsw_recall"] is not None:
+        rows.append((f"hnswlib (M=16, ef={res['hnsw_ef']})", f"{res['hnsw_recall']:.3f}",
+                     f"{res['hnsw_ms_p50']:.3f}", f"{res['hnsw_ms_p99']:.3f}", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                        for i, c in enumerate(r)))
+    ins = res["insert_items_per_s"]
+    print(f"LSH: {res['speedup_p50']}x faster than exact at p50; build {res['build_seconds']} s "
+          f"({res['build_items_per_s']:.0f} items/s)"
+          + (f", {res['inserts']} single inserts at {ins:.0f} items/s "
+             f"(p50 {res['insert_ms_p50']} ms, p99 {res['insert_ms_p99']} ms)" if ins else ""))
+    print(f"memory: index arrays {res['index_nbytes'] / 2**20:.0f} MiB, index RSS "
+          f"+{res['index_rss_mb']:.0f} MiB, peak RSS {res['peak_rss_mb']:.0f} MiB "
+          f"(catalogue and benchmark included)"
+          + (f"; {res['peak_rss_mb_with_hnsw']:.0f} MiB with hnswlib"
+             if "peak_rss_mb_with_hnsw" in res else ""))
+    if res["hnsw_build_seconds"] is not None:
+        print(f"hnswlib build {res['hnsw_build_seconds']} s")
+
+
+def _plot(path: str, res: dict[str, Any], sweep: list[dict[str, Any]],
+          hnsw_curve: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([s["ms_p50"] for s in sweep], [s["recall"] for s in sweep], "o-",
+            label=f"LSH, T = {', '.join(str(s['T']) for s in sweep)}")
+    for s in sweep:
+        ax.annotate(f"T={s['T']}", (s["ms_p50"], s["recall"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
+    if hnsw_curve:
+        ax.plot([h["ms_p50"] for h in hnsw_curve], [h["recall"] for h in hnsw_curve], "s--",
+                label="hnswlib M=16, ef sweep")
+    ax.plot([res["exact_ms_p50"]], [1.0], "k*", markersize=12, label="exact numpy")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per single query (ms, log)")
+    ax.set_ylabel(f"recall@{res['k']}")
+    ax.set_title(f"{res['items']} x {res['dim']} clustered, {res['queries']} user-like queries")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m recall.bench_index")
+    add_parser(None, parser.add_subparsers(dest="bench", required=True))
+    ns = parser.parse_args()
+    return int(ns.func(ns))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
