@@ -76,11 +76,11 @@ def resolve_default(value: str) -> str:
 
 
 def published_ports(service: str) -> dict[int, int]:
-    """Container port -> host port."""
+    """Container port -> host port (the first of a host port range)."""
     out = {}
     for spec in SERVICES[service].get("ports", []):
         host, container = str(spec).rsplit(":", 1)
-        out[int(container)] = int(host.rsplit(":", 1)[-1])
+        out[int(container)] = int(host.rsplit(":", 1)[-1].split("-")[0])
     return out
 
 
@@ -261,13 +261,28 @@ def test_topics_service_runs_the_script() -> None:
 
 # --- prometheus ----------------------------------------------------------------------------
 
-def test_prometheus_scrapes_the_worker() -> None:
+def test_prometheus_scrapes_every_worker_replica() -> None:
     jobs = {j["job_name"]: j for j in PROMETHEUS_CFG["scrape_configs"]}
-    targets = [t for sc in jobs["recall-worker"]["static_configs"] for t in sc["targets"]]
+    job = jobs["recall-worker"]
     port = Settings.from_env(
         {k: resolve_default(v) for k, v in env("worker").items()}).metrics_port
-    assert targets == [f"worker:{port}"]
-    assert jobs["recall-worker"].get("metrics_path", "/metrics") == "/metrics"
+    # found through Docker's DNS (one A record per replica), not a fixed host:port
+    assert "static_configs" not in job
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["names"][0] in SERVICES
+    assert sd["type"] == "A" and sd["port"] == port
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_the_worker_can_be_scaled() -> None:
+    """`docker compose up --scale worker=N`: no fixed name, a host port range."""
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker
+    (spec,) = worker["ports"]
+    host, container = str(spec).rsplit(":", 1)
+    first, _, last = host.rsplit(":", 1)[-1].partition("-")
+    assert int(container) == Settings().metrics_port == int(first)
+    assert last and int(last) > int(first), "a single host port allows one replica only"
 
 
 def test_prometheus_files_are_mounted() -> None:

@@ -265,6 +265,7 @@ def prometheus_config(metrics_port: int) -> dict[str, Any]:
     assert [Path(f).name for f in cfg["rule_files"]] == [ALERTS_FILE.name]
     cfg["rule_files"] = [str(ALERTS_FILE)]
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "recall-worker"]
+    assert job.pop("dns_sd_configs")  # compose: the `worker` replicas by DNS
     job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
     return cfg
 
