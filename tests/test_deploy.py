@@ -104,6 +104,16 @@ def test_images_are_pinned() -> None:
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
 
 
+def test_the_projects_image_is_built_not_pulled() -> None:
+    """Services running the project's image build it: it is on no registry, and compose
+    pulls a missing image of a service without ``build`` even if another one builds it."""
+    image = SERVICES["worker"]["image"]
+    users = [name for name, svc in SERVICES.items() if svc["image"] == image]
+    assert {"worker", "demo"} <= set(users)
+    for name in users:
+        assert SERVICES[name].get("build") == ".", name
+
+
 def test_dockerfile_base_is_pinned_and_runs_recall() -> None:
     text = (ROOT / "Dockerfile").read_text()
     for base in re.findall(r"^FROM\s+(\S+)", text, re.M):
