@@ -331,6 +331,18 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool missing: run scripts/install-system.sh")
+def test_promtool_checks_the_scrape_config(tmp_path: Path) -> None:
+    """deploy/prometheus.yml as the container sees it (rule file at its mounted path)."""
+    cfg = dict(PROMETHEUS_CFG)
+    cfg["rule_files"] = [str(container_to_repo("prometheus", f)) for f in cfg["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # --- grafana -------------------------------------------------------------------------------
 
 def test_grafana_datasource_points_at_prometheus() -> None:
