@@ -49,7 +49,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="recall@k the tuner aims at (default 0.95)")
     p.add_argument("--inserts", type=int, default=-1,
                    help="items held back from the bulk build and inserted one by one "
-                        "(default min(N/10, 20000))")
+                        "(default min(N/10, 100000); enough to include a merge)")
     p.add_argument("--plot", default="", metavar="PATH", help="write a recall-vs-latency PNG")
     p.add_argument("--probes", default=DEFAULT_PROBES,
                    help=f"probes per table T swept for --plot (default {DEFAULT_PROBES})")
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--clusters must be >= 0 and --intrinsic-dim >= 1")
     probes = _parse_probes(args.probes)
     params = _load_params(args.params, args.dim) if args.params else None
-    inserts = min(args.items // 10, 20_000) if args.inserts < 0 else args.inserts
+    inserts = min(args.items // 10, 100_000) if args.inserts < 0 else args.inserts
     if inserts >= args.items:
         raise CommandError("--inserts must be smaller than --items")
     return _bench(args, params, inserts, probes)

@@ -93,6 +93,8 @@ class LSHParams:
                  "seed": int, "cap": int}
         values = {}
         for key, value in d.items():
+            if isinstance(value, bool) or value is None:
+                raise ValueError(f"LSH parameter {key}: cannot use {value!r}")
             if casts[key] is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"LSH parameter {key} must be an integer, got {value!r}")
             try:
@@ -215,6 +217,11 @@ class Hasher:
             if n_sets > 0 else np.zeros((0, 1), dtype=np.intp)
         )
         self.probes_per_table = 1 + min(n_sets, len(self.template))
+        # read-only index arrays of probe_keys (its scratch is per call: thread-safe)
+        self._npos = 2 * p.k if p.family == "pstable" else p.k
+        self._row_base = np.repeat(np.arange(p.L) * self._npos, self._npos)
+        self._rows3 = np.arange(p.L)[:, None, None]
+        self._step = np.concatenate([-self.mult, self.mult], axis=1)
 
     def _codes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integer codes (n, L*k) and the float64 value behind them, for unit rows x."""
@@ -252,47 +259,55 @@ class Hasher:
     def probe_keys(self, q: np.ndarray) -> np.ndarray:
         """(L, T') int64 probe keys for one normalised query, home bucket first.
 
-        T' = min(T, 1 + number of valid perturbation sets).
+        T' = min(T, 1 + number of valid perturbation sets). The perturbed probes of a
+        table are its best T' - 1 sets, in no particular order (all are read anyway).
+        Written as few numpy calls on tiny arrays: this runs once per query.
         """
         p = self.params
-        x = np.asarray(q).reshape(1, -1)
-        if x.shape[1] != p.dim:
+        x = np.asarray(q)
+        if x.size != p.dim:
             raise ValueError(f"expected a query of dimension {p.dim}, got {np.shape(q)}")
-        codes, t = self._codes(x)
-        home = self._fold(codes)[0]  # (L,)
-        if self.probes_per_table == 1:
-            return home[:, None]
-        codes = codes.reshape(p.L, p.k)
-        t = t.reshape(p.L, p.k)
-        mult = self.mult
+        t = x.reshape(-1).astype(np.float64) @ self.proj  # (L*k,)
         if p.family == "pstable":
-            frac = t - codes  # distance to the lower boundary, in units of w
-            dist = np.concatenate([frac, 1.0 - frac], axis=1)  # (L, 2k): -1 moves, +1 moves
-            step = np.concatenate([-mult, mult], axis=1)
+            t += self.offset
+            t /= p.w
+            fcodes = np.floor(t)
         else:
-            dist = np.abs(t)
-            step = np.where(codes == 1, -mult, mult)
-        order = np.argsort(dist, axis=1)
-        rows = np.arange(p.L)[:, None]
-        d2 = np.zeros((p.L, dist.shape[1] + 1))
-        d2[:, :-1] = dist[rows, order] ** 2
-        contrib = np.zeros((p.L, dist.shape[1] + 1), dtype=np.int64)
-        contrib[:, :-1] = step[rows, order]
-        tmpl = self.template
+            fcodes = (t > 0).astype(np.float64)
+        codes = fcodes.astype(np.int64).reshape(p.L, p.k)
+        with np.errstate(over="ignore"):
+            home = (codes * self.mult).sum(axis=1) + self.salt  # (L,)
         n_sets = self.probes_per_table - 1
+        if n_sets == 0:
+            return home[:, None]
+        npos = self._npos
+        if p.family == "pstable":
+            frac = t - fcodes  # distance to the lower boundary, in units of w
+            dist = np.empty((p.L, npos))  # (L, 2k): -1 moves, then +1 moves
+            dist[:, : p.k] = frac.reshape(p.L, p.k)
+            np.subtract(1.0, dist[:, : p.k], out=dist[:, p.k :])
+            step = self._step
+        else:
+            dist = np.abs(t).reshape(p.L, p.k)
+            step = np.where(codes == 1, -self.mult, self.mult)
+        order = np.argsort(dist, axis=1).reshape(-1)
+        order += self._row_base  # flat index into (L, npos)
+        d2 = np.zeros((p.L, npos + 1))  # last column 0: the template's padding
+        contrib = np.zeros((p.L, npos + 1), dtype=np.int64)
+        d2[:, :npos] = dist.reshape(-1)[order].reshape(p.L, npos)
+        d2[:, :npos] **= 2
+        contrib[:, :npos] = step.reshape(-1)[order].reshape(p.L, npos)
+        tmpl = self.template
         if len(tmpl) > n_sets:
             scores = d2[:, tmpl].sum(axis=2)  # (L, S)
             best = np.argpartition(scores, n_sets - 1, axis=1)[:, :n_sets]
-            sb = np.take_along_axis(scores, best, axis=1)
-            best = np.take_along_axis(best, np.argsort(sb, axis=1), axis=1)
             sets = tmpl[best]  # (L, n_sets, maxlen)
         else:
             sets = np.broadcast_to(tmpl, (p.L, *tmpl.shape))
+        out = np.empty((p.L, 1 + n_sets), dtype=np.int64)
+        out[:, 0] = home
         with np.errstate(over="ignore"):
-            delta = contrib[rows[:, :, None], sets].sum(axis=2)  # (L, n_sets)
-            out = np.empty((p.L, 1 + n_sets), dtype=np.int64)
-            out[:, 0] = home
-            out[:, 1:] = home[:, None] + delta
+            np.add(home[:, None], contrib[self._rows3, sets].sum(axis=2), out=out[:, 1:])
         return out
 
 
@@ -313,42 +328,45 @@ class _SortedBuckets:
             self.ukeys = np.zeros(0, dtype=np.int64)
             self.starts = np.zeros(1, dtype=np.int64)
         n_keys = len(self.ukeys)
-        self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 2))
+        self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 1))
         self.shift = np.uint64(64 - self.bits)
         # directory[d] = first key whose top bits (in signed order) are >= d
         bounds = (np.arange(2**self.bits, dtype=np.uint64) << self.shift) ^ np.uint64(1 << 63)
         self.directory = np.empty(2**self.bits + 1, dtype=np.int64)
         self.directory[:-1] = np.searchsorted(self.ukeys, bounds.view(np.int64))
         self.directory[-1] = n_keys
+        widest = int(np.diff(self.directory).max()) if n_keys else 0
+        self._ramp = np.arange(max(widest, 1), dtype=np.int64)
 
     def nbytes(self) -> int:
         return int(self.slots.nbytes + self.ukeys.nbytes + self.starts.nbytes
-                   + self.directory.nbytes)
+                   + self.directory.nbytes + self._ramp.nbytes)
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, slots) of every entry, keys sorted (a temporary expansion for merges)."""
         return np.repeat(self.ukeys, np.diff(self.starts)), self.slots
 
     def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) entry ranges of each probe key (empty where the key is absent)."""
+        """[lo, hi) entry ranges of each probe key (empty where the key is absent).
+
+        Each directory cell holds ~2 keys, so one (probes x widest cell) comparison
+        finds every probe at once, without a binary-search loop.
+        """
         d = (probes.view(np.uint64) ^ np.uint64(1 << 63)) >> self.shift
         lo = self.directory[d]
-        hi = self.directory[d + 1]
-        ukeys = self.ukeys
-        last = len(ukeys) - 1
-        # vectorised binary search inside each (short) directory range
-        while True:
-            open_ = lo < hi
-            if not open_.any():
-                break
-            mid = (lo + hi) >> 1
-            less = ukeys[np.minimum(mid, last)] < probes
-            lo = np.where(open_ & less, mid + 1, lo)
-            hi = np.where(open_ & ~less, mid, hi)
-        found = ukeys[np.minimum(lo, last)] == probes if last >= 0 else np.zeros(len(lo), bool)
-        found &= lo <= last
-        start = np.where(found, self.starts[np.minimum(lo, last + 1)], 0)
-        end = np.where(found, self.starts[np.minimum(lo + 1, last + 1)], 0)
+        width = self.directory[d + 1] - lo
+        m = int(width.max()) if len(width) else 0
+        if m == 0:
+            zero = np.zeros(len(probes), dtype=np.int64)
+            return zero, zero
+        pos = lo[:, None] + self._ramp[:m]
+        np.minimum(pos, len(self.ukeys) - 1, out=pos)
+        match = self.ukeys[pos] == probes[:, None]
+        match &= self._ramp[:m] < width[:, None]
+        at = lo + match.argmax(axis=1)
+        found = match.any(axis=1)
+        start = np.where(found, self.starts[at], 0)
+        end = np.where(found, self.starts[np.minimum(at + 1, len(self.ukeys))], 0)
         return start, end
 
 
@@ -626,7 +644,8 @@ class LSHIndex:
                 parts.append(slots)
         if self._pending:
             get = self._pending.get
-            extra = [s for key in probes.tolist() if (b := get(key)) for s in b]
+            cap = self.params.cap or None  # the cap holds for pending buckets too
+            extra = [s for key in probes.tolist() if (b := get(key)) for s in b[:cap]]
             if extra:
                 parts.append(np.asarray(extra, dtype=np.int32))
         if not parts:
@@ -650,7 +669,7 @@ class LSHIndex:
         ex = self._excluded_slots(exclude)
         if len(ex) and len(cand):
             cand = cand[~np.isin(cand, ex)]
-        scores = self._vecs[cand] @ qn
+        scores = np.take(self._vecs, cand, axis=0) @ qn
         return self._top(cand, scores, k, len(cand))
 
     def exact(self, q: np.ndarray, k: int, exclude: Collection[str] = ()) -> QueryResult:

@@ -1,0 +1,336 @@
+"""The LSH hasher and index: determinism, incremental writes, exactness, recall, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import recall.lsh as lsh
+from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
+from recall.synthetic import clustered_catalogue, user_like_queries
+from recall.tuner import exact_topk, recall_at_k
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    return normalize(rng.standard_normal((n, dim)))
+
+
+def small_index(n: int = 600, dim: int = 16, seed: int = 0, **params) -> tuple[LSHIndex,
+                                                                              np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = unit(rng, n, dim)
+    index = LSHIndex(LSHParams(dim=dim, **params))
+    index.add([f"i{j}" for j in range(n)], x)
+    return index, x
+
+
+# every bucket of every table is probed: simhash with k=3 has 8 codes, T=8 reads them all
+ALL_PROBES = {"family": "simhash", "k": 3, "L": 2, "T": 8}
+
+
+# ------------------------------------------------------------------ hasher
+
+
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_same_params_and_seed_give_same_keys_in_separate_hashers(family):
+    x = unit(np.random.default_rng(1), 300, 24)
+    params = LSHParams(family=family, dim=24, k=6, L=5, seed=7)
+    a = Hasher(params).keys(x)
+    b = Hasher(LSHParams.from_dict(params.to_dict())).keys(x)
+    assert a.dtype == np.int64 and a.shape == (300, 5)
+    np.testing.assert_array_equal(a, b)
+    other = Hasher(LSHParams(family=family, dim=24, k=6, L=5, seed=8)).keys(x)
+    assert (other != a).mean() > 0.5
+
+
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_keys_do_not_depend_on_batch_size(family, monkeypatch):
+    x = unit(np.random.default_rng(2), 257, 32)
+    hasher = Hasher(LSHParams(family=family, dim=32, k=8, L=4, w=0.5))
+    whole = hasher.keys(x)
+    one_by_one = np.vstack([hasher.keys(row) for row in x])
+    np.testing.assert_array_equal(whole, one_by_one)
+    monkeypatch.setattr(lsh, "_HASH_BLOCK", 10)  # blocks that split the batch unevenly
+    np.testing.assert_array_equal(hasher.keys(x), whole)
+    np.testing.assert_array_equal(hasher.keys(x[3:50]), whole[3:50])
+
+
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_probe_keys_start_with_the_home_bucket_and_are_distinct(family):
+    x = unit(np.random.default_rng(3), 50, 16)
+    hasher = Hasher(LSHParams(family=family, dim=16, k=6, L=4, T=10))
+    for q in x:
+        probes = hasher.probe_keys(q)
+        assert probes.shape == (4, 10)
+        np.testing.assert_array_equal(probes[:, 0], hasher.keys(q)[0])
+        for row in probes:
+            assert len(set(row.tolist())) == len(row)
+
+
+def test_normalize_is_idempotent_and_unit():
+    x = np.random.default_rng(4).standard_normal((20, 8)) * 5
+    once = normalize(x)
+    assert once.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(once, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(normalize(once), once)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([[1.0, 2.0], [np.nan, 1.0]], "vector 1 has NaN or infinite values"),
+        ([1.0, np.inf], "vector 0 has NaN or infinite values"),
+        ([[1.0, 0.0], [0.0, 0.0]], "vector 1 is a zero vector"),
+        (np.array(["a", "b"]), "must be numeric"),
+        (np.zeros((2, 2, 2)), "1-D or 2-D"),
+    ],
+)
+def test_normalize_rejects_unusable_vectors_with_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        normalize(bad)
+
+
+# ------------------------------------------------------------------ params
+
+
+def test_params_round_trip_through_dict():
+    params = LSHParams(family="simhash", dim=32, k=12, L=9, w=0.5, T=3, seed=5, cap=100)
+    assert LSHParams.from_dict(params.to_dict()) == params
+    assert LSHParams.from_dict({"k": 4.0, "dim": "16"}) == LSHParams(k=4, dim=16)
+    assert params.describe() == "simhash k=12 L=9 T=3 cap=100"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"family": "cosine"},
+        {"k": 0},
+        {"k": 65},
+        {"L": -1},
+        {"T": 0},
+        {"dim": 0},
+        {"w": 0.0},
+        {"w": math.nan},
+        {"w": math.inf},
+        {"seed": -1},
+        {"cap": -5},
+        {"k": True},
+        {"k": 2.5},
+        {"tables": 4},
+        {"k": "many"},
+    ],
+)
+def test_params_reject_bad_values(bad):
+    with pytest.raises(ValueError):
+        LSHParams.from_dict(bad)
+
+
+def test_params_from_dict_needs_a_dict():
+    with pytest.raises(ValueError, match="JSON object"):
+        LSHParams.from_dict([("k", 4)])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ index: reads
+
+
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_query_equals_exact_topk_when_every_bucket_is_probed(family):
+    params = ALL_PROBES if family == "simhash" else {"family": "pstable", "k": 1, "L": 1,
+                                                     "w": 64.0, "T": 1}
+    index, x = small_index(n=500, dim=12, **params)
+    rng = np.random.default_rng(5)
+    for q in rng.standard_normal((30, 12)):
+        got, want = index.query(q, 10), index.exact(q, 10)
+        assert got.candidates == 500
+        assert got.ids == want.ids
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        truth = exact_topk(x, normalize(q)[None, :], 10)[0]
+        assert {f"i{j}" for j in truth} == set(got.ids)
+
+
+def test_scores_are_cosines_best_first_and_exclusions_hold():
+    index, x = small_index(**ALL_PROBES)
+    q = x[7] + 0.1 * x[8]
+    res = index.query(q, 5)
+    assert res.ids[0] == "i7"
+    assert list(res.scores) == sorted(res.scores, reverse=True)
+    np.testing.assert_allclose(res.scores[0], float(x[7] @ normalize(q)), rtol=1e-5)
+    res2 = index.query(q, 5, exclude={"i7", "nope"})
+    assert "i7" not in res2.ids and res2.ids[0] == res.ids[1]
+    assert len(index.query(q, 10_000).ids) == len(index)
+
+
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_recall_on_clustered_data_is_high_with_few_candidates(family):
+    n, dim = 20_000, 32
+    x, labels = clustered_catalogue(n, dim, seed=3)
+    q = user_like_queries(x, labels, 200, seed=4)
+    truth = exact_topk(x, q, 10)
+    params = (LSHParams(family="pstable", dim=dim, k=6, L=12, w=1.25, T=8)
+              if family == "pstable" else LSHParams(family="simhash", dim=dim, k=14, L=12,
+                                                    T=8))
+    index = LSHIndex(params)
+    index.add([str(i) for i in range(n)], x)
+    results = [index.query(qi, 10) for qi in q]
+    recall = recall_at_k([[int(i) for i in r.ids] for r in results], truth)
+    candidates = np.mean([r.candidates for r in results])
+    assert recall >= 0.9, recall
+    assert candidates <= n / 5, candidates  # it is an index, not a scan
+    # a broken index (home bucket of one table only) does much worse: the test can fail
+    index.set_probing(1)
+    weak = LSHIndex(LSHParams.from_dict({**params.to_dict(), "L": 1, "T": 1}))
+    weak.add([str(i) for i in range(n)], x)
+    weak_recall = recall_at_k([[int(i) for i in weak.query(qi, 10).ids] for qi in q], truth)
+    assert weak_recall < 0.8
+
+
+def test_cap_limits_candidates_per_bucket():
+    index, _ = small_index(n=2000, dim=8, family="simhash", k=2, L=3, T=1)
+    q = np.ones(8)
+    full = index.query(q, 10).candidates
+    index.set_probing(1, cap=5)
+    assert index.query(q, 10).candidates <= 15 < full
+
+
+def test_query_rejects_bad_input():
+    index, _ = small_index(n=50)
+    with pytest.raises(ValueError, match="unusable query: query has NaN"):
+        index.query(np.full(16, np.nan), 5)
+    with pytest.raises(ValueError, match="unusable query: query is a zero vector"):
+        index.query(np.zeros(16), 5)
+    with pytest.raises(ValueError, match="dimension 16"):
+        index.query(np.ones(15), 5)
+    for k in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="k must be"):
+            index.query(np.ones(16), k)
+
+
+def test_empty_index_returns_nothing():
+    index = LSHIndex(LSHParams(dim=4))
+    res = index.query(np.ones(4), 3)
+    assert res.ids == [] and res.candidates == 0
+    assert index.exact(np.ones(4), 3).ids == []
+
+
+# ------------------------------------------------------------------ index: writes
+
+
+@pytest.fixture(params=["pending", "merged"])
+def merge_mode(request):
+    """'pending': writes stay in the pending buckets; 'merged': every write is merged."""
+    return request.param
+
+
+def make_index(mode: str, dim: int = 16, **params) -> LSHIndex:
+    index = LSHIndex(LSHParams(dim=dim, **(params or ALL_PROBES)))
+    if mode == "merged":
+        index.MERGE_MIN = 1
+        index.MERGE_RATIO = 10**9
+    else:
+        index.MERGE_MIN = 10**9
+    return index
+
+
+def test_add_update_remove_single_items_without_rebuild(merge_mode):
+    rng = np.random.default_rng(6)
+    x = unit(rng, 300, 16)
+    index = make_index(merge_mode)
+    for j in range(300):
+        index.add([f"i{j}"], x[j])
+    assert len(index) == 300 and "i5" in index
+    assert index.query(x[5], 1).ids == ["i5"]
+
+    new = unit(rng, 1, 16)[0]
+    index.add(["i5"], new)  # update: moves to its new place
+    assert len(index) == 300
+    assert index.query(new, 1).ids == ["i5"]
+    np.testing.assert_allclose(index.query(new, 1).scores[0], 1.0, rtol=1e-5)
+    assert index.query(x[5], 1).ids != ["i5"] or float(new @ x[5]) > 0.99
+    np.testing.assert_array_equal(index.vectors_of(["i5"])[0][0], new)
+
+    assert index.remove(["i9"]) == 1
+    assert index.remove(["i9", "unknown"]) == 0
+    assert "i9" not in index and len(index) == 299
+    for q in (x[9], x[9] + 0.01 * x[10]):
+        assert "i9" not in index.query(q, 300).ids
+        assert "i9" not in index.exact(q, 300).ids
+
+
+def test_add_update_remove_many_and_never_return_removed(merge_mode):
+    rng = np.random.default_rng(7)
+    x = unit(rng, 1000, 16)
+    ids = [f"i{j}" for j in range(1000)]
+    index = make_index(merge_mode)
+    index.add(ids[:600], x[:600])
+    index.add(ids[600:], x[600:])
+    moved = unit(rng, 100, 16)
+    index.add(ids[:100], moved)  # update many
+    gone = set(ids[100:400])
+    assert index.remove(sorted(gone)) == 300
+    index.add(["late"], x[150])  # reuses a freed slot
+    assert len(index) == 701
+    for j in rng.integers(0, 1000, 60):
+        q = moved[j] if j < 100 else x[j]
+        got = index.query(q, 50)
+        assert not gone & set(got.ids)
+        assert got.ids == index.exact(q, 50).ids  # every bucket probed: exact
+        if j < 100 or j >= 400:
+            assert got.ids[0] == ids[j]
+    assert index.query(x[150], 1).ids == ["late"]
+    stats = index.stats()
+    assert stats["items"] == 701
+    if merge_mode == "merged":
+        assert stats["merges"] > 0 and stats["pending_items"] == 0
+    else:
+        assert stats["merges"] == 0
+
+
+def test_pending_and_merged_indexes_answer_the_same():
+    rng = np.random.default_rng(8)
+    x = unit(rng, 800, 16)
+    ids = [f"i{j}" for j in range(800)]
+    params = {"family": "pstable", "k": 4, "L": 6, "w": 1.0, "T": 4}
+    a, b = make_index("pending", **params), make_index("merged", **params)
+    for index in (a, b):
+        for start in range(0, 800, 37):
+            index.add(ids[start : start + 37], x[start : start + 37])
+        index.remove(ids[::7])
+    for q in unit(rng, 40, 16):
+        ra, rb = a.query(q, 10), b.query(q, 10)
+        assert ra.ids == rb.ids and ra.candidates == rb.candidates
+
+
+def test_duplicate_ids_in_one_batch_keep_the_last_vector():
+    rng = np.random.default_rng(9)
+    x = unit(rng, 3, 16)
+    index = make_index("pending")
+    index.add(["a", "b", "a"], x)
+    assert len(index) == 2
+    np.testing.assert_array_equal(index.vectors_of(["a"])[0][0], x[2])
+
+
+def test_add_rejects_bad_input_and_leaves_the_index_unchanged():
+    index = make_index("pending")
+    index.add(["a"], np.ones(16))
+    with pytest.raises(ValueError, match="zero vector"):
+        index.add(["b", "c"], np.vstack([np.ones(16), np.zeros(16)]))
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(["b"], np.full(16, np.nan))
+    with pytest.raises(ValueError, match="2 ids but 1 vectors"):
+        index.add(["b", "c"], np.ones((1, 16)))
+    with pytest.raises(ValueError, match="shape"):
+        index.add(["b"], np.ones((1, 8)))
+    with pytest.raises(ValueError, match="not a single string"):
+        index.add("b", np.ones((1, 16)))
+    with pytest.raises(ValueError, match="must be strings"):
+        index.add([1], np.ones((1, 16)))
+    assert index.ids() == ["a"]
+
+
+def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays():
+    index, x = small_index(n=5000, dim=16, family="pstable", k=4, L=4, T=2)
+    stats = index.stats()
+    assert stats["pending_items"] == 0 and stats["sorted_entries"] == 5000 * 4
+    assert index.nbytes() > x.nbytes
