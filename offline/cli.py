@@ -117,15 +117,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               settings.user_decay_half_life, args.queries, args.seed)
         if len(queries) == 0:
             raise CommandError(f"{args.log}: no user clicked an item of {args.vectors}")
-    params, summary = tune_params(vectors, queries, args.target, args.k, args.seed)
+    params, summary, figures = tune_params(vectors, queries, args.target, args.k,
+                                           args.seed, ids=ids, progress=not args.quiet)
     out = Path(args.out) if args.out else params_path(args.vectors)
     write_params(out, params, target_recall=args.target, k=args.k, items=len(ids),
-                 queries=0 if queries is None else len(queries), summary=summary)
+                 queries=0 if queries is None else len(queries), **figures,
+                 summary=summary)
     seconds = time.perf_counter() - t0
     print(summary, file=sys.stderr)
     print(f"wrote {out} in {seconds:.1f} s", file=sys.stderr)
     print(json.dumps({"command": "tune", "out": str(out), "params": params.to_dict(),
-                      "seconds": round(seconds, 3)}))
+                      **figures, "seconds": round(seconds, 3)}))
     return 0
 
 
@@ -176,16 +178,34 @@ async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     return out
 
 
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     import asyncio
 
+    from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
     settings = _settings()
     t0 = time.perf_counter()
     try:
         out = asyncio.run(_load(args, settings))
-    except (RedisError, OSError) as exc:
+    except RedisError as exc:
+        raise CommandError(f"redis {_safe_url(args.redis_url or settings.redis_url)}: "
+                           f"{exc}") from None
+    except KafkaError as exc:
+        raise CommandError(f"kafka {settings.kafka_bootstrap}: {exc}") from None
+    except OSError as exc:
         raise CommandError(f"redis/kafka: {exc}") from None
     out["seconds"] = round(time.perf_counter() - t0, 3)
     where = (f"topic {out['topic']}" if "topic" in out
@@ -217,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     timings: dict[str, float] = {}
+    tuned: dict[str, Any] = {}
     if args.vectors:
         ids, vectors = load_vectors(args.vectors, settings.dim)
     else:
@@ -231,16 +252,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.params:
         params = read_params(args.params, settings.dim)
     else:
-        queries = log_queries(train, ids, vectors, settings.user_window,
-                              settings.user_decay_half_life, seed=args.seed)
-        params, summary = tune_params(vectors, queries if len(queries) else None,
-                                      args.target, args.k, args.seed)
+        # tune on the windows of users with no held-out clicks (when there are any), so
+        # the parameters are not fitted to the very queries evaluated below
+        import numpy as np
+
+        others = ~np.isin(train.user, np.unique(test.user))
+        queries = log_queries(train.take(others) if others.any() else train, ids, vectors,
+                              settings.user_window, settings.user_decay_half_life,
+                              seed=args.seed)
+        params, summary, tuned = tune_params(vectors, queries if len(queries) else None,
+                                             args.target, args.k, args.seed, ids=ids,
+                                             progress=not args.quiet)
         print(summary, file=sys.stderr)
         timings["tune_seconds"] = time.perf_counter() - t
     cfg = EvalConfig(k=args.k, test_fraction=args.test_fraction,
                      window=settings.user_window, half_life=settings.user_decay_half_life,
                      max_users=args.max_users, seed=args.seed)
     res = evaluate(train, test, ids, vectors, params, cfg, progress=not args.quiet)
+    if tuned:
+        res["tune"] = tuned
     res.update(command="eval", log=str(args.log), clicks=len(clicks), cutoff=cutoff,
                params=params.to_dict(), **{k: round(v, 3) for k, v in timings.items()},
                seconds=round(time.perf_counter() - t0, 3))
@@ -329,7 +359,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--log", help="click log: store users' last RECALL_USER_WINDOW clicks "
                    "and replace the popularity counts")
     _log_args(p)
-    p.add_argument("--to-topic", action="store_true",
+    p.add_argument("--to-topic", "--to-kafka", dest="to_topic", action="store_true",
                    help="publish the vectors to RECALL_TOPIC_ITEMS instead of writing an "
                    "index version")
     p.add_argument("--keep-old", action="store_true", help="keep the previous version")

@@ -140,7 +140,11 @@ async def publish_items(settings: Any, ids: list[str], vectors: np.ndarray,
                      sasl_plain_password=settings.kafka_sasl_password)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
                                 max_batch_size=256 * 1024, **extra)
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # else aiokafka warns about an unclosed producer
+        raise
     try:
         vec_lists = vectors.tolist()
         with tqdm(total=len(ids), unit="item", desc=f"publish {settings.topic_items}",

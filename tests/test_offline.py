@@ -263,4 +263,59 @@ def test_eval_cli_prints_table_json_and_plot(tmp_path, capsys):
     assert out[0].split()[:2] == ["method", "HitRate@10"]
     res = json.loads(out[-1])
     assert set(res["methods"]) == {"lsh", "exact", "popular"}
+    assert res["tune"]["recall_exclude_seen"] > 0  # tuned here, checked with exclude_seen
     assert plot.stat().st_size > 1000
+
+
+# --- tuning on the worker's queries ---------------------------------------------------
+
+
+def test_log_queries_carry_each_users_window_items(gen, trained):
+    from offline.tune import log_queries
+
+    ids, vectors = trained
+    log = gen.log.take(np.isin(gen.log.user, np.arange(30)))
+    q = log_queries(log, ids, vectors, window=5, limit=10, seed=2)
+    assert q.vectors.shape == (10, 64) and len(q.seen) == 10
+    assert np.allclose(np.linalg.norm(q.vectors, axis=1), 1, atol=1e-5)
+    win = user_windows(log, ids, vectors, window=5)
+    by_vector = {tuple(np.round(v / np.linalg.norm(v), 4)): j
+                 for j, v in enumerate(win.vectors) if win.usable[j]}
+    for vec, seen in zip(q.vectors, q.seen, strict=True):
+        j = by_vector[tuple(np.round(vec, 4))]
+        last = log.item[log.user == win.users[j]][-5:]
+        assert seen == sorted({log.item_ids[i] for i in last.tolist()})
+
+
+def test_recall_with_exclusion_leaves_window_items_out(gen, trained):
+    from offline.tune import log_queries, recall_with_exclusion
+    from recall.lsh import LSHIndex, LSHParams
+
+    ids, vectors = trained
+    q = log_queries(gen.log, ids, vectors, window=10, limit=100, seed=1)
+    # one bit per table, both buckets probed: every item is a candidate -> exact
+    full = LSHIndex(LSHParams(family="simhash", dim=64, k=1, L=2, T=2))
+    full.add(ids, vectors)
+    assert recall_with_exclusion(full, ids, vectors, q, 10) == pytest.approx(1.0)
+    for vec, seen in zip(q.vectors[:20], q.seen[:20], strict=True):
+        assert not set(full.query(vec, 10, exclude=seen).ids) & set(seen)
+    narrow = LSHIndex(LSHParams(family="simhash", dim=64, k=16, L=1, T=1))
+    narrow.add(ids, vectors)
+    assert recall_with_exclusion(narrow, ids, vectors, q, 10) < 0.9
+
+
+def test_tune_params_meet_the_target_with_exclude_seen(gen, trained):
+    pytest.importorskip("recall.tuner")
+    from offline.tune import log_queries, recall_with_exclusion, tune_params
+    from recall.lsh import LSHIndex
+
+    ids, vectors = trained
+    q = log_queries(gen.log, ids, vectors, window=20, limit=300, seed=0)
+    params, summary, figures = tune_params(vectors, q, 0.9, 10, 0, ids=ids, progress=False)
+    assert "checked with exclude_seen" in summary
+    assert figures["recall_exclude_seen"] >= 0.9 or params.T == 128
+    assert figures["probes_raised_from"] <= params.T
+    index = LSHIndex(params)
+    index.add(ids, vectors)
+    assert recall_with_exclusion(index, ids, vectors, q, 10) == pytest.approx(
+        figures["recall_exclude_seen"], abs=1e-4)

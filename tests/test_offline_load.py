@@ -122,7 +122,7 @@ async def test_load_to_topic_publishes_contract_messages(files, stack, redis_pre
     await create_topics(stack.bootstrap, [topic], 1)
     monkeypatch.setenv("KAFKA_BOOTSTRAP", stack.bootstrap)
     monkeypatch.setenv("RECALL_TOPIC_ITEMS", topic)
-    assert await run(["load", str(vectors), "--to-topic", "-q"]) == 0
+    assert await run(["load", str(vectors), "--to-kafka", "-q"]) == 0
     ids, mat = load_vectors(vectors, 64)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
@@ -188,3 +188,20 @@ async def test_failed_load_removes_partial_version_and_keeps_live(files, redis_u
         assert await store.items_count(live) == len(ids)
     finally:
         await store.close()
+
+
+async def test_load_names_unreachable_servers(files, monkeypatch, capsys):
+    from recall.localstack import free_port
+
+    _log, vectors, _params = files
+    port = free_port()  # nothing listens there
+    assert await run(["load", str(vectors), "--redis-url",
+                      f"redis://:secret@127.0.0.1:{port}/0", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"recall load: error: redis redis://:***@127.0.0.1:{port}/0: " in err
+    assert "secret" not in err
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    assert await run(["load", str(vectors), "--to-topic", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"recall load: error: kafka 127.0.0.1:{port}: " in err
+    assert "Unclosed AIOKafkaProducer" not in err
