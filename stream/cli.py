@@ -78,6 +78,9 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--click-rate", type=float, default=200.0, help="clicks per second")
     p.add_argument("--seconds", type=float, default=0.0,
                    help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--metrics-url", default="",
+                   help="the worker's /metrics, for worker-side figures (default: "
+                        "http://127.0.0.1:RECALL_METRICS_PORT/metrics)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -53,9 +53,10 @@ def histogram_quantile(text: str, name: str, q: float) -> float | None:
     return prev_bound
 
 
-def scrape(port: int, host: str = "127.0.0.1") -> str:
+def scrape(url: str) -> str:
+    """The exposition text at ``url`` ("" when it cannot be read)."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.read().decode()
     except OSError:
         return ""
@@ -98,7 +99,8 @@ def run_demo(args: argparse.Namespace) -> int:
             if stack is not None:
                 print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}, "
                       f"worker pid {worker.proc.pid} (log {worker.log_path})", flush=True)
-            print(f"metrics: http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
+            args.metrics_url = args.metrics_url or f"http://127.0.0.1:{s.metrics_port}/metrics"
+            print(f"worker metrics: {args.metrics_url}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_demo(args, s))
     except LocalStackError as exc:
@@ -198,7 +200,7 @@ async def _traffic(args: argparse.Namespace, settings: Any, client: Any, clicks:
                 _print_sample(sample[0], recent[sample[0]], sample[1].result(), cluster_of)
                 sample = None
             _print_figures(elapsed, sent_clicks, sent_requests, latencies, statuses, sources,
-                           scrape(settings.metrics_port))
+                           scrape(args.metrics_url))
             latencies.clear()
         await asyncio.sleep(tick)
     if pending:
