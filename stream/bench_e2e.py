@@ -389,6 +389,8 @@ async def freshness_probes(settings: Any, reader: Reader, n: int, n_items: int, 
     missed = 0
     try:
         for i in range(n):
+            if time.time() > stop_at + DRAIN:
+                break  # the rest count as not run (freshness_done < freshness_probes)
             uid = f"fresh-{run}-{i}"
             item = item_of(rng.randrange(c), rng.randrange(1 << 30), n_items)
             t0 = time.time()
@@ -591,7 +593,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
         "worker_e2e_p95_ms": _ms(worker_e2e["p95"]),
         "worker_e2e_p99_ms": _ms(worker_e2e["p99"]),
         "candidates_mean": None if cand["mean"] is None else round(cand["mean"], 1),
-        "freshness_probes": args.freshness, "freshness_missed": missed,
+        "freshness_probes": args.freshness, "freshness_done": len(fresh) + missed,
+        "freshness_missed": missed,
         "freshness_p50_ms": _ms(_pct(fresh, 50)), "freshness_p99_ms": _ms(_pct(fresh, 99)),
         "freshness_max_ms": _ms(max(fresh) if fresh else None),
     }
@@ -687,6 +690,7 @@ def run_bench(args: argparse.Namespace) -> int:
                            "--click-rate >= 0, --seconds > 0, --k in 1..1000, "
                            "--freshness >= 0")
     args.users = min(args.users, args.items)
+    _sigterm_as_interrupt()
     run = f"b{os.getpid()}x{int(time.time()) % 100000}"
     t_begin = time.monotonic()
     try:
@@ -744,6 +748,18 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the local stack is stopped on the way out."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _summary(o: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return "-" if x is None else f"{x:.2f}"
@@ -760,5 +776,5 @@ def _summary(o: dict[str, Any]) -> None:
           f"mean {o['candidates_mean']}; clicks sent {o['clicks_sent']} "
           f"({o['click_rate_achieved']}/s), applied {o['clicks_applied']}", flush=True)
     print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "
-          f"p50 {f(o['freshness_p50_ms'])} ms, p99 {f(o['freshness_p99_ms'])} ms, missed "
-          f"{o['freshness_missed']}; worker RSS peak {o['worker_rss_peak_mb']} MB", flush=True)
+          f"p50 {f(o['freshness_p50_ms'])} ms, p99 {f(o['freshness_p99_ms'])} ms, done "
+          f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak {o['worker_rss_peak_mb']} MB", flush=True)
