@@ -121,28 +121,34 @@ def normalize(vectors: Any) -> np.ndarray:
     gives the same bits as normalising once.
     """
     arr = np.asarray(vectors)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if arr.dtype.kind not in "fiu":
         raise ValueError(f"vectors must be numeric, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2):
         raise ValueError(f"vectors must be 1-D or 2-D, got shape {arr.shape}")
     x = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(x).all(axis=-1)
-    if not np.all(finite):
-        bad = int(np.flatnonzero(np.atleast_1d(~finite))[0])
-        raise ValueError(f"vector {bad} has NaN or infinite values")
-    norms = np.sqrt(np.einsum("...i,...i->...", x, x))
-    if np.any(norms == 0):
-        bad = int(np.flatnonzero(np.atleast_1d(norms == 0))[0])
-        raise ValueError(f"vector {bad} is a zero vector (cannot be normalised)")
-    scale = np.where(np.abs(norms - 1.0) <= _UNIT_TOL, 1.0, 1.0 / norms)
-    out = arr.astype(np.float32, copy=True) if np.all(scale == 1.0) else None
-    if out is None:
-        out = (x * scale[..., None]).astype(np.float32)
-        keep = scale == 1.0
-        if np.any(keep):
-            out[keep] = arr[keep]
+    sq = np.einsum("...i,...i->...", x, x)
+    # one check covers NaN, infinities, zero rows and overflow of the squared norm
+    if not (sq.min(initial=1.0) > 0 and sq.max(initial=1.0) < np.inf):
+        finite = np.isfinite(x).all(axis=-1)
+        if not np.all(finite):
+            bad = int(np.flatnonzero(np.atleast_1d(~finite))[0])
+            raise ValueError(f"vector {bad} has NaN or infinite values")
+        if np.any(sq == 0):
+            bad = int(np.flatnonzero(np.atleast_1d(sq == 0))[0])
+            raise ValueError(f"vector {bad} is a zero vector (cannot be normalised)")
+        peak = np.abs(x).max(axis=-1)  # huge finite values: the norm without overflow
+        y = x / peak[..., None]
+        norms = np.sqrt(np.einsum("...i,...i->...", y, y)) * peak
+    else:
+        norms = np.sqrt(sq)
+    off = np.abs(norms - 1.0) > _UNIT_TOL
+    if not off.any():
+        return arr.astype(np.float32, copy=True)
+    scale = np.where(off, 1.0 / norms, 1.0)
+    out = (x * scale[..., None]).astype(np.float32)
+    if not off.all():
+        keep = ~off
+        out[keep] = arr[keep]
     return out
 
 
@@ -250,6 +256,8 @@ class Hasher:
             raise ValueError(
                 f"expected vectors of shape (n, {self.params.dim}), got {np.shape(vectors)}"
             )
+        if x.shape[0] <= _HASH_BLOCK:
+            return self._fold(self._codes(x)[0])
         out = np.empty((x.shape[0], self.params.L), dtype=np.int64)
         for start in range(0, x.shape[0], _HASH_BLOCK):
             block = x[start : start + _HASH_BLOCK]
@@ -318,23 +326,31 @@ class _SortedBuckets:
 
     def __init__(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """keys: sorted int64 entry keys; slots: int32 slot of each entry."""
-        self.slots = slots
-        self.size = len(slots)
-        if self.size:
+        if len(slots):
             first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-            self.ukeys = keys[first]
-            self.starts = np.r_[first, self.size].astype(np.int64)
+            self._set(keys[first], np.r_[first, len(slots)].astype(np.int64), slots)
         else:
-            self.ukeys = np.zeros(0, dtype=np.int64)
-            self.starts = np.zeros(1, dtype=np.int64)
+            self._set(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64), slots)
+
+    @classmethod
+    def from_csr(cls, ukeys: np.ndarray, starts: np.ndarray,
+                 slots: np.ndarray) -> _SortedBuckets:
+        self = cls.__new__(cls)
+        self._set(ukeys, starts, slots)
+        return self
+
+    def _set(self, ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray) -> None:
+        self.ukeys, self.starts, self.slots = ukeys, starts, slots
+        self.size = len(slots)
         n_keys = len(self.ukeys)
         self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 1))
         self.shift = np.uint64(64 - self.bits)
-        # directory[d] = first key whose top bits (in signed order) are >= d
-        bounds = (np.arange(2**self.bits, dtype=np.uint64) << self.shift) ^ np.uint64(1 << 63)
-        self.directory = np.empty(2**self.bits + 1, dtype=np.int64)
-        self.directory[:-1] = np.searchsorted(self.ukeys, bounds.view(np.int64))
-        self.directory[-1] = n_keys
+        # directory[d] = first key whose top bits (in signed order) are >= d: a counting
+        # pass over the sorted keys (their top bits are sorted too)
+        top = (self.ukeys.view(np.uint64) ^ np.uint64(1 << 63)) >> self.shift
+        self.directory = np.zeros(2**self.bits + 1, dtype=np.int64)
+        np.cumsum(np.bincount(top.astype(np.intp), minlength=2**self.bits),
+                  out=self.directory[1:])
         widest = int(np.diff(self.directory).max()) if n_keys else 0
         self._ramp = np.arange(max(widest, 1), dtype=np.int64)
 
@@ -343,8 +359,49 @@ class _SortedBuckets:
                    + self.directory.nbytes + self._ramp.nbytes)
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, slots) of every entry, keys sorted (a temporary expansion for merges)."""
+        """(keys, slots) of every entry, keys sorted (a temporary expansion)."""
         return np.repeat(self.ukeys, np.diff(self.starts)), self.slots
+
+    def merged(self, keep: np.ndarray | None, new_keys: np.ndarray,
+               new_slots: np.ndarray) -> _SortedBuckets:
+        """A new table: entries where ``keep`` (None = all) plus sorted new entries, each
+        appended at the end of its bucket. Works on the bucket level (unique keys and
+        counts), so the entry arrays are touched once: no expansion, no re-sort."""
+        ukeys, counts, slots = self.ukeys, np.diff(self.starts), self.slots
+        if keep is not None and not keep.all():
+            gone = np.flatnonzero(~keep)
+            counts = counts - np.bincount(np.searchsorted(self.starts, gone, side="right") - 1,
+                                          minlength=len(ukeys))
+            slots = slots[keep]
+            live = counts > 0
+            ukeys, counts = ukeys[live], counts[live]
+        starts = np.zeros(len(ukeys) + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        m = len(new_keys)
+        if m == 0:
+            return _SortedBuckets.from_csr(ukeys, starts, slots)
+        pos = np.searchsorted(ukeys, new_keys)
+        exists = np.zeros(m, dtype=bool)
+        inside = pos < len(ukeys)
+        exists[inside] = ukeys[pos[inside]] == new_keys[inside]
+        # entry position of each new entry: end of its bucket, or where its bucket goes
+        where = starts[pos + exists] + np.arange(m)
+        out = np.empty(len(slots) + m, dtype=slots.dtype)
+        old = np.ones(len(out), dtype=bool)
+        old[where] = False
+        out[where] = new_slots
+        out[old] = slots
+        # unique keys and counts after the insert
+        add_keys = new_keys[~exists]
+        if len(add_keys):
+            add_keys = add_keys[np.r_[True, add_keys[1:] != add_keys[:-1]]]
+            at = np.searchsorted(ukeys, add_keys)
+            ukeys = np.insert(ukeys, at, add_keys)
+            counts = np.insert(counts, at, 0)
+        counts = counts + np.bincount(np.searchsorted(ukeys, new_keys), minlength=len(ukeys))
+        starts = np.zeros(len(ukeys) + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        return _SortedBuckets.from_csr(ukeys, starts, out)
 
     def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) entry ranges of each probe key (empty where the key is absent).
@@ -399,8 +456,8 @@ class LSHIndex:
         self._free: list[int] = []
         self._high = 0  # slots ever handed out (high-water mark)
         self._buckets = _SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
-        self._pending: dict[int, list[int]] = {}
-        self._pending_slots: set[int] = set()
+        self._pending: dict[int, list[int]] = {}  # bucket key -> slots
+        self._pending_slots: dict[int, list[int]] = {}  # slot -> its L bucket keys
         self._stale = 0  # slots whose entries in the sorted arrays are out of date
         self.merges = 0
 
@@ -501,6 +558,7 @@ class LSHIndex:
             self._merge(slots, keys)
             return
         pending = self._pending
+        pending_slots = self._pending_slots
         for slot, row in zip(slots.tolist(), keys.tolist(), strict=True):
             for key in row:
                 bucket = pending.get(key)
@@ -508,7 +566,7 @@ class LSHIndex:
                     pending[key] = [slot]
                 else:
                     bucket.append(slot)
-            self._pending_slots.add(slot)
+            pending_slots[slot] = row
         if len(self._pending_slots) + self._stale >= self._merge_threshold():
             self._merge()
 
@@ -546,16 +604,16 @@ class LSHIndex:
         if np.any(in_main):
             self._in_main[slots[in_main]] = False
             self._stale += int(in_main.sum())
-        pend = [s for s in slots.tolist() if s in self._pending_slots]
-        if pend:
-            old = self.hasher.keys(self._vecs[pend])
-            for slot, row in zip(pend, old.tolist(), strict=True):
+        if self._pending_slots:
+            for slot in slots.tolist():
+                row = self._pending_slots.pop(slot, None)
+                if row is None:
+                    continue
                 for key in row:
                     bucket = self._pending[key]
                     bucket.remove(slot)
                     if not bucket:
                         del self._pending[key]
-                self._pending_slots.discard(slot)
 
     def _merge(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
         """Fold pending items (and a batch) into the sorted arrays; drop stale entries."""
@@ -563,7 +621,7 @@ class LSHIndex:
         if self._pending_slots:
             pend = np.fromiter(self._pending_slots, dtype=np.int64, count=len(self._pending_slots))
             parts_s.append(pend)
-            parts_k.append(self.hasher.keys(self._vecs[pend]))
+            parts_k.append(np.array(list(self._pending_slots.values()), dtype=np.int64))
         if slots is not None and keys is not None:
             parts_s.append(slots)
             parts_k.append(keys)
@@ -576,16 +634,12 @@ class LSHIndex:
         else:
             new_keys = np.zeros(0, dtype=np.int64)
             new_slots = np.zeros(0, dtype=np.int32)
-        mk, ms = self._buckets.entries()
-        if self._stale:
-            keep = self._in_main[ms]
-            mk, ms = mk[keep], ms[keep]
-        if len(new_keys):
-            where = np.searchsorted(mk, new_keys, side="right")
-            mk = np.insert(mk, where, new_keys)
-            ms = np.insert(ms, where, new_slots)
-        self._buckets = _SortedBuckets(mk, ms)
-        del mk
+        old = self._buckets
+        if old.size == 0:
+            self._buckets = _SortedBuckets(new_keys, new_slots)
+        else:
+            keep = self._in_main[old.slots] if self._stale else None
+            self._buckets = old.merged(keep, new_keys, new_slots)
         if parts_s:
             self._in_main[np.concatenate(parts_s)] = True
         self._pending.clear()
