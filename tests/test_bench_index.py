@@ -1,0 +1,68 @@
+"""Smoke test of ``recall bench index`` run in-process (small; no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recall.cli import main
+
+EXPECTED = {
+    "bench", "items", "dim", "queries", "k", "params", "exact_ms_p50", "exact_ms_p99",
+    "lsh_recall", "lsh_ms_p50", "lsh_ms_p99", "lsh_candidates", "speedup_p50",
+    "build_seconds", "build_items_per_s", "insert_items_per_s",
+    "insert_single_items_per_s", "insert_batch_items_per_s", "index_nbytes",
+    "index_rss_mb", "peak_rss_mb", "hnsw_recall", "hnsw_ms_p50", "hnsw_ms_p99", "hnsw_ef",
+}
+
+
+def last_json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def test_bench_index_prints_one_final_json_line(capsys):
+    assert main(["bench", "index", "--items", "3000", "--queries", "50", "--no-hnsw"]) == 0
+    out = capsys.readouterr().out
+    res = last_json(out)
+    assert set(res) >= EXPECTED
+    assert res["bench"] == "index" and res["items"] == 3000 and res["queries"] == 50
+    assert res["hnsw_recall"] is None
+    assert 0.5 <= res["lsh_recall"] <= 1.0
+    assert 0 < res["lsh_candidates"] < 3000
+    assert res["index_stats"]["items"] == 3000
+    assert sum(line.lstrip().startswith("{") for line in out.splitlines()) == 1
+
+
+def test_bench_index_with_params_hnsw_and_plot(tmp_path, capsys):
+    pytest.importorskip("hnswlib")
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "index.png"
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"params": {"family": "simhash", "k": 8, "L": 8, "T": 4}}))
+    code = main(["bench", "index", "--items", "2000", "--dim", "16", "--queries", "30",
+                 "--params", str(params), "--plot", str(plot), "--probes", "1,4"])
+    assert code == 0
+    res = last_json(capsys.readouterr().out)
+    assert res["params"]["family"] == "simhash" and res["params"]["dim"] == 16
+    assert res["hnsw_recall"] is not None and res["hnsw_ef"] >= 10
+    assert [s["T"] for s in res["sweep"]] == [1, 4]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--items", "1"],
+        ["--items", "100", "--k", "200"],
+        ["--items", "100", "--params", '{"k": 0}'],
+        ["--items", "100", "--params", '{"dim": 8}'],
+        ["--items", "100", "--params", "/nonexistent.json"],
+        ["--items", "100", "--probes", "0,2"],
+        ["--items", "100", "--inserts", "100"],
+    ],
+)
+def test_bench_index_rejects_bad_input(argv, capsys):
+    assert main(["bench", "index", *argv]) == 2
+    assert "error" in capsys.readouterr().err

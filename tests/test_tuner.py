@@ -1,0 +1,71 @@
+"""The parameter tuner: it reaches its target on a small clustered sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recall.lsh import LSHIndex, LSHParams
+from recall.synthetic import clustered_catalogue
+from recall.tuner import (
+    exact_topk,
+    recall_at_k,
+    suggested_params,
+    tune,
+    user_like_queries,
+)
+
+
+def test_exact_topk_matches_a_full_sort():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    q = rng.standard_normal((20, 8)).astype(np.float32)
+    got = exact_topk(x, q, 5, block=3)
+    want = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert [set(r) for r in got] == [set(r) for r in want]
+
+
+def test_user_like_queries_are_unit_and_near_the_catalogue():
+    x, _ = clustered_catalogue(2000, 16, seed=1)
+    q = user_like_queries(x, 50, seed=2)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    assert np.median((q @ x.T).max(axis=1)) > 0.8
+
+
+def test_tune_picks_parameters_that_reach_the_target_on_the_sample():
+    x, _ = clustered_catalogue(4000, 16, seed=3)
+    layouts = [("simhash", 10, 8, 1.0), ("pstable", 4, 8, 1.25), ("pstable", 6, 8, 0.75)]
+    result = tune(x, target_recall=0.9, k=10, n_queries=100, layouts=layouts, seed=5,
+                  progress=False)
+    assert result.reached and result.recall >= 0.9
+    assert result.params.dim == 16 and result.params.seed == 5
+    assert len(result.trials) >= len(layouts)
+    assert "chose" in result.summary()
+    # the chosen parameters, rebuilt from their dict, give the recall the tuner saw
+    params = LSHParams.from_dict(result.params.to_dict())
+    q = user_like_queries(x, 100, seed=5)
+    index = LSHIndex(params)
+    index.add([str(i) for i in range(len(x))], x)
+    found = [[int(i) for i in index.query(qi, 10).ids] for qi in q]
+    assert recall_at_k(found, exact_topk(x, q, 10)) == pytest.approx(result.recall)
+
+
+def test_tune_reports_when_the_target_is_out_of_reach():
+    x, _ = clustered_catalogue(1000, 16, seed=4)
+    result = tune(x, target_recall=1.0, k=10, n_queries=30,
+                  layouts=[("simhash", 16, 1, 1.0)], seed=1, progress=False)
+    if not result.reached:
+        assert "NOT reached" in result.summary()
+
+
+@pytest.mark.parametrize("bad", [{"target_recall": 0.0}, {"target_recall": 1.5}, {"k": 0}])
+def test_tune_rejects_bad_arguments(bad):
+    x, _ = clustered_catalogue(200, 8, seed=0)
+    with pytest.raises(ValueError):
+        tune(x, progress=False, **bad)
+
+
+def test_suggested_params_grow_with_the_catalogue():
+    small, big = suggested_params(10_000, 64), suggested_params(1_000_000, 64)
+    assert small.dim == big.dim == 64
+    assert small.k < big.k
