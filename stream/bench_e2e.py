@@ -777,4 +777,5 @@ def _summary(o: dict[str, Any]) -> None:
           f"({o['click_rate_achieved']}/s), applied {o['clicks_applied']}", flush=True)
     print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "
           f"p50 {f(o['freshness_p50_ms'])} ms, p99 {f(o['freshness_p99_ms'])} ms, done "
-          f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak {o['worker_rss_peak_mb']} MB", flush=True)
+          f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak "
+          f"{o['worker_rss_peak_mb']} MB", flush=True)

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: items read per HSCAN batch when rebuilding
 LOAD_BATCH = 20_000
+#: items added to the index at once when rebuilding: LSHIndex.add merges a big batch
+#: into its sorted bucket arrays (a copy of them), so adding 20k at a time made loading
+#: 1M items quadratic (~175 s); 250k bounds the extra memory of one add to ~250 MB
+LOAD_ADD = 250_000
 
 
 def offsets_key(store: Store, version: int) -> str:
@@ -102,9 +106,24 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
                          f"RECALL_DIM is {dim}")
     offsets = await read_offsets(store, version)  # before the items: see module docstring
     index = LSHIndex(params)
+    ids_acc: list[str] = []
+    mats: list[np.ndarray] = []
+
+    async def flush() -> None:
+        if ids_acc:
+            mat = np.concatenate(mats) if len(mats) > 1 else mats[0]
+            batch = list(ids_acc)
+            ids_acc.clear()
+            mats.clear()
+            # hashing is numpy work that releases the GIL: keep the event loop serving
+            await asyncio.to_thread(index.add, batch, mat)
+
     async for ids, mat in store.iter_items(version, LOAD_BATCH, dim=dim):
-        # hashing is numpy work that releases the GIL: keep the event loop serving
-        await asyncio.to_thread(index.add, ids, mat)
+        ids_acc.extend(ids)
+        mats.append(mat)
+        if len(ids_acc) >= LOAD_ADD:
+            await flush()
+    await flush()
     return index, offsets
 
 

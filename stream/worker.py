@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 #: at most this many clicks / items are handled together
 CLICK_BATCH = 1000
 ITEM_BATCH = 2000
-#: how long a click batch waits for more clicks (the first click is held at most this)
-CLICK_WITHIN = 0.002
+#: how long a click batch waits for more clicks (the first click is held at most this).
+#: Each batch costs two Redis round trips whatever its size; at 5000 clicks/s, 2 ms gave
+#: batches of ~13 and the clicks agent could not keep up; 10 ms stays well inside the
+#: 50 ms freshness target. (Requests are never batched.)
+CLICK_WITHIN = 0.01
 ITEM_WITHIN = 0.005
 #: below this many items, exact search is as fast as LSH and exact
 EXACT_MAX_ITEMS = 1000
