@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -71,8 +79,6 @@ def _peak_rss_mb() -> float:
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:  # not Linux: fall back to the peak
         return _peak_rss_mb()
@@ -166,16 +172,19 @@ def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
     import numpy as np
     from tqdm import tqdm
 
-    lat, found, cands = [], [], []
+    lat, cpu, found, cands = [], [], [], []
     for qi in tqdm(q, desc=desc, unit="query", disable=not progress, leave=False):
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         res = index.query(qi, k)
         lat.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
         found.append(np.fromiter(map(int, res.ids), dtype=np.int64, count=len(res.ids)))
         cands.append(res.candidates)
     p50, p99 = _percentiles(lat)
     return {"recall": round(_recall(found, truth), 4), "ms_p50": p50, "ms_p99": p99,
             "ms_mean": round(1e3 * float(np.mean(lat)), 4),
+            "cpu_ms_p50": _percentiles(cpu)[0],
             "candidates": round(float(np.mean(cands)), 1)}
 
 
@@ -207,7 +216,8 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     progress = sys.stderr.isatty() or args.items >= 100_000
     n, dim, k = args.items, args.dim, args.k
     res: dict[str, Any] = {"bench": "index", "items": n, "dim": dim, "queries": args.queries,
-                           "k": k, "seed": args.seed}
+                           "k": k, "seed": args.seed, "cpus": os.cpu_count(),
+                           "loadavg_start": _loadavg()}
 
     t0 = time.perf_counter()
     x, labels = clustered_catalogue(n, dim, clusters=args.clusters or None,
@@ -264,6 +274,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     for name, lo, hi, step in phases:
         lat = []
         merges = index.merges
+        c1 = time.thread_time()
         t1 = time.perf_counter()
         for i in tqdm(range(lo, hi, step), desc=f"inserts ({step}/call)", unit="call",
                       disable=not progress, leave=False):
@@ -271,6 +282,8 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
             index.add(ids[i : i + step], x[i : i + step])
             lat.append(time.perf_counter() - t2)
         spent = time.perf_counter() - t1
+        cpu = time.thread_time() - c1
+        res[f"insert_{name}_cpu_items_per_s"] = round((hi - lo) / cpu, 1) if lat else None
         p50, p99 = _percentiles(lat) if lat else (None, None)
         res[f"insert_{name}_items_per_s"] = round((hi - lo) / spent, 1) if lat else None
         res[f"insert_{name}_ms_p50"], res[f"insert_{name}_ms_p99"] = p50, p99
@@ -340,6 +353,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         _plot(args.plot, res, sweep, hnsw_curve)
         res["plot"] = args.plot
 
+    res["loadavg_end"] = _loadavg()
     _print_table(res)
     print(json.dumps(res))
     return 0
@@ -362,7 +376,8 @@ def _print_table(res: dict[str, Any]) -> None:
     for r in rows:
         print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                         for i, c in enumerate(r)))
-    print(f"LSH: {res['speedup_p50']}x faster than exact at p50; bulk build "
+    print(f"LSH: {res['speedup_p50']}x faster than exact at p50 (LSH CPU time per query p50 "
+          f"{res['lsh_cpu_ms_p50']} ms); bulk build "
           f"{res['build_seconds']} s ({res['build_items_per_s']:.0f} items/s)")
     for name, what in (("single", "1 item"), ("batch", f"{res['insert_batch']} items")):
         rate = res[f"insert_{name}_items_per_s"]
@@ -370,7 +385,8 @@ def _print_table(res: dict[str, Any]) -> None:
             print(f"incremental inserts, {what} per add(): {rate:.0f} items/s (per call p50 "
                   f"{res[f'insert_{name}_ms_p50']} ms, p99 {res[f'insert_{name}_ms_p99']} ms, "
                   f"max {res[f'insert_{name}_ms_max']} ms; "
-                  f"{res[f'insert_{name}_merges']} merges)")
+                  f"{res[f'insert_{name}_merges']} merges; "
+                  f"{res[f'insert_{name}_cpu_items_per_s']:.0f} items per CPU second)")
     print(f"memory: index arrays {res['index_nbytes'] / 2**20:.0f} MiB, index RSS "
           f"+{res['index_rss_mb']:.0f} MiB, peak RSS {res['peak_rss_mb']:.0f} MiB "
           f"(catalogue and benchmark included)"
@@ -378,6 +394,8 @@ def _print_table(res: dict[str, Any]) -> None:
              if "peak_rss_mb_with_hnsw" in res else ""))
     if res["hnsw_build_seconds"] is not None:
         print(f"hnswlib build {res['hnsw_build_seconds']} s")
+    print(f"load average {res['loadavg_start']} -> {res['loadavg_end']} on {res['cpus']} CPUs "
+          f"(wall-clock figures are noisy when other jobs share the machine)")
 
 
 def _plot(path: str, res: dict[str, Any], sweep: list[dict[str, Any]],

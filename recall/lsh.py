@@ -505,7 +505,7 @@ class LSHIndex:
     def _grow(self, needed: int) -> None:
         if needed <= self._capacity:
             return
-        new = max(needed, int(self._capacity * 1.5), 1024)
+        new = max(needed, self._capacity + self._capacity // 4, 1024)  # <= 25% spare
         vecs = np.zeros((new, self.dim), dtype=np.float32)
         vecs[: self._capacity] = self._vecs
         self._vecs = vecs
