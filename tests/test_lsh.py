@@ -77,6 +77,11 @@ def test_normalize_is_idempotent_and_unit():
     np.testing.assert_array_equal(normalize(once), once)
 
 
+def test_normalize_handles_huge_finite_values_without_overflow():
+    out = normalize(np.array([[1e200, 1e200], [3.0, 4.0]]))
+    np.testing.assert_allclose(out, [[2**-0.5, 2**-0.5], [0.6, 0.8]], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
