@@ -359,7 +359,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--log", help="click log: store users' last RECALL_USER_WINDOW clicks "
                    "and replace the popularity counts")
     _log_args(p)
-    p.add_argument("--to-topic", "--to-kafka", dest="to_topic", action="store_true",
+    p.add_argument("--to-kafka", "--to-topic", dest="to_topic", action="store_true",
                    help="publish the vectors to RECALL_TOPIC_ITEMS instead of writing an "
                    "index version")
     p.add_argument("--keep-old", action="store_true", help="keep the previous version")
