@@ -60,6 +60,21 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ctx)
 
 
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Security keyword arguments for the worker's own aiokafka clients (as faust's)."""
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": proto}
+    if "SSL" in proto:
+        kwargs["ssl_context"] = ssl.create_default_context()
+    if proto.startswith("SASL"):
+        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+                      sasl_plain_username=settings.kafka_sasl_username,
+                      sasl_plain_password=settings.kafka_sasl_password)
+    return kwargs
+
+
 def broker_url(bootstrap: str) -> list[str]:
     return [f"kafka://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()]
 

@@ -484,16 +484,24 @@ async def load_catalogue(settings: Any, args: argparse.Namespace, keep_old: bool
     """The catalogue into Redis as a new live version; returns the version."""
     from offline.load import load_index
     from recall.store import Store
+    from recall.tuner import suggested_params
     from stream.items import default_params
 
     t0 = time.perf_counter()
     ids, vectors = catalogue(args.items, settings.dim, args.seed)
+    # as a user would after `recall tune`: parameters for this catalogue's size, unless
+    # RECALL_LSH_* ask for others
+    explicit = settings.lsh_tables or settings.lsh_hashes or settings.lsh_width or \
+        settings.lsh_probes
+    params = default_params(settings) if explicit else suggested_params(
+        args.items, settings.dim, settings.lsh_seed)
+    print(f"LSH parameters: {params.describe()}", flush=True)
     print(f"catalogue: {len(ids)} x {settings.dim} clustered unit vectors "
           f"({n_clusters(args.items)} clusters) in {time.perf_counter() - t0:.1f}s", flush=True)
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
     try:
         t0 = time.perf_counter()
-        version, _ = await load_index(store, ids, vectors, default_params(settings),
+        version, _ = await load_index(store, ids, vectors, params,
                                       batch=20_000, keep_old=keep_old, progress=True)
     finally:
         await store.close()

@@ -1,9 +1,10 @@
-"""The worker: faust agents for clicks, items and recall requests, wired to the core.
+"""The worker: faust agents for items and recall requests, a clicks consumer, the core.
 
-- ``clicks`` (group, co-partitioned with requests): batches of the clicks already waiting
-  (``take_events``, a few ms at most) are applied to the in-memory user states at once,
-  then written in ONE Redis MULTI round trip: user states, popularity, claimed event ids,
-  and the partition's next offset. Offsets already applied (after a crash) and event ids
+- ``clicks`` (:mod:`stream.clicks`, the partitions whose numbers this worker owns of
+  ``recall-requests``): the batch of clicks a fetch returns (up to 2000) is applied to
+  the in-memory user states at once, then written in ONE atomic Redis call (a Lua
+  script): user states, popularity, claimed event ids, and the partition's next offset.
+  Offsets already applied (after a crash) and event ids
   already claimed are skipped, so every click applies exactly once.
 - ``items`` (group): :class:`stream.items.ItemsWriter` writes Redis; a group-less
   follower applies every partition to this worker's in-memory index.
@@ -46,14 +47,8 @@ from stream.state import IndexSlot, PopularCache, UserCache
 
 log = logging.getLogger(__name__)
 
-#: at most this many clicks / items are handled together
-CLICK_BATCH = 1000
+#: at most this many items are handled together (clicks: stream.clicks.CLICK_BATCH)
 ITEM_BATCH = 2000
-#: how long a click batch waits for more clicks (the first click is held at most this).
-#: Each batch costs two Redis round trips whatever its size; at 5000 clicks/s, 2 ms gave
-#: batches of ~13 and the clicks agent could not keep up; 10 ms stays well inside the
-#: 50 ms freshness target. (Requests are never batched.)
-CLICK_WITHIN = 0.01
 ITEM_WITHIN = 0.005
 #: below this many items, exact search is as fast as LSH and exact
 EXACT_MAX_ITEMS = 1000
@@ -132,6 +127,8 @@ class Recaller:
         self._clicks_script = self.store.r.register_script(CLICKS_WRITE_LUA)
         self._popular_script = self.store.r.register_script(POPULAR_TOP_LUA)
         self.click_offsets: dict[int, int] = {}  # partition -> next offset, owned partitions
+        self.clicks: Any = None  # stream.clicks.ClicksConsumer, once started
+        self._owned_early: set[int] | None = None
         self._tasks: list[asyncio.Task] = []
         self._send: Any = None  # async (topic_name, key, value) -> None, set by the app
         self.ready = asyncio.Event()
@@ -150,9 +147,17 @@ class Recaller:
         self.metrics.index_items.set(len(index))
         log.info("index version %d: %d items loaded in %.1fs", version, len(index),
                  time.perf_counter() - t0)
-        self.follower = ItemsFollower(s, self.slot, self.metrics)
+        from stream.app import client_kwargs
+        from stream.clicks import ClicksConsumer
+
+        self.follower = ItemsFollower(s, self.slot, self.metrics, client_kwargs(s))
         await self.follower.start(offsets)
         await self.refresh_popular()
+        clicks = ClicksConsumer(s, self, client_kwargs(s))
+        await clicks.start()
+        self.clicks = clicks
+        if self._owned_early is not None:  # the group assigned partitions before we were up
+            await clicks.own(self._owned_early)
         self._tasks = [asyncio.create_task(self._watch(), name="recall-watch")]
         self.ready.set()
 
@@ -162,6 +167,8 @@ class Recaller:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.clicks is not None:
+            await self.clicks.stop()
         if self.follower is not None:
             await self.follower.stop()
         await self.store.close()
@@ -191,6 +198,18 @@ class Recaller:
         flat = orjson.loads(raw)
         self.popular.set([(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)])
         self.metrics.redis_duration.labels("popular").observe(time.perf_counter() - t0)
+
+    async def own_partitions(self, partitions: set[int]) -> None:
+        """The group's assignment changed: consume the clicks partitions of these numbers."""
+        if self.clicks is None:
+            self._owned_early = set(partitions)
+        else:
+            await self.clicks.own(partitions)
+
+    async def stored_click_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Next clicks offset applied to Redis, per partition (absent = none applied)."""
+        raw = await self.store.r.hmget(clicks_offsets_key(self.store), [str(p) for p in partitions])
+        return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
 
     def on_revoked(self, partitions: set[int]) -> None:
         """Forget users and click offsets of partitions this worker no longer owns."""
@@ -446,9 +465,18 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[An
 
     rec._send = send
 
+    requests_topic = settings.topic_requests
+    owned: set[int] = set()
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
-        rec.on_revoked({tp.partition for tp in revoked if tp.topic == settings.topic_clicks})
+        owned.difference_update(tp.partition for tp in revoked if tp.topic == requests_topic)
+        await rec.own_partitions(set(owned))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
+        owned.update(tp.partition for tp in assigned if tp.topic == requests_topic)
+        await rec.own_partitions(set(owned))
 
     def lag(events: Sequence[Any]) -> None:
         """recall_consumer_lag from the last event per partition and its high-water mark."""
@@ -458,12 +486,6 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[An
             if hw is not None:
                 rec.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, hw - offset - 1))
-
-    async def clicks_agent(stream: Any) -> Any:
-        await rec.ready.wait()
-        async for events in stream.take_events(CLICK_BATCH, within=CLICK_WITHIN):
-            await rec.handle_clicks(events)
-            lag(events)
 
     async def items_agent(stream: Any) -> Any:
         await rec.ready.wait()
@@ -489,7 +511,6 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[An
                               msg.topic, msg.partition, msg.offset)
             lag((ev,))
 
-    app.agent(topics["clicks"], name="recall.clicks")(clicks_agent)
     app.agent(topics["items"], name="recall.items")(items_agent)
     app.agent(topics["requests"], name="recall.requests")(requests_agent)
 
