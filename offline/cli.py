@@ -14,16 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.cli import CommandError
-
-
-def _settings() -> Any:
-    from recall.config import Settings, SettingsError
-
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+from recall.cli import CommandError, settings_from_env
 
 
 def _quiet_gensim(args: argparse.Namespace) -> None:
@@ -80,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from offline.train import train_item2vec
     from offline.vectors import save_vectors
 
-    settings = _settings()
+    settings = settings_from_env()
     _quiet_gensim(args)
     t0 = time.perf_counter()
     clicks = read_log(args.log, _fmt(args))
@@ -107,7 +98,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from offline.tune import log_queries, tune_params, write_params
     from offline.vectors import load_vectors, params_path
 
-    settings = _settings()
+    settings = settings_from_env()
     t0 = time.perf_counter()
     ids, vectors = load_vectors(args.vectors, settings.dim)
     queries = None
@@ -196,7 +187,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
-    settings = _settings()
+    settings = settings_from_env()
     t0 = time.perf_counter()
     try:
         out = asyncio.run(_load(args, settings))
@@ -228,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from offline.tune import log_queries, read_params, tune_params
     from offline.vectors import load_vectors
 
-    settings = _settings()
+    settings = settings_from_env()
     _quiet_gensim(args)
     t0 = time.perf_counter()
     clicks = read_log(args.log, _fmt(args))

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 #: modules that contribute subcommands, in help order
 COMMAND_MODULES = [
@@ -23,6 +24,16 @@ COMMAND_MODULES = [
 
 class CommandError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
+
+
+def settings_from_env() -> Any:
+    """``Settings.from_env()``, a bad variable reported as a CommandError naming it."""
+    from recall.config import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

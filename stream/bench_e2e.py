@@ -37,13 +37,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from stream.promtext import histogram_delta, metric_value, metrics_url, scrape
 
 log = logging.getLogger(__name__)
 
@@ -198,75 +198,6 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
         return {"sent": sent, "first": first, "last": last}
 
     out.put(asyncio.run(main()))
-
-
-# --- the worker's metrics ----------------------------------------------------------------------
-
-def scrape(port: int, host: str = "127.0.0.1") -> str:
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as resp:
-            return resp.read().decode()
-    except OSError:
-        return ""
-
-
-def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float, float]:
-    """(bucket bounds, cumulative counts, sum, count) of an unlabelled histogram."""
-    bounds: list[float] = []
-    counts: list[float] = []
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bounds.append(float("inf") if le == "+Inf" else float(le))
-            counts.append(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith(f"{name}_sum "):
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{name}_count "):
-            count = float(line.rsplit(" ", 1)[1])
-    return bounds, counts, total, count
-
-
-def quantile_from_buckets(bounds: list[float], counts: list[float], q: float) -> float | None:
-    """PromQL's histogram_quantile: linear within the bucket holding rank q * count."""
-    if not counts or counts[-1] <= 0:
-        return None
-    rank = q * counts[-1]
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in zip(bounds, counts, strict=True):
-        if count >= rank:
-            if bound == float("inf"):
-                return prev_bound
-            span = count - prev_count
-            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / span if span else 1)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
-def histogram_delta(before: str, after: str, name: str) -> dict[str, float | None]:
-    """p50/p95/p99 and mean of what a histogram observed between two scrapes."""
-    b0, c0, s0, n0 = parse_histogram(before, name)
-    b1, c1, s1, n1 = parse_histogram(after, name)
-    if not b1:
-        return {"p50": None, "p95": None, "p99": None, "mean": None, "count": 0}
-    if b0 != b1:
-        c0 = [0.0] * len(c1)
-        s0 = n0 = 0.0
-    counts = [a - b for a, b in zip(c1, c0, strict=True)]
-    n = n1 - n0
-    return {"p50": quantile_from_buckets(b1, counts, 0.5),
-            "p95": quantile_from_buckets(b1, counts, 0.95),
-            "p99": quantile_from_buckets(b1, counts, 0.99),
-            "mean": (s1 - s0) / n if n > 0 else None, "count": n}
-
-
-def metric_value(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` (all label sets)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class RssWatch:
@@ -442,7 +373,7 @@ async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: in
 
     prod = _producer(settings.kafka_bootstrap, 5)
     await prod.start()
-    before = metric_value(scrape(port), "recall_clicks_total") if port else 0.0
+    before = metric_value(scrape(metrics_url(port)), "recall_clicks_total") if port else 0.0
     n = 0
     try:
         futures = []
@@ -464,7 +395,7 @@ async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: in
     if port:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            applied = metric_value(scrape(port), "recall_clicks_total") - before
+            applied = metric_value(scrape(metrics_url(port)), "recall_clicks_total") - before
             if applied >= n:
                 break
             await asyncio.sleep(0.2)
@@ -519,7 +450,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
     ctx = mp.get_context("spawn")
     reader = Reader(settings, run)
     await reader.start()
-    before = scrape(port) if port else ""
+    before = scrape(metrics_url(port)) if port else ""
     start_at = time.time() + 3.0  # the children need a moment to import and connect
     req_count, click_count = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False)
     req_out, click_out = ctx.Queue(), ctx.Queue()
@@ -560,7 +491,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
             await asyncio.sleep(0.05)
         fresh, missed = await probes if probes is not None else ([], 0)
         probes = None
-        after = scrape(port) if port else ""
+        after = scrape(metrics_url(port)) if port else ""
         rss.sample()
     finally:
         if probes is not None:
@@ -645,15 +576,6 @@ def plot(path: str, lat_s: Any, fresh_s: list[float], title: str) -> None:
     plt.close(fig)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | None,
                  rss: RssWatch, external: bool) -> dict[str, Any]:
     if external:
@@ -662,7 +584,7 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
         if port:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                if metric_value(scrape(port), "recall_index_items") >= args.items:
+                if metric_value(scrape(metrics_url(port)), "recall_index_items") >= args.items:
                     break
                 await asyncio.sleep(0.5)
     t0 = time.monotonic()
@@ -685,6 +607,7 @@ def run_bench(args: argparse.Namespace) -> int:
         create_topics,
         free_port,
         local_stack,
+        port_free,
         start_worker,
     )
 
@@ -706,7 +629,7 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"external stack: Kafka {settings.kafka_bootstrap}, Redis "
                   f"{settings.redis_url.split('@')[-1]}, metrics :{settings.metrics_port}",
                   flush=True)
-            port = settings.metrics_port if scrape(settings.metrics_port) else None
+            port = settings.metrics_port if scrape(metrics_url(settings.metrics_port)) else None
             if port is None:
                 print(f"warning: no /metrics on 127.0.0.1:{settings.metrics_port}; "
                       "no worker-side figures", flush=True)
@@ -716,7 +639,7 @@ def run_bench(args: argparse.Namespace) -> int:
             # like recall.localstack.worker_stack, but the catalogue goes into Redis
             # before the worker starts, so the worker loads it at start-up
             overrides: dict[str, Any] = {"kafka_session_timeout": 3.0, "web_port": 0}
-            if not _port_free(settings.metrics_port):
+            if not port_free(settings.metrics_port):
                 overrides["metrics_port"] = free_port()
             with local_stack(partitions=settings.topic_partitions) as stack:
                 settings = replace(settings, kafka_bootstrap=stack.bootstrap,

@@ -9,18 +9,9 @@ import argparse
 import logging
 from typing import Any
 
-from recall.cli import CommandError
+from recall.cli import settings_from_env
 
 log = logging.getLogger(__name__)
-
-
-def _settings() -> Any:
-    from recall.config import Settings, SettingsError
-
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -32,7 +23,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from recall.localstack import create_topics
     from stream.worker import build_worker
 
-    settings = _settings()
+    settings = settings_from_env()
     logging.getLogger().setLevel(settings.log_level.upper())
     try:
         # faust does not declare topics here (topic_allow_declare off) and Tansu would

@@ -16,74 +16,24 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
-import urllib.request
 from collections import deque
 from typing import Any
 
 import numpy as np
+
+from stream.promtext import histogram_quantile, metric_value, scrape
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 3.0
 
 
-def histogram_quantile(text: str, name: str, q: float) -> float | None:
-    """The q-quantile of a Prometheus histogram in exposition ``text`` (linear within a
-    bucket, as PromQL's histogram_quantile does); None without observations."""
-    bounds, counts = [], []
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bounds.append(float("inf") if le == "+Inf" else float(le))
-            counts.append(float(line.rsplit(" ", 1)[1]))
-    if not counts or counts[-1] <= 0:
-        return None
-    rank = q * counts[-1]
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in zip(bounds, counts, strict=True):
-        if count >= rank:
-            if bound == float("inf"):
-                return prev_bound
-            span = count - prev_count
-            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / span if span else 1)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
-def scrape(url: str) -> str:
-    """The exposition text at ``url`` ("" when it cannot be read)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.read().decode()
-    except OSError:
-        return ""
-
-
-def metric_value(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` (all label sets)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from recall.cli import CommandError
     from recall.config import Settings, SettingsError
-    from recall.localstack import LocalStackError, free_port, worker_stack
+    from recall.localstack import LocalStackError, free_port, port_free, worker_stack
 
     try:
         settings = Settings.from_env()
@@ -92,7 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate <= 0:
         raise CommandError("--items must be >= 100, --users >= 1, rates > 0")
     overrides: dict[str, Any] = {"kafka_session_timeout": 3.0}
-    if not args.external and not _port_free(settings.metrics_port):
+    if not args.external and not port_free(settings.metrics_port):
         overrides["metrics_port"] = free_port()
     try:
         with worker_stack(settings, external=args.external, **overrides) as (s, stack, worker):

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from stream.promtext import metric_value, metrics_url, scrape
+
 
 def metric(port: int, name: str) -> float:
-    """Sum of a metric's samples on the worker's /metrics (0 if absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in " {":
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Sum of a metric's samples on the worker's /metrics (0 if absent or unreachable)."""
+    return metric_value(scrape(metrics_url(port)), name)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
