@@ -239,6 +239,32 @@ class Store:
                                    ("HDEL", self.keys.buckets(version), *ids)])
         return int(replies[0])
 
+    async def write_items(self, version: int, ids: Sequence[str], vectors: np.ndarray,
+                          keys: np.ndarray, deleted: Sequence[str] = (),
+                          also_hset: tuple[str, Mapping[Any, Any]] | None = None) -> None:
+        """Upserts, deletes and one more hash update (e.g. applied offsets) in ONE
+        MULTI/EXEC round trip: the streaming writer's path, where a batch is small."""
+        commands: list[tuple[Any, ...]] = []
+        if len(ids):
+            vectors = np.ascontiguousarray(vectors, dtype="<f4")
+            keys = np.ascontiguousarray(keys, dtype="<i8")
+            if vectors.shape[0] != len(ids) or keys.shape[0] != len(ids):
+                raise ValueError("ids, vectors and keys must have the same number of rows")
+            commands += _hset_rows(self.keys.vectors(version), ids, vectors)
+            commands += _hset_rows(self.keys.buckets(version), ids, keys)
+        if len(deleted):
+            commands += [("HDEL", self.keys.vectors(version), *deleted),
+                         ("HDEL", self.keys.buckets(version), *deleted)]
+        if also_hset is not None and also_hset[1]:
+            key, mapping = also_hset
+            commands.append(("HSET", key, *(x for kv in mapping.items() for x in kv)))
+        if not commands:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        await pipe.execute()
+
     async def get_vectors(self, version: int, ids: Sequence[str],
                           dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (n, D) float32, zeros where missing; present mask (n,)), one HMGET."""

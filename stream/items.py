@@ -29,9 +29,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
@@ -170,38 +172,40 @@ class ItemsWriter:
         return h
 
     async def write(self, batch: ItemBatch, next_offsets: dict[int, int]) -> None:
-        store, dim = self.store, self.settings.dim
+        """Two round trips whatever the batch: the live version, then one MULTI with the
+        vectors, bucket keys, deletes and the partitions' next offsets. (Membership is
+        stored per item, so an upsert needs no read of the old buckets.)"""
+        store = self.store
         t0 = time.perf_counter()
         version = await store.live_version()
         if version is None:
             raise RuntimeError("no live index version in Redis")
         hasher = await self._hasher(version)
-        ids = list(batch.upserts) + sorted(batch.deletes)
-        old, present = await store.get_vectors(version, ids, dim)
-        n_up = len(batch.upserts)
-        if n_up:
+        ids = list(batch.upserts)
+        if ids:
             vecs = np.stack(list(batch.upserts.values())).astype(np.float32)
-            new_keys = hasher.keys(vecs)
-            old_keys = new_keys.copy()
-            if present[:n_up].any():
-                old_keys[present[:n_up]] = hasher.keys(old[:n_up][present[:n_up]])
-            await store.upsert_items(version, ids[:n_up], vecs, new_keys, old_keys)
-        gone = [i for i, p in zip(ids[n_up:], present[n_up:].tolist(), strict=True) if p]
-        if gone:
-            await store.remove_items(version, gone, hasher.keys(old[n_up:][present[n_up:]]))
-        if next_offsets:
-            await store.r.hset(offsets_key(store, version), mapping=next_offsets)
+            keys = hasher.keys(vecs)
+        else:
+            vecs = np.zeros((0, self.settings.dim), dtype=np.float32)
+            keys = np.zeros((0, hasher.params.L), dtype=np.int64)
+        await store.write_items(version, ids, vecs, keys, sorted(batch.deletes),
+                                (offsets_key(store, version), next_offsets))
         self.metrics.redis_duration.labels("items").observe(time.perf_counter() - t0)
 
 
 class ItemsFollower:
-    """Applies every items partition to the served in-memory index (no consumer group)."""
+    """Applies every items partition to the served in-memory index (no consumer group),
+    and writes the partitions this worker owns to Redis (:meth:`own`, with ``writer``)."""
 
     def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics,
-                 consumer_kwargs: dict | None = None) -> None:
+                 consumer_kwargs: dict | None = None, writer: ItemsWriter | None = None,
+                 dlq: Any = None) -> None:
         self.settings = settings
         self.slot = slot
         self.metrics = metrics
+        self.writer = writer
+        self.dlq = dlq  # async (topic, partition, offset, Invalid, value, key) -> None
+        self.owned: set[int] = set()  # items partitions this worker writes to Redis
         self.lock = asyncio.Lock()  # held while applying a batch and while swapping
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None,
@@ -230,6 +234,23 @@ class ItemsFollower:
             self.consumer.seek(tp, offsets.get(tp.partition, ends[tp]))
         self._task = asyncio.create_task(self._run(), name="items-follower")
 
+    async def own(self, partitions: set[int]) -> None:
+        """Write these items partitions to Redis from now on. A newly owned partition is
+        first rewound to the offset the live version records for it, so messages this
+        worker applied while another owned it are written too (re-applying them to the
+        index is harmless: the last message per item still wins)."""
+        if self.writer is None:
+            return
+        async with self.lock:
+            new = set(partitions) - self.owned
+            if new and self.partitions:
+                stored = await read_offsets(self.writer.store, self.slot.version)
+                for tp in self.partitions:
+                    if (tp.partition in new and tp.partition in stored
+                            and stored[tp.partition] < await self.consumer.position(tp)):
+                        self.consumer.seek(tp, stored[tp.partition])
+            self.owned = set(partitions)
+
     async def positions(self) -> dict[int, int]:
         return {tp.partition: await self.consumer.position(tp) for tp in self.partitions}
 
@@ -252,14 +273,25 @@ class ItemsFollower:
             if not records:
                 continue
             async with self.lock:
-                batch = ItemBatch()
+                batch, mine = ItemBatch(), ItemBatch()
+                next_offsets: dict[int, int] = {}
                 n = 0
                 for tp, msgs in records.items():
+                    owned = tp.partition in self.owned
+                    if owned:
+                        next_offsets[tp.partition] = msgs[-1].offset + 1
                     for m in msgs:
                         n += 1
-                        # an unusable record is the writer's to send to the DLQ
-                        with contextlib.suppress(Invalid):
-                            batch.add(parse_item(m.value, dim, limit))
+                        try:
+                            op = parse_item(m.value, dim, limit)
+                        except Invalid as exc:
+                            if owned and self.dlq is not None:  # the owner reports it, once
+                                await self.dlq(tp.topic, tp.partition, m.offset, exc, m.value,
+                                               m.key)
+                            continue
+                        batch.add(op)
+                        if owned:
+                            mine.add(op)
                     hw = self.consumer.highwater(tp)
                     if hw is not None:
                         self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
@@ -269,10 +301,25 @@ class ItemsFollower:
                 except Exception:
                     log.exception("applying %d item messages to the index failed", n)
                     continue
+                if next_offsets and self.writer is not None:
+                    await self._write(mine, next_offsets)
                 self.applied += n
                 self.metrics.items.labels("upsert").inc(ups)
                 self.metrics.items.labels("delete").inc(dels)
                 self.metrics.index_items.set(len(self.slot.index))
+
+    async def _write(self, batch: ItemBatch, next_offsets: dict[int, int]) -> None:
+        """Redis is the source of truth: retry until the batch is written."""
+        assert self.writer is not None
+        delay = 0.05
+        while True:
+            try:
+                await self.writer.write(batch, next_offsets)
+                return
+            except (ConnectionError, OSError, RedisError) as exc:
+                log.warning("writing items to redis failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def rebuild(self, store: Store, version: int) -> None:
         """Build ``version`` from Redis aside, then seek and swap (no half-loaded index)."""
