@@ -303,6 +303,7 @@ class ItemsFollower:
                     continue
                 if next_offsets and self.writer is not None:
                     await self._write(mine, next_offsets)
+                self.metrics.batch_size.labels("items").observe(n)
                 self.applied += n
                 self.metrics.items.labels("upsert").inc(ups)
                 self.metrics.items.labels("delete").inc(dels)
