@@ -11,8 +11,8 @@ changed here:
   off (on, responses wait for the next commit, ~2.8 s).
 - values are read raw (``value_serializer="raw"``) and decoded by recall.messages, so a
   bad value goes to the DLQ instead of crashing the agent.
-- faust's own partition assignor (not round-robin) is used so ``clicks`` and
-  ``recall-requests`` (same partition count) are co-partitioned: one worker owns a user.
+- faust consumes only ``recall-requests``; the worker's clicks and items consumers follow
+  the request partitions the group assigns (stream.clicks, stream.items).
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ class _FastConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # aiokafka keeps the value until start() builds its Fetcher
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
-        # co-partitioning of clicks / requests: faust's assignor, even without tables
-        self._assignor = self.app.assignor
-        consumer._partition_assignment_strategy = [self.app.assignor]
         return consumer
 
 

@@ -104,7 +104,9 @@ class ClicksConsumer:
                 stored = await self.rec.stored_click_offsets(sorted(new))
                 for p in new:
                     # the next offset applied to Redis; 0 = from the start (or the oldest
-                    # kept record, auto_offset_reset) for a partition never applied
+                    # kept record, auto_offset_reset) for a partition never applied.
+                    # handle_clicks skips records below it (a fetch begun before a seek)
+                    self.rec.click_offsets[p] = stored.get(p, 0)
                     self.consumer.seek(TopicPartition(self.topic, p), stored.get(p, 0))
             self.owned = wanted
             log.info("clicks partitions owned: %s", sorted(wanted))

@@ -2,15 +2,15 @@
 
 How item changes reach every worker (several workers share one consumer group):
 
-- **writer** (:class:`ItemsWriter`, fed by the faust agent on ``items``, so each items
-  partition has exactly one writer in the group): validates, sends unusable messages to
-  the DLQ, and writes vectors + LSH bucket membership of the *live* version to Redis in
-  partition order, then records ``{p}:index:{v}:offsets`` (partition -> next offset)
-  in the same round trip. Redis thus always holds at least every change before the
-  recorded offsets.
 - **follower** (:class:`ItemsFollower`, a plain aiokafka consumer with *no* group,
   assigned every items partition): applies every change to this worker's in-memory index
-  in partition order. It never writes Redis.
+  in partition order.
+- **writer** (:class:`ItemsWriter`, called by the follower for the items partitions this
+  worker owns -- by the numbers of its request partitions, so each has one writer): sends
+  unusable messages to the DLQ and writes vectors + LSH bucket membership of the *live*
+  version to Redis, with ``{p}:index:{v}:offsets`` (partition -> next offset) in the same
+  MULTI. Redis thus always holds every change before the recorded offsets; a new owner
+  rewinds the partition to them (:meth:`ItemsFollower.own`).
 - **rebuild** (:func:`load_index`): reads a version's offsets first, then its items
   (HSCAN), builds a new index aside, then the follower seeks to those offsets and the
   index is swapped in one assignment. Replaying from offsets that are older than the
@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,11 +334,3 @@ class ItemsFollower:
         self.metrics.index_items.set(len(index))
         log.info("index version %d live in memory: %d items in %.1fs", version, len(index),
                  time.perf_counter() - t0)
-
-
-def ids_with_offsets(records: Sequence[tuple[int, int]]) -> dict[int, int]:
-    """Next offset per partition from (partition, offset) pairs."""
-    out: dict[int, int] = {}
-    for p, o in records:
-        out[p] = max(out.get(p, -1), o + 1)
-    return out

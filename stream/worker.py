@@ -285,7 +285,7 @@ class Recaller:
     # --- clicks ----------------------------------------------------------------
 
     async def handle_clicks(self, events: Sequence[Any]) -> None:
-        """Apply a batch of click events (faust events with raw values)."""
+        """Apply a batch of click events (raw values) of partitions this worker owns."""
         s, m, store = self.settings, self.metrics, self.store
         m.batch_size.labels("clicks").observe(len(events))
         parsed: list[tuple[int, int, Click]] = []
@@ -301,16 +301,15 @@ class Recaller:
         for ev in events:
             p, o = ev.message.partition, ev.message.offset
             next_offsets[p] = max(next_offsets.get(p, 0), o + 1)
-        # one read round trip: unknown partitions' offsets, users not cached, event ids
-        parts = [p for p in next_offsets if p not in self.click_offsets]
+        # one read round trip: users not cached, event ids (the partitions' applied
+        # offsets were read when this worker took them: stream.clicks.ClicksConsumer.own)
         missing = self.users.missing(c.user_id for _, _, c in parsed)
         eids = list(dict.fromkeys(c.event_id for _, _, c in parsed if c.event_id))
-        if parts or missing or eids:
+        claimed: set[str] = set()
+        if missing or eids:
 
             def read() -> Any:
                 pipe = store.r.pipeline(transaction=False)
-                if parts:
-                    pipe.hmget(clicks_offsets_key(store), [str(p) for p in parts])
                 if missing:
                     pipe.mget([store.keys.user(u) for u in missing])
                 if eids:
@@ -318,18 +317,14 @@ class Recaller:
                 return pipe
 
             replies = list(await self._execute(read, "clicks_read"))
-            if parts:
-                for p, raw in zip(parts, replies.pop(0), strict=True):
-                    self.click_offsets.setdefault(p, int(raw) if raw is not None else 0)
             if missing:
                 part_of = {c.user_id: p for p, _, c in parsed}
                 for uid, raw in zip(missing, replies.pop(0), strict=True):
                     if self.users.get(uid) is None:
                         self.users.put(uid, self._decode_user(uid, raw), part_of[uid])
-            claimed = {e for e, raw in zip(eids, replies.pop(0), strict=True)
-                       if raw is not None} if eids else set()
-        else:
-            claimed = set()
+            if eids:
+                claimed = {e for e, raw in zip(eids, replies.pop(0), strict=True)
+                           if raw is not None}
         lookup = self.slot.lookup if self.slot is not None else None
         changed: dict[str, UserState] = {}
         popular: Tally[str] = Tally()
@@ -447,14 +442,14 @@ class Recaller:
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Recaller]:
-    """The faust app with its three agents, and the :class:`Recaller` behind them."""
+    """The faust app with its requests agent, and the :class:`Recaller` behind them."""
     from stream.app import build_app
 
     app = build_app(settings)
     rec = Recaller(settings, metrics)
-    topics = {name: app.topic(t, value_type=bytes, key_type=bytes,
+    topics = {name: app.topic(settings.topics[name], value_type=bytes, key_type=bytes,
                               partitions=settings.topic_partitions)
-              for name, t in settings.topics.items()}
+              for name in ("requests", "responses", "dlq")}
     out_topics = {settings.topic_responses: topics["responses"],
                   settings.topic_dlq: topics["dlq"]}
 
@@ -476,14 +471,12 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[An
         owned.update(tp.partition for tp in assigned if tp.topic == requests_topic)
         await rec.own_partitions(set(owned))
 
-    def lag(events: Sequence[Any]) -> None:
-        """recall_consumer_lag from the last event per partition and its high-water mark."""
-        last = {ev.message.tp: ev.message.offset for ev in events}
-        for tp, offset in last.items():
-            hw = app.consumer.highwater(tp)
-            if hw is not None:
-                rec.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, hw - offset - 1))
+    def lag(msg: Any) -> None:
+        """recall_consumer_lag of the message's partition, from its high-water mark."""
+        hw = app.consumer.highwater(msg.tp)
+        if hw is not None:
+            rec.metrics.consumer_lag.labels(msg.topic, str(msg.partition)).set(
+                max(0, hw - msg.offset - 1))
 
     async def requests_agent(stream: Any) -> Any:
         await rec.ready.wait()
@@ -495,7 +488,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[An
             except Exception:
                 log.exception("request at %s[%d]@%d could not be answered",
                               msg.topic, msg.partition, msg.offset)
-            lag((ev,))
+            lag(msg)
 
     app.agent(topics["requests"], name="recall.requests")(requests_agent)
 
