@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,27 +214,36 @@ def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
 
 @contextlib.contextmanager
 def worker_stack(settings: Any, external: bool = False, workdir: Path | None = None,
+                 before_worker: Callable[[Any], None] | None = None,
+                 worker_timeout: float = 60.0,
                  **overrides: Any) -> Iterator[tuple[Any, LocalStack | None, Service | None]]:
     """The worker's world for the demo and the e2e benchmark: ``(settings, stack, worker)``.
 
     ``external``: the broker, Redis and worker of ``settings`` are already running; yield
     them as they are. Otherwise start Tansu, redis-server and ``recall worker`` (topics
-    created with ``settings.topic_partitions``; faust's web server off; ``overrides``
-    applied to the settings) and stop all three, by process id, on exit.
+    created with ``settings.topic_partitions``; faust's web server off; the metrics port
+    moved to a free one if taken; ``overrides`` applied to the settings), calling
+    ``before_worker(settings)`` once the broker and Redis are up, and stop all three, by
+    process id, on exit.
     """
     from dataclasses import replace
 
     if external:
         yield settings, None, None
         return
+    if "metrics_port" not in overrides and not port_free(settings.metrics_port):
+        overrides["metrics_port"] = free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-stack-"))
     with local_stack(topics=(), partitions=settings.topic_partitions) as stack:
         settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
                            web_port=0, **overrides)
         asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),
                                   settings.topic_partitions))
+        if before_worker is not None:
+            before_worker(settings)
         log_path = workdir / "worker.log"
-        worker = start_worker(settings.environ(), log_path, settings.metrics_port)
+        worker = start_worker(settings.environ(), log_path, settings.metrics_port,
+                              worker_timeout)
         stack.extra.append(worker)
         log.info("worker pid %d, log %s", worker.proc.pid, log_path)
         yield settings, stack, worker

@@ -39,7 +39,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -600,21 +600,10 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from recall.cli import CommandError
-    from recall.config import Settings, SettingsError
-    from recall.localstack import (
-        LocalStackError,
-        create_topics,
-        free_port,
-        local_stack,
-        port_free,
-        start_worker,
-    )
+    from recall.cli import CommandError, settings_from_env
+    from recall.localstack import LocalStackError, worker_stack
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+    settings = settings_from_env()
     if (args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate < 0
             or args.seconds <= 0 or not 1 <= args.k <= 1000 or args.freshness < 0):
         raise CommandError("--items must be >= 100, --users >= 1, --rate > 0, "
@@ -636,23 +625,17 @@ def run_bench(args: argparse.Namespace) -> int:
             rss = RssWatch(None)
             out = asyncio.run(_bench(settings, args, run, port, rss, external=True))
         else:
-            # like recall.localstack.worker_stack, but the catalogue goes into Redis
-            # before the worker starts, so the worker loads it at start-up
-            overrides: dict[str, Any] = {"kafka_session_timeout": 3.0, "web_port": 0}
-            if not port_free(settings.metrics_port):
-                overrides["metrics_port"] = free_port()
-            with local_stack(partitions=settings.topic_partitions) as stack:
-                settings = replace(settings, kafka_bootstrap=stack.bootstrap,
-                                   redis_url=stack.redis_url, **overrides)
-                asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),
-                                          settings.topic_partitions))
-                print(f"local stack: Kafka (Tansu) {stack.bootstrap}, Redis "
-                      f"{stack.redis_url}", flush=True)
-                asyncio.run(load_catalogue(settings, args, keep_old=False))
-                workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
-                worker = start_worker(settings.environ(), workdir / "worker.log",
-                                      settings.metrics_port, timeout=120)
-                stack.extra.append(worker)
+            # the catalogue goes into Redis before the worker starts, so it loads it
+            workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+
+            def load(s: Any) -> None:
+                print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis "
+                      f"{s.redis_url}", flush=True)
+                asyncio.run(load_catalogue(s, args, keep_old=False))
+
+            with worker_stack(settings, workdir=workdir, before_worker=load,
+                              worker_timeout=120, kafka_session_timeout=3.0) as (
+                    settings, _, worker):
                 print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
                       f":{settings.metrics_port}", flush=True)
                 rss = RssWatch(worker.proc.pid)

@@ -31,21 +31,15 @@ REPORT_EVERY = 3.0
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from recall.cli import CommandError
-    from recall.config import Settings, SettingsError
-    from recall.localstack import LocalStackError, free_port, port_free, worker_stack
+    from recall.cli import CommandError, settings_from_env
+    from recall.localstack import LocalStackError, worker_stack
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+    settings = settings_from_env()
     if args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate <= 0:
         raise CommandError("--items must be >= 100, --users >= 1, rates > 0")
-    overrides: dict[str, Any] = {"kafka_session_timeout": 3.0}
-    if not args.external and not port_free(settings.metrics_port):
-        overrides["metrics_port"] = free_port()
     try:
-        with worker_stack(settings, external=args.external, **overrides) as (s, stack, worker):
+        with worker_stack(settings, external=args.external, kafka_session_timeout=3.0) as (
+                s, stack, worker):
             if stack is not None:
                 print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}, "
                       f"worker pid {worker.proc.pid} (log {worker.log_path})", flush=True)
