@@ -74,7 +74,7 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
     from tqdm import tqdm
 
     from offline.userwin import window_mask
-    from recall.users import RollingUserVectors, WindowClick
+    from recall.users import RollingUserVectors
 
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     dim = vectors.shape[1]
@@ -98,7 +98,7 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
     with tqdm(total=n_users, unit="user", desc="users", disable=not progress) as bar:
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             state = policy.new_state()
-            state.window = [WindowClick(names[item[j]], ts[j], w[j], ev[j], False)
+            state.clicks = [(names[item[j]], ts[j], w[j], ev[j], False)
                             for j in range(a, b)]
             policy.recompute(state)
             pending[users[int(win.user[a])]] = state.to_bytes()

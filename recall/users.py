@@ -45,6 +45,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -56,8 +57,9 @@ _HEADER = struct.Struct("<BIIdd")
 _FORMAT_VERSION = 1
 
 
-@dataclass(slots=True)
-class WindowClick:
+class WindowClick(NamedTuple):
+    """A click of a window, as :attr:`UserState.window` shows it."""
+
     item_id: str
     ts: float
     weight: float
@@ -65,12 +67,20 @@ class WindowClick:
     has_vector: bool
 
 
+#: a click as stored: a plain ``(item_id, ts, weight, event_id, has_vector)`` tuple. Plain
+#: tuples of strings and numbers leave the cyclic GC's lists; objects per click (a
+#: dataclass, even a NamedTuple) stayed in them, and with 20k users x 50 clicks each full
+#: collection walked 1M of them: 25-100 ms pauses of the worker every few seconds.
+Click = tuple[str, float, float, "str | None", bool]
+ITEM, TS, WEIGHT, EVENT, HAS_VECTOR = range(5)
+
+
 @dataclass
 class UserState:
     """One user's window and running sums (see the module docstring)."""
 
     dim: int
-    window: list[WindowClick] = field(default_factory=list)  # oldest first by ts
+    clicks: list[Click] = field(default_factory=list)  # oldest first by ts
     vsum: np.ndarray = None  # type: ignore[assignment]
     wsum: float = 0.0
     t_ref: float = 0.0
@@ -82,26 +92,29 @@ class UserState:
 
     def vector(self) -> np.ndarray | None:
         """The user's embedding (float32, not normalised), or None without usable clicks."""
-        if self.wsum <= 0.0 or not any(c.has_vector for c in self.window):
+        if self.wsum <= 0.0 or not any(c[HAS_VECTOR] for c in self.clicks):
             return None
         return (self.vsum / self.wsum).astype(np.float32)
 
     def seen(self) -> set[str]:
         """Item ids in the window."""
-        return {c.item_id for c in self.window}
+        return {c[ITEM] for c in self.clicks}
 
     def event_ids(self) -> set[str]:
-        return {c.event_id for c in self.window if c.event_id is not None}
+        return {c[EVENT] for c in self.clicks if c[EVENT] is not None}
+
+    @property
+    def window(self) -> list[WindowClick]:
+        """The window's clicks, oldest first (a copy, for reading)."""
+        return [WindowClick(*c) for c in self.clicks]
 
     def __len__(self) -> int:
-        return len(self.window)
+        return len(self.clicks)
 
     def to_bytes(self) -> bytes:
         head = _HEADER.pack(_FORMAT_VERSION, self.dim, self.since_recompute, self.wsum,
                             self.t_ref)
-        clicks = orjson.dumps(
-            [[c.item_id, c.ts, c.weight, c.event_id, c.has_vector] for c in self.window]
-        )
+        clicks = orjson.dumps(self.clicks)  # tuples encode as the JSON arrays
         return head + self.vsum.astype("<f8", copy=False).tobytes() + clicks
 
     @classmethod
@@ -120,11 +133,15 @@ class UserState:
         vsum = np.frombuffer(data, dtype="<f8", count=d, offset=_HEADER.size).astype(np.float64)
         try:
             rows = orjson.loads(data[end:])
-            window = [WindowClick(str(i), float(t), float(w), e, bool(h))
-                      for i, t, w, e, h in rows]
+            clicks: list[Click] = [(str(i), float(t), float(w), e, bool(h))
+                                   for i, t, w, e, h in rows]
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"user state: bad window: {exc}") from None
-        return cls(dim, window, vsum, float(wsum), float(t_ref), int(since))
+        return cls(dim, clicks, vsum, float(wsum), float(t_ref), int(since))
+
+
+def _ts(click: Click) -> float:
+    return click[TS]
 
 
 class RollingUserVectors:
@@ -162,11 +179,11 @@ class RollingUserVectors:
             raise ValueError(f"click needs a finite ts and weight > 0, got {ts!r}, {weight!r}")
         if vector is not None and np.shape(vector) != (self.dim,):
             raise ValueError(f"item vector of shape {np.shape(vector)}, expected ({self.dim},)")
-        if event_id is not None and any(c.event_id == event_id for c in state.window):
+        if event_id is not None and any(c[EVENT] == event_id for c in state.clicks):
             return False
         lookup = lookup or self.lookup
-        win = state.window
-        pos = bisect.bisect_right([c.ts for c in win], ts)
+        win = state.clicks
+        pos = bisect.bisect_right(win, ts, key=_ts)
         if len(win) >= self.window and pos == 0:
             return True  # late: older than every kept click, never enters
         # time decay: move the reference to the newest ts
@@ -181,7 +198,7 @@ class RollingUserVectors:
         elif not win or ts > state.t_ref:
             state.t_ref = ts
         has_vector = vector is not None
-        win.insert(pos, WindowClick(item_id, ts, weight, event_id, has_vector))
+        win.insert(pos, (item_id, ts, weight, event_id, has_vector))
         if has_vector:
             share = weight * self._factor(ts, state.t_ref)
             state.vsum += share * np.asarray(vector, dtype=np.float64)
@@ -189,18 +206,18 @@ class RollingUserVectors:
         needs_recompute = False
         while len(win) > self.window:
             old = win.pop(0)
-            if not old.has_vector:
+            if not old[HAS_VECTOR]:
                 continue
             if lookup is None:
                 raise ValueError("evicting a click needs a lookup of item vectors")
-            mat, present = lookup([old.item_id])
+            mat, present = lookup([old[ITEM]])
             if not bool(present[0]):
                 needs_recompute = True  # the item's vector is gone: recompute below
                 continue
-            share = old.weight * self._factor(old.ts, state.t_ref)
+            share = old[WEIGHT] * self._factor(old[TS], state.t_ref)
             state.vsum -= share * np.asarray(mat[0], dtype=np.float64)
             state.wsum -= share
-        if not any(c.has_vector for c in win):
+        if not any(c[HAS_VECTOR] for c in win):
             state.vsum[:] = 0.0
             state.wsum = 0.0
         state.since_recompute += 1
@@ -214,20 +231,20 @@ class RollingUserVectors:
         if lookup is None:
             raise ValueError("recompute needs a lookup of item vectors")
         state.since_recompute = 0
-        win = state.window
+        win = state.clicks
         if not win:
             state.vsum = np.zeros(self.dim, dtype=np.float64)
             state.wsum = 0.0
             return
-        mat, present = lookup([c.item_id for c in win])
+        mat, present = lookup([c[ITEM] for c in win])
         present = np.asarray(present, dtype=bool)
-        ts = np.fromiter((c.ts for c in win), dtype=np.float64, count=len(win))
-        w = np.fromiter((c.weight for c in win), dtype=np.float64, count=len(win))
+        ts = np.fromiter((c[TS] for c in win), dtype=np.float64, count=len(win))
+        w = np.fromiter((c[WEIGHT] for c in win), dtype=np.float64, count=len(win))
         state.t_ref = float(ts.max())
         if self.half_life > 0.0:
             w = w * np.exp2((ts - state.t_ref) / self.half_life)
         w = np.where(present, w, 0.0)
         state.vsum = w @ np.asarray(mat, dtype=np.float64)
         state.wsum = float(w.sum())
-        for c, p in zip(win, present.tolist(), strict=True):
-            c.has_vector = p
+        state.clicks = [(c[ITEM], c[TS], c[WEIGHT], c[EVENT], p)
+                        for c, p in zip(win, present.tolist(), strict=True)]

@@ -211,3 +211,21 @@ def test_bad_click_values_are_rejected_before_changing_state() -> None:
         with pytest.raises(ValueError):
             roll.apply(state, "a", ts, weight, vec)
     assert len(state) == 0 and state.vector() is None
+
+
+def test_window_clicks_leave_the_cyclic_gc() -> None:
+    """A worker holds ~50 clicks for each of many users: stored as plain tuples of atoms,
+    the GC stops tracking them, so full collections do not walk every click (they paused
+    the worker for 25-100 ms every few seconds when each click was an object)."""
+    import gc
+
+    table = make_table(8, set())
+    roll = RollingUserVectors(DIM, 5, lookup=table)
+    state = roll.new_state()
+    for j in range(8):
+        roll.apply(state, f"i{j}", float(j), 1.0, table.get(f"i{j}"), f"e{j}")
+    gc.collect()
+    assert state.clicks and not any(gc.is_tracked(c) for c in state.clicks)
+    back = UserState.from_bytes(state.to_bytes(), DIM)
+    gc.collect()
+    assert back.window == state.window and not any(gc.is_tracked(c) for c in back.clicks)
