@@ -50,8 +50,14 @@ class Settings:
     #: host:port of faust's own web server (it binds 0.0.0.0:6066 unless told)
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    #: consumer fetch wait, ms (faust hardcodes 1500; we lower it for latency)
+    #: recall-requests consumer fetch wait, ms (faust hardcodes 1500; we lower it for
+    #: latency: the broker may hold an empty fetch this long, so a request can wait it)
     fetch_max_wait_ms: int = 5
+    #: clicks consumer fetch wait, ms (bounds how late a click shows; each idle fetch
+    #: costs the broker CPU, so not as short as the requests')
+    clicks_fetch_wait_ms: int = 20
+    #: items consumer fetch wait, ms (items need order, not milliseconds)
+    items_fetch_wait_ms: int = 100
     #: how long an applied click's event_id is remembered, seconds
     event_id_ttl_seconds: int = 7 * 24 * 3600
     #: Kafka security (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) and SASL credentials
@@ -139,6 +145,8 @@ ENV_NAMES: dict[str, str] = {
     "web_host": "RECALL_WEB_HOST",
     "web_port": "RECALL_WEB_PORT",
     "fetch_max_wait_ms": "RECALL_FETCH_MAX_WAIT_MS",
+    "clicks_fetch_wait_ms": "RECALL_CLICKS_FETCH_WAIT_MS",
+    "items_fetch_wait_ms": "RECALL_ITEMS_FETCH_WAIT_MS",
     "event_id_ttl_seconds": "RECALL_EVENT_ID_TTL_SECONDS",
     "kafka_security_protocol": "KAFKA_SECURITY_PROTOCOL",
     "kafka_sasl_mechanism": "KAFKA_SASL_MECHANISM",

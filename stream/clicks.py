@@ -29,7 +29,7 @@ from recall.config import Settings
 log = logging.getLogger(__name__)
 
 #: most clicks handled together; the consumer's fetch wait bounds how long the first waits
-CLICK_BATCH = 2000
+CLICK_BATCH = 500
 
 
 class _Message:
@@ -67,7 +67,7 @@ class ClicksConsumer:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms),
+            fetch_max_wait_ms=max(1, settings.clicks_fetch_wait_ms),
             max_poll_records=CLICK_BATCH, **(client_kwargs or {}))
         self.owned: set[int] = set()
         self.lock = asyncio.Lock()  # held while a batch is applied and while reassigning

@@ -209,7 +209,7 @@ class ItemsFollower:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms), max_poll_records=5000,
+            fetch_max_wait_ms=max(1, settings.items_fetch_wait_ms), max_poll_records=5000,
             **(consumer_kwargs or {}))
         self.partitions: list[TopicPartition] = []
         self._task: asyncio.Task | None = None
