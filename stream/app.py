@@ -21,28 +21,9 @@ import ssl
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.app.base import BootStrategy
 
 from recall.config import Settings
-
-
-class _FastConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: int = 5
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # aiokafka keeps the value until start() builds its Fetcher
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
-        return consumer
-
-
-class _FastConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _FastConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _FastTransport(faust_aiokafka.Transport):
-    Consumer = _FastConsumer
 
 
 def _credentials(settings: Settings) -> Any:
@@ -109,6 +90,6 @@ def build_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=4 * 1024 * 1024,
         **web,
     )
-    _FastConsumerThread.fetch_max_wait_ms = int(settings.fetch_max_wait_ms)
-    app.transport = _FastTransport(app.conf.broker_consumer, app)
+    # no faust group consumer: stream.requests reads recall-requests (see the docstring)
+    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
     return app

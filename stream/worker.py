@@ -125,7 +125,7 @@ class Recaller:
         self._popular_script = self.store.r.register_script(POPULAR_TOP_LUA)
         self.click_offsets: dict[int, int] = {}  # partition -> next offset, owned partitions
         self.clicks: Any = None  # stream.clicks.ClicksConsumer, once started
-        self._owned_early: set[int] | None = None
+        self.requests: Any = None  # stream.requests.RequestsConsumer, once started
         self.n_request_partitions = 0  # set from the group's metadata
         self._tasks: list[asyncio.Task] = []
         self._send: Any = None  # async (topic_name, key, value) -> None, set by the app
@@ -147,6 +147,7 @@ class Recaller:
                  time.perf_counter() - t0)
         from stream.app import client_kwargs
         from stream.clicks import ClicksConsumer
+        from stream.requests import RequestsConsumer
 
         self.follower = ItemsFollower(s, self.slot, self.metrics, client_kwargs(s),
                                       writer=self.writer, dlq=self.dlq)
@@ -155,12 +156,16 @@ class Recaller:
         clicks = ClicksConsumer(s, self, client_kwargs(s))
         await clicks.start()
         self.clicks = clicks
-        if self._owned_early is not None:  # the group assigned partitions before we were up
-            await self.own_partitions(self._owned_early)
         self._tasks = [asyncio.create_task(self._watch(), name="recall-watch")]
         self.ready.set()
+        # last: join the group once requests can be answered
+        requests = RequestsConsumer(s, self, client_kwargs(s))
+        await requests.start()
+        self.requests = requests
 
     async def stop(self) -> None:
+        if self.requests is not None:  # first: commit answered requests, leave the group
+            await self.requests.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -200,9 +205,7 @@ class Recaller:
 
     async def own_partitions(self, partitions: set[int]) -> None:
         """The group's assignment changed: consume the clicks partitions of these numbers."""
-        if self.clicks is None or self.follower is None:
-            self._owned_early = set(partitions)
-            return
+        assert self.clicks is not None and self.follower is not None  # started before the group
         await self.clicks.own(partitions)
         if not self.n_request_partitions:
             consumer = self.follower.consumer
@@ -382,30 +385,51 @@ class Recaller:
 
     # --- requests --------------------------------------------------------------
 
-    async def handle_request(self, raw: bytes | None, key: bytes | None, topic: str,
-                             partition: int, offset: int, record_ts: float | None) -> None:
-        """Answer one request (exactly one response when its request_id is readable)."""
+    async def handle_requests(self, records: Sequence[Any]) -> None:
+        """Answer the requests one fetch returned (aiokafka records), together: one Redis
+        read for the users not in memory, then each from memory. Exactly one response per
+        request whose request_id is readable; unusable records also go to the DLQ."""
         t0 = time.perf_counter()
-        m = self.metrics
-        try:
-            req = parse_request(raw, self.settings.max_message_bytes)
-        except Invalid as exc:
-            await self.dlq(topic, partition, offset, exc, raw, key)
-            if exc.request_id is not None:
-                await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
-                                    t0, record_ts, error=f"{exc.reason}: {exc.message}")
+        m, s = self.metrics, self.settings
+        m.batch_size.labels("requests").observe(len(records))
+        parsed = []
+        for r in records:
+            ts = r.timestamp / 1000.0 if r.timestamp else None
+            try:
+                parsed.append((r, parse_request(r.value, s.max_message_bytes), ts))
+            except Invalid as exc:
+                await self.dlq(r.topic, r.partition, r.offset, exc, r.value, r.key)
+                if exc.request_id is not None:
+                    await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
+                                        t0, ts, error=f"{exc.reason}: {exc.message}")
+        await self.load_users({req.user_id: r.partition for r, req, _ in parsed})
+        for r, req, ts in parsed:
+            try:
+                items, source, n_cand = await self.recall(req.user_id, req.k,
+                                                          req.exclude_seen, r.partition)
+            except Exception as exc:
+                log.exception("request %r failed", req.request_id)
+                await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
+                                    ts, error=f"internal error: {type(exc).__name__}")
+                continue
+            if n_cand is not None:
+                m.candidates.observe(n_cand)
+            await self._respond(req.request_id, req.user_id, "ok", items, source, t0, ts)
+
+    async def load_users(self, partition_of: dict[str, int]) -> None:
+        """Read the users not in memory from Redis in one MGET and keep them."""
+        missing = self.users.missing(partition_of)
+        if not missing:
             return
-        try:
-            items, source, n_cand = await self.recall(req.user_id, req.k, req.exclude_seen,
-                                                      partition)
-        except Exception as exc:
-            log.exception("request %r failed", req.request_id)
-            await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
-                                record_ts, error=f"internal error: {type(exc).__name__}")
-            return
-        if n_cand is not None:
-            m.candidates.observe(n_cand)
-        await self._respond(req.request_id, req.user_id, "ok", items, source, t0, record_ts)
+        store = self.store
+
+        def read() -> Any:
+            return _Call(lambda: store.r.mget([store.keys.user(u) for u in missing]))
+
+        (raws,) = await self._execute(read, "users_load")
+        for uid, raw in zip(missing, raws, strict=True):
+            if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
+                self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
     async def recall(self, uid: str, k: int, exclude_seen: bool, partition: int
                      ) -> tuple[list[tuple[str, float]], str, int | None]:
@@ -442,58 +466,37 @@ class Recaller:
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Recaller]:
-    """The faust app with its requests agent, and the :class:`Recaller` behind them."""
+    """The faust app running the :class:`Recaller` as a service (started and stopped with
+    the worker), its responses and DLQ records sent by faust's producer."""
+    import mode
+
     from stream.app import build_app
 
     app = build_app(settings)
     rec = Recaller(settings, metrics)
-    topics = {name: app.topic(settings.topics[name], value_type=bytes, key_type=bytes,
-                              partitions=settings.topic_partitions)
-              for name in ("requests", "responses", "dlq")}
-    out_topics = {settings.topic_responses: topics["responses"],
-                  settings.topic_dlq: topics["dlq"]}
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
-        await out_topics[topic].send(key=key, value=value)
+        delivery = await app.producer.send(topic, key, value, None, None, None)
+        if rec.requests is not None:
+            rec.requests.track(delivery)
 
     rec._send = send
 
-    requests_topic = settings.topic_requests
-    owned: set[int] = set()
+    @app.service
+    class RecallerService(mode.Service):
+        """Loads the index, then joins the group: ``Recaller.start`` / ``stop``."""
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
-        owned.difference_update(tp.partition for tp in revoked if tp.topic == requests_topic)
-        await rec.own_partitions(set(owned))
+        _starting: asyncio.Task | None = None
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
-        owned.update(tp.partition for tp in assigned if tp.topic == requests_topic)
-        await rec.own_partitions(set(owned))
+        async def on_started(self) -> None:
+            # in a task: loading 1M items takes seconds, faust's own start must not wait
+            self._starting = asyncio.create_task(rec.start(), name="recaller-start")
 
-    def lag(msg: Any) -> None:
-        """recall_consumer_lag of the message's partition, from its high-water mark."""
-        hw = app.consumer.highwater(msg.tp)
-        if hw is not None:
-            rec.metrics.consumer_lag.labels(msg.topic, str(msg.partition)).set(
-                max(0, hw - msg.offset - 1))
-
-    async def requests_agent(stream: Any) -> Any:
-        await rec.ready.wait()
-        async for ev in stream.events():
-            msg = ev.message
-            try:
-                await rec.handle_request(ev.value, ev.key, msg.topic, msg.partition,
-                                         msg.offset, msg.timestamp)
-            except Exception:
-                log.exception("request at %s[%d]@%d could not be answered",
-                              msg.topic, msg.partition, msg.offset)
-            lag(msg)
-
-    app.agent(topics["requests"], name="recall.requests")(requests_agent)
-
-    @app.task
-    async def start_recaller() -> None:
-        await rec.start()
+        async def on_stop(self) -> None:
+            if self._starting is not None and not self._starting.done():
+                self._starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._starting
+            await rec.stop()
 
     return app, rec
