@@ -252,7 +252,7 @@ class Reader:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=5, auto_offset_reset="latest")
+            fetch_max_wait_ms=max(1, s.fetch_max_wait_ms), auto_offset_reset="latest")
         await self.consumer.start()
         parts = None
         for _ in range(100):
@@ -441,6 +441,40 @@ async def load_catalogue(settings: Any, args: argparse.Namespace, keep_old: bool
     return version
 
 
+#: scratch topic of the broker round-trip measurement (local stack only)
+RTT_TOPIC = "recall-bench-rtt"
+
+
+async def broker_round_trip(settings: Any, n: int = 300) -> dict[str, float]:
+    """The broker's floor: plain aiokafka produce -> fetch of one small record, ``n`` times
+    (one per 10 ms), with the worker's fetch wait. A recall crosses the broker twice."""
+    from aiokafka import AIOKafkaConsumer
+
+    from recall.localstack import create_topics
+
+    await create_topics(settings.kafka_bootstrap, [RTT_TOPIC], 1)
+    prod = _producer(settings.kafka_bootstrap, 0)
+    cons = AIOKafkaConsumer(RTT_TOPIC, bootstrap_servers=settings.kafka_bootstrap,
+                            group_id=None, auto_offset_reset="latest",
+                            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms))
+    await prod.start()
+    await cons.start()
+    try:
+        await cons.getmany(timeout_ms=500)  # assigned and positioned
+        lat = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await prod.send(RTT_TOPIC, b"x", key=str(i).encode())
+            while not await cons.getmany(timeout_ms=1000):
+                pass
+            lat.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.01)
+    finally:
+        await prod.stop()
+        await cons.stop()
+    return {"p50": float(_pct(lat, 50)), "p99": float(_pct(lat, 99))}
+
+
 async def measure(settings: Any, args: argparse.Namespace, run: str, port: int | None,
                   rss: RssWatch) -> dict[str, Any]:
     import multiprocessing as mp
@@ -587,16 +621,23 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
                 if metric_value(scrape(metrics_url(port)), "recall_index_items") >= args.items:
                     break
                 await asyncio.sleep(0.5)
-    t0 = time.monotonic()
     took = await wait_ready(settings, 600)
     print(f"worker answers ({took:.1f}s); worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
+    rtt = None
+    if not external:  # measured with the worker idle
+        rtt = await broker_round_trip(settings)
+        print(f"broker round trip (plain aiokafka produce -> fetch; a recall makes two): "
+              f"p50 {rtt['p50'] * 1e3:.2f} ms, p99 {rtt['p99'] * 1e3:.2f} ms", flush=True)
     t0 = time.monotonic()
     n = await warm_users(settings, args, run, port)
     print(f"{args.users} warm users: {n} clicks applied in {time.monotonic() - t0:.1f}s",
           flush=True)
     print(f"measuring {args.seconds:g}s: {args.rate:g} requests/s, {args.click_rate:g} "
           f"clicks/s, {args.freshness} freshness probes", flush=True)
-    return await measure(settings, args, run, port, rss)
+    out = await measure(settings, args, run, port, rss)
+    out["broker_rtt_p50_ms"] = _ms(rtt["p50"]) if rtt else None
+    out["broker_rtt_p99_ms"] = _ms(rtt["p99"]) if rtt else None
+    return out
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ KEYS = {
     "worker_request_p50_ms", "worker_request_p99_ms", "worker_e2e_p50_ms",
     "worker_e2e_p99_ms", "candidates_mean", "clicks_sent", "clicks_applied",
     "freshness_p50_ms", "freshness_p99_ms", "freshness_missed", "worker_rss_peak_mb",
+    "broker_rtt_p50_ms", "broker_rtt_p99_ms",
 }
 
 
@@ -41,4 +42,6 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["freshness_missed"] == 0
     assert figures["e2e_p50_ms"] is not None and figures["e2e_p50_ms"] > 0
     assert figures["worker_rss_peak_mb"] > 0
+    # the broker's own floor is measured on the local stack, and a recall costs more
+    assert 0 < figures["broker_rtt_p50_ms"] < figures["e2e_p50_ms"]
     assert plot.stat().st_size > 0
