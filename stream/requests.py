@@ -111,6 +111,8 @@ class RequestsConsumer:
             with contextlib.suppress(KeyError):
                 self.rec.metrics.consumer_lag.remove(self.topic, str(p))
         self.owned -= partitions
+        # stop applying their clicks now: the next owner may start before our assignment
+        await self.rec.own_partitions(set(self.owned))
 
     async def _run(self) -> None:
         while True:
