@@ -1,4 +1,4 @@
-"""The worker: a faust agent for recall requests, consumers for clicks and items, the core.
+"""The worker: its state and what it does with clicks, items and recall requests.
 
 - ``clicks`` (:mod:`stream.clicks`, the partitions whose numbers this worker owns of
   ``recall-requests``): the batch of clicks a fetch returns (up to 2000) is applied to
@@ -11,9 +11,10 @@
   partition numbers) to Redis with their next offsets, in one MULTI per fetch. (As a
   faust agent the writer took ~1,000 items/s and its backlog stalled requests for
   seconds behind it in faust's shared fetch buffer.)
-- ``recall-requests`` (group): each request is answered as soon as it is read, from
-  memory (a user's state is read from Redis once, on first touch); LSH top-k, popular
-  items for cold users, ``invalid`` / ``error`` responses, never a crash.
+- ``recall-requests`` (:mod:`stream.requests`, the workers' group): the requests of a
+  fetch are answered together as soon as they are read, from memory (users not in memory
+  are read from Redis in one MGET); LSH top-k, popular items for cold users,
+  ``invalid`` / ``error`` responses, never a crash.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def clicks_offsets_key(store: Store) -> str:
 
 
 class Recaller:
-    """Everything a worker holds; the faust agents call into it (one per process)."""
+    """Everything a worker holds; its consumers call into it (one per process)."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -287,23 +288,21 @@ class Recaller:
 
     # --- clicks ----------------------------------------------------------------
 
-    async def handle_clicks(self, events: Sequence[Any]) -> None:
-        """Apply a batch of click events (raw values) of partitions this worker owns."""
+    async def handle_clicks(self, records: Sequence[Any]) -> None:
+        """Apply a batch of clicks (aiokafka records) of partitions this worker owns."""
         s, m, store = self.settings, self.metrics, self.store
-        m.batch_size.labels("clicks").observe(len(events))
+        m.batch_size.labels("clicks").observe(len(records))
         parsed: list[tuple[int, int, Click]] = []
-        for ev in events:
-            msg = ev.message
-            try:
-                click = parse_click(ev.value, msg.timestamp or time.time(), s.max_message_bytes)
-            except Invalid as exc:
-                await self.dlq(msg.topic, msg.partition, msg.offset, exc, ev.value, ev.key)
-                continue
-            parsed.append((msg.partition, msg.offset, click))
         next_offsets: dict[int, int] = {}
-        for ev in events:
-            p, o = ev.message.partition, ev.message.offset
-            next_offsets[p] = max(next_offsets.get(p, 0), o + 1)
+        for r in records:
+            next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
+            ts = r.timestamp / 1000.0 if r.timestamp else time.time()
+            try:
+                click = parse_click(r.value, ts, s.max_message_bytes)
+            except Invalid as exc:
+                await self.dlq(r.topic, r.partition, r.offset, exc, r.value, r.key)
+                continue
+            parsed.append((r.partition, r.offset, click))
         # one read round trip: users not cached, event ids (the partitions' applied
         # offsets were read when this worker took them: stream.clicks.ClicksConsumer.own)
         missing = self.users.missing(c.user_id for _, _, c in parsed)
