@@ -1,18 +1,22 @@
-"""The faust application and its latency tuning (no agents here: see stream.worker).
+"""The faust application: the worker's process, services and producer (no agents: see below).
 
-Why a default faust agent answers a request in ~750 ms on a local broker, and what is
-changed here:
+faust runs the worker (``faust.worker.Worker``: signals, logging, the service tree that
+starts and stops :class:`stream.worker.Recaller`) and owns the Kafka producer of
+responses and DLQ records. Its own group consumer is turned off: the topics are read by
+plain aiokafka consumers in the same event loop (stream.requests, stream.clicks,
+stream.items). Why, from measurements with ``recall bench e2e``:
 
-- faust creates its worker consumer with a hardcoded ``fetch_max_wait_ms=1500``; the broker
-  holds a fetch until data arrives *or* that wait ends, and Tansu only re-checks on a timer
-  (about half the wait), so a lone request waited ~750 ms in the broker. The transport
-  below wraps ``_create_worker_consumer`` and sets ``RECALL_FETCH_MAX_WAIT_MS`` (5 ms).
-- producer linger 0 (a lone response is sent at once) and ``stream_publish_on_commit``
-  off (on, responses wait for the next commit, ~2.8 s).
-- values are read raw (``value_serializer="raw"``) and decoded by recall.messages, so a
-  bad value goes to the DLQ instead of crashing the agent.
-- faust consumes only ``recall-requests``; the worker's clicks and items consumers follow
-  the request partitions the group assigns (stream.clicks, stream.items).
+- a default faust agent answered a request in ~750 ms on a local broker: its consumer has
+  a hardcoded ``fetch_max_wait_ms=1500`` and Tansu answers a waiting fetch only on its
+  re-check timer (about half the wait). Wrapping ``_create_worker_consumer`` to wait 5 ms
+  brought a lone request to ~10 ms;
+- but faust reads in a consumer *thread* and passes each record through a stream, an event
+  and an ack: at 500 requests/s with 5,000 clicks/s that path cost as much CPU as the
+  recall itself, the threads fought over the GIL, and requests queued for seconds (e2e
+  p50 8.2 s at 1M items). Read in the loop, a fetch's requests are answered together;
+- producer linger 0 (a lone response is sent at once); ``stream_publish_on_commit`` off
+  (on, responses waited for the next commit, ~2.8 s). Values are decoded by
+  recall.messages from raw bytes, so a bad value goes to the DLQ instead of crashing.
 """
 
 from __future__ import annotations
