@@ -257,3 +257,18 @@ async def test_a_restarted_worker_gives_the_same_answers(
         return (await client.recall("user-new", k=10)).item_ids != before["user-new"]
 
     await eventually(changed)
+
+
+async def test_a_cleanly_stopped_worker_hands_over_without_answering_twice(
+        client: RecallClient, worker: Service, settings: Settings) -> None:
+    """SIGTERM: the worker commits the offsets of what it answered (after the responses
+    were acknowledged) and leaves the group, so its successor answers nothing again."""
+    rids = [await client.send_request(f"user-top-{i % 4}", k=5) for i in range(20)]
+    await asyncio.gather(*(asyncio.wait_for(client.expect(r), 10) for r in rids))
+    worker.stop(timeout=15)
+    assert worker.proc.returncode == 0, "the worker did not stop cleanly"
+    fresh = start_worker(settings.environ(), worker.log_path, settings.metrics_port)
+    worker.proc = fresh.proc
+    await client.wait_ready(60)
+    await asyncio.sleep(1.0)  # time for a second answer to arrive, if one were coming
+    assert not set(rids) & set(client.unclaimed)
