@@ -275,6 +275,8 @@ class Hasher:
         x = np.asarray(q)
         if x.size != p.dim:
             raise ValueError(f"expected a query of dimension {p.dim}, got {np.shape(q)}")
+        # _codes' arithmetic on a 1-D query, inline: through _codes (2-D, int64 codes) a
+        # call took 45 us instead of 34 us (timeit, L=16 k=10 T=5)
         t = x.reshape(-1).astype(np.float64) @ self.proj  # (L*k,)
         if p.family == "pstable":
             t += self.offset
