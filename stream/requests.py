@@ -119,7 +119,7 @@ class RequestsConsumer:
             try:
                 batches = await self.consumer.getmany(timeout_ms=1000,
                                                       max_records=REQUEST_BATCH)
-            except KafkaError:
+            except Exception:  # a broker error must not end the task that answers requests
                 log.exception("fetching requests failed; retrying")
                 await asyncio.sleep(0.5)
                 continue
@@ -144,13 +144,17 @@ class RequestsConsumer:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(COMMIT_INTERVAL)
-            async with self.lock:
-                await self._commit(set(self.done))
-            # an idle partition's lag too (the gauge must not freeze at its last value)
-            for tp in self.consumer.assignment():
-                if tp.partition not in self.done:
-                    with contextlib.suppress(Exception):
+            try:
+                async with self.lock:
+                    await self._commit(set(self.done))
+                # an idle partition's lag too (the gauge must not freeze at its last value)
+                for tp in self.consumer.assignment():
+                    if tp.partition not in self.done:
                         self._lag(tp, await self.consumer.position(tp))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. a partition revoked meanwhile; commit next time
+                log.warning("requests commit/lag refresh failed; retrying", exc_info=True)
 
     async def _commit(self, partitions: set[int]) -> None:
         """Commit the answered offsets of ``partitions`` once their responses are acked."""
