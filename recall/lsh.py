@@ -320,6 +320,50 @@ class Hasher:
             np.add(home[:, None], contrib[self._rows3, sets].sum(axis=2), out=out[:, 1:])
         return out
 
+    def probe_keys_many(self, queries: np.ndarray) -> np.ndarray:
+        """(n, L, T') probe keys of n normalised queries: row i holds the same keys as
+        ``probe_keys(queries[i])`` (perturbed probes possibly in another order), computed
+        with one set of numpy calls for all n (the worker's batches of requests)."""
+        p = self.params
+        x = np.asarray(queries, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != p.dim:
+            raise ValueError(f"expected queries of shape (n, {p.dim}), got {np.shape(queries)}")
+        n = x.shape[0]
+        codes, t = self._codes(x)  # (n, L*k) each
+        codes3 = codes.reshape(n, p.L, p.k)
+        with np.errstate(over="ignore"):
+            home = (codes3 * self.mult).sum(axis=2) + self.salt  # (n, L)
+        n_sets = self.probes_per_table - 1
+        if n_sets == 0:
+            return home[:, :, None]
+        npos = self._npos
+        if p.family == "pstable":
+            frac = (t - codes).reshape(n, p.L, p.k)
+            dist = np.concatenate([frac, 1.0 - frac], axis=2)  # (n, L, 2k)
+            step = np.broadcast_to(self._step, dist.shape)
+        else:
+            dist = np.abs(t).reshape(n, p.L, p.k)
+            step = np.where(codes3 == 1, -self.mult, self.mult)
+        order = np.argsort(dist, axis=2)
+        d2 = np.zeros((n, p.L, npos + 1))  # last column 0: the template's padding
+        contrib = np.zeros((n, p.L, npos + 1), dtype=np.int64)
+        d2[:, :, :npos] = np.take_along_axis(dist, order, axis=2) ** 2
+        contrib[:, :, :npos] = np.take_along_axis(step, order, axis=2)
+        tmpl = self.template
+        if len(tmpl) > n_sets:
+            scores = d2[:, :, tmpl].sum(axis=3)  # (n, L, S)
+            best = np.argpartition(scores, n_sets - 1, axis=2)[:, :, :n_sets]
+            sets = tmpl[best]  # (n, L, n_sets, maxlen)
+        else:
+            sets = np.broadcast_to(tmpl, (n, p.L, *tmpl.shape))
+        rows_n = np.arange(n)[:, None, None, None]
+        out = np.empty((n, p.L, 1 + n_sets), dtype=np.int64)
+        out[:, :, 0] = home
+        with np.errstate(over="ignore"):
+            np.add(home[:, :, None], contrib[rows_n, self._rows3[None], sets].sum(axis=3),
+                   out=out[:, :, 1:])
+        return out
+
 
 class _SortedBuckets:
     """Immutable bucket table: sorted unique keys, CSR offsets into a slot array, and a
@@ -683,21 +727,33 @@ class LSHIndex:
     def candidates(self, qn: np.ndarray) -> np.ndarray:
         """Distinct candidate slots (int32) for a normalised query."""
         probes = self.hasher.probe_keys(qn).reshape(-1)
-        parts = []
+        lo, hi = self._ranges(probes)
+        return self._gather(probes, lo, hi)
+
+    def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) of each probe key in the main bucket table, capped (empty if none)."""
         buckets = self._buckets
-        if buckets.size:
-            lo, hi = buckets.lookup(probes)
-            if self.params.cap:
-                np.minimum(hi, lo + self.params.cap, out=hi)
-            counts = hi - lo
-            total = int(counts.sum())
-            if total:
-                ends = np.cumsum(counts)
-                idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
-                slots = buckets.slots[idx]
-                if self._stale:
-                    slots = slots[self._in_main[slots]]
-                parts.append(slots)
+        if not buckets.size:
+            zero = np.zeros(len(probes), dtype=np.int64)
+            return zero, zero
+        lo, hi = buckets.lookup(probes)
+        if self.params.cap:
+            np.minimum(hi, lo + self.params.cap, out=hi)
+        return lo, hi
+
+    def _gather(self, probes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Distinct slots of one query's probes, given their main-table ranges."""
+        parts = []
+        counts = hi - lo
+        total = int(counts.sum())
+        if total:
+            buckets = self._buckets
+            ends = np.cumsum(counts)
+            idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
+            slots = buckets.slots[idx]
+            if self._stale:
+                slots = slots[self._in_main[slots]]
+            parts.append(slots)
         if self._pending:
             get = self._pending.get
             cap = self.params.cap or None  # the cap holds for pending buckets too
@@ -727,6 +783,27 @@ class LSHIndex:
             cand = cand[~np.isin(cand, ex)]
         scores = np.take(self._vecs, cand, axis=0) @ qn
         return self._top(cand, scores, k, len(cand))
+
+    def query_many(self, queries: np.ndarray, ks: Sequence[int]) -> list[QueryResult]:
+        """``query(queries[i], ks[i])`` for each row, hashed and looked up together: one
+        set of numpy calls for all probes of all queries, then each query's candidates
+        and exact re-rank (the same results as one query() per row)."""
+        if len(queries) != len(ks):
+            raise ValueError(f"{len(queries)} queries but {len(ks)} k values")
+        if not len(ks):
+            return []
+        qn = np.stack([self._prepare(q, k) for q, k in zip(queries, ks, strict=True)])
+        probes = self.hasher.probe_keys_many(qn)  # (n, L, T')
+        per_query = probes.shape[1] * probes.shape[2]
+        flat = probes.reshape(-1)
+        lo, hi = self._ranges(flat)
+        out = []
+        for i, k in enumerate(ks):
+            a, b = i * per_query, (i + 1) * per_query
+            cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
+            scores = np.take(self._vecs, cand, axis=0) @ qn[i]
+            out.append(self._top(cand, scores, k, len(cand)))
+        return out
 
     def exact(self, q: np.ndarray, k: int, exclude: Collection[str] = ()) -> QueryResult:
         """Brute force over all items (same scores as query(); for checks and fallbacks)."""

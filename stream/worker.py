@@ -32,6 +32,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from recall.config import Settings
+from recall.lsh import QueryResult
 from recall.messages import (
     Click,
     Invalid,
@@ -402,10 +403,12 @@ class Recaller:
                     await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
                                         t0, ts, error=f"{exc.reason}: {exc.message}")
         await self.load_users({req.user_id: r.partition for r, req, _ in parsed})
-        for r, req, ts in parsed:
+        hashed = self._lsh_together([req for _, req, _ in parsed])
+        for j, (r, req, ts) in enumerate(parsed):
             try:
                 items, source, n_cand = await self.recall(req.user_id, req.k,
-                                                          req.exclude_seen, r.partition)
+                                                          req.exclude_seen, r.partition,
+                                                          hashed.get(j))
             except Exception as exc:
                 log.exception("request %r failed", req.request_id)
                 await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
@@ -430,9 +433,36 @@ class Recaller:
             if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
-    async def recall(self, uid: str, k: int, exclude_seen: bool, partition: int
+    def _lsh_together(self, reqs: Sequence[Any]) -> dict[int, QueryResult]:
+        """The LSH results of a batch's requests, hashed and looked up together
+        (LSHIndex.query_many: ~25% less work per query from 4 queries on), by position;
+        empty when fewer than two need LSH or a vector is unusable (then each request
+        queries alone, and only the bad one fails)."""
+        assert self.slot is not None
+        index = self.slot.index
+        if len(reqs) < 2 or len(index) <= EXACT_MAX_ITEMS:
+            return {}
+        rows, vecs, ks = [], [], []
+        for j, req in enumerate(reqs):
+            state = self.users.get(req.user_id)
+            vec = state.vector() if state is not None else None
+            if vec is None or not np.linalg.norm(vec) > 0:
+                continue
+            rows.append(j)
+            vecs.append(vec)
+            ks.append(req.k + (len(state.seen()) if req.exclude_seen else 0))
+        if len(rows) < 2:
+            return {}
+        try:
+            return dict(zip(rows, index.query_many(np.stack(vecs), ks), strict=True))
+        except ValueError:
+            return {}
+
+    async def recall(self, uid: str, k: int, exclude_seen: bool, partition: int,
+                     hashed: QueryResult | None = None
                      ) -> tuple[list[tuple[str, float]], str, int | None]:
-        """(items best first, source, candidates re-ranked or None)."""
+        """(items best first, source, candidates re-ranked or None); ``hashed``: this
+        request's LSH result, computed with its batch (:meth:`_lsh_together`)."""
         state = await self.user(uid, partition)
         assert self.slot is not None
         index = self.slot.index
@@ -445,7 +475,8 @@ class Recaller:
                 # the top k + |seen| without exclusion, then drop the seen ones: the same
                 # items as query(exclude=seen), without its np.isin over every candidate
                 # (~8% of the event loop at 1M items, 500 requests/s)
-                res, source = index.query(vec, k + len(seen)), "lsh"
+                res = hashed if hashed is not None else index.query(vec, k + len(seen))
+                source = "lsh"
             items = [(i, sc) for i, sc in zip(res.ids, res.scores.tolist(), strict=True)
                      if i not in seen][:k]
             if items:

@@ -339,3 +339,40 @@ def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays()
     stats = index.stats()
     assert stats["pending_items"] == 0 and stats["sorted_entries"] == 5000 * 4
     assert index.nbytes() > x.nbytes
+
+
+# ------------------------------------------------------------------ batched queries
+
+
+@pytest.mark.parametrize("family,T", [("pstable", 6), ("simhash", 6), ("pstable", 1)])
+def test_probe_keys_many_holds_each_querys_probe_keys(family, T):
+    h = Hasher(LSHParams(dim=16, family=family, k=5, L=4, T=T, w=0.8))
+    q = unit(np.random.default_rng(3), 25, 16)
+    many = h.probe_keys_many(q)
+    for i in range(len(q)):
+        one = h.probe_keys(q[i])
+        assert many[i].shape == one.shape
+        assert (many[i][:, 0] == one[:, 0]).all()  # home buckets first
+        assert (np.sort(many[i], axis=1) == np.sort(one, axis=1)).all()
+
+
+@pytest.mark.parametrize("mode", ["pending", "merged", "stale"])
+def test_query_many_answers_as_one_query_per_row(mode):
+    rng = np.random.default_rng(4)
+    params = {"family": "pstable", "k": 4, "L": 6, "T": 4, "w": 0.9}
+    index = make_index("merged" if mode != "pending" else "pending", **params)
+    x = unit(rng, 800, 16)
+    index.add([f"i{j}" for j in range(800)], x)
+    if mode == "stale":  # removed items still in the merged table, masked out
+        index.MERGE_MIN = 10**9
+        index.remove([f"i{j}" for j in range(0, 800, 3)])
+    q = unit(rng, 30, 16)
+    ks = [1 + j % 12 for j in range(30)]
+    many = index.query_many(q, ks)
+    for i, res in enumerate(many):
+        one = index.query(q[i], ks[i])
+        assert res.ids == one.ids and res.candidates == one.candidates
+        assert np.array_equal(res.scores, one.scores)
+    assert index.query_many(np.zeros((0, 16)), []) == []
+    with pytest.raises(ValueError):
+        index.query_many(q, ks[:-1])
