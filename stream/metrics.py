@@ -54,6 +54,11 @@ class Metrics:
         self.index_version = Gauge("recall_index_version", "index version served", registry=r)
         self.index_rebuild = Gauge("recall_index_rebuild_seconds",
                                    "duration of the last index rebuild from Redis", registry=r)
+        self.loop_lag = Histogram(
+            "recall_event_loop_lag_seconds",
+            "how late the worker's event loop ran a timer (sampled 10 times a second); "
+            "high = the worker is saturated and requests queue",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.users_cached = Gauge("recall_users_cached", "user states held in memory",
                                   registry=r)
         for status in ("ok", "invalid", "error"):

@@ -55,6 +55,8 @@ EXACT_MAX_ITEMS = 1000
 POPULAR_KEEP = 2000
 #: seconds between checks of the live index version
 VERSION_POLL = 1.0
+#: seconds between event-loop lag samples
+LOOP_LAG_EVERY = 0.1
 
 
 #: the atomic write of a click batch (see Recaller.handle_clicks); KEYS = offsets hash,
@@ -158,7 +160,8 @@ class Recaller:
         clicks = ClicksConsumer(s, self, client_kwargs(s))
         await clicks.start()
         self.clicks = clicks
-        self._tasks = [asyncio.create_task(self._watch(), name="recall-watch")]
+        self._tasks = [asyncio.create_task(self._watch(), name="recall-watch"),
+                       asyncio.create_task(self._loop_lag(), name="recall-loop-lag")]
         self.ready.set()
         # last: join the group once requests can be answered
         requests = RequestsConsumer(s, self, client_kwargs(s))
@@ -197,6 +200,15 @@ class Recaller:
                 raise
             except Exception:
                 log.exception("background refresh failed; retrying")
+
+    async def _loop_lag(self) -> None:
+        """recall_event_loop_lag_seconds: how late a 100 ms timer fires. Everything the
+        worker does shares one event loop, so this is the wait any request saw then."""
+        observe = self.metrics.loop_lag.observe
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(LOOP_LAG_EVERY)
+            observe(max(0.0, time.perf_counter() - t0 - LOOP_LAG_EVERY))
 
     async def refresh_popular(self) -> None:
         t0 = time.perf_counter()

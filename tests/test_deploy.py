@@ -42,7 +42,7 @@ WORKER_METRICS = [
     "recall_candidates", "recall_clicks_total", "recall_items_total", "recall_index_items",
     "recall_invalid_messages_total", "recall_click_duplicates_total", "recall_consumer_lag",
     "recall_redis_duration_seconds", "recall_batch_size", "recall_index_version",
-    "recall_index_rebuild_seconds", "recall_users_cached",
+    "recall_index_rebuild_seconds", "recall_users_cached", "recall_event_loop_lag_seconds",
 ]
 
 
