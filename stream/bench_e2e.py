@@ -546,6 +546,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
         "rate": args.rate, "click_rate": args.click_rate, "seconds": args.seconds,
         "requests_sent": req["sent"], "responses": len(reader.ids),
         "lost": req["sent"] - len(reader.ids), "send_errors": req["send_errors"],
+        # the first lost ones, for looking them up (request_id "{run}.{seq}.{send us}")
+        "lost_seqs": sorted(set(range(req["sent"])) - reader.ids)[:20], "run": run,
         "duplicates": reader.duplicates,
         "errors": sum(n for s, n in reader.statuses.items() if s != "ok"),
         "timeouts": int((lat > TIMEOUT).sum()),
