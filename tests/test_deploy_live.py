@@ -56,6 +56,7 @@ from recall.localstack import (
     start_worker,
     wait_for_port,
 )
+from tests.support import isolated_settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -330,13 +331,8 @@ def live(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     workdir = Path(tmp_path_factory.mktemp("deploy-live"))
-    tag = uuid.uuid4().hex[:8]
     # the contract's topic names, so labels in the picture read as in production
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, dim=DIM,
-        metrics_port=free_port(), web_port=0, kafka_session_timeout=2.0,
-        app_id=f"recall-deploy-{tag}", redis_prefix=f"dl-{tag}", topic_partitions=4,
-        log_level="INFO")
+    settings = isolated_settings(stack, "dl", own_topics=False, dim=DIM, topic_partitions=4)
     asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
                               settings.topic_partitions))
     worker_log = workdir / "worker.log"

@@ -8,7 +8,6 @@ recall every item, including one that arrives while both run.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from recall.config import Settings
 from recall.localstack import LocalStack, Service, create_topics, free_port, start_worker
 from recall.lsh import normalize
 from stream.client import RecallClient
-from tests.support import eventually, metric
+from tests.support import eventually, isolated_settings, metric
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +31,7 @@ USERS = 24
 
 @pytest.fixture(scope="module")
 def settings(stack: LocalStack) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, dim=DIM,
-        metrics_port=free_port(), web_port=0, kafka_session_timeout=2.0,
-        app_id=f"recall-scale-{tag}", redis_prefix=f"sc-{tag}", topic_partitions=4,
-        topic_clicks=f"clicks-{tag}", topic_items=f"items-{tag}",
-        topic_requests=f"requests-{tag}", topic_responses=f"responses-{tag}",
-        topic_dlq=f"dlq-{tag}", user_window=4)
+    return isolated_settings(stack, "sc", dim=DIM, topic_partitions=4, user_window=4)
 
 
 @pytest.fixture(scope="module")

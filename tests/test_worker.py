@@ -20,11 +20,11 @@ import redis
 
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.localstack import LocalStack, Service, create_topics, free_port, start_worker
+from recall.localstack import LocalStack, Service, create_topics, start_worker
 from recall.lsh import normalize
 from recall.users import UserState
 from stream.client import RecallClient
-from tests.support import eventually, metric
+from tests.support import eventually, isolated_settings, metric
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,7 @@ def catalogue() -> tuple[list[str], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def settings(stack: LocalStack) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, dim=DIM,
-        metrics_port=free_port(), web_port=0, kafka_session_timeout=2.0,
-        app_id=f"recall-test-{tag}", redis_prefix=f"wt-{tag}", topic_partitions=2,
-        topic_clicks=f"clicks-{tag}", topic_items=f"items-{tag}",
-        topic_requests=f"requests-{tag}", topic_responses=f"responses-{tag}",
-        topic_dlq=f"dlq-{tag}", user_window=5, log_level="INFO")
+    return isolated_settings(stack, "wt", dim=DIM, topic_partitions=2, user_window=5)
 
 
 @pytest.fixture(scope="module")
