@@ -475,6 +475,41 @@ async def broker_round_trip(settings: Any, n: int = 300) -> dict[str, float]:
     return {"p50": float(_pct(lat, 50)), "p99": float(_pct(lat, 99))}
 
 
+async def trace_lost(settings: Any, run: str, seqs: list[int]) -> dict[str, list[int]]:
+    """Where lost requests went: read ``recall-requests`` and ``recall-responses`` from the
+    start and report which of ``seqs`` the broker holds a request / a response for (a
+    response present but not read points at the reader, no response at the worker)."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    wanted = set(seqs)
+    found: dict[str, list[int]] = {}
+    for name, topic in (("requests_in_kafka", settings.topic_requests),
+                        ("responses_in_kafka", settings.topic_responses)):
+        cons = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+        await cons.start()
+        hits: set[int] = set()
+        try:
+            while True:
+                batches = await cons.getmany(timeout_ms=1000, max_records=50_000)
+                if not batches:
+                    break
+                for records in batches.values():
+                    for rec in records:
+                        rid = rec.key.decode() if rec.key else ""
+                        if name.startswith("requests"):
+                            rid = orjson.loads(rec.value).get("request_id", "")
+                        parts = rid.split(".")
+                        if len(parts) == 3 and parts[0] == run and int(parts[1]) in wanted:
+                            hits.add(int(parts[1]))
+        finally:
+            await cons.stop()
+        found[name] = sorted(hits)
+    return found
+
+
 async def measure(settings: Any, args: argparse.Namespace, run: str, port: int | None,
                   rss: RssWatch) -> dict[str, Any]:
     import multiprocessing as mp
@@ -637,6 +672,9 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
     print(f"measuring {args.seconds:g}s: {args.rate:g} requests/s, {args.click_rate:g} "
           f"clicks/s, {args.freshness} freshness probes", flush=True)
     out = await measure(settings, args, run, port, rss)
+    if out["lost"] and not external:
+        out["lost_trace"] = await trace_lost(settings, run, out["lost_seqs"])
+        print(f"lost requests {out['lost_seqs']}: {out['lost_trace']}", flush=True)
     out["broker_rtt_p50_ms"] = _ms(rtt["p50"]) if rtt else None
     out["broker_rtt_p99_ms"] = _ms(rtt["p99"]) if rtt else None
     return out

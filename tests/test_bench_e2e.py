@@ -45,3 +45,27 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     # the broker's own floor is measured on the local stack, and a recall costs more
     assert 0 < figures["broker_rtt_p50_ms"] < figures["e2e_p50_ms"]
     assert plot.stat().st_size > 0
+
+
+async def test_trace_lost_tells_requests_never_answered_from_responses_not_read(stack) -> None:
+    import orjson
+
+    from recall.localstack import create_topics
+    from stream.bench_e2e import _producer, trace_lost
+    from tests.support import isolated_settings
+
+    s = isolated_settings(stack, "tl", topic_partitions=2)
+    await create_topics(s.kafka_bootstrap, s.topics.values(), 2)
+    prod = _producer(s.kafka_bootstrap, 0)
+    await prod.start()
+    try:
+        for seq in range(5):  # requests 0-4 of run "r1", and of another run
+            for run in ("r1", "r2"):
+                await prod.send_and_wait(s.topic_requests, orjson.dumps(
+                    {"request_id": f"{run}.{seq}.123", "user_id": "u"}), key=b"u")
+        for seq in (1, 3):  # answered: 1 and 3
+            await prod.send_and_wait(s.topic_responses, b"{}", key=f"r1.{seq}.123".encode())
+    finally:
+        await prod.stop()
+    found = await trace_lost(s, "r1", [1, 2, 3, 7])
+    assert found == {"requests_in_kafka": [1, 2, 3], "responses_in_kafka": [1, 3]}
