@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from statistics import NormalDist
 from typing import Any
@@ -487,6 +487,9 @@ class LSHIndex:
     #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
     MERGE_MIN = 4096
     MERGE_RATIO = 16
+    #: False: add() and remove() never merge; the owner calls merge_work() off the event
+    #: loop and finish_merge() on it when needs_merge() (stream.items does)
+    auto_merge = True
 
     def __init__(self, params: LSHParams) -> None:
         self.params = params
@@ -600,7 +603,7 @@ class LSHIndex:
         self._vecs[slots] = vn
         self._alive[slots] = True
         keys = self.hasher.keys(vn)
-        if n >= self._merge_threshold():
+        if self.auto_merge and n >= self._merge_threshold():
             self._merge(slots, keys)
             return
         pending = self._pending
@@ -613,7 +616,7 @@ class LSHIndex:
                 else:
                     bucket.append(slot)
             pending_slots[slot] = row
-        if len(self._pending_slots) + self._stale >= self._merge_threshold():
+        if self.auto_merge and self.needs_merge():
             self._merge()
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -632,7 +635,7 @@ class LSHIndex:
         self._alive[arr] = False
         self._vecs[arr] = 0.0
         self._free.extend(slots)
-        if self._stale >= self._merge_threshold():
+        if self.auto_merge and self._stale >= self._merge_threshold():
             self._merge()
         return len(slots)
 
@@ -661,33 +664,55 @@ class LSHIndex:
                     if not bucket:
                         del self._pending[key]
 
+    def needs_merge(self) -> bool:
+        """Enough pending items or stale entries that a merge is due."""
+        return len(self._pending_slots) + self._stale >= self._merge_threshold()
+
     def _merge(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
         """Fold pending items (and a batch) into the sorted arrays; drop stale entries."""
-        parts_s, parts_k = [], []
-        if self._pending_slots:
-            pend = np.fromiter(self._pending_slots, dtype=np.int64, count=len(self._pending_slots))
-            parts_s.append(pend)
-            parts_k.append(np.array(list(self._pending_slots.values()), dtype=np.int64))
-        if slots is not None and keys is not None:
-            parts_s.append(slots)
-            parts_k.append(keys)
-        L = self.params.L
-        if parts_s:
-            new_slots = np.repeat(np.concatenate(parts_s).astype(np.int32), L)
-            new_keys = np.concatenate(parts_k).reshape(-1)
-            order = np.argsort(new_keys, kind="stable")
-            new_keys, new_slots = new_keys[order], new_slots[order]
-        else:
-            new_keys = np.zeros(0, dtype=np.int64)
-            new_slots = np.zeros(0, dtype=np.int32)
-        old = self._buckets
-        if old.size == 0:
-            self._buckets = _SortedBuckets(new_keys, new_slots)
-        else:
-            keep = self._in_main[old.slots] if self._stale else None
-            self._buckets = old.merged(keep, new_keys, new_slots)
-        if parts_s:
-            self._in_main[np.concatenate(parts_s)] = True
+        self.finish_merge(self.merge_work(slots, keys)())
+
+    def merge_work(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
+                   ) -> Callable[[], tuple[_SortedBuckets, np.ndarray | None]]:
+        """The heavy part of a merge as a function that only reads this index, for a
+        thread (numpy releases the GIL in its sorts and copies): the caller must not
+        change the index until it passes the result to :meth:`finish_merge`; queries may
+        run meanwhile (they see the index as before the merge)."""
+        pending_slots = dict(self._pending_slots)
+        old, stale, L = self._buckets, self._stale, self.params.L
+
+        def work() -> tuple[_SortedBuckets, np.ndarray | None]:
+            parts_s, parts_k = [], []
+            if pending_slots:
+                parts_s.append(np.fromiter(pending_slots, dtype=np.int64,
+                                           count=len(pending_slots)))
+                parts_k.append(np.array(list(pending_slots.values()), dtype=np.int64))
+            if slots is not None and keys is not None:
+                parts_s.append(slots)
+                parts_k.append(keys)
+            if parts_s:
+                new_slots = np.repeat(np.concatenate(parts_s).astype(np.int32), L)
+                new_keys = np.concatenate(parts_k).reshape(-1)
+                order = np.argsort(new_keys, kind="stable")
+                new_keys, new_slots = new_keys[order], new_slots[order]
+            else:
+                new_keys = np.zeros(0, dtype=np.int64)
+                new_slots = np.zeros(0, dtype=np.int32)
+            if old.size == 0:
+                table = _SortedBuckets(new_keys, new_slots)
+            else:
+                keep = self._in_main[old.slots] if stale else None
+                table = old.merged(keep, new_keys, new_slots)
+            return table, np.concatenate(parts_s) if parts_s else None
+
+        return work
+
+    def finish_merge(self, result: tuple[_SortedBuckets, np.ndarray | None]) -> None:
+        """Swap in what :meth:`merge_work` built (on the thread that owns the index)."""
+        table, merged_slots = result
+        self._buckets = table
+        if merged_slots is not None:
+            self._in_main[merged_slots] = True
         self._pending.clear()
         self._pending_slots.clear()
         self._stale = 0

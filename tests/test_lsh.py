@@ -376,3 +376,39 @@ def test_query_many_answers_as_one_query_per_row(mode):
     assert index.query_many(np.zeros((0, 16)), []) == []
     with pytest.raises(ValueError):
         index.query_many(q, ks[:-1])
+
+
+def test_a_merge_built_on_another_thread_gives_the_same_index():
+    """stream.items merges off the event loop: merge_work() in a thread while queries
+    read the index, then finish_merge(); the result answers as an in-place merge."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    params = {"family": "pstable", "k": 4, "L": 6, "T": 4, "w": 0.9}
+    x = unit(rng, 3000, 16)
+    ids = [f"i{j}" for j in range(3000)]
+    inplace, offloop = make_index("merged", **params), make_index("merged", **params)
+    for index in (inplace, offloop):
+        index.add(ids[:2000], x[:2000])
+        index.MERGE_MIN, index.MERGE_RATIO = 500, 10**9
+    offloop.auto_merge = False
+    q = unit(rng, 20, 16)
+    for index in (inplace, offloop):  # pending adds and stale removals
+        for start in range(2000, 3000, 100):
+            index.add(ids[start:start + 100], x[start:start + 100])
+        index.remove(ids[:300:2])
+    assert inplace.merges > offloop.merges and offloop.needs_merge()
+    before = [offloop.query(v, 10).ids for v in q]
+    work = offloop.merge_work()
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(work()))
+    t.start()
+    during = [offloop.query(v, 10).ids for v in q]  # reads while the thread works
+    t.join()
+    assert during == before
+    offloop.finish_merge(box[0])
+    assert not offloop.needs_merge() and not offloop._pending
+    inplace._merge()
+    for v in q:
+        a, b = inplace.query(v, 10), offloop.query(v, 10)
+        assert a.ids == b.ids and a.candidates == b.candidates
