@@ -287,16 +287,12 @@ class Recaller:
             return self.policy.new_state()
 
     async def user(self, uid: str, partition: int) -> UserState:
+        """The user's state, read from Redis (:meth:`load_users`) on first touch."""
         state = self.users.get(uid)
-        if state is not None:
-            return state
-        t0 = time.perf_counter()
-        raw = (await self.store.get_users([uid]))[uid]
-        self.metrics.redis_duration.labels("users_load").observe(time.perf_counter() - t0)
-        state = self.users.get(uid)  # a click may have loaded it meanwhile
         if state is None:
-            state = self._decode_user(uid, raw)
-            self.users.put(uid, state, partition)
+            await self.load_users({uid: partition})
+            state = self.users.get(uid)
+            assert state is not None
         return state
 
     # --- clicks ----------------------------------------------------------------
@@ -415,12 +411,16 @@ class Recaller:
                     await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
                                         t0, ts, error=f"{exc.reason}: {exc.message}")
         await self.load_users({req.user_id: r.partition for r, req, _ in parsed})
-        hashed = self._lsh_together([req for _, req, _ in parsed])
-        for j, (r, req, ts) in enumerate(parsed):
+        # each request's query (its seen items and vector), computed once
+        asks = []
+        for r, req, ts in parsed:
+            state = await self.user(req.user_id, r.partition)
+            seen = state.seen() if req.exclude_seen else set()
+            asks.append((r, req, ts, seen, _usable(state.vector())))
+        hashed = self._lsh_together([(req.k, seen, vec) for _, req, _, seen, vec in asks])
+        for j, (_, req, ts, seen, vec) in enumerate(asks):
             try:
-                items, source, n_cand = await self.recall(req.user_id, req.k,
-                                                          req.exclude_seen, r.partition,
-                                                          hashed.get(j))
+                items, source, n_cand = self.recall(req.k, seen, vec, hashed.get(j))
             except Exception as exc:
                 log.exception("request %r failed", req.request_id)
                 await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
@@ -445,42 +445,33 @@ class Recaller:
             if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
-    def _lsh_together(self, reqs: Sequence[Any]) -> dict[int, QueryResult]:
-        """The LSH results of a batch's requests, hashed and looked up together
-        (LSHIndex.query_many: ~25% less work per query from 4 queries on), by position;
-        empty when fewer than two need LSH or a vector is unusable (then each request
+    def _lsh_together(self, asks: Sequence[tuple[int, set[str], np.ndarray | None]]
+                      ) -> dict[int, QueryResult]:
+        """The LSH results of a batch's queries ``(k, seen, vector)``, hashed and looked up
+        together (LSHIndex.query_many: ~25% less work per query from 4 queries on), by
+        position; empty when fewer than two need LSH or a vector is unusable (then each
         queries alone, and only the bad one fails)."""
         assert self.slot is not None
         index = self.slot.index
-        if len(reqs) < 2 or len(index) <= EXACT_MAX_ITEMS:
+        rows = [j for j, (_, _, vec) in enumerate(asks) if vec is not None]
+        if len(rows) < 2 or len(index) <= EXACT_MAX_ITEMS:
             return {}
-        rows, vecs, ks = [], [], []
-        for j, req in enumerate(reqs):
-            state = self.users.get(req.user_id)
-            vec = state.vector() if state is not None else None
-            if vec is None or not np.linalg.norm(vec) > 0:
-                continue
-            rows.append(j)
-            vecs.append(vec)
-            ks.append(req.k + (len(state.seen()) if req.exclude_seen else 0))
-        if len(rows) < 2:
-            return {}
+        vecs = np.stack([asks[j][2] for j in rows])
+        ks = [asks[j][0] + len(asks[j][1]) for j in rows]
         try:
-            return dict(zip(rows, index.query_many(np.stack(vecs), ks), strict=True))
+            return dict(zip(rows, index.query_many(vecs, ks), strict=True))
         except ValueError:
             return {}
 
-    async def recall(self, uid: str, k: int, exclude_seen: bool, partition: int,
-                     hashed: QueryResult | None = None
-                     ) -> tuple[list[tuple[str, float]], str, int | None]:
-        """(items best first, source, candidates re-ranked or None); ``hashed``: this
-        request's LSH result, computed with its batch (:meth:`_lsh_together`)."""
-        state = await self.user(uid, partition)
+    def recall(self, k: int, seen: set[str], vec: np.ndarray | None,
+               hashed: QueryResult | None = None
+               ) -> tuple[list[tuple[str, float]], str, int | None]:
+        """(items best first, source, candidates re-ranked or None) for a user's vector
+        (None: no usable clicks) leaving out ``seen``; ``hashed``: the LSH result computed
+        with its batch (:meth:`_lsh_together`)."""
         assert self.slot is not None
         index = self.slot.index
-        seen = state.seen() if exclude_seen else set()
-        vec = state.vector()
-        if vec is not None and len(index) and np.linalg.norm(vec) > 0:
+        if vec is not None and len(index):
             if len(index) <= EXACT_MAX_ITEMS:
                 res, source = index.exact(vec, k, exclude=seen), "exact"
             else:
@@ -505,6 +496,11 @@ class Recaller:
         m.request_duration.observe(time.perf_counter() - t0)
         if record_ts:
             m.end_to_end.observe(max(0.0, time.time() - record_ts))
+
+
+def _usable(vec: np.ndarray | None) -> np.ndarray | None:
+    """A user vector a query can use (a mean of opposite vectors can be zero), else None."""
+    return vec if vec is not None and np.linalg.norm(vec) > 0 else None
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Recaller]:
