@@ -806,8 +806,11 @@ class LSHIndex:
         ex = self._excluded_slots(exclude)
         if len(ex) and len(cand):
             cand = cand[~np.isin(cand, ex)]
-        scores = np.take(self._vecs, cand, axis=0) @ qn
-        return self._top(cand, scores, k, len(cand))
+        return self._rerank(cand, qn, k)
+
+    def _rerank(self, cand: np.ndarray, qn: np.ndarray, k: int) -> QueryResult:
+        """Exact cosine of the candidate slots, top k."""
+        return self._top(cand, np.take(self._vecs, cand, axis=0) @ qn, k, len(cand))
 
     def query_many(self, queries: np.ndarray, ks: Sequence[int]) -> list[QueryResult]:
         """``query(queries[i], ks[i])`` for each row, hashed and looked up together: one
@@ -825,9 +828,7 @@ class LSHIndex:
         out = []
         for i, k in enumerate(ks):
             a, b = i * per_query, (i + 1) * per_query
-            cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
-            scores = np.take(self._vecs, cand, axis=0) @ qn[i]
-            out.append(self._top(cand, scores, k, len(cand)))
+            out.append(self._rerank(self._gather(flat[a:b], lo[a:b], hi[a:b]), qn[i], k))
         return out
 
     def exact(self, q: np.ndarray, k: int, exclude: Collection[str] = ()) -> QueryResult:
