@@ -173,6 +173,6 @@ class RequestsConsumer:
         except KafkaError as exc:  # e.g. a rebalance began: the new owner answers again
             log.warning("committing requests offsets failed (%s)", exc)
             return
-        for p, o in ((tp.partition, o) for tp, o in offsets.items()):
-            if self.done.get(p) == o:
-                del self.done[p]
+        for tp, o in offsets.items():  # unless answered further meanwhile
+            if self.done.get(tp.partition) == o:
+                del self.done[tp.partition]
