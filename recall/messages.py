@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Iterable
@@ -36,6 +37,11 @@ MAX_ID_LENGTH = 256
 DEFAULT_MAX_BYTES = 1_000_000
 #: a ts above this is taken for milliseconds, not seconds (year 5138)
 MAX_TS_SECONDS = 1e11
+#: largest recall-dlq record written: the producer refuses records over 1 MB
+#: (max_request_size 1,048,576 less the record batch's overhead)
+DLQ_MAX_BYTES = 900_000
+#: longest error text kept in a DLQ record
+MAX_ERROR_CHARS = 1000
 MAX_K = 1000
 DEFAULT_K = 10
 
@@ -224,28 +230,58 @@ def parse_request(raw: Raw, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:
 
 
 def dlq_record(topic: str, partition: int, offset: int, reason: str, message: str,
-               raw: Raw, key: bytes | None = None) -> bytes:
-    """The ``recall-dlq`` value for an unusable message.
+               raw: Raw, key: bytes | None = None, max_bytes: int = DLQ_MAX_BYTES) -> bytes:
+    """The ``recall-dlq`` value for an unusable message, never over ``max_bytes``.
 
     ``{"topic", "partition", "offset", "reason", "error", "value_b64", "value_text"?,
     "key_b64"?, "key_text"?, "ts"}``: the original bytes in base64, plus a UTF-8 text copy
     when they decode; ``ts`` is when the record was written (seconds since the epoch).
+
+    Base64 plus the text copy make a record ~2.3x its message, and the producer refuses
+    records over 1 MB: a message that cannot be dead-lettered whole is dead-lettered
+    *truncated* -- ``truncated: true``, the original ``value_size`` / ``key_size`` and
+    ``value_sha256`` / ``key_sha256``, the base64 of a prefix, no text copy -- so that no
+    message, however large, can make its partition retry the DLQ write forever.
     """
     record: dict[str, Any] = {
         "topic": topic, "partition": partition, "offset": offset,
-        "reason": reason, "error": message,
+        "reason": reason, "error": message[:MAX_ERROR_CHARS],
     }
-    for name, value in (("value", raw), ("key", key)):
-        if value is None:
+    parts = {"value": _as_bytes(raw), "key": _as_bytes(key)}
+    for name, data in parts.items():
+        if data is None:
             if name == "value":
                 record["value_b64"] = None
             continue
-        data = value.encode() if isinstance(value, str) else bytes(value)
         record[f"{name}_b64"] = base64.b64encode(data).decode("ascii")
         with contextlib.suppress(UnicodeDecodeError):
             record[f"{name}_text"] = data.decode("utf-8")
     record["ts"] = time.time()
+    out = orjson.dumps(record)
+    if len(out) <= max_bytes:
+        return out
+    record["truncated"] = True
+    for name, data in parts.items():
+        record.pop(f"{name}_text", None)
+        if data is not None:
+            record[f"{name}_size"] = len(data)
+            record[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
+            record[f"{name}_b64"] = ""
+    # what is left for the prefixes (base64: 4 bytes per 3), keys first (usually short)
+    room = max(0, (max_bytes - len(orjson.dumps(record)) - 16) * 3 // 4)
+    for name in ("key", "value"):
+        data = parts[name]
+        if data is not None:
+            head = data[: room - room % 3]
+            record[f"{name}_b64"] = base64.b64encode(head).decode("ascii")
+            room -= len(head)
     return orjson.dumps(record)
+
+
+def _as_bytes(value: Raw) -> bytes | None:
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def response_record(request_id: str, user_id: str | None, status: str,

@@ -274,7 +274,12 @@ class ItemsFollower:
     async def _run(self) -> None:
         dim, limit = self.settings.dim, self.settings.max_message_bytes
         while True:
-            records = await self.consumer.getmany(timeout_ms=1000)
+            try:
+                records = await self.consumer.getmany(timeout_ms=1000)
+            except Exception:  # a broker error must not end the follower
+                log.exception("fetching items failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
             if not records:
                 continue
             async with self.lock:

@@ -55,6 +55,8 @@ EXACT_MAX_ITEMS = 1000
 POPULAR_KEEP = 2000
 #: seconds between checks of the live index version
 VERSION_POLL = 1.0
+#: longest Kafka key copied onto a DLQ record (a longer one is in the record, truncated)
+MAX_DLQ_KEY_BYTES = 1024
 #: seconds between event-loop lag samples
 LOOP_LAG_EVERY = 0.1
 
@@ -253,11 +255,18 @@ class Recaller:
 
     async def dlq(self, topic: str, partition: int, offset: int, exc: Invalid,
                   raw: bytes | None, key: bytes | None) -> None:
+        """Dead-letter one unusable message. Never raises: a message that cannot be
+        dead-lettered is logged and skipped, so it cannot hold up its partition (the
+        callers apply or answer the rest of the batch after this)."""
         self.metrics.invalid.labels(topic, exc.reason).inc()
-        log.info("DLQ %s[%d]@%d: %s", topic, partition, offset, exc)
-        await self._send(self.settings.topic_dlq, key,
-                         make_dlq_record(topic, partition, offset, exc.reason, exc.message,
-                                         raw, key))
+        log.info("DLQ %s[%d]@%d: %s", topic, partition, offset, exc.reason)
+        record = make_dlq_record(topic, partition, offset, exc.reason, exc.message, raw, key)
+        dlq_key = key if key is None or len(key) <= MAX_DLQ_KEY_BYTES else None
+        try:
+            await self._send(self.settings.topic_dlq, dlq_key, record)
+        except Exception:
+            log.exception("could not write %s[%d]@%d (%d bytes) to the DLQ; skipped",
+                          topic, partition, offset, len(raw or b""))
 
     async def _execute(self, make_pipe: Any, op: str) -> list[Any]:
         """Run a pipeline built by ``make_pipe()``; retry with backoff while Redis fails

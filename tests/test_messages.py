@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import numpy as np
@@ -202,3 +203,30 @@ def test_response_record() -> None:
                    "items": [{"item_id": "a", "score": 0.5}, {"item_id": "b", "score": 0.25}]}
     rec = orjson.loads(response_record("r", None, "invalid", [], "none", error="k: bad"))
     assert rec["error"] == "k: bad" and rec["items"] == [] and rec["user_id"] == ""
+
+
+def test_a_dlq_record_of_a_huge_message_is_truncated_with_its_size_and_digest() -> None:
+    raw = b"this is not json " + b"y" * 600_000
+    key = b"k" * 5000
+    out = dlq_record("clicks", 1, 7, "not_json", "bad", raw, key=key, max_bytes=100_000)
+    assert len(out) <= 100_000
+    rec = orjson.loads(out)
+    assert rec["truncated"] is True and rec["reason"] == "not_json"
+    assert rec["value_size"] == len(raw) and rec["key_size"] == len(key)
+    assert rec["value_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert rec["key_sha256"] == hashlib.sha256(key).hexdigest()
+    value_head = base64.b64decode(rec["value_b64"])
+    assert raw.startswith(value_head) and len(value_head) > 50_000  # the room is used
+    assert base64.b64decode(rec["key_b64"]) == key
+    assert "value_text" not in rec and "key_text" not in rec
+
+
+def test_a_dlq_record_that_fits_is_whole_and_not_marked_truncated() -> None:
+    raw = b"x" * 30_000
+    rec = orjson.loads(dlq_record("items", 0, 1, "not_json", "bad", raw, max_bytes=100_000))
+    assert "truncated" not in rec and base64.b64decode(rec["value_b64"]) == raw
+
+
+def test_the_default_dlq_record_fits_the_producers_1mb_limit() -> None:
+    for size in (430_000, 600_000, 5_000_000):
+        assert len(dlq_record("clicks", 0, 1, "oversized", "x", b"\xff" * size)) < 1_000_000

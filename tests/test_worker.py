@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -229,6 +230,36 @@ async def test_bad_messages_go_to_the_dlq_and_the_worker_goes_on(
     assert (await client.recall("user-top-0")).value["status"] == "ok"
     await eventually(lambda: metric(settings.metrics_port, "recall_invalid_messages_total")
                      >= len(bad) + 1)
+
+
+async def test_a_message_too_big_for_the_dlq_blocks_nothing(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    """600 KB of junk makes a DLQ record over the producer's 1 MB limit if copied whole:
+    it is dead-lettered truncated, and the valid messages behind it (same keys, so the
+    same partitions) are applied and answered."""
+    ids, _ = catalogue
+    pill = b"this is not json " + b"y" * 600_000
+    topics = (settings.topic_clicks, settings.topic_items, settings.topic_requests)
+    for topic in topics:
+        await client.send_raw(topic, b"user-pill", pill)
+    await client.send_raw(settings.topic_clicks, b"user-pill", orjson.dumps(
+        {"user_id": "user-pill", "item_id": ids[5], "ts": 1.0}))
+    await client.send_raw(settings.topic_items, b"user-pill", orjson.dumps(
+        {"item_id": "after-pill", "vector": [1.0] * DIM}))
+    resp = await client.recall("user-pill", k=3)
+    assert resp.value["status"] == "ok"
+    await eventually(lambda: (s := user_state(r, settings, "user-pill")) is not None
+                     and [c.item_id for c in s.window] == [ids[5]], 20)
+    live = int(r.get(f"{settings.redis_prefix}:index:live"))
+    await eventually(lambda: r.hexists(f"{settings.redis_prefix}:index:{live}:vectors",
+                                       "after-pill"), 20)
+    pills = await eventually(lambda: [d for d in client.dlq if d.get("value_size") == len(pill)]
+                             if len({d["topic"] for d in client.dlq
+                                     if d.get("value_size") == len(pill)}) == 3 else None, 20)
+    for d in pills:
+        assert d["truncated"] and d["reason"] == "not_json"
+        assert d["value_sha256"] == hashlib.sha256(pill).hexdigest()
 
 
 async def test_a_restarted_worker_gives_the_same_answers(
