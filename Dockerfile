@@ -14,6 +14,7 @@ FROM python:3.11.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     RECALL_METRICS_PORT=9108 \
+    RECALL_METRICS_HOST=0.0.0.0 \
     RECALL_WEB_HOST=127.0.0.1
 RUN useradd --system --uid 10001 --home-dir /app --create-home recall
 COPY --from=build /wheels /wheels

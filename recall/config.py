@@ -68,6 +68,9 @@ class Settings:
     #: consumer-group session timeout, seconds (short in tests for fast readiness)
     kafka_session_timeout: float = 10.0
     log_level: str = "INFO"
+    #: address the /metrics endpoint binds: all interfaces (what a scraper in another
+    #: container needs); the local stack uses loopback
+    metrics_host: str = "0.0.0.0"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,4 +157,5 @@ ENV_NAMES: dict[str, str] = {
     "kafka_sasl_password": "KAFKA_SASL_PASSWORD",
     "kafka_session_timeout": "RECALL_KAFKA_SESSION_TIMEOUT",
     "log_level": "RECALL_LOG_LEVEL",
+    "metrics_host": "RECALL_METRICS_HOST",
 }

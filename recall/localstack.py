@@ -235,6 +235,7 @@ def worker_stack(settings: Any, external: bool = False, workdir: Path | None = N
         overrides["metrics_port"] = free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-stack-"))
     with local_stack(topics=(), partitions=settings.topic_partitions) as stack:
+        overrides.setdefault("metrics_host", "127.0.0.1")  # nothing outside needs it
         settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
                            web_port=0, **overrides)
         asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),

@@ -33,6 +33,10 @@ import orjson
 
 #: longest user / item / request / event id accepted, characters
 MAX_ID_LENGTH = 256
+#: longest request_id echoed in an ``invalid`` response (a longer one is not a valid id,
+#: but still readable: its caller is told). Bounded so the response -- the id as key and
+#: in the value, JSON-escaped up to 6 bytes a character -- stays under the producer's 1 MB
+MAX_ECHO_ID_LENGTH = 64_000
 #: default limit on a raw message (Settings.max_message_bytes)
 DEFAULT_MAX_BYTES = 1_000_000
 #: a ts above this is taken for milliseconds, not seconds (year 5138)
@@ -110,10 +114,26 @@ def _load(raw: Raw, max_bytes: int) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         if "infinity" in str(exc):
             raise Invalid("not_finite", f"number too large: {exc}") from None
+        if _non_finite_literal(raw, exc.pos):
+            raise Invalid("not_finite", f"NaN or Infinity literal: {exc}") from None
         raise Invalid("not_json", str(exc)) from None
     if not isinstance(obj, dict):
         raise Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+#: literals some encoders (Python's json, for one) write for non-finite numbers; JSON has
+#: none and orjson rejects them, but the contract's reason for them is ``not_finite``
+_NON_FINITE = (b"NaN", b"Infinity", b"-Infinity", b"-NaN")
+
+
+def _non_finite_literal(raw: Raw, pos: int) -> bool:
+    """Whether orjson's parse error at ``pos`` is a NaN / Infinity literal (it reports
+    ``-Infinity`` one past the sign, hence the window starts a character early)."""
+    window = raw[max(0, pos - 1):pos + 10] if raw is not None and pos > 0 else raw[:10]
+    window = window.encode("utf-8", "replace") if isinstance(window, str) else bytes(window)
+    at = window[1:] if pos > 0 else window
+    return at.startswith(_NON_FINITE) or window.startswith((b"-Infinity", b"-NaN"))
 
 
 def _is_number(x: object) -> bool:
@@ -203,7 +223,8 @@ def parse_request(raw: Raw, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:
     obj = _load(raw, max_bytes)
     rid = obj.get("request_id")
     uid = obj.get("user_id")
-    known_rid = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH else None
+    # an over-long request_id is invalid, but readable: its caller still gets an answer
+    known_rid = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ECHO_ID_LENGTH else None
     known_uid = uid if isinstance(uid, str) and 0 < len(uid) <= MAX_ID_LENGTH else None
     try:
         request_id = _id(obj, "request_id")

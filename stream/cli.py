@@ -33,8 +33,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except Exception as exc:  # e.g. no CreateTopics ACL: the topics may exist already
         log.warning("could not create topics (%s); assuming they exist", exc)
     app, rec = build_worker(settings)
-    rec.metrics.serve(settings.metrics_port)
-    log.info("metrics on :%d/metrics; kafka %s; redis %s", settings.metrics_port,
+    rec.metrics.serve(settings.metrics_port, settings.metrics_host)
+    log.info("metrics on %s:%d/metrics; kafka %s; redis %s", settings.metrics_host,
+             settings.metrics_port,
              settings.kafka_bootstrap, settings.redis_url.split("@")[-1])
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     redirect_stdouts=False)

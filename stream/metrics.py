@@ -66,6 +66,8 @@ class Metrics:
         for op in ("upsert", "delete"):
             self.items.labels(op)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` over HTTP in a background thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[str, int]:
+        """Serve ``/metrics`` over HTTP in a background thread; the address bound."""
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        host, bound = server.server_address[:2]
+        return str(host), int(bound)

@@ -24,7 +24,8 @@ def isolated_settings(stack: LocalStack, name: str, own_topics: bool = True,
               if own_topics else {})
     values: dict[str, Any] = {
         "kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
-        "metrics_port": free_port(), "web_port": 0, "kafka_session_timeout": 2.0,
+        "metrics_port": free_port(), "metrics_host": "127.0.0.1", "web_port": 0,
+        "kafka_session_timeout": 2.0,
         "app_id": f"recall-{name}-{tag}", "redis_prefix": f"{name}-{tag}",
         "log_level": "INFO", **topics}
     values.update(overrides)

@@ -25,3 +25,14 @@ def test_env_overrides_and_round_trip():
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: value})
+
+
+def test_the_metrics_endpoint_binds_the_configured_address():
+    """RECALL_METRICS_HOST: loopback keeps /metrics off other interfaces (local stack);
+    the default stays all interfaces, which a scraper in another container needs."""
+    from recall.localstack import free_port
+    from stream.metrics import Metrics
+
+    assert Settings.from_env({}).metrics_host == "0.0.0.0"
+    s = Settings.from_env({"RECALL_METRICS_HOST": "127.0.0.1"})
+    assert Metrics().serve(free_port(), s.metrics_host)[0] == "127.0.0.1"

@@ -122,10 +122,17 @@ def test_bad_items(obj, reason) -> None:
     assert reason_of(parse_item, dumps(obj), DIM) == reason
 
 
-def test_item_with_nan_or_infinity_literal() -> None:
-    for raw in (b'{"item_id": "a", "vector": [NaN, 0, 0, 1]}',
-                b'{"item_id": "a", "vector": [Infinity, 0, 0, 1]}'):
-        assert reason_of(parse_item, raw, DIM) in ("not_json", "not_finite")
+def test_item_with_nan_or_infinity_literal_is_not_finite() -> None:
+    """The contract's reason for NaN / infinite numbers is not_finite, also when they come
+    as the NaN / Infinity literals Python's json writes (orjson rejects them as syntax)."""
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        raw = b'{"item_id": "a", "vector": [0.5, ' + literal.encode() + b', 0, 1]}'
+        assert reason_of(parse_item, raw, DIM) == "not_finite", literal
+        assert reason_of(parse_click, b'{"user_id": "u", "item_id": "i", "weight": '
+                         + literal.encode() + b"}", 0.0) == "not_finite", literal
+    for junk in (b'{"item_id": "a", "vector": [Nope]}', b'{"item_id": "a", "vector": [-x]}',
+                 b"Na", b'{"a": nan}'):
+        assert reason_of(parse_item, junk, DIM) == "not_json", junk
     assert reason_of(parse_item, b'{"item_id": "a", "vector": [1e400, 0, 0, 1]}', DIM) == (
         "not_finite")
 
@@ -155,6 +162,17 @@ def test_bad_requests_keep_their_ids(obj, reason, rid, uid) -> None:
     with pytest.raises(Invalid) as info:
         parse_request(dumps(obj))
     assert (info.value.reason, info.value.request_id, info.value.user_id) == (reason, rid, uid)
+
+
+def test_an_over_long_request_id_is_invalid_but_still_answered() -> None:
+    """Over 256 characters a request_id is out of range (DLQ), but it can be read, so its
+    caller must get an ``invalid`` response under it (CONTRACT: every request whose
+    request_id can be read gets exactly one response)."""
+    rid = "r" * 300
+    with pytest.raises(Invalid) as info:
+        parse_request(dumps({"request_id": rid, "user_id": "u"}))
+    assert (info.value.reason, info.value.request_id, info.value.user_id) == (
+        "out_of_range", rid, "u")
 
 
 def test_unparseable_request_has_no_id() -> None:
