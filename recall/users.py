@@ -17,6 +17,14 @@ clicks with a vector), so the user vector is ``vsum / wsum``:
   recomputed from scratch with ``lookup``: bounded float drift, amortised O(d), and
   item vectors that changed since the click are picked up.
 
+Any weight > 0 is valid (1e308 three times, 5e-324 alone), so the sums are kept in
+units of the window's largest weight ``W`` (over clicks with a vector): a click adds
+``weight / W * decay``, every term is <= 1 and the sums cannot overflow, nor a user's
+only click underflow to nothing. ``W`` is not stored: it is read off the window. A
+heavier click rescales both sums by ``W_old / weight`` (O(d)); when the heaviest click
+leaves, a lighter ``W`` rescales them by ``W_old / W`` -- or, past ``RESCALE_MAX``,
+recomputes (the remaining shares would be the rounding error of the evicted one).
+
 Time decay (``half_life > 0`` seconds): a click's share is ``weight * 2**(-(t_ref - ts) /
 half_life)``. Only the ratio ``vsum / wsum`` matters, so the sums are kept relative to
 ``t_ref`` = the newest ts seen; when a newer click arrives both sums are rescaled by
@@ -54,6 +62,9 @@ import orjson
 Lookup = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 _HEADER = struct.Struct("<BIIdd")
+#: largest factor the sums are rescaled by when the heaviest click leaves; beyond it the
+#: window is recomputed (the remaining shares are too small next to what was subtracted)
+RESCALE_MAX = 1e6
 _FORMAT_VERSION = 1
 
 
@@ -144,6 +155,11 @@ def _ts(click: Click) -> float:
     return click[TS]
 
 
+def _heaviest(clicks: Sequence[Click]) -> float | None:
+    """``W``: the largest weight of a click with a vector (the sums' unit), if any."""
+    return max((c[WEIGHT] for c in clicks if c[HAS_VECTOR]), default=None)
+
+
 class RollingUserVectors:
     """The policy: dimension, window size N, decay half-life (0 = plain mean).
 
@@ -198,9 +214,15 @@ class RollingUserVectors:
         elif not win or ts > state.t_ref:
             state.t_ref = ts
         has_vector = vector is not None
+        unit = _heaviest(win)  # the sums are in units of it (module docstring)
+        if has_vector and (unit is None or weight > unit):
+            if unit is not None:
+                state.vsum *= unit / weight
+                state.wsum *= unit / weight
+            unit = weight
         win.insert(pos, (item_id, ts, weight, event_id, has_vector))
         if has_vector:
-            share = weight * self._factor(ts, state.t_ref)
+            share = weight / unit * self._factor(ts, state.t_ref)  # type: ignore[operator]
             state.vsum += share * np.asarray(vector, dtype=np.float64)
             state.wsum += share
         needs_recompute = False
@@ -214,9 +236,16 @@ class RollingUserVectors:
             if not bool(present[0]):
                 needs_recompute = True  # the item's vector is gone: recompute below
                 continue
-            share = old[WEIGHT] * self._factor(old[TS], state.t_ref)
+            share = old[WEIGHT] / unit * self._factor(old[TS], state.t_ref)  # type: ignore[operator]
             state.vsum -= share * np.asarray(mat[0], dtype=np.float64)
             state.wsum -= share
+        left = _heaviest(win)
+        if unit is not None and left is not None and left < unit:  # the heaviest left
+            if unit / left > RESCALE_MAX:
+                needs_recompute = True
+            else:
+                state.vsum *= unit / left
+                state.wsum *= unit / left
         if not any(c[HAS_VECTOR] for c in win):
             state.vsum[:] = 0.0
             state.wsum = 0.0
@@ -240,10 +269,12 @@ class RollingUserVectors:
         present = np.asarray(present, dtype=bool)
         ts = np.fromiter((c[TS] for c in win), dtype=np.float64, count=len(win))
         w = np.fromiter((c[WEIGHT] for c in win), dtype=np.float64, count=len(win))
+        w = np.where(present, w, 0.0)
+        if present.any():
+            w /= w.max()  # in units of the heaviest weight (module docstring)
         state.t_ref = float(ts.max())
         if self.half_life > 0.0:
             w = w * np.exp2((ts - state.t_ref) / self.half_life)
-        w = np.where(present, w, 0.0)
         state.vsum = w @ np.asarray(mat, dtype=np.float64)
         state.wsum = float(w.sum())
         state.clicks = [(c[ITEM], c[TS], c[WEIGHT], c[EVENT], p)

@@ -57,11 +57,14 @@ def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
     num = np.zeros(DIM)
     den = 0.0
     t_now = max((k[0] for k in kept), default=0.0)
+    # weights relative to the heaviest: the same mean, and no overflow at 1e308
+    heaviest = max((k[3] for k in kept if table.get(k[2]) is not None), default=1.0)
     for ts, _, item, weight, _ in kept:
         v = table.get(item)
         if v is None:
             continue
-        share = weight * (2.0 ** (-(t_now - ts) / half_life) if half_life > 0 else 1.0)
+        share = weight / heaviest * (2.0 ** (-(t_now - ts) / half_life)
+                                     if half_life > 0 else 1.0)
         num += share * v.astype(np.float64)
         den += share
     return [(k[2], k[0], k[4]) for k in kept], (num / den if den > 0 else None)
@@ -102,6 +105,51 @@ def test_vector_equals_from_scratch_mean(clicks, window, half_life, missing) -> 
     np.testing.assert_array_equal(back.vsum, state.vsum)
     assert (back.wsum, back.t_ref, back.since_recompute) == (
         state.wsum, state.t_ref, state.since_recompute)
+
+
+#: valid weights (> 0) at the ends of float64: max, near max, smallest subnormal, tiny
+extreme_weight_st = st.one_of(
+    st.sampled_from([1e308, 1.7976931348623157e308, 5e-324, 1e-300, 1.0, 3.0]),
+    st.floats(min_value=5e-324, max_value=1.7976931348623157e308))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    clicks=st.lists(st.tuples(st.integers(0, 11).map(lambda j: f"i{j}"),
+                              st.integers(0, 400).map(float), extreme_weight_st,
+                              st.none()), max_size=40),
+    window=st.integers(1, 6),
+    half_life=st.sampled_from([0.0, 0.0, 500.0]),
+)
+def test_extreme_weights_keep_the_mean(clicks, window, half_life) -> None:
+    """Any weight > 0 is valid: the user's vector stays finite and equal to the weighted
+    mean (1e308 three times overflowed the sums to inf; a lone 5e-324 click underflowed
+    them to a zero vector, and the user fell back to popular items)."""
+    table = make_table(12, {11})
+    roll = RollingUserVectors(DIM, window, half_life, lookup=table)
+    state = roll.new_state()
+    for item, ts, weight, event_id in clicks:
+        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    _, want = reference(clicks, window, half_life, table)
+    got = state.vector()
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_huge_and_tiny_weights_give_the_items_mean() -> None:
+    table = make_table(4, set())
+    roll = RollingUserVectors(DIM, 5, lookup=table)
+    state = roll.new_state()
+    for n, item in enumerate(("i0", "i1", "i2")):
+        roll.apply(state, item, float(n), 1e308, table.get(item))
+    want = np.mean([table.get(i) for i in ("i0", "i1", "i2")], axis=0)
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+    lone = roll.new_state()
+    roll.apply(lone, "i3", 1.0, 5e-324, table.get("i3"))
+    np.testing.assert_allclose(lone.vector(), table.get("i3"), rtol=RTOL, atol=ATOL)
 
 
 def test_update_is_incremental_between_recomputes() -> None:
