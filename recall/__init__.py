@@ -3,6 +3,7 @@
 - ``recall.config``     settings from environment variables
 - ``recall.lsh``        seeded LSH hasher and incremental in-memory index with multi-probe
 - ``recall.tuner``      picks LSH parameters for a target recall@k
+- ``recall.monitor``    live recall: sampling budget, estimate, probe controller (pure)
 - ``recall.users``      rolling (optionally time-decayed) user vectors
 - ``recall.store``      the Redis layout: durable, shared state
 - ``recall.messages``   parsing and validation of the contract's messages

@@ -1,0 +1,216 @@
+"""Live recall monitor, the pure part: sampling budget, recall estimate, probe controller.
+
+Role: the worker compares a few of its LSH answers with exact search (off the event loop)
+and feeds the per-query recall here; this module says what the recall is (with an
+interval) and what to do about it. No I/O, no clock reads (callers pass ``now``), no
+threads: the wiring lives in ``stream/watch.py``.
+
+- :class:`SampleBudget` is a token bucket: at most ``per_second`` samples a second on
+  average, so exact search (O(items) per query) has a bounded cost whatever the load.
+- :class:`RecallWindow` keeps the per-query recall of the last ``size`` samples taken with
+  the parameters now served; its :class:`Estimate` is the mean with a normal-approximation
+  95% interval (the query is the unit: its found items are not independent).
+- :class:`ProbeController` holds a target recall by moving the probes per table T along a
+  geometric ladder: up as soon as the mean is below the target, down only when the interval
+  is wholly above target + ``margin`` and the lower T was not already seen to fall short
+  (hysteresis: no oscillation between two neighbours). When T is at its maximum and the
+  interval is wholly below the target, it asks for a re-tune of the hash layout. Each
+  change empties the window: samples taken with other probes say nothing about the new T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+#: the normal quantile of a two-sided 95% interval
+Z95 = 1.959963984540054
+
+
+class SampleBudget:
+    """Token bucket: ``take(now)`` grants at most ``per_second`` a second on average and
+    ``burst`` at once. ``per_second`` 0 grants nothing (monitor off)."""
+
+    def __init__(self, per_second: float, burst: float = 1.0) -> None:
+        if not (per_second >= 0 and math.isfinite(per_second)):
+            raise ValueError(f"per_second must be a finite number >= 0, got {per_second!r}")
+        if not burst >= 1:
+            raise ValueError(f"burst must be >= 1, got {burst!r}")
+        self.per_second = float(per_second)
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.per_second <= 0:
+            return False
+        if self._last is not None:
+            self._tokens = min(self.burst,
+                               self._tokens + max(0.0, now - self._last) * self.per_second)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def query_recall(found: Sequence[str], truth: Sequence[str]) -> float | None:
+    """Fraction of the exact top-k (``truth``) among the ``found`` items; None when the
+    exact answer is empty (nothing to find: the query says nothing about recall)."""
+    if not truth:
+        return None
+    return len(set(found) & set(truth)) / len(truth)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean per-query recall of ``n`` samples and its 95% interval (clipped to [0, 1])."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+class RecallWindow:
+    """The per-query recall of the last ``size`` samples."""
+
+    def __init__(self, size: int = 200) -> None:
+        if size < 2:
+            raise ValueError(f"size must be >= 2, got {size}")
+        self.values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"a recall is in [0, 1], got {value!r}")
+        self.values.append(float(value))
+
+    def clear(self) -> None:
+        self.values.clear()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def estimate(self) -> Estimate | None:
+        """None with fewer than two samples (no spread, no interval)."""
+        n = len(self.values)
+        if n < 2:
+            return None
+        mean = math.fsum(self.values) / n
+        var = math.fsum((v - mean) ** 2 for v in self.values) / (n - 1)
+        half = Z95 * math.sqrt(var / n)
+        return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)
+
+
+def probe_ladder(max_probes: int) -> list[int]:
+    """Probe counts the controller moves between: 1, 2, 3, 4, 6, 8, 12, 16, ... (steps of
+    about 1.5x, so one step changes the candidates by a bounded factor) up to the max."""
+    if max_probes < 1:
+        raise ValueError(f"max_probes must be >= 1, got {max_probes}")
+    out = [1]
+    while out[-1] < max_probes:
+        out.append(min(max_probes, max(out[-1] + 1, round(out[-1] * 1.5))))
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the controller wants: new probes per table, or a re-tune; ``reason`` for logs."""
+
+    probes: int | None = None
+    retune: bool = False
+    reason: str = ""
+
+
+class ProbeController:
+    """Holds ``target`` recall by adjusting the probes per table (see the module docstring).
+
+    Feed it with :meth:`observe` (a query's recall and the probes it was answered with)
+    and ask :meth:`decide`; apply what it returns, then tell it with :meth:`applied`
+    (probes) or :meth:`reset` (a new index with new parameters).
+    """
+
+    def __init__(self, target: float, probes: int, max_probes: int, *,
+                 window: int = 200, min_samples: int = 40, margin: float = 0.02) -> None:
+        if not 0 < target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {target!r}")
+        if min_samples < 2 or min_samples > window:
+            raise ValueError(f"min_samples must be in 2..window, got {min_samples}")
+        self.target = float(target)
+        self.margin = float(margin)
+        self.min_samples = int(min_samples)
+        self.max_probes = max(int(max_probes), int(probes))
+        self.ladder = probe_ladder(self.max_probes)
+        self.window = RecallWindow(window)
+        self.probes = int(probes)
+        self.short: set[int] = set()  # probe counts seen below the target on this index
+        self.retune_asked = False
+
+    def observe(self, value: float, probes: int) -> bool:
+        """Count one query's recall if it was answered with the probes now set."""
+        if probes != self.probes:
+            return False
+        self.window.add(value)
+        return True
+
+    def estimate(self) -> Estimate | None:
+        return self.window.estimate()
+
+    def _up(self) -> int | None:
+        higher = [t for t in self.ladder if t > self.probes]
+        return higher[0] if higher else None
+
+    def _down(self) -> int | None:
+        lower = [t for t in self.ladder if t < self.probes]
+        return lower[-1] if lower else None
+
+    def decide(self) -> Decision | None:
+        """A change when the window holds enough samples and calls for one, else None."""
+        est = self.window.estimate()
+        if est is None or est.n < self.min_samples:
+            return None
+        if est.mean < self.target:
+            self.short.add(self.probes)
+            up = self._up()
+            if up is not None:
+                return Decision(probes=up, reason=f"recall {est.mean:.3f} < target "
+                                f"{self.target:g} at T={self.probes}: T={up}")
+            if est.high < self.target and not self.retune_asked:
+                self.retune_asked = True
+                return Decision(retune=True, reason=f"recall {est.mean:.3f} (95% CI "
+                                f"{est.low:.3f}-{est.high:.3f}) < target {self.target:g} at "
+                                f"the most probes, T={self.probes}: re-tune")
+            return None
+        down = self._down()
+        if (down is not None and down not in self.short
+                and est.low > self.target + self.margin):
+            return Decision(probes=down, reason=f"recall {est.mean:.3f} (95% CI from "
+                            f"{est.low:.3f}) > target {self.target:g} + {self.margin:g} at "
+                            f"T={self.probes}: T={down}")
+        return None
+
+    def applied(self, probes: int) -> None:
+        """The index now answers with ``probes`` per table: start a new window."""
+        self.probes = int(probes)
+        self.window.clear()
+
+    def reset(self, probes: int) -> None:
+        """A new index (new hash layout): forget everything learnt about the old one."""
+        self.applied(probes)
+        self.max_probes = max(self.max_probes, self.probes)
+        self.ladder = probe_ladder(self.max_probes)
+        self.short.clear()
+        self.retune_asked = False
+
+
+def grown(items: int, chosen_for: int, floor: int, factor: float = 4.0) -> bool:
+    """The catalogue has outgrown the parameters: over ``floor`` items (below it search is
+    exact anyway) and at least ``factor`` times the size they were chosen for."""
+    return items > floor and items >= factor * max(chosen_for, 1)
+
+
+def excluded(found: Sequence[str], skip: Collection[str], k: int) -> list[str]:
+    """The first ``k`` of ``found`` not in ``skip`` (what a response with exclusions holds)."""
+    return [i for i in found if i not in skip][:k]
