@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY recall ./recall
 COPY stream ./stream
 COPY offline ./offline
+COPY devtools ./devtools
 # wheels for the project and all its dependencies (numpy, gensim... have manylinux wheels)
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

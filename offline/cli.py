@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall.cli import CommandError, settings_from_env
+from offline.errors import OfflineError
+from recall.config import Settings
 
 
 def _quiet_gensim(args: argparse.Namespace) -> None:
@@ -44,7 +45,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
                               clusters=args.clusters, zipf_a=args.zipf,
                               session_clicks=args.session_clicks, noise=args.noise)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise OfflineError(str(exc)) from None
     write_log(gen.log, out, fmt, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     print(f"wrote {len(gen.log)} clicks of {args.users} users on {args.items} items "
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from offline.train import train_item2vec
     from offline.vectors import save_vectors
 
-    settings = settings_from_env()
+    settings = Settings.from_env()
     _quiet_gensim(args)
     t0 = time.perf_counter()
     clicks = read_log(args.log, _fmt(args))
@@ -80,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ids, vectors = train_item2vec(clicks, _train_params(args, settings.dim),
                                       progress=not args.quiet)
     except ValueError as exc:
-        raise CommandError(f"{args.log}: {exc}") from None
+        raise OfflineError(f"{args.log}: {exc}") from None
     save_vectors(args.out, ids, vectors)
     seconds = time.perf_counter() - t0
     print(f"trained {len(ids)} item vectors (D={settings.dim}) from {len(clicks)} clicks "
@@ -98,7 +99,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from offline.tune import log_queries, tune_params, write_params
     from offline.vectors import load_vectors, params_path
 
-    settings = settings_from_env()
+    settings = Settings.from_env()
     t0 = time.perf_counter()
     ids, vectors = load_vectors(args.vectors, settings.dim)
     queries = None
@@ -107,7 +108,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         queries = log_queries(clicks, ids, vectors, settings.user_window,
                               settings.user_decay_half_life, args.queries, args.seed)
         if len(queries) == 0:
-            raise CommandError(f"{args.log}: no user clicked an item of {args.vectors}")
+            raise OfflineError(f"{args.log}: no user clicked an item of {args.vectors}")
     params, summary, figures = tune_params(vectors, queries, args.target, args.k,
                                            args.seed, ids=ids, progress=not args.quiet)
     out = Path(args.out) if args.out else params_path(args.vectors)
@@ -187,17 +188,17 @@ def cmd_load(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
-    settings = settings_from_env()
+    settings = Settings.from_env()
     t0 = time.perf_counter()
     try:
         out = asyncio.run(_load(args, settings))
     except RedisError as exc:
-        raise CommandError(f"redis {_safe_url(args.redis_url or settings.redis_url)}: "
+        raise OfflineError(f"redis {_safe_url(args.redis_url or settings.redis_url)}: "
                            f"{exc}") from None
     except KafkaError as exc:
-        raise CommandError(f"kafka {settings.kafka_bootstrap}: {exc}") from None
+        raise OfflineError(f"kafka {settings.kafka_bootstrap}: {exc}") from None
     except OSError as exc:
-        raise CommandError(f"redis/kafka: {exc}") from None
+        raise OfflineError(f"redis/kafka: {exc}") from None
     out["seconds"] = round(time.perf_counter() - t0, 3)
     where = (f"topic {out['topic']}" if "topic" in out
              else f"index version {out['version']} (live; previous {out['previous']})")
@@ -219,14 +220,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from offline.tune import log_queries, read_params, tune_params
     from offline.vectors import load_vectors
 
-    settings = settings_from_env()
+    settings = Settings.from_env()
     _quiet_gensim(args)
     t0 = time.perf_counter()
     clicks = read_log(args.log, _fmt(args))
     try:
         train, test, cutoff = time_split(clicks, args.test_fraction, str(args.log))
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise OfflineError(str(exc)) from None
     timings: dict[str, float] = {}
     tuned: dict[str, Any] = {}
     if args.vectors:
@@ -237,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ids, vectors = train_item2vec(train, _train_params(args, settings.dim),
                                           progress=not args.quiet)
         except ValueError as exc:
-            raise CommandError(f"{args.log} (training split): {exc}") from None
+            raise OfflineError(f"{args.log} (training split): {exc}") from None
         timings["train_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     if args.params:

@@ -24,7 +24,7 @@ from typing import IO
 import numpy as np
 import orjson
 
-from recall.cli import CommandError
+from offline.errors import OfflineError
 from recall.messages import MAX_ID_LENGTH, MAX_TS_SECONDS, Invalid, parse_click
 
 FORMATS = ("jsonl", "csv")
@@ -32,7 +32,7 @@ CSV_COLUMNS = ("user_id", "item_id", "ts", "event_id", "weight")
 CSV_REQUIRED = ("user_id", "item_id", "ts")
 
 
-class ClickLogError(CommandError):
+class ClickLogError(OfflineError):
     """A click log cannot be used; the message names the file (and line)."""
 
 

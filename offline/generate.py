@@ -143,13 +143,10 @@ def generate_clicks(n_users: int, n_items: int, n_clicks: int, seed: int = 0, *,
 
 def cluster_vectors(item_cluster: np.ndarray, dim: int, seed: int = 0,
                     spread: float = 0.5) -> np.ndarray:
-    """Item vectors from a mixture: one random unit centre per cluster plus Gaussian noise
-    of norm about ``spread``; rows L2-normalised, float32, shape (n_items, dim)."""
-    rng = np.random.default_rng(seed + 7919)
-    clusters = int(item_cluster.max()) + 1
-    centres = rng.standard_normal((clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    vectors = centres[item_cluster] + rng.standard_normal((len(item_cluster), dim)) * (
-        spread / np.sqrt(dim))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors.astype(np.float32)
+    """Item vectors from a mixture: one random unit centre per cluster plus isotropic
+    Gaussian noise of norm about ``spread``; rows L2-normalised, float32, shape
+    (n_items, dim). Drawn by :func:`offline.synthetic.clustered_vectors`."""
+    from offline.synthetic import clustered_vectors
+
+    return clustered_vectors(item_cluster, dim, spread=(spread, spread), intrinsic=1,
+                             isotropic=1.0, seed=seed + 7919)

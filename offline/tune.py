@@ -27,7 +27,6 @@ import numpy as np
 from offline.clicklog import ClickLog, atomic_path
 from offline.userwin import user_windows
 from offline.vectors import VectorFileError
-from recall.cli import CommandError
 
 #: the most probes per table the check raises T to
 _MAX_PROBES = 128
@@ -92,16 +91,11 @@ def tune_params(vectors: np.ndarray, queries: LogQueries | None, target_recall: 
     user's window items out. With log queries (and ``ids``), the chosen parameters are
     checked on exactly that, and the probes per table (T, query-time only) doubled
     until the target is met there too (or T reaches 128)."""
-    try:
-        from recall.tuner import tune
-    except ModuleNotFoundError as exc:
-        if exc.name != "recall.tuner":
-            raise
-        raise CommandError("the LSH tuner (recall.tuner) is not installed; pass --params"
-                           ) from None
+    from recall.tuner import tune
+
     result = tune(vectors, queries=None if queries is None else queries.vectors,
                   target_recall=target_recall, k=k, seed=seed, progress=progress)
-    summary = result.summary() if callable(getattr(result, "summary", None)) else str(result)
+    summary = result.summary()
     params = result.params
     figures: dict[str, Any] = {"tuner_recall": round(float(result.recall), 4)}
     if queries is None or ids is None or len(queries) == 0:

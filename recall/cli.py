@@ -1,39 +1,29 @@
-"""The ``recall`` command: one subcommand per job, each defined in the module that owns it.
+"""The ``recall`` command: the entry point, and the only module that imports every layer.
 
-A command module exposes ``add_parser(subparsers)``; it must import only the standard
-library at module level (heavy imports go inside the command function) so ``recall
---help`` stays fast. The parser sets ``func(args) -> int``.
+Each layer contributes its subcommands through ``add_parser(subparsers, bench_subparsers)``
+in its own command module (``stream.cli``, ``offline.cli``, ``devtools.cli``), importing
+only the standard library at module level so ``recall --help`` stays fast. Library code
+raises its own error types; this module maps them to a one-line message and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from typing import Any
+
+from devtools import cli as devtools_cli
+from devtools.errors import DevtoolsError
+from offline import cli as offline_cli
+from offline.errors import OfflineError
+from recall.config import SettingsError
+from stream import cli as stream_cli
 
 #: modules that contribute subcommands, in help order
-COMMAND_MODULES = [
-    "stream.cli",  # worker, demo, bench e2e
-    "offline.cli",  # gen, train, tune, load, eval
-    "recall.bench_index",  # bench index
-    "recall.bench_store",  # bench store
-]
+COMMAND_MODULES = (stream_cli, offline_cli, devtools_cli)
 
-
-class CommandError(Exception):
-    """A problem with the user's input; printed as one line, exit status 2."""
-
-
-def settings_from_env() -> Any:
-    """``Settings.from_env()``, a bad variable reported as a CommandError naming it."""
-    from recall.config import Settings, SettingsError
-
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+#: errors that mean "this input cannot be used": printed as one line, exit status 2
+USER_ERRORS = (SettingsError, OfflineError, DevtoolsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     bench = sub.add_parser("bench", help="benchmarks (print figures, end with one JSON line)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.add_parser(sub, bench_sub)
     return parser
 
@@ -62,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except CommandError as exc:
+    except USER_ERRORS as exc:
         print(f"recall {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

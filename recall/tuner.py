@@ -113,7 +113,7 @@ class TuneResult:
 def suggested_params(n: int, dim: int, seed: int = 42) -> LSHParams:
     """Untuned starting point for a catalogue of n items: p-stable with about
     log2(n)/2 hashes per table, 16 tables, a few probes each. Measured on clustered
-    1M x 64 (recall.synthetic): recall@10 ~0.96 with ~4k candidates per query."""
+    1M x 64 (offline.synthetic): recall@10 ~0.96 with ~4k candidates per query."""
     k = max(2, min(14, round(math.log2(max(n, 4)) / 2)))
     return LSHParams(family="pstable", dim=dim, k=k, L=16, w=1.25, T=5, seed=seed)
 

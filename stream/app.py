@@ -21,40 +21,13 @@ stream.items). Why, from measurements with ``recall bench e2e``:
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
 
 from recall.config import Settings
-
-
-def _credentials(settings: Settings) -> Any:
-    proto = settings.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return None
-    ctx = ssl.create_default_context() if "SSL" in proto else None
-    if proto.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=ctx)
-    return faust.SSLCredentials(ctx)
-
-
-def client_kwargs(settings: Settings) -> dict[str, Any]:
-    """Security keyword arguments for the worker's own aiokafka clients (as faust's)."""
-    proto = settings.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return {}
-    kwargs: dict[str, Any] = {"security_protocol": proto}
-    if "SSL" in proto:
-        kwargs["ssl_context"] = ssl.create_default_context()
-    if proto.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-                      sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=settings.kafka_sasl_password)
-    return kwargs
+from stream.kafka import faust_credentials
 
 
 def broker_url(bootstrap: str) -> list[str]:
@@ -72,7 +45,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.kafka_bootstrap),
-        broker_credentials=_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

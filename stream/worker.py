@@ -151,8 +151,8 @@ class Recaller:
         self.metrics.index_items.set(len(index))
         log.info("index version %d: %d items loaded in %.1fs", version, len(index),
                  time.perf_counter() - t0)
-        from stream.app import client_kwargs
         from stream.clicks import ClicksConsumer
+        from stream.kafka import client_kwargs
         from stream.requests import RequestsConsumer
 
         self.follower = ItemsFollower(s, self.slot, self.metrics, client_kwargs(s),

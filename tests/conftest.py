@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recall.localstack import LocalStack, Service, start_redis, start_tansu
+from devtools.localstack import LocalStack, Service, start_redis, start_tansu
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from devtools.localstack import LocalStack, free_port
+from devtools.scrape import metric_value, metrics_url, scrape
 from recall.config import Settings
-from recall.localstack import LocalStack, free_port
-from stream.promtext import metric_value, metrics_url, scrape
 
 
 def isolated_settings(stack: LocalStack, name: str, own_topics: bool = True,

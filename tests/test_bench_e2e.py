@@ -50,13 +50,14 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
 async def test_trace_lost_tells_requests_never_answered_from_responses_not_read(stack) -> None:
     import orjson
 
-    from recall.localstack import create_topics
-    from stream.bench_e2e import _producer, trace_lost
+    from devtools.e2e.probes import trace_lost
+    from devtools.e2e.traffic import producer
+    from devtools.localstack import create_topics
     from tests.support import isolated_settings
 
     s = isolated_settings(stack, "tl", topic_partitions=2)
     await create_topics(s.kafka_bootstrap, s.topics.values(), 2)
-    prod = _producer(s.kafka_bootstrap, 0)
+    prod = producer(s.kafka_bootstrap, 0)
     await prod.start()
     try:
         for seq in range(5):  # requests 0-4 of run "r1", and of another run

@@ -46,8 +46,7 @@ import orjson
 import pytest
 import yaml
 
-from recall.config import Settings
-from recall.localstack import (
+from devtools.localstack import (
     LocalStack,
     LocalStackError,
     Service,
@@ -56,6 +55,7 @@ from recall.localstack import (
     start_worker,
     wait_for_port,
 )
+from recall.config import Settings
 from tests.support import isolated_settings
 
 pytestmark = [
@@ -196,8 +196,8 @@ class Load:
             self.ready.set()
 
     async def _main(self) -> None:
+        from devtools.client import RecallClient
         from offline.generate import cluster_vectors
-        from stream.client import RecallClient
 
         rng = np.random.default_rng(self.seed)
         clusters = rng.integers(0, 40, size=N_ITEMS)

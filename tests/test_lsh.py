@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import recall.lsh as lsh
+from offline.synthetic import clustered_catalogue, user_like_queries
 from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
-from recall.synthetic import clustered_catalogue, user_like_queries
 from recall.tuner import exact_topk, recall_at_k
 
 

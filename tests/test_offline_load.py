@@ -115,7 +115,7 @@ async def test_load_to_topic_publishes_contract_messages(files, stack, redis_pre
                                                          monkeypatch, capsys):
     from aiokafka import AIOKafkaConsumer
 
-    from recall.localstack import create_topics
+    from devtools.localstack import create_topics
 
     _log, vectors, _params = files
     topic = f"items-{redis_prefix}"
@@ -191,7 +191,7 @@ async def test_failed_load_removes_partial_version_and_keeps_live(files, redis_u
 
 
 async def test_load_names_unreachable_servers(files, monkeypatch, capsys):
-    from recall.localstack import free_port
+    from devtools.localstack import free_port
 
     _log, vectors, _params = files
     port = free_port()  # nothing listens there

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.client import RecallClient
+from devtools.localstack import LocalStack, Service, create_topics, free_port, start_worker
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.localstack import LocalStack, Service, create_topics, free_port, start_worker
 from recall.lsh import normalize
-from stream.client import RecallClient
 from tests.support import eventually, isolated_settings, metric
 
 pytestmark = pytest.mark.integration

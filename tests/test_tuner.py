@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from offline.synthetic import clustered_catalogue
 from recall.lsh import LSHIndex, LSHParams
-from recall.synthetic import clustered_catalogue
 from recall.tuner import (
     exact_topk,
     recall_at_k,

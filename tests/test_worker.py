@@ -1,7 +1,7 @@
 """The worker end to end, driven only through its Kafka topics, on a real broker and Redis.
 
 One worker process (``recall worker``) serves the whole module, on topics and a Redis
-prefix of its own; the tests talk to it with :class:`stream.client.RecallClient` as a
+prefix of its own; the tests talk to it with :class:`devtools.client.RecallClient` as a
 back end would, and read Redis only through the documented layout.
 """
 
@@ -19,12 +19,12 @@ import orjson
 import pytest
 import redis
 
+from devtools.client import RecallClient
+from devtools.localstack import LocalStack, Service, create_topics, start_worker
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.localstack import LocalStack, Service, create_topics, start_worker
 from recall.lsh import normalize
 from recall.users import UserState
-from stream.client import RecallClient
 from tests.support import eventually, isolated_settings, metric
 
 pytestmark = pytest.mark.integration

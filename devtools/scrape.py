@@ -1,12 +1,17 @@
-"""Reading a worker's ``/metrics``: scraping, histogram quantiles, sums of samples.
+"""Reading a worker's ``/metrics``: scraping, sums of samples, histogram quantiles.
 
-Used by ``recall demo`` and ``recall bench e2e`` (worker-side figures next to the client's)
-and by the integration tests.
+Parsing is ``prometheus_client.parser``'s; what it lacks is PromQL's
+``histogram_quantile`` (linear interpolation within the bucket holding the rank), done
+here over the parsed buckets. Used by ``recall demo``, ``recall bench e2e`` and the
+integration tests.
 """
 
 from __future__ import annotations
 
+import math
 import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def scrape(url: str) -> str:
@@ -22,21 +27,35 @@ def metrics_url(port: int, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{port}/metrics"
 
 
+def _samples(text: str, name: str) -> list[tuple[str, dict[str, str], float]]:
+    """(sample name, labels, value) of every sample of ``name`` (a family name, or a
+    counter's ``_total`` sample name)."""
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name or (family.name == name and s.name in (name, f"{name}_total")):
+                out.append((s.name, s.labels, s.value))
+    return out
+
+
+def metric_value(text: str, name: str) -> float:
+    """Sum of the samples of ``name`` over all label sets (0 when absent)."""
+    return sum(value for _, _, value in _samples(text, name))
+
+
 def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float, float]:
-    """(bucket bounds, cumulative counts, sum, count) of an unlabelled histogram."""
-    bounds: list[float] = []
-    counts: list[float] = []
+    """(bucket bounds, cumulative counts, sum, count) of a histogram, summed over its
+    label sets."""
+    buckets: dict[float, float] = {}
     total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bounds.append(float("inf") if le == "+Inf" else float(le))
-            counts.append(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith(f"{name}_sum "):
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{name}_count "):
-            count = float(line.rsplit(" ", 1)[1])
-    return bounds, counts, total, count
+    for sample, labels, value in _samples(text, f"{name}_bucket"):
+        del sample
+        bound = float(labels["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    total = metric_value(text, f"{name}_sum")
+    count = metric_value(text, f"{name}_count")
+    bounds = sorted(buckets)
+    return bounds, [buckets[b] for b in bounds], total, count
 
 
 def quantile_from_buckets(bounds: list[float], counts: list[float], q: float) -> float | None:
@@ -47,7 +66,7 @@ def quantile_from_buckets(bounds: list[float], counts: list[float], q: float) ->
     prev_bound, prev_count = 0.0, 0.0
     for bound, count in zip(bounds, counts, strict=True):
         if count >= rank:
-            if bound == float("inf"):
+            if math.isinf(bound):
                 return prev_bound
             span = count - prev_count
             return prev_bound + (bound - prev_bound) * ((rank - prev_count) / span if span else 1)
@@ -72,16 +91,7 @@ def histogram_delta(before: str, after: str, name: str) -> dict[str, float | Non
             "mean": (s1 - s0) / n if n > 0 else None, "count": n}
 
 
-def metric_value(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` (all label sets)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def histogram_quantile(text: str, name: str, q: float) -> float | None:
-    """The q-quantile of everything an unlabelled histogram in ``text`` observed."""
+    """The q-quantile of everything a histogram in ``text`` observed."""
     bounds, counts, _, _ = parse_histogram(text, name)
     return quantile_from_buckets(bounds, counts, q)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from stream.promtext import histogram_delta, histogram_quantile, metric_value
+from devtools.scrape import histogram_delta, histogram_quantile, metric_value
 
 
 def exposition(values: list[float]) -> tuple[str, CollectorRegistry, Histogram]:

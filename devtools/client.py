@@ -1,7 +1,7 @@
 """A Kafka client of the worker: produces items, clicks and recall requests, awaits responses.
 
-Used by ``recall demo``, ``recall bench e2e`` and the integration tests; it speaks only the
-contract's topics and JSON messages (../shared/CONTRACT.md), as any back end would.
+A dev tool, used by ``recall demo``, ``recall bench e2e`` and the integration tests; it
+speaks only the contract's topics and JSON messages (../shared/CONTRACT.md), as any back end would.
 Latency settings match the worker's: producer linger 0 and a short consumer fetch wait
 (the broker would otherwise hold a fetch for aiokafka's default 500 ms).
 """
@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,34 +41,29 @@ class Response:
         return [i["item_id"] for i in self.value.get("items", [])]
 
 
-@dataclass
-class RecallClient:
-    """Async producer of the worker's input topics and reader of its output topics."""
+class ResponseReader:
+    """Reads ``topics`` from their end (every partition, no group) and hands each fetch's
+    records to ``on_records(records)``: the response side of :class:`RecallClient` and of
+    ``recall bench e2e``. The end offsets are resolved in :meth:`start`, so a response to
+    a request sent after it returns is never missed."""
 
-    settings: Settings
-    fetch_max_wait_ms: int = 5
-    _producer: AIOKafkaProducer | None = None
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task | None = None
-    _waiting: dict[str, asyncio.Future] = field(default_factory=dict)
-    _sent_at: dict[str, float] = field(default_factory=dict)
-    #: responses nobody waited for (e.g. requests sent with send_request)
-    unclaimed: dict[str, Response] = field(default_factory=dict)
-    #: DLQ records seen, when started with read_dlq=True
-    dlq: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self, settings: Settings, topics: Sequence[str],
+                 on_records: Callable[[list[Any]], None], fetch_max_wait_ms: int = 5) -> None:
+        self.settings = settings
+        self.topics = list(topics)
+        self.on_records = on_records
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
 
-    async def start(self, read_dlq: bool = False) -> None:
+    async def start(self) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=0,
-                                          acks=1, max_batch_size=1 << 20)
-        await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=self.fetch_max_wait_ms, auto_offset_reset="latest")
+            fetch_max_wait_ms=max(1, self.fetch_max_wait_ms), auto_offset_reset="latest")
         await self._consumer.start()
-        topics = [s.topic_responses] + ([s.topic_dlq] if read_dlq else [])
         parts: list[TopicPartition] = []
-        for topic in topics:
+        for topic in self.topics:
             found = None
             for _ in range(100):
                 found = self._consumer.partitions_for_topic(topic)
@@ -83,7 +78,7 @@ class RecallClient:
         await self._consumer.seek_to_end(*parts)
         for tp in parts:  # resolve the end offsets now, before any request is sent
             await self._consumer.position(tp)
-        self._task = asyncio.create_task(self._read(), name="recall-client-read")
+        self._task = asyncio.create_task(self._read(), name="recall-response-reader")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -92,6 +87,43 @@ class RecallClient:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=10_000)
+            records = [r for rs in batches.values() for r in rs]
+            if records:
+                self.on_records(records)
+
+
+@dataclass
+class RecallClient:
+    """Async producer of the worker's input topics and reader of its output topics."""
+
+    settings: Settings
+    fetch_max_wait_ms: int = 5
+    _producer: AIOKafkaProducer | None = None
+    _reader: ResponseReader | None = None
+    _waiting: dict[str, asyncio.Future] = field(default_factory=dict)
+    _sent_at: dict[str, float] = field(default_factory=dict)
+    #: responses nobody waited for (e.g. requests sent with send_request)
+    unclaimed: dict[str, Response] = field(default_factory=dict)
+    #: DLQ records seen, when started with read_dlq=True
+    dlq: list[dict[str, Any]] = field(default_factory=list)
+
+    async def start(self, read_dlq: bool = False) -> None:
+        s = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=0,
+                                          acks=1, max_batch_size=1 << 20)
+        await self._producer.start()
+        topics = [s.topic_responses] + ([s.topic_dlq] if read_dlq else [])
+        self._reader = ResponseReader(s, topics, self._on_records, self.fetch_max_wait_ms)
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -102,25 +134,21 @@ class RecallClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _read(self) -> None:
-        assert self._consumer is not None
+    def _on_records(self, records: list[Any]) -> None:
+        now = time.monotonic()
         dlq_topic = self.settings.topic_dlq
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=1000, max_records=10_000)
-            now = time.monotonic()
-            for tp, records in batches.items():
-                for rec in records:
-                    value = orjson.loads(rec.value)
-                    if tp.topic == dlq_topic:
-                        self.dlq.append(value)
-                        continue
-                    rid = value.get("request_id")
-                    resp = Response(value, now, self._sent_at.pop(rid, now))
-                    fut = self._waiting.pop(rid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(resp)
-                    else:
-                        self.unclaimed[rid] = resp
+        for rec in records:
+            value = orjson.loads(rec.value)
+            if rec.topic == dlq_topic:
+                self.dlq.append(value)
+                continue
+            rid = value.get("request_id")
+            resp = Response(value, now, self._sent_at.pop(rid, now))
+            fut = self._waiting.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
+            else:
+                self.unclaimed[rid] = resp
 
     # --- producing -----------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Synthetic clustered catalogues for benchmarks and tests.
+"""Synthetic clustered item vectors: the one generator of them (``recall gen``, the
+benchmarks, the demo and the tests all draw from it).
 
 A catalogue is a Gaussian mixture on the unit sphere: ``clusters`` random unit centres,
 cluster sizes drawn from a Zipf-like law (a few huge clusters, a long tail of small
@@ -28,6 +29,51 @@ def cluster_sizes(n: int, clusters: int, skew: float, rng: np.random.Generator) 
     return rng.multinomial(n, weights)
 
 
+def _cluster_shapes(rng: np.random.Generator, clusters: int, dim: int,
+                    spread: tuple[float, float], intrinsic: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: a random unit centre, a noise scale in ``spread``, and a random
+    (intrinsic x dim) basis with orthonormal rows."""
+    centres = rng.standard_normal((clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    scale = rng.uniform(spread[0], spread[1], size=clusters)
+    bases = np.linalg.qr(rng.standard_normal((clusters, dim, intrinsic)))[0]
+    return centres, scale, bases.transpose(0, 2, 1).astype(np.float32)  # (C, intrinsic, dim)
+
+
+def _fill(rng: np.random.Generator, labels: np.ndarray,
+          shapes: tuple[np.ndarray, np.ndarray, np.ndarray], isotropic: float) -> np.ndarray:
+    """Each item its cluster's centre plus noise (in blocks: no float64 copy of all)."""
+    centres, scale, bases = shapes
+    dim, intrinsic = centres.shape[1], bases.shape[1]
+    low = np.float32(np.sqrt(max(0.0, 1.0 - isotropic**2)) / np.sqrt(intrinsic))
+    iso = np.float32(isotropic / np.sqrt(dim))
+    out = np.empty((len(labels), dim), dtype=np.float32)
+    for start in range(0, len(labels), _BLOCK):
+        lab = labels[start : start + _BLOCK]
+        z = rng.standard_normal((len(lab), intrinsic)).astype(np.float32) * low
+        x = np.einsum("ni,nid->nd", z, bases[lab])
+        x += rng.standard_normal((len(lab), dim)).astype(np.float32) * iso
+        x *= scale[lab, None].astype(np.float32)
+        x += centres[lab].astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + len(lab)] = x
+    return out
+
+
+def clustered_vectors(labels: np.ndarray, dim: int, *, spread: tuple[float, float] = (0.6, 1.2),
+                      intrinsic: int = 8, isotropic: float = 0.15, seed: int = 0) -> np.ndarray:
+    """(n, dim) unit float32 vectors of items whose clusters are given (``labels``, ints
+    from 0); the noise model of :func:`clustered_catalogue`."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or dim < 1 or (len(labels) and labels.min() < 0):
+        raise ValueError("labels must be a 1-D array of cluster numbers >= 0, dim >= 1")
+    rng = np.random.default_rng(seed)
+    clusters = int(labels.max()) + 1 if len(labels) else 1
+    shapes = _cluster_shapes(rng, clusters, dim, spread, max(1, min(int(intrinsic), dim)))
+    return _fill(rng, labels, shapes, isotropic)
+
+
 def clustered_catalogue(
     n: int,
     dim: int,
@@ -54,28 +100,11 @@ def clustered_catalogue(
         raise ValueError(f"clusters must be >= 1, got {clusters}")
     intrinsic = max(1, min(int(intrinsic), dim))
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    scale = rng.uniform(spread[0], spread[1], size=clusters)
-    # per cluster: a random (intrinsic x dim) basis with orthonormal rows
-    bases = np.linalg.qr(rng.standard_normal((clusters, dim, intrinsic)))[0]
-    bases = bases.transpose(0, 2, 1).astype(np.float32)  # (C, intrinsic, dim)
-    low = np.float32(np.sqrt(max(0.0, 1.0 - isotropic**2)) / np.sqrt(intrinsic))
-    iso = np.float32(isotropic / np.sqrt(dim))
+    shapes = _cluster_shapes(rng, clusters, dim, spread, intrinsic)
     sizes = cluster_sizes(n, clusters, skew, rng)
     labels = np.repeat(np.arange(clusters, dtype=np.int32), sizes)
     rng.shuffle(labels)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        lab = labels[start : start + _BLOCK]
-        z = rng.standard_normal((len(lab), intrinsic)).astype(np.float32) * low
-        x = np.einsum("ni,nid->nd", z, bases[lab])
-        x += rng.standard_normal((len(lab), dim)).astype(np.float32) * iso
-        x *= scale[lab, None].astype(np.float32)
-        x += centres[lab].astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[start : start + len(lab)] = x
-    return out, labels
+    return _fill(rng, labels, shapes, isotropic), labels
 
 
 def user_like_queries(

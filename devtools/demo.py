@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.promtext import histogram_quantile, metric_value, scrape
+from devtools.errors import DevtoolsError
+from devtools.scrape import histogram_quantile, metric_value, scrape
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +32,21 @@ REPORT_EVERY = 3.0
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from recall.cli import CommandError, settings_from_env
-    from recall.localstack import LocalStackError, worker_stack
+    from devtools.localstack import worker_stack
+    from recall.config import Settings
 
-    settings = settings_from_env()
+    settings = Settings.from_env()
     if args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate <= 0:
-        raise CommandError("--items must be >= 100, --users >= 1, rates > 0")
-    try:
-        with worker_stack(settings, external=args.external, kafka_session_timeout=3.0) as (
-                s, stack, worker):
-            if stack is not None:
-                print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}, "
-                      f"worker pid {worker.proc.pid} (log {worker.log_path})", flush=True)
-            args.metrics_url = args.metrics_url or f"http://127.0.0.1:{s.metrics_port}/metrics"
-            print(f"worker metrics: {args.metrics_url}", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_demo(args, s))
-    except LocalStackError as exc:
-        raise CommandError(str(exc)) from None
+        raise DevtoolsError("--items must be >= 100, --users >= 1, rates > 0")
+    with worker_stack(settings, external=args.external, kafka_session_timeout=3.0) as (
+            s, stack, worker):
+        if stack is not None:
+            print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}, "
+                  f"worker pid {worker.proc.pid} (log {worker.log_path})", flush=True)
+        args.metrics_url = args.metrics_url or f"http://127.0.0.1:{s.metrics_port}/metrics"
+        print(f"worker metrics: {args.metrics_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_demo(args, s))
     print("stopped", flush=True)
     return 0
 
@@ -56,8 +54,8 @@ def run_demo(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace, settings: Any) -> None:
     from tqdm import tqdm
 
+    from devtools.client import RecallClient
     from offline.generate import cluster_vectors, generate_clicks
-    from stream.client import RecallClient
 
     gen = generate_clicks(args.users, args.items, max(args.users * 20, 50_000), args.seed)
     vectors = cluster_vectors(gen.item_cluster, settings.dim, seed=args.seed)

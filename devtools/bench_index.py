@@ -1,6 +1,6 @@
 """``recall bench index``: the LSH index against exact numpy and hnswlib, in one run.
 
-Builds a clustered synthetic catalogue (recall.synthetic: a Gaussian mixture with skewed
+Builds a clustered synthetic catalogue (offline.synthetic: a Gaussian mixture with skewed
 cluster sizes, unit float32 vectors) and user-like queries (means of a few near items),
 computes the exact top-k, then measures, one query at a time:
 
@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from devtools.procinfo import loadavg, peak_rss_mb, rss_mb
 
 DEFAULT_PROBES = "1,2,4,8,16,32"
 
@@ -62,78 +64,56 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:  # not Linux: fall back to the peak
-        return _peak_rss_mb()
-
-
 def _load_params(text: str, dim: int) -> Any:
-    from recall.cli import CommandError
+    from devtools.errors import DevtoolsError
     from recall.lsh import LSHParams
 
     try:
         raw = json.loads(text) if text.lstrip().startswith("{") else json.loads(
             Path(text).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CommandError(f"--params: not a JSON object or a readable JSON file: {exc}") from None
+        raise DevtoolsError(f"--params: not a JSON object or a readable JSON file: {exc}") from None
     if isinstance(raw, dict) and "params" in raw and isinstance(raw["params"], dict):
         raw = raw["params"]  # a tuner result file
     try:
         params = LSHParams.from_dict({"dim": dim, **raw} if isinstance(raw, dict) else raw)
     except ValueError as exc:
-        raise CommandError(f"--params: {exc}") from None
+        raise DevtoolsError(f"--params: {exc}") from None
     if params.dim != dim:
-        raise CommandError(f"--params: dim {params.dim} does not match --dim {dim}")
+        raise DevtoolsError(f"--params: dim {params.dim} does not match --dim {dim}")
     return params
 
 
 def _parse_probes(text: str) -> list[int]:
-    from recall.cli import CommandError
+    from devtools.errors import DevtoolsError
 
     try:
         probes = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise CommandError(f"--probes must be comma-separated integers, got {text!r}") from None
+        raise DevtoolsError(f"--probes must be comma-separated integers, got {text!r}") from None
     if not probes or probes[0] < 1:
-        raise CommandError("--probes must list integers >= 1")
+        raise DevtoolsError("--probes must list integers >= 1")
     return probes
 
 
 def run(args: argparse.Namespace) -> int:
-    from recall.cli import CommandError
+    from devtools.errors import DevtoolsError
 
     if args.items < 2 or args.dim < 1 or args.queries < 1 or args.k < 1:
-        raise CommandError("--items must be >= 2, --dim, --queries and --k >= 1")
+        raise DevtoolsError("--items must be >= 2, --dim, --queries and --k >= 1")
     if args.k > args.items:
-        raise CommandError(f"--k {args.k} is larger than --items {args.items}")
+        raise DevtoolsError(f"--k {args.k} is larger than --items {args.items}")
     if not 0 < args.target_recall <= 1:
-        raise CommandError("--target-recall must be in (0, 1]")
+        raise DevtoolsError("--target-recall must be in (0, 1]")
     if args.clusters < 0 or args.intrinsic_dim < 1:
-        raise CommandError("--clusters must be >= 0 and --intrinsic-dim >= 1")
+        raise DevtoolsError("--clusters must be >= 0 and --intrinsic-dim >= 1")
     probes = _parse_probes(args.probes)
     params = _load_params(args.params, args.dim) if args.params else None
     inserts = min(args.items // 10, 100_000) if args.inserts < 0 else args.inserts
     if inserts >= args.items:
-        raise CommandError("--inserts must be smaller than --items")
+        raise DevtoolsError("--inserts must be smaller than --items")
     if args.insert_batch < 1:
-        raise CommandError("--insert-batch must be >= 1")
+        raise DevtoolsError("--insert-batch must be >= 1")
     return _bench(args, params, inserts, probes)
 
 
@@ -209,15 +189,15 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     import numpy as np
     from tqdm import tqdm
 
+    from offline.synthetic import clustered_catalogue, user_like_queries
     from recall.lsh import LSHIndex
-    from recall.synthetic import clustered_catalogue, user_like_queries
     from recall.tuner import suggested_params, tune
 
     progress = sys.stderr.isatty() or args.items >= 100_000
     n, dim, k = args.items, args.dim, args.k
     res: dict[str, Any] = {"bench": "index", "items": n, "dim": dim, "queries": args.queries,
                            "k": k, "seed": args.seed, "cpus": os.cpu_count(),
-                           "loadavg_start": _loadavg()}
+                           "loadavg_start": loadavg()}
 
     t0 = time.perf_counter()
     x, labels = clustered_catalogue(n, dim, clusters=args.clusters or None,
@@ -259,7 +239,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     # --- LSH: bulk build, then one-by-one inserts of the held-back items
     ids = [str(i) for i in range(n)]
     n_bulk = n - inserts
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     index = LSHIndex(params)
     t1 = time.perf_counter()
     index.add(ids[:n_bulk], x[:n_bulk])
@@ -293,13 +273,13 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     # the headline: items/s of incremental micro-batches, merges included (the worker's path)
     res["insert_items_per_s"] = res["insert_batch_items_per_s"]
     res["index_nbytes"] = index.nbytes()
-    res["index_rss_mb"] = round(_rss_mb() - rss0, 1)
+    res["index_rss_mb"] = round(rss_mb() - rss0, 1)
     res["index_stats"] = index.stats()
 
     lsh = _time_lsh(index, q, truth, k, "LSH queries", progress)
     res.update({f"lsh_{key}": value for key, value in lsh.items()})
     res["speedup_p50"] = round(res["exact_ms_p50"] / max(lsh["ms_p50"], 1e-9), 1)
-    res["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     # --- hnswlib reference at the LSH's recall
     hnsw_curve: list[dict[str, Any]] = []
@@ -337,7 +317,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
             ref = _time_hnsw(hnsw, q, truth, k)
             res.update({"hnsw_ef": ef, "hnsw_recall": ref["recall"],
                         "hnsw_ms_p50": ref["ms_p50"], "hnsw_ms_p99": ref["ms_p99"]})
-            res["peak_rss_mb_with_hnsw"] = round(_peak_rss_mb(), 1)
+            res["peak_rss_mb_with_hnsw"] = round(peak_rss_mb(), 1)
 
     # --- sweep of probes for the plot
     if args.plot:
@@ -353,7 +333,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         _plot(args.plot, res, sweep, hnsw_curve)
         res["plot"] = args.plot
 
-    res["loadavg_end"] = _loadavg()
+    res["loadavg_end"] = loadavg()
     _print_table(res)
     print(json.dumps(res))
     return 0
@@ -425,13 +405,3 @@ def _plot(path: str, res: dict[str, Any], sweep: list[dict[str, Any]],
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m recall.bench_index")
-    add_parser(None, parser.add_subparsers(dest="bench", required=True))
-    ns = parser.parse_args()
-    return int(ns.func(ns))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

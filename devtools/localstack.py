@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.errors import DevtoolsError
+from stream.kafka import create_topics
+
 log = logging.getLogger(__name__)
 
 
-class LocalStackError(RuntimeError):
+class LocalStackError(DevtoolsError):
     """A local service could not be found or did not start."""
 
 
@@ -129,23 +132,6 @@ def start_redis(port: int | None = None, workdir: Path | None = None,
                             cwd=workdir, start_new_session=True)
     wait_for_port(port, proc=proc)
     return Service("redis", proc, port, log_path)
-
-
-async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
-    """Create topics explicitly (Tansu would auto-create them with 4 partitions)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
 
 
 @dataclass

@@ -4,7 +4,7 @@ Writes N random unit vectors with their real LSH bucket keys into a fresh versio
 (batched ``upsert_items``, as the loader does), then single-item upserts (as the worker
 does), then reads everything back with ``iter_items`` (a worker's rebuild), and reads
 Redis ``used_memory`` to extrapolate the memory of 1M items. Starts its own
-redis-server (via recall.localstack) unless ``--redis-url`` is given. Prints figures
+redis-server (via devtools.localstack) unless ``--redis-url`` is given. Prints figures
 and ends with one JSON line.
 """
 
@@ -30,13 +30,13 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from recall.cli import CommandError
+    from devtools.errors import DevtoolsError
 
     if args.items < 1 or args.dim < 1 or args.tables < 1 or args.batch < 1:
-        raise CommandError("--items, --dim, --tables and --batch must be >= 1")
+        raise DevtoolsError("--items, --dim, --tables and --batch must be >= 1")
     if args.redis_url:
         return asyncio.run(_bench(args, args.redis_url))
-    from recall.localstack import start_redis
+    from devtools.localstack import start_redis
 
     server = start_redis(appendonly=True)
     try:
@@ -132,13 +132,3 @@ async def _bench(args: argparse.Namespace, url: str) -> int:
     print(json.dumps(result))
     return 0
 
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m recall.bench_store")
-    add_parser(None, parser.add_subparsers(dest="bench", required=True))
-    ns = parser.parse_args()
-    return int(ns.func(ns))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The dev tools' subcommands: ``recall demo``, ``recall bench e2e | index | store``.
+
+Only the standard library at module level (``recall --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from devtools import bench_index, bench_store
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from devtools.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from devtools.e2e.run import run_bench
+
+    return run_bench(args)
+
+
+def add_parser(sub: Any, bench_sub: Any) -> None:
+    p = sub.add_parser(
+        "demo", help="local broker + Redis + worker + demo traffic; prints recalls and latency")
+    p.add_argument("--external", action="store_true",
+                   help="use the broker/Redis/worker of the environment (KAFKA_BOOTSTRAP, "
+                        "REDIS_URL) instead of starting a local stack")
+    p.add_argument("--items", type=int, default=20_000, help="catalogue size (default 20000)")
+    p.add_argument("--users", type=int, default=2_000, help="users (default 2000)")
+    p.add_argument("--rate", type=float, default=50.0, help="recall requests per second")
+    p.add_argument("--click-rate", type=float, default=200.0, help="clicks per second")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--metrics-url", default="",
+                   help="the worker's /metrics, for worker-side figures (default: "
+                        "http://127.0.0.1:RECALL_METRICS_PORT/metrics)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = bench_sub.add_parser(
+        "e2e", help="end-to-end latency through Kafka: requests at a steady rate, clicks flowing")
+    p.add_argument("--items", type=int, default=100_000, help="catalogue size")
+    p.add_argument("--rate", type=float, default=500.0, help="recall requests per second")
+    p.add_argument("--click-rate", type=float, default=5000.0, help="clicks per second")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured duration")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--external", action="store_true",
+                   help="use a running stack and worker (KAFKA_BOOTSTRAP, REDIS_URL, "
+                        "RECALL_METRICS_PORT) instead of starting the local one")
+    p.add_argument("--freshness", type=int, default=200,
+                   help="click-then-recall probes measuring how fast a click shows")
+    p.add_argument("--plot", default="", help="write a latency histogram PNG here")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench_e2e)
+
+    bench_index.add_parser(sub, bench_sub)
+    bench_store.add_parser(sub, bench_sub)

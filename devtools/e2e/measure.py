@@ -1,0 +1,121 @@
+"""The e2e benchmark's measured phase: load processes, progress lines, the figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from devtools.e2e.probes import DRAIN, freshness_probes
+from devtools.e2e.report import TIMEOUT, ms, pct
+from devtools.e2e.responses import BenchResponses
+from devtools.e2e.traffic import click_process, request_process
+from devtools.procinfo import RssWatch
+from devtools.scrape import histogram_delta, metric_value, metrics_url, scrape
+
+#: seconds between progress lines
+PROGRESS_EVERY = 2.0
+
+
+async def measure(settings: Any, args: argparse.Namespace, run: str, port: int | None,
+                  rss: RssWatch) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    import numpy as np
+
+    ctx = mp.get_context("spawn")
+    reader = BenchResponses(settings, run)
+    await reader.start()
+    before = scrape(metrics_url(port)) if port else ""
+    start_at = time.time() + 3.0  # the children need a moment to import and connect
+    req_count, click_count = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False)
+    req_out, click_out = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=request_process, name="bench-requests", daemon=True, args=(
+        settings.kafka_bootstrap, settings.topic_requests, run, args.rate, args.seconds,
+        args.users, args.k, args.seed, start_at, req_count, req_out))]
+    if args.click_rate > 0:
+        procs.append(ctx.Process(target=click_process, name="bench-clicks", daemon=True, args=(
+            settings.kafka_bootstrap, settings.topic_clicks, run, args.click_rate,
+            args.seconds, args.users, args.items, args.seed, start_at, click_count,
+            click_out)))
+    for p in procs:
+        p.start()
+    stop_at = start_at + args.seconds
+    probes = None
+    try:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        if args.freshness > 0:
+            probes = asyncio.create_task(freshness_probes(
+                settings, reader, args.freshness, args.items, run, args.seed, stop_at))
+        seen = 0
+        while any(p.is_alive() for p in procs) and time.time() < stop_at + 30:
+            await asyncio.sleep(PROGRESS_EVERY)
+            window = np.asarray(reader.latencies[seen:]) * 1000
+            seen = len(reader.latencies)
+            figures = (f"p50 {np.percentile(window, 50):.1f} ms, "
+                       f"p99 {np.percentile(window, 99):.1f} ms") if len(window) else "-"
+            print(f"[{time.time() - start_at:5.1f}s] requests {req_count.value}, "
+                  f"responses {seen}, clicks {click_count.value}; last {PROGRESS_EVERY:.0f}s "
+                  f"e2e {figures}; worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
+        req = req_out.get(timeout=30)
+        clicks = click_out.get(timeout=30) if args.click_rate > 0 else {"sent": 0}
+        for p in procs:
+            p.join(10)
+        # the outstanding responses
+        deadline = time.time() + DRAIN
+        while len(reader.ids) < req["sent"] and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        fresh, missed = await probes if probes is not None else ([], 0)
+        probes = None
+        after = scrape(metrics_url(port)) if port else ""
+        rss.sample()
+    finally:
+        if probes is not None:
+            probes.cancel()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        await reader.stop()
+    lat = np.asarray(reader.latencies)
+    duration = max(1e-9, req["last"] - req["first"])
+    worker_req = histogram_delta(before, after, "recall_request_duration_seconds")
+    worker_e2e = histogram_delta(before, after, "recall_end_to_end_seconds")
+    cand = histogram_delta(before, after, "recall_candidates")
+    clicks_applied = (metric_value(after, "recall_clicks_total")
+                      - metric_value(before, "recall_clicks_total")) if after else None
+    out = {
+        "items": args.items, "users": args.users, "k": args.k,
+        "rate": args.rate, "click_rate": args.click_rate, "seconds": args.seconds,
+        "requests_sent": req["sent"], "responses": len(reader.ids),
+        "lost": req["sent"] - len(reader.ids), "send_errors": req["send_errors"],
+        # the first lost ones, for looking them up (request_id "{run}.{seq}.{send us}")
+        "lost_seqs": sorted(set(range(req["sent"])) - reader.ids)[:20], "run": run,
+        "duplicates": reader.duplicates,
+        "errors": sum(n for s, n in reader.statuses.items() if s != "ok"),
+        "timeouts": int((lat > TIMEOUT).sum()),
+        "sources": reader.sources,
+        "offered_rate": round(req["sent"] / duration, 1),
+        "throughput": round(len(reader.ids) / duration, 1),
+        "e2e_p50_ms": ms(pct(lat, 50)), "e2e_p95_ms": ms(pct(lat, 95)),
+        "e2e_p99_ms": ms(pct(lat, 99)),
+        "e2e_max_ms": ms(float(lat.max()) if len(lat) else None),
+        "clicks_sent": clicks["sent"],
+        "click_rate_achieved": round(clicks["sent"] / max(1e-9, clicks["last"] - clicks["first"]),
+                                     1) if clicks["sent"] else 0.0,
+        "clicks_applied": clicks_applied,
+        "worker_request_p50_ms": ms(worker_req["p50"]),
+        "worker_request_p95_ms": ms(worker_req["p95"]),
+        "worker_request_p99_ms": ms(worker_req["p99"]),
+        "worker_e2e_p50_ms": ms(worker_e2e["p50"]),
+        "worker_e2e_p95_ms": ms(worker_e2e["p95"]),
+        "worker_e2e_p99_ms": ms(worker_e2e["p99"]),
+        "candidates_mean": None if cand["mean"] is None else round(cand["mean"], 1),
+        "freshness_probes": args.freshness, "freshness_done": len(fresh) + missed,
+        "freshness_missed": missed,
+        "freshness_p50_ms": ms(pct(fresh, 50)), "freshness_p99_ms": ms(pct(fresh, 99)),
+        "freshness_max_ms": ms(max(fresh) if fresh else None),
+    }
+    out["_latencies"] = lat
+    out["_fresh"] = fresh
+    return out

@@ -1,0 +1,136 @@
+"""The e2e benchmark's probes: click-to-recall freshness, the broker's own round trip,
+and where lost requests went."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from devtools.e2e.catalogue import item_of, n_clusters
+from devtools.e2e.report import pct
+from devtools.e2e.responses import BenchResponses
+from devtools.e2e.traffic import producer
+
+#: a freshness probe gives up after this many seconds
+PROBE_TIMEOUT = 5.0
+#: how long to wait for outstanding responses after the last request
+DRAIN = 10.0
+#: scratch topic of the broker round-trip measurement (local stack only)
+RTT_TOPIC = "recall-bench-rtt"
+
+
+async def freshness_probes(settings: Any, reader: BenchResponses, n: int, n_items: int, run: str,
+                           seed: int, stop_at: float) -> tuple[list[float], int]:
+    """Click-then-recall probes (see the module docstring); (freshness seconds, missed)."""
+    import random
+
+    import orjson
+
+    rng = random.Random(seed + 2)
+    c = n_clusters(n_items)
+    prod = producer(settings.kafka_bootstrap, 0)
+    await prod.start()
+    fresh: list[float] = []
+    missed = 0
+    try:
+        for i in range(n):
+            if time.time() > stop_at + DRAIN:
+                break  # the rest count as not run (freshness_done < freshness_probes)
+            uid = f"fresh-{run}-{i}"
+            item = item_of(rng.randrange(c), rng.randrange(1 << 30), n_items)
+            t0 = time.time()
+            await prod.send(settings.topic_clicks, orjson.dumps(
+                {"user_id": uid, "item_id": item, "ts": t0, "event_id": f"{run}f{i}"}),
+                key=uid.encode())
+            attempt = 0
+            while True:
+                rid = f"{run}-f{i}-{attempt}"
+                fut = reader.waiting[rid] = asyncio.get_running_loop().create_future()
+                await prod.send(settings.topic_requests, orjson.dumps(
+                    {"request_id": rid, "user_id": uid, "k": 10}), key=uid.encode())
+                try:
+                    got_at, value = await asyncio.wait_for(fut, PROBE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    reader.waiting.pop(rid, None)
+                    missed += 1
+                    break
+                if value.get("source") not in ("popular", "none"):
+                    fresh.append(got_at - t0)
+                    break
+                if got_at - t0 > PROBE_TIMEOUT:
+                    missed += 1
+                    break
+                attempt += 1
+            # spread the probes over the measured phase (at least 20 ms apart)
+            left = n - i - 1
+            if left:
+                await asyncio.sleep(max(0.02, (stop_at - time.time()) / left * 0.5))
+    finally:
+        await prod.stop()
+    return fresh, missed
+
+
+async def broker_round_trip(settings: Any, n: int = 300) -> dict[str, float]:
+    """The broker's floor: plain aiokafka produce -> fetch of one small record, ``n`` times
+    (one per 10 ms), with the worker's fetch wait. A recall crosses the broker twice."""
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.kafka import create_topics
+
+    await create_topics(settings.kafka_bootstrap, [RTT_TOPIC], 1)
+    prod = producer(settings.kafka_bootstrap, 0)
+    cons = AIOKafkaConsumer(RTT_TOPIC, bootstrap_servers=settings.kafka_bootstrap,
+                            group_id=None, auto_offset_reset="latest",
+                            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms))
+    await prod.start()
+    await cons.start()
+    try:
+        await cons.getmany(timeout_ms=500)  # assigned and positioned
+        lat = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await prod.send(RTT_TOPIC, b"x", key=str(i).encode())
+            while not await cons.getmany(timeout_ms=1000):
+                pass
+            lat.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.01)
+    finally:
+        await prod.stop()
+        await cons.stop()
+    return {"p50": float(pct(lat, 50)), "p99": float(pct(lat, 99))}
+
+
+async def trace_lost(settings: Any, run: str, seqs: list[int]) -> dict[str, list[int]]:
+    """Where lost requests went: read ``recall-requests`` and ``recall-responses`` from the
+    start and report which of ``seqs`` the broker holds a request / a response for (a
+    response present but not read points at the reader, no response at the worker)."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    wanted = set(seqs)
+    found: dict[str, list[int]] = {}
+    for name, topic in (("requests_in_kafka", settings.topic_requests),
+                        ("responses_in_kafka", settings.topic_responses)):
+        cons = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+        await cons.start()
+        hits: set[int] = set()
+        try:
+            while True:
+                batches = await cons.getmany(timeout_ms=1000, max_records=50_000)
+                if not batches:
+                    break
+                for records in batches.values():
+                    for rec in records:
+                        rid = rec.key.decode() if rec.key else ""
+                        if name.startswith("requests"):
+                            rid = orjson.loads(rec.value).get("request_id", "")
+                        parts = rid.split(".")
+                        if len(parts) == 3 and parts[0] == run and int(parts[1]) in wanted:
+                            hits.add(int(parts[1]))
+        finally:
+            await cons.stop()
+        found[name] = sorted(hits)
+    return found

@@ -1,0 +1,73 @@
+"""The e2e benchmark's output: percentiles, the summary lines and the latency plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: a response later than this counts as a timeout (it still counts in the percentiles)
+TIMEOUT = 1.0
+
+
+def pct(values: Any, q: float) -> float | None:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(1000 * x, 3)
+
+
+def plot(path: str, lat_s: Any, fresh_s: list[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lat = np.sort(np.asarray(lat_s) * 1000)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if len(lat):
+        hi = max(1.0, float(np.percentile(lat, 99.9)))
+        ax1.hist(np.minimum(lat, hi), bins=100, color="tab:blue")
+        ax1.set_yscale("log")
+        ax2.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label="request -> response")
+        for q, style in ((50, ":"), (99, "--")):
+            ax2.axvline(np.percentile(lat, q), color="tab:blue", linestyle=style,
+                        label=f"p{q} {np.percentile(lat, q):.1f} ms")
+    if fresh_s:
+        fr = np.sort(np.asarray(fresh_s) * 1000)
+        ax2.plot(fr, np.arange(1, len(fr) + 1) / len(fr), color="tab:orange",
+                 label="click -> reflecting response")
+    ax1.set_xlabel("end-to-end latency, ms (clipped at p99.9)")
+    ax1.set_ylabel("requests")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("ms")
+    ax2.set_ylabel("fraction")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(o: dict[str, Any]) -> None:
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    print(f"\nend to end (client, request produced -> response consumed), {o['responses']} "
+          f"responses: p50 {f(o['e2e_p50_ms'])} ms, p95 {f(o['e2e_p95_ms'])} ms, "
+          f"p99 {f(o['e2e_p99_ms'])} ms, max {f(o['e2e_max_ms'])} ms", flush=True)
+    print(f"throughput {o['throughput']}/s (offered {o['offered_rate']}/s); lost {o['lost']}, "
+          f"errors {o['errors']}, timeouts (> {TIMEOUT:g}s) {o['timeouts']}, send errors "
+          f"{o['send_errors']}; sources {o['sources']}", flush=True)
+    print(f"worker: request p50 {f(o['worker_request_p50_ms'])} / p99 "
+          f"{f(o['worker_request_p99_ms'])} ms; kafka-timestamp-to-sent p50 "
+          f"{f(o['worker_e2e_p50_ms'])} / p99 {f(o['worker_e2e_p99_ms'])} ms; candidates "
+          f"mean {o['candidates_mean']}; clicks sent {o['clicks_sent']} "
+          f"({o['click_rate_achieved']}/s), applied {o['clicks_applied']}", flush=True)
+    print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "
+          f"p50 {f(o['freshness_p50_ms'])} ms, p99 {f(o['freshness_p99_ms'])} ms, done "
+          f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak "
+          f"{o['worker_rss_peak_mb']} MB", flush=True)

@@ -1,0 +1,162 @@
+"""``recall bench e2e``: end-to-end latency of the worker through Kafka, under load.
+
+What it does, in order:
+
+1. The world: a local Tansu + redis-server + ``recall worker`` (or, with ``--external``,
+   the broker, Redis and worker of ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` /
+   ``RECALL_METRICS_PORT``).
+2. The catalogue: ``--items`` clustered unit vectors (item ``i{n}`` is in cluster
+   ``n % C``, C = items / 50), bulk-written into Redis as a new index version and
+   switched live (1M items never go through Kafka as JSON). Locally this happens before
+   the worker starts, so the worker loads it at start-up; with ``--external`` the worker
+   rebuilds when it sees the new live version.
+3. Warm users: ``--users`` users get a few clicks each (through ``clicks``) on items of
+   their interest cluster, so their recalls come from the LSH index.
+4. The measured phase, ``--seconds`` long: a separate process produces recall requests at
+   ``--rate`` on a fixed schedule (open loop: a slow worker does not slow the offered
+   load), another produces clicks at ``--click-rate``; each request id carries its send
+   time, so the reader (this process) measures request produced -> response consumed.
+   Meanwhile ``--freshness`` probes, one after the other: a click for a brand-new user is
+   produced, then recall requests for that user are sent back to back until one reflects
+   the click (``source`` no longer ``popular``); the time from producing the click to
+   reading that response is the click's freshness.
+5. Figures: client-side p50/p95/p99/max, throughput, errors, late and lost responses; the
+   worker's own histograms (``/metrics`` scraped before and after the phase, quantiles
+   from the bucket deltas); freshness p50/p99; the worker's peak RSS. Progress lines while
+   running; exactly one JSON line at the end; ``--plot`` writes a histogram + CDF PNG.
+
+All processes share one host clock (``time.time()``), which is what makes send times in
+request ids usable by another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from devtools.e2e.catalogue import load_catalogue
+from devtools.e2e.measure import measure
+from devtools.e2e.probes import broker_round_trip, trace_lost
+from devtools.e2e.report import ms, plot, summary
+from devtools.e2e.traffic import warm_users
+from devtools.errors import DevtoolsError
+from devtools.procinfo import RssWatch
+from devtools.scrape import metric_value, metrics_url, scrape
+
+
+async def wait_ready(settings: Any, timeout: float) -> float:
+    from devtools.client import RecallClient
+
+    async with RecallClient(settings) as client:
+        return await client.wait_ready(timeout)
+
+
+async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | None,
+                 rss: RssWatch, external: bool) -> dict[str, Any]:
+    if external:
+        # the running worker rebuilds when it sees the new live version
+        await load_catalogue(settings, args, keep_old=True)
+        if port:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if metric_value(scrape(metrics_url(port)), "recall_index_items") >= args.items:
+                    break
+                await asyncio.sleep(0.5)
+    took = await wait_ready(settings, 600)
+    print(f"worker answers ({took:.1f}s); worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
+    rtt = None
+    if not external:  # measured with the worker idle
+        rtt = await broker_round_trip(settings)
+        print(f"broker round trip (plain aiokafka produce -> fetch; a recall makes two): "
+              f"p50 {rtt['p50'] * 1e3:.2f} ms, p99 {rtt['p99'] * 1e3:.2f} ms", flush=True)
+    t0 = time.monotonic()
+    n = await warm_users(settings, args, run, port)
+    print(f"{args.users} warm users: {n} clicks applied in {time.monotonic() - t0:.1f}s",
+          flush=True)
+    print(f"measuring {args.seconds:g}s: {args.rate:g} requests/s, {args.click_rate:g} "
+          f"clicks/s, {args.freshness} freshness probes", flush=True)
+    out = await measure(settings, args, run, port, rss)
+    if out["lost"] and not external:
+        out["lost_trace"] = await trace_lost(settings, run, out["lost_seqs"])
+        print(f"lost requests {out['lost_seqs']}: {out['lost_trace']}", flush=True)
+    out["broker_rtt_p50_ms"] = ms(rtt["p50"]) if rtt else None
+    out["broker_rtt_p99_ms"] = ms(rtt["p99"]) if rtt else None
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from devtools.localstack import worker_stack
+    from recall.config import Settings
+
+    settings = Settings.from_env()
+    if (args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate < 0
+            or args.seconds <= 0 or not 1 <= args.k <= 1000 or args.freshness < 0):
+        raise DevtoolsError("--items must be >= 100, --users >= 1, --rate > 0, "
+                            "--click-rate >= 0, --seconds > 0, --k in 1..1000, "
+                            "--freshness >= 0")
+    args.users = min(args.users, args.items)
+    _sigterm_as_interrupt()
+    run = f"b{os.getpid()}x{int(time.time()) % 100000}"
+    t_begin = time.monotonic()
+    if args.external:
+        print(f"external stack: Kafka {settings.kafka_bootstrap}, Redis "
+              f"{settings.redis_url.split('@')[-1]}, metrics :{settings.metrics_port}",
+              flush=True)
+        port = settings.metrics_port if scrape(metrics_url(settings.metrics_port)) else None
+        if port is None:
+            print(f"warning: no /metrics on 127.0.0.1:{settings.metrics_port}; "
+                  "no worker-side figures", flush=True)
+        rss = RssWatch(None)
+        out = asyncio.run(_bench(settings, args, run, port, rss, external=True))
+    else:
+        # the catalogue goes into Redis before the worker starts, so it loads it
+        workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+
+        def load(s: Any) -> None:
+            print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis "
+                  f"{s.redis_url}", flush=True)
+            asyncio.run(load_catalogue(s, args, keep_old=False))
+
+        with worker_stack(settings, workdir=workdir, before_worker=load,
+                          worker_timeout=120, kafka_session_timeout=3.0) as (
+                settings, _, worker):
+            print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
+                  f":{settings.metrics_port}", flush=True)
+            rss = RssWatch(worker.proc.pid)
+            port = settings.metrics_port
+            out = asyncio.run(_bench(settings, args, run, port, rss, external=False))
+            if worker.proc.poll() is not None:
+                print(f"warning: the worker exited with {worker.proc.returncode}",
+                      flush=True)
+    lat, fresh = out.pop("_latencies"), out.pop("_fresh")
+    out["worker_rss_peak_mb"] = round(rss.peak() / 2**20, 1) if rss.pid else None
+    out["worker_rss_max_sampled_mb"] = (round(rss.max_sampled / 2**20, 1) if rss.pid
+                                        else None)
+    out["external"] = bool(args.external)
+    out["wall_seconds"] = round(time.monotonic() - t_begin, 1)
+    summary(out)
+    if args.plot:
+        plot(args.plot, lat, fresh,
+             f"recall bench e2e: {args.items} items, {args.rate:g} req/s, "
+             f"{args.click_rate:g} clicks/s")
+        print(f"plot: {args.plot}", flush=True)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the local stack is stopped on the way out."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)

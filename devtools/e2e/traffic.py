@@ -1,0 +1,165 @@
+"""The e2e benchmark's load: requests and clicks at steady rates from child processes
+(open loop: a slow worker does not slow the offered load), and the warm-up clicks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from devtools.e2e.catalogue import item_of, user_cluster
+from devtools.scrape import metric_value, metrics_url, scrape
+
+#: clicks per warm user before the measured phase
+WARM_CLICKS = 3
+
+
+def producer(bootstrap: str, linger_ms: int) -> Any:
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks=1,
+                            max_batch_size=1 << 20)
+
+
+async def _paced(rate: float, seconds: float, start_at: float, tick: float,
+                 emit: Any) -> tuple[int, float, float]:
+    """Call ``emit(n)`` so that ``rate`` per second are emitted on schedule from the wall
+    time ``start_at`` for ``seconds``; returns (emitted, first, last emit time)."""
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    t0 = time.time()
+    sent = 0
+    total = int(rate * seconds)
+    first = last = t0
+    while sent < total:
+        now = time.time()
+        due = min(total, int((now - t0) * rate) + 1) - sent
+        if due > 0:
+            await emit(due)
+            sent += due
+            last = time.time()
+        next_at = t0 + sent / rate
+        await asyncio.sleep(max(0.0, min(tick, next_at - time.time())))
+    return sent, first, last
+
+
+def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: float,
+                    users: int, k: int, seed: int, start_at: float, counter: Any,
+                    out: Any) -> None:
+    """Child process: recall requests at ``rate`` (ids ``{run}.{seq}.{send time in us}``)."""
+    import random
+
+    import orjson
+
+    rng = random.Random(seed)
+
+    async def main() -> dict[str, Any]:
+        prod = producer(bootstrap, 0)
+        await prod.start()
+        errors = 0
+        seq = 0
+
+        def done(fut: asyncio.Future) -> None:
+            nonlocal errors
+            if fut.cancelled() or fut.exception() is not None:
+                errors += 1
+
+        async def emit(n: int) -> None:
+            nonlocal seq
+            for _ in range(n):
+                uid = f"u{rng.randrange(users)}"
+                rid = f"{run}.{seq}.{time.time_ns() // 1000}"
+                fut = await prod.send(topic, orjson.dumps(
+                    {"request_id": rid, "user_id": uid, "k": k}), key=uid.encode())
+                fut.add_done_callback(done)
+                seq += 1
+            counter.value = seq
+
+        try:
+            sent, first, last = await _paced(rate, seconds, start_at, 0.002, emit)
+            await prod.flush()
+        finally:
+            await prod.stop()
+        return {"sent": sent, "first": first, "last": last, "send_errors": errors}
+
+    out.put(asyncio.run(main()))
+
+
+def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: float,
+                  users: int, n_items: int, seed: int, start_at: float, counter: Any,
+                  out: Any) -> None:
+    """Child process: clicks of warm users on items of their cluster, at ``rate``."""
+    import random
+
+    import orjson
+
+    rng = random.Random(seed + 1)
+
+    async def main() -> dict[str, Any]:
+        prod = producer(bootstrap, 2)  # the load generator may batch; the worker may not
+        await prod.start()
+        seq = 0
+        futures: list[asyncio.Future] = []
+
+        async def emit(n: int) -> None:
+            nonlocal seq
+            now = time.time()
+            for _ in range(n):
+                u = rng.randrange(users)
+                uid = f"u{u}"
+                item = item_of(user_cluster(u, n_items, seed), rng.randrange(1 << 30), n_items)
+                futures.append(await prod.send(topic, orjson.dumps(
+                    {"user_id": uid, "item_id": item, "ts": now, "event_id": f"{run}c{seq}"}),
+                    key=uid.encode()))
+                seq += 1
+            counter.value = seq
+            if len(futures) > 20_000:
+                await asyncio.gather(*futures, return_exceptions=True)
+                futures.clear()
+
+        try:
+            sent, first, last = await _paced(rate, seconds, start_at, 0.01, emit)
+            await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            await prod.stop()
+        return {"sent": sent, "first": first, "last": last}
+
+    out.put(asyncio.run(main()))
+
+
+async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: int | None,
+                     ) -> int:
+    """WARM_CLICKS clicks per warm user through ``clicks``; waits until applied."""
+    import orjson
+
+    prod = producer(settings.kafka_bootstrap, 5)
+    await prod.start()
+    before = metric_value(scrape(metrics_url(port)), "recall_clicks_total") if port else 0.0
+    n = 0
+    try:
+        futures = []
+        ts = time.time() - 60
+        for u in range(args.users):
+            uid = f"u{u}"
+            cl = user_cluster(u, args.items, args.seed)
+            for j in range(WARM_CLICKS):
+                futures.append(await prod.send(settings.topic_clicks, orjson.dumps(
+                    {"user_id": uid, "item_id": item_of(cl, u * 31 + j * 7, args.items),
+                     "ts": ts + j, "event_id": f"{run}w{n}"}), key=uid.encode()))
+                n += 1
+            if len(futures) >= 10_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await prod.stop()
+    if port:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            applied = metric_value(scrape(metrics_url(port)), "recall_clicks_total") - before
+            if applied >= n:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            print(f"warning: only {applied:.0f} of {n} warm-up clicks applied", flush=True)
+    return n

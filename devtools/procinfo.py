@@ -1,0 +1,62 @@
+"""Process figures the benchmarks print: load average and resident memory (peak and now)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average (the machine is shared: say how busy it was)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: fall back to the peak
+        return peak_rss_mb()
+
+
+class RssWatch:
+    """Samples another process's RSS; the peak comes from the kernel (VmHWM) when readable."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.max_sampled = 0
+
+    def sample(self) -> int:
+        if self.pid is None:
+            return 0
+        try:
+            import psutil
+
+            rss = int(psutil.Process(self.pid).memory_info().rss)
+        except Exception:
+            return 0
+        self.max_sampled = max(self.max_sampled, rss)
+        return rss
+
+    def peak(self) -> int:
+        if self.pid is None:
+            return 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return self.max_sampled
