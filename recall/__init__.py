@@ -7,8 +7,7 @@
 - ``recall.users``      rolling (optionally time-decayed) user vectors
 - ``recall.store``      the Redis layout: durable, shared state
 - ``recall.messages``   parsing and validation of the contract's messages
-- ``recall.localstack`` local Tansu broker + redis-server for demo and tests
-- ``recall.cli``        the ``recall`` command
+- ``recall.cli``        the ``recall`` entry point (imports every layer; nothing imports it)
 """
 
 __version__ = "0.1.0"
