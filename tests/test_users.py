@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -277,3 +278,220 @@ def test_window_clicks_leave_the_cyclic_gc() -> None:
     back = UserState.from_bytes(state.to_bytes(), DIM)
     gc.collect()
     assert back.window == state.window and not any(gc.is_tracked(c) for c in back.clicks)
+
+
+# --- multi-interest users -------------------------------------------------------------
+
+
+def reference_interests(clicks: list[tuple[str, float, float, str | None]], window: int,
+                        half_life: float, table: Table, interests: int, gap: float,
+                        ) -> list[np.ndarray]:
+    """The window's interest vectors from scratch, newest first: the window cut at its
+    last ``interests - 1`` gaps longer than ``gap``, each segment's weighted mean
+    (segments without an item vector left out)."""
+    kept: list[tuple[float, int, str, float, str | None]] = []
+    for arrival, (item, ts, weight, event_id) in enumerate(clicks):
+        if event_id is not None and any(k[4] == event_id for k in kept):
+            continue
+        kept.append((ts, arrival, item, weight, event_id))
+        kept.sort(key=lambda k: (k[0], k[1]))
+        kept = kept[-window:]
+    gaps = [i for i in range(1, len(kept)) if kept[i][0] - kept[i - 1][0] > gap]
+    cuts = gaps[max(0, len(gaps) - (interests - 1)):] if interests > 1 else []
+    edges = [0, *cuts, len(kept)]
+    t_now = max((k[0] for k in kept), default=0.0)
+    out = []
+    for a, b in pairwise(edges):
+        num, den = np.zeros(DIM), 0.0
+        heaviest = max((k[3] for k in kept[a:b] if table.get(k[2]) is not None), default=1.0)
+        for ts, _, item, weight, _ in kept[a:b]:
+            v = table.get(item)
+            if v is None:
+                continue
+            share = weight / heaviest * (2.0 ** (-(t_now - ts) / half_life)
+                                         if half_life > 0 else 1.0)
+            num += share * v.astype(np.float64)
+            den += share
+        if den > 0:
+            out.append(num / den)
+    return out[::-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    clicks=st.lists(click_st, max_size=60),
+    window=st.integers(1, 8),
+    half_life=st.sampled_from([0.0, 0.0, 30.0, 500.0]),
+    missing=st.sets(st.integers(0, 11), max_size=4),
+    interests=st.integers(1, 4),
+    gap=st.sampled_from([0.0, 10.0, 40.0, 150.0]),
+)
+def test_interests_equal_from_scratch_sessions(clicks, window, half_life, missing,
+                                               interests, gap) -> None:
+    """After any clicks (late ones, duplicates, items without vectors, decay), the kept
+    interest vectors are the from-scratch session means of the window."""
+    table = make_table(12, missing)
+    roll = RollingUserVectors(DIM, window, half_life, lookup=table, interests=interests,
+                              session_gap=gap)
+    state = roll.new_state()
+    for item, ts, weight, event_id in clicks:
+        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    want = reference_interests(clicks, window, half_life, table, interests, gap)
+    got = state.interests()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    _, whole = reference(clicks, window, half_life, table)
+    if whole is None:
+        assert state.vector() is None
+    else:
+        np.testing.assert_allclose(state.vector(), whole, rtol=RTOL, atol=ATOL)
+    back = UserState.from_bytes(state.to_bytes(), DIM)
+    assert back.window == state.window and back.starts == state.starts
+    np.testing.assert_array_equal(back.seg_vsum, state.seg_vsum)
+    np.testing.assert_array_equal(back.seg_wsum, state.seg_wsum)
+    assert (back.t_ref, back.since_recompute) == (state.t_ref, state.since_recompute)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    clicks=st.lists(st.tuples(st.integers(0, 11).map(lambda j: f"i{j}"),
+                              st.integers(0, 400).map(float), extreme_weight_st,
+                              st.none()), max_size=40),
+    window=st.integers(1, 6),
+    half_life=st.sampled_from([0.0, 0.0, 500.0]),
+    interests=st.integers(2, 3),
+)
+def test_extreme_weights_keep_each_interest(clicks, window, half_life, interests) -> None:
+    """Each session's sums are in units of its own heaviest click: a session of 5e-324
+    clicks next to one of 1e308 clicks keeps its own interest vector."""
+    table = make_table(12, {11})
+    roll = RollingUserVectors(DIM, window, half_life, lookup=table, interests=interests,
+                              session_gap=50.0)
+    state = roll.new_state()
+    for item, ts, weight, event_id in clicks:
+        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    want = reference_interests(clicks, window, half_life, table, interests, 50.0)
+    got = state.interests()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    _, whole = reference(clicks, window, half_life, table)
+    vec = state.vector()
+    if whole is None:
+        assert vec is None
+    else:
+        assert vec is not None and np.isfinite(vec).all()
+        np.testing.assert_allclose(vec, whole, rtol=RTOL, atol=ATOL)
+
+
+def test_interests_update_in_order_looks_up_only_the_evicted_item() -> None:
+    """Clicks in time order, sessions opening and merging: per click at most the evicted
+    item is looked up (O(M·d)), the whole window only on the periodic recompute."""
+    table = make_table(100, set())
+    window = 10
+    roll = RollingUserVectors(DIM, window, lookup=table, interests=3, session_gap=50.0)
+    state = roll.new_state()
+    for j in range(100):  # a session of 1-4 clicks every 100 s
+        roll.apply(state, f"i{j}", 100.0 * (j // 3) + j % 3, 1.0, table.get(f"i{j}"))
+    assert len(state.interests()) == 3
+    assert table.calls.count(window) == 100 // window
+    assert all(n in (1, window) for n in table.calls)
+
+
+def test_two_sessions_give_two_interests() -> None:
+    table = make_table(4, set())
+    roll = RollingUserVectors(DIM, 10, lookup=table, interests=2, session_gap=1800.0)
+    state = roll.new_state()
+    for item, ts in (("i0", 0.0), ("i1", 60.0), ("i2", 3000.0), ("i3", 3100.0)):
+        roll.apply(state, item, ts, 1.0, table.get(item))
+    newest, older = state.interests()
+    v = {i: table.get(i).astype(np.float64) for i in ("i0", "i1", "i2", "i3")}
+    np.testing.assert_allclose(newest, (v["i2"] + v["i3"]) / 2, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(older, (v["i0"] + v["i1"]) / 2, rtol=RTOL, atol=ATOL)
+    # a late click closing the gap merges them into one session
+    roll.apply(state, "i0", 1500.0, 1.0, table.get("i0"))
+    (only,) = state.interests()
+    np.testing.assert_allclose(only, state.vector(), rtol=RTOL, atol=ATOL)
+
+
+#: a user state written by the single-vector code (format 1) of commit 985777c:
+#: make_table(12, {3}); RollingUserVectors(DIM, 6, 0.0, lookup=table); OLD_CLICKS applied
+OLD_BLOB = bytes.fromhex(
+    "01080000000200000000000000000012400000000000c6c14000000000eee4aebf000000c84574e5"
+    "3f0000003e128fe63f00000078de7de63f0000006e5ecfa83f000000601956dbbf00000079f7d7e0"
+    "3f00000074df7aea3f5b5b226933222c3230302e302c312e302c226532222c66616c73655d2c5b22"
+    "6935222c353030302e302c312e302c6e756c6c2c747275655d2c5b226937222c353035302e302c31"
+    "2e302c6e756c6c2c747275655d2c5b226936222c353130302e302c302e352c226534222c74727565"
+    "5d2c5b226938222c393030302e302c312e302c6e756c6c2c747275655d2c5b226932222c39313030"
+    "2e302c312e302c6e756c6c2c747275655d5d"
+)
+#: the clicks of OLD_BLOB
+OLD_CLICKS = [("i0", 100.0, 1.0, "e0"), ("i1", 160.0, 2.0, None), ("i3", 200.0, 1.0, "e2"),
+              ("i5", 5000.0, 1.0, None), ("i6", 5100.0, 0.5, "e4"), ("i7", 5050.0, 1.0, None),
+              ("i8", 9000.0, 1.0, None), ("i2", 9100.0, 1.0, None)]
+
+
+def test_state_stored_by_single_vector_workers_is_read() -> None:
+    blob = OLD_BLOB
+    table = make_table(12, {3})
+    state = UserState.from_bytes(blob, DIM)
+    want_window, want = reference(OLD_CLICKS, 6, 0.0, table)
+    assert [(c.item_id, c.ts, c.event_id) for c in state.window] == want_window
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+    assert state.to_bytes() == blob  # one interest: still written in the old format
+    # a worker with three interests re-cuts it into sessions on first use
+    roll = RollingUserVectors(DIM, 6, lookup=table, interests=3, session_gap=1800.0)
+    assert roll.conform(state)
+    want3 = reference_interests(OLD_CLICKS, 6, 0.0, table, 3, 1800.0)
+    assert len(want3) == 2  # the oldest session has one click, on an item without vector
+    for g, w in zip(state.interests(), want3, strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    assert state.to_bytes()[0] == 2
+    # and back to one interest without a lookup: the sessions' sums add up
+    single = RollingUserVectors(DIM, 6, interests=1)
+    assert single.conform(state)
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+    assert state.to_bytes()[0] == 1
+
+
+def test_recutting_needs_a_lookup_when_sessions_split() -> None:
+    state = UserState.from_bytes(OLD_BLOB, DIM)
+    with pytest.raises(ValueError, match="lookup"):
+        RollingUserVectors(DIM, 6, interests=2).conform(state)
+    assert state.starts == [0]  # unchanged
+
+
+def test_bad_segment_starts_are_rejected() -> None:
+    table = make_table(4, set())
+    roll = RollingUserVectors(DIM, 10, lookup=table, interests=2, session_gap=10.0)
+    state = roll.new_state()
+    for item, ts in (("i0", 0.0), ("i1", 100.0)):
+        roll.apply(state, item, ts, 1.0, table.get(item))
+    data = bytearray(state.to_bytes())
+    assert data[0] == 2 and state.starts == [0, 1]
+    data[21 + 4:21 + 8] = (7).to_bytes(4, "little")  # second segment starts past the window
+    with pytest.raises(ValueError, match="segment"):
+        UserState.from_bytes(bytes(data), DIM)
+    with pytest.raises(ValueError, match="truncated"):
+        UserState.from_bytes(bytes(data[:40]), DIM)
+
+
+def test_late_click_closing_a_gap_splits_the_oldest_segment() -> None:
+    """Sessions at 0 | 20 | 40 (gap 15), two interests: [0, 20] and [40]. A late click at
+    30 joins 20 and 40 into one session, so the oldest segment splits: [0] and [20, 30, 40]
+    (the one case that re-reads the window)."""
+    table = make_table(4, set())
+    roll = RollingUserVectors(DIM, 10, lookup=table, interests=2, session_gap=15.0)
+    state = roll.new_state()
+    for item, ts in (("i0", 0.0), ("i1", 20.0), ("i2", 40.0)):
+        roll.apply(state, item, ts, 1.0, table.get(item))
+    assert state.starts == [0, 2]
+    roll.apply(state, "i3", 30.0, 1.0, table.get("i3"))
+    assert state.starts == [0, 1]
+    v = {i: table.get(i).astype(np.float64) for i in ("i0", "i1", "i2", "i3")}
+    newest, older = state.interests()
+    np.testing.assert_allclose(newest, (v["i1"] + v["i2"] + v["i3"]) / 3, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(older, v["i0"], rtol=RTOL, atol=ATOL)
+    assert table.calls[-1] == 4  # the window re-read
