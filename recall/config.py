@@ -71,6 +71,11 @@ class Settings:
     #: address the /metrics endpoint binds: all interfaces (what a scraper in another
     #: container needs); the local stack uses loopback
     metrics_host: str = "0.0.0.0"
+    #: interest vectors per user (1 = the plain window mean; M > 1: one per recent session,
+    #: each queried through the index and the results merged by score; recall.users)
+    user_interests: int = 1
+    #: a gap longer than this (seconds) between a user's clicks starts a new session
+    user_session_gap: float = 1800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +107,8 @@ class Settings:
             (self.lsh_family in ("pstable", "simhash"), "lsh_family", "pstable or simhash"),
             (self.topic_partitions >= 1, "topic_partitions", "must be >= 1"),
             (self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024"),
+            (1 <= self.user_interests <= 16, "user_interests", "must be 1..16"),
+            (self.user_session_gap >= 0, "user_session_gap", "must be >= 0"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -158,4 +165,6 @@ ENV_NAMES: dict[str, str] = {
     "kafka_session_timeout": "RECALL_KAFKA_SESSION_TIMEOUT",
     "log_level": "RECALL_LOG_LEVEL",
     "metrics_host": "RECALL_METRICS_HOST",
+    "user_interests": "RECALL_USER_INTERESTS",
+    "user_session_gap": "RECALL_USER_SESSION_GAP",
 }

@@ -36,3 +36,12 @@ def test_the_metrics_endpoint_binds_the_configured_address():
     assert Settings.from_env({}).metrics_host == "0.0.0.0"
     s = Settings.from_env({"RECALL_METRICS_HOST": "127.0.0.1"})
     assert Metrics().serve(free_port(), s.metrics_host)[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("var,value", [("RECALL_USER_INTERESTS", "0"),
+                                       ("RECALL_USER_INTERESTS", "2.5"),
+                                       ("RECALL_USER_SESSION_GAP", "-1")])
+def test_bad_interest_settings_name_the_variable(var, value):
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env({var: value})
+    assert Settings.from_env({}).user_interests == 1  # default: one vector, as before
