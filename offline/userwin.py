@@ -2,8 +2,10 @@
 
 For every user, the last ``window`` clicks by ts and the (weighted, optionally
 time-decayed) mean of their items' vectors, computed with one sparse product instead of
-a Python loop per click. Matches :class:`recall.users.RollingUserVectors` applied to the
-same clicks in ts order (tested).
+a Python loop per click; with ``interests`` = M > 1 also the M interest vectors (the
+window cut at its M - 1 latest gaps longer than ``session_gap``, one mean per segment).
+Matches :class:`recall.users.RollingUserVectors` applied to the same clicks in ts order
+(tested).
 """
 
 from __future__ import annotations
@@ -30,18 +32,38 @@ def window_mask(clicks: ClickLog, window: int) -> np.ndarray:
     return (ends - np.arange(len(clicks)) - 1) < window
 
 
+def session_segment(clicks: ClickLog, interests: int, gap: float) -> np.ndarray:
+    """For each click of ``clicks`` (sorted by user, ts): its interest segment counted
+    from the newest (0 = the user's latest session, ``interests - 1`` = the oldest segment,
+    which holds every older click): the number of its user's later gaps > ``gap``, capped."""
+    n = len(clicks)
+    if interests <= 1 or n == 0:
+        return np.zeros(n, dtype=np.int64)
+    brk = np.zeros(n, dtype=bool)
+    brk[1:] = (np.diff(clicks.ts) > gap) & (clicks.user[1:] == clicks.user[:-1])
+    csum = np.cumsum(brk)
+    bounds = clicks.user_bounds()
+    last = np.repeat(bounds[1:] - 1, np.diff(bounds))
+    return np.minimum(csum[last] - csum, interests - 1)
+
+
 @dataclass
 class Windows:
     users: np.ndarray  # (m,) user codes, ascending
     vectors: np.ndarray  # (m, D) float32 user embeddings (not normalised); 0 where unusable
     usable: np.ndarray  # (m,) bool: at least one window click has a vector
     clicks: ClickLog  # the window clicks themselves, sorted by (user, ts)
+    #: (m, M, D) float32 interest vectors, newest session first (recall.users
+    #: UserState.interests()); 0 where unusable. M = 1: the same as ``vectors``
+    interests: np.ndarray | None = None
+    interest_ok: np.ndarray | None = None  # (m, M) bool: the segment has a usable click
 
 
 def user_windows(clicks: ClickLog, ids: list[str], vectors: np.ndarray, window: int,
-                 half_life: float = 0.0, rows: np.ndarray | None = None) -> Windows:
-    """Every user's window and embedding. ``clicks`` sorted by (user, ts); ``rows`` =
-    :func:`vector_rows` (computed when not given)."""
+                 half_life: float = 0.0, rows: np.ndarray | None = None,
+                 interests: int = 1, session_gap: float = 1800.0) -> Windows:
+    """Every user's window, embedding and ``interests`` interest vectors. ``clicks``
+    sorted by (user, ts); ``rows`` = :func:`vector_rows` (computed when not given)."""
     rows = vector_rows(clicks, ids) if rows is None else rows
     win = clicks.take(window_mask(clicks, window))
     bounds = win.user_bounds()
@@ -58,6 +80,19 @@ def user_windows(clicks: ClickLog, ids: list[str], vectors: np.ndarray, window: 
     s = sparse.csr_matrix((w[has], (local[has], r[has])), shape=(m, n))
     wsum = np.asarray(s.sum(axis=1)).ravel()
     usable = wsum > 0
-    out = np.asarray(s @ vectors.astype(np.float64))
+    vec64 = vectors.astype(np.float64)
+    out = np.asarray(s @ vec64)
     out[usable] /= wsum[usable, None]
-    return Windows(users, out.astype(np.float32), usable, win)
+    if interests <= 1:
+        out32 = out.astype(np.float32)
+        return Windows(users, out32, usable, win, out32[:, None, :], usable[:, None].copy())
+    # interests: the same sums per (user, segment) row
+    seg = session_segment(win, interests, session_gap)
+    rows_m = local * interests + seg
+    si = sparse.csr_matrix((w[has], (rows_m[has], r[has])), shape=(m * interests, n))
+    iw = np.asarray(si.sum(axis=1)).ravel()
+    ok = iw > 0
+    iv = np.asarray(si @ vec64)
+    iv[ok] /= iw[ok, None]
+    return Windows(users, out.astype(np.float32), usable, win,
+                   iv.reshape(m, interests, -1).astype(np.float32), ok.reshape(m, interests))
