@@ -236,7 +236,7 @@ def test_eval_item2vec_lsh_beats_popular_and_tracks_exact(gen, tmp_path):
     assert train.ts.max() < cutoff <= test.ts.min()
     ids, vectors = train_item2vec(train, TrainParams(seed=1), progress=False)
     params = LSHParams(dim=64, k=6, L=12, w=1.0, T=8)
-    res = evaluate(train, test, ids, vectors, params, EvalConfig(k=10), progress=False)
+    res = evaluate(train, test, ids, vectors, EvalConfig(k=10), params=params, now=cutoff)
     m = res["methods"]
     assert res["users_evaluated"] > 300
     assert m["lsh"]["hit_rate"] > m["popular"]["hit_rate"] + 0.03, m
@@ -262,7 +262,8 @@ def test_eval_cli_prints_table_json_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["method", "HitRate@10"]
     res = json.loads(out[-1])
-    assert set(res["methods"]) == {"lsh", "exact", "popular"}
+    assert set(res["methods"]) == {"lsh", "exact", "popular", "recent-popular", "cooc"}
+    assert res["protocol"] == "last" and res["users_evaluated"] > 150
     assert res["tune"]["recall_exclude_seen"] > 0  # tuned here, checked with exclude_seen
     assert plot.stat().st_size > 1000
 
