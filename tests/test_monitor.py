@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from offline.synthetic import clustered_catalogue
 from recall.lsh import LSHIndex, LSHParams
 from recall.monitor import (
     ProbeController,
@@ -17,7 +18,6 @@ from recall.monitor import (
     probe_ladder,
     query_recall,
 )
-from recall.synthetic import clustered_catalogue
 from recall.tuner import exact_topk, user_like_queries
 
 
