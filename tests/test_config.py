@@ -30,7 +30,7 @@ def test_bad_values_name_the_variable(var, value):
 def test_the_metrics_endpoint_binds_the_configured_address():
     """RECALL_METRICS_HOST: loopback keeps /metrics off other interfaces (local stack);
     the default stays all interfaces, which a scraper in another container needs."""
-    from recall.localstack import free_port
+    from devtools.localstack import free_port
     from stream.metrics import Metrics
 
     assert Settings.from_env({}).metrics_host == "0.0.0.0"
