@@ -1,0 +1,296 @@
+"""Compiled kernels of the hot paths: LSH probe -> gather -> dedupe -> re-rank, and the
+vector arithmetic of click application.
+
+Why numba: the numpy query path spends most of its ~0.8 ms per query at 1M items on the
+per-call overhead of some forty small numpy operations (hashing 160 projections, sorting
+16 x 20 boundary distances, looking up 80 bucket keys, deduping ~4,000 slots), not on the
+~1 MB of vectors it re-ranks. numba compiles plain Python loops over numpy arrays to
+machine code (LLVM), is a well-kept, widely used JIT with wheels for every platform we
+run on, and needs no C toolchain or build step; a C extension or Cython would need one,
+and faiss/hnswlib do not implement our index (seeded p-stable/SimHash multi-probe with
+incremental updates whose keys the offline loader shares).
+
+The kernels take plain arrays (CSR bucket table, hash parameters, vectors), so they do
+not depend on the index's Python structure; :mod:`recall.lsh` keeps the numpy
+implementation as the reference the tests compare against, row by row.
+
+- :func:`probe_keys` hashes a batch of normalised queries and builds each one's
+  query-directed multi-probe keys (Lv et al. 2007), exactly as
+  ``recall.lsh.Hasher.probe_keys`` does (same float64 arithmetic, same perturbation
+  sets).
+- :func:`search` looks each query's probes up in the sorted bucket table (radix
+  directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, stale
+  entries skipped), adds extra candidates given per query (pending buckets), dedupes
+  with a per-slot mark array, keeps candidates found in at least ``vote`` of the
+  probes' tables, re-ranks them by exact inner product (float64 sums, rounded to float32)
+  and keeps the top k. Excluded slots never become candidates.
+- :func:`add_rows` adds ``coef * vectors[slot]`` to rows of a float64 matrix, in order
+  (the click batch's user-vector sums).
+
+Compile time: every kernel is compiled on first call and cached on disk
+(``cache=True``, in ``__pycache__``), so a worker pays it once per machine; :func:`warm_up`
+runs each kernel on tiny inputs (the worker calls it at start, before taking traffic).
+The mark array passed to :func:`search` must be all zeros; it is all zeros again on
+return (one per thread: concurrent searches must not share it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: ``mark`` value of an excluded slot during a search (counts stop one below)
+_EXCLUDED = np.uint8(255)
+_MAX_COUNT = 254
+
+
+@njit(cache=True, nogil=True)
+def _project(q: np.ndarray, proj: np.ndarray, out: np.ndarray) -> None:
+    """out = q (float32 -> float64) @ proj, as a sum over dimensions in order."""
+    out[:] = 0.0
+    for d in range(proj.shape[0]):
+        x = np.float64(q[d])
+        for j in range(proj.shape[1]):
+            out[j] += x * proj[d, j]
+
+
+@njit(cache=True, nogil=True)
+def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: float,
+               pstable: bool, mult: np.ndarray, salt: np.ndarray, template: np.ndarray,
+               n_sets: int) -> np.ndarray:
+    """(n, L, 1 + n_sets) int64 probe keys of n normalised float32 queries, home first.
+
+    proj (D, L*k) float64, offset (L*k,), mult (L, k) int64 (odd), salt (L,) int64,
+    template (S, maxlen) perturbation sets over sorted positions padded with the
+    position count (``recall.lsh._perturbation_template``); n_sets <= S sets per table.
+    """
+    n = queries.shape[0]
+    L, k = mult.shape
+    npos = 2 * k if pstable else k
+    n_tmpl = template.shape[0]
+    out = np.empty((n, L, 1 + n_sets), dtype=np.int64)
+    t = np.empty(L * k, dtype=np.float64)
+    dist = np.empty(npos, dtype=np.float64)
+    step = np.empty(npos, dtype=np.int64)
+    d2 = np.zeros(npos + 1, dtype=np.float64)  # last entry 0: the template's padding
+    contrib = np.zeros(npos + 1, dtype=np.int64)
+    scores = np.empty(n_tmpl, dtype=np.float64)
+    for i in range(n):
+        _project(queries[i], proj, t)
+        for l in range(L):
+            home = salt[l]
+            for j in range(k):
+                x = t[l * k + j]
+                if pstable:
+                    x = (x + offset[l * k + j]) / w
+                    c = np.floor(x)
+                    frac = x - c
+                    dist[j] = frac
+                    dist[k + j] = 1.0 - frac
+                    step[j] = -mult[l, j]
+                    step[k + j] = mult[l, j]
+                else:
+                    c = 1.0 if x > 0 else 0.0
+                    dist[j] = abs(x)
+                    step[j] = -mult[l, j] if c == 1.0 else mult[l, j]
+                home += np.int64(c) * mult[l, j]
+            out[i, l, 0] = home
+            if n_sets == 0:
+                continue
+            order = np.argsort(dist)
+            for p in range(npos):
+                d2[p] = dist[order[p]] ** 2
+                contrib[p] = step[order[p]]
+            if n_tmpl > n_sets:
+                for s in range(n_tmpl):
+                    acc = 0.0
+                    for m in range(template.shape[1]):
+                        acc += d2[template[s, m]]
+                    scores[s] = acc
+                chosen = np.argsort(scores)[:n_sets]
+            else:
+                chosen = np.arange(n_tmpl)
+            for j in range(n_sets):
+                s = chosen[j]
+                key = home
+                for m in range(template.shape[1]):
+                    key += contrib[template[s, m]]
+                out[i, l, 1 + j] = key
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _scores(vectors: np.ndarray, slots: np.ndarray, m: int, q: np.ndarray,
+            out: np.ndarray) -> None:
+    """out[j] = vectors[slots[j]] . q for j < m: float64 sums of the float32 products,
+    rounded to float32. fastmath lets LLVM reorder each sum into SIMD lanes (a chain of
+    64 dependent adds took ~2x longer); that moves a sum by a few float64 ulps, far
+    below the float32 rounding of the score, so the scores equal numpy's float64 ones."""
+    dim = vectors.shape[1]
+    for j in range(m):
+        s = slots[j]
+        acc = 0.0
+        for d in range(dim):
+            acc += np.float64(vectors[s, d]) * np.float64(q[d])
+        out[j] = np.float32(acc)
+
+
+@njit(cache=True, nogil=True)
+def _top_k(slots: np.ndarray, scores: np.ndarray, m: int, k: int, top_s: np.ndarray,
+           top_v: np.ndarray) -> None:
+    """The k best of the first m (slot, score) pairs into top_s/top_v (pre-filled with
+    -1/-inf), by score descending, equal scores by slot ascending (as the numpy
+    reference): insertion into the sorted row, most candidates fail the first test."""
+    filled = 0
+    for j in range(m):
+        v = scores[j]
+        s = slots[j]
+        if filled == k and not (v > top_v[k - 1] or (v == top_v[k - 1] and s < top_s[k - 1])):
+            continue
+        pos = filled if filled < k else k - 1
+        while pos > 0 and (top_v[pos - 1] < v or (top_v[pos - 1] == v and top_s[pos - 1] > s)):
+            top_v[pos] = top_v[pos - 1]
+            top_s[pos] = top_s[pos - 1]
+            pos -= 1
+        top_v[pos] = v
+        top_s[pos] = s
+        if filled < k:
+            filled += 1
+
+
+@njit(cache=True, nogil=True)
+def _find(key: np.int64, ukeys: np.ndarray, starts: np.ndarray, directory: np.ndarray,
+          shift: int) -> tuple[int, int]:
+    """[lo, hi) entry range of ``key`` in the CSR table (empty when absent)."""
+    u = np.uint64(key) ^ np.uint64(0x8000000000000000)
+    cell = np.int64(u >> np.uint64(shift))
+    for pos in range(directory[cell], directory[cell + 1]):
+        if ukeys[pos] == key:
+            return starts[pos], starts[pos + 1]
+    return 0, 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _visit(s: int, mark: np.ndarray, cand: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+    """Count one sighting of slot s; a first sighting appends it to cand[:m]."""
+    c = mark[s]
+    if c == _EXCLUDED:
+        return cand, m
+    if c == 0:
+        if m == cand.shape[0]:
+            bigger = np.empty(2 * m, dtype=np.int64)
+            bigger[:m] = cand
+            cand = bigger
+        cand[m] = s
+        m += 1
+    if c < _MAX_COUNT:
+        mark[s] = c + 1
+    return cand, m
+
+
+@njit(cache=True, nogil=True)
+def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
+           ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+           directory: np.ndarray, shift: int, vectors: np.ndarray,
+           in_main: np.ndarray, check_stale: bool, cap: int, vote: int,
+           extra_ptr: np.ndarray, extra_slots: np.ndarray,
+           excl_ptr: np.ndarray, excl_slots: np.ndarray,
+           mark: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top ks[i] slots and scores of each query among its probes' bucket entries.
+
+    queries (n, D) float32 normalised; probes (n, L, P) int64; ks (n,) int64. CSR table:
+    ukeys (B,) sorted int64, starts (B+1,), slots (E,) int32, directory/shift its radix
+    directory on the keys' top bits (``recall.lsh._SortedBuckets``). vectors (S, D)
+    float32 by slot; in_main (S,) bool (entries of slots not in main are stale, skipped
+    when check_stale); cap: entries read per bucket (0 = all); vote: keep candidates
+    found in at least that many of the L tables (1 = all). extra_ptr/extra_slots: CSR of
+    more candidate slots per query (one per table that holds them: pending buckets);
+    excl_ptr/excl_slots: CSR of slots each query must not return. mark (S,) uint8 zeros.
+
+    Returns (out_slots (n, kmax) int64 padded with -1, out_scores (n, kmax) float32 padded
+    with -inf, candidates (n,) int64 re-ranked per query), rows best first (equal scores:
+    lower slot first).
+    """
+    n = queries.shape[0]
+    kmax = 0
+    for i in range(n):
+        kmax = max(kmax, ks[i])
+    out_slots = np.full((n, kmax), -1, dtype=np.int64)
+    out_scores = np.full((n, kmax), -np.inf, dtype=np.float32)
+    n_cand = np.zeros(n, dtype=np.int64)
+    cand = np.empty(1024, dtype=np.int64)
+    scores = np.empty(1024, dtype=np.float32)
+    L, P = probes.shape[1], probes.shape[2]
+    for i in range(n):
+        for e in range(excl_ptr[i], excl_ptr[i + 1]):
+            mark[excl_slots[e]] = _EXCLUDED
+        m = 0
+        for l in range(L):
+            for p in range(P):
+                lo, hi = _find(probes[i, l, p], ukeys, starts, directory, shift)
+                if cap > 0 and hi - lo > cap:
+                    hi = lo + cap
+                for e in range(lo, hi):
+                    s = slots[e]
+                    if not check_stale or in_main[s]:
+                        cand, m = _visit(s, mark, cand, m)
+        for e in range(extra_ptr[i], extra_ptr[i + 1]):
+            cand, m = _visit(extra_slots[e], mark, cand, m)
+        # the candidates with enough votes, their exact scores in one tight loop (the
+        # row loads overlap), then the top k by insertion into the sorted output row
+        ranked = 0
+        for j in range(m):
+            s = cand[j]
+            if mark[s] >= vote:
+                cand[ranked] = s
+                ranked += 1
+            mark[s] = 0
+        if scores.shape[0] < ranked:
+            scores = np.empty(cand.shape[0], dtype=np.float32)
+        _scores(vectors, cand, ranked, queries[i], scores)
+        _top_k(cand, scores, ranked, ks[i], out_slots[i], out_scores[i])
+        n_cand[i] = ranked
+        for e in range(excl_ptr[i], excl_ptr[i + 1]):
+            mark[excl_slots[e]] = 0
+    return out_slots, out_scores, n_cand
+
+
+@njit(cache=True, nogil=True)
+def add_rows(sums: np.ndarray, rows: np.ndarray, coefs: np.ndarray, slots: np.ndarray,
+             vectors: np.ndarray) -> None:
+    """In order, for each op j: ``sums[rows[j]] += coefs[j] * vectors[slots[j]]`` (float64),
+    or, where ``slots[j] < 0``, ``sums[rows[j]] *= coefs[j]`` (a decay rescale)."""
+    dim = sums.shape[1]
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        c = coefs[j]
+        s = slots[j]
+        if s < 0:
+            for d in range(dim):
+                sums[r, d] *= c
+        else:
+            for d in range(dim):
+                sums[r, d] += c * np.float64(vectors[s, d])
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel on tiny inputs, so the first real
+    call does not pay it."""
+    rng = np.random.default_rng(0)
+    dim, L, k = 4, 2, 2
+    q = rng.standard_normal((1, dim)).astype(np.float32)
+    proj = rng.standard_normal((dim, L * k))
+    mult = np.ones((L, k), dtype=np.int64)
+    template = np.array([[0, 4], [1, 4]], dtype=np.intp)
+    for pstable in (True, False):
+        probes = probe_keys(q, proj, np.zeros(L * k), 1.0, pstable, mult,
+                            np.zeros(L, dtype=np.int64), template, 1)
+    ukeys = np.sort(probes.reshape(-1))[:1].copy()
+    empty = np.zeros(0, dtype=np.int64)
+    zero1 = np.zeros(2, dtype=np.int64)
+    search(q, probes, np.ones(1, dtype=np.int64), ukeys, np.array([0, 1], dtype=np.int64),
+           np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int64), 63, q,
+           np.ones(1, dtype=bool), True, 0, 1, zero1[:2], empty, zero1[:2], empty,
+           np.zeros(1, dtype=np.uint8))
+    add_rows(np.zeros((1, dim)), np.zeros(1, dtype=np.int64), np.ones(1),
+             np.zeros(1, dtype=np.int64), q)
