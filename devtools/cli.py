@@ -56,6 +56,9 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="click-then-recall probes measuring how fast a click shows")
     p.add_argument("--plot", default="", help="write a latency histogram PNG here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
+                   help="run the worker alone on this CPU, the broker, Redis and the load "
+                        "on the others (figures per worker core)")
     p.set_defaults(func=cmd_bench_e2e)
 
     bench_index.add_parser(sub, bench_sub)

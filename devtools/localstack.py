@@ -179,16 +179,18 @@ def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
 
 
 def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
-                 timeout: float = 60.0) -> Service:
+                 timeout: float = 60.0, cpus: set[int] | None = None) -> Service:
     """``recall worker`` as a child process with ``env`` (settings), waited for until its
-    ``/metrics`` port answers; its output goes to ``log_path``."""
+    ``/metrics`` port answers; its output goes to ``log_path``. ``cpus``: the CPUs it may
+    run on (set before it starts, so every thread it starts inherits them)."""
     import sys
 
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     proc = subprocess.Popen(
         [sys.executable, "-m", "recall.cli", "worker"], env=full_env,
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        start_new_session=True,
+        start_new_session=True, preexec_fn=pin,
     )
     try:
         wait_for_port(metrics_port, timeout, proc=proc)
@@ -201,7 +203,7 @@ def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
 @contextlib.contextmanager
 def worker_stack(settings: Any, external: bool = False, workdir: Path | None = None,
                  before_worker: Callable[[Any], None] | None = None,
-                 worker_timeout: float = 60.0,
+                 worker_timeout: float = 60.0, worker_cpus: set[int] | None = None,
                  **overrides: Any) -> Iterator[tuple[Any, LocalStack | None, Service | None]]:
     """The worker's world for the demo and the e2e benchmark: ``(settings, stack, worker)``.
 
@@ -210,7 +212,7 @@ def worker_stack(settings: Any, external: bool = False, workdir: Path | None = N
     created with ``settings.topic_partitions``; faust's web server off; the metrics port
     moved to a free one if taken; ``overrides`` applied to the settings), calling
     ``before_worker(settings)`` once the broker and Redis are up, and stop all three, by
-    process id, on exit.
+    process id, on exit. ``worker_cpus``: the CPUs the worker may run on (default: ours).
     """
     from dataclasses import replace
 
@@ -230,7 +232,7 @@ def worker_stack(settings: Any, external: bool = False, workdir: Path | None = N
             before_worker(settings)
         log_path = workdir / "worker.log"
         worker = start_worker(settings.environ(), log_path, settings.metrics_port,
-                              worker_timeout)
+                              worker_timeout, cpus=worker_cpus)
         stack.extra.append(worker)
         log.info("worker pid %d, log %s", worker.proc.pid, log_path)
         yield settings, stack, worker

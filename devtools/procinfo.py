@@ -53,10 +53,21 @@ class RssWatch:
         return rss
 
     def peak(self) -> int:
+        """Peak RSS in bytes: the kernel's VmHWM while the process lives (read it before
+        stopping the process: afterwards only the sampled maximum is left)."""
         if self.pid is None:
             return 0
+        return self.status().get("VmHWM", self.max_sampled)
+
+    def status(self) -> dict[str, int]:
+        """VmHWM (peak), VmRSS, RssAnon (heap, arrays) and RssFile (mapped files such as
+        shared libraries: clean pages the kernel can drop) in bytes; {} once gone."""
+        out: dict[str, int] = {}
+        if self.pid is None:
+            return out
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return self.max_sampled
+                name, _, rest = line.partition(":")
+                if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                    out[name] = int(rest.split()[0]) * 1024
+        return out

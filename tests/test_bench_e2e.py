@@ -28,9 +28,13 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     # a metrics port of its own, whatever the environment says
     monkeypatch.delenv("RECALL_METRICS_PORT", raising=False)
     plot = tmp_path / "latency.png"
+    import os
+
+    mine = sorted(os.sched_getaffinity(0))
+    pin = ["--pin-worker", str(mine[-1])] if len(mine) >= 2 else []
     status = main(["bench", "e2e", "--items", "2000", "--users", "200", "--rate", "50",
                    "--click-rate", "100", "--seconds", "3", "--freshness", "5",
-                   "--plot", str(plot)])
+                   "--plot", str(plot), *pin])
     assert status == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     figures = json.loads(lines[-1])
@@ -42,9 +46,32 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["freshness_missed"] == 0
     assert figures["e2e_p50_ms"] is not None and figures["e2e_p50_ms"] > 0
     assert figures["worker_rss_peak_mb"] > 0
+    # memory read while the worker lives (after it stops only the sampled maximum is left)
+    assert figures["worker_rss_anon_mb"] > 0 and figures["worker_rss_file_mb"] > 0
+    assert figures["worker_rss_peak_mb"] >= figures["worker_rss_anon_mb"]
+    if pin:  # the worker alone on its CPU; this process (and the load) on the others
+        assert figures["worker_cpus"] == [mine[-1]]
+    assert sorted(os.sched_getaffinity(0)) == mine  # ours given back afterwards
     # the broker's own floor is measured on the local stack, and a recall costs more
     assert 0 < figures["broker_rtt_p50_ms"] < figures["e2e_p50_ms"]
     assert plot.stat().st_size > 0
+
+
+def test_pin_worker_refuses_cpus_it_cannot_use() -> None:
+    import os
+
+    from devtools.e2e.run import pinning
+    from devtools.errors import DevtoolsError
+
+    mine = sorted(os.sched_getaffinity(0))
+    assert pinning(None) is None
+    with pytest.raises(DevtoolsError, match="not available"):
+        pinning(max(mine) + 1000)
+    with pytest.raises(DevtoolsError, match="no CPU"):
+        pinning(mine[0], workers=len(mine))
+    if len(mine) >= 2:
+        workers, others = pinning(mine[0])
+        assert workers == [{mine[0]}] and others == set(mine[1:])
 
 
 async def test_trace_lost_tells_requests_never_answered_from_responses_not_read(stack) -> None:

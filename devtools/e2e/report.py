@@ -70,4 +70,8 @@ def summary(o: dict[str, Any]) -> None:
     print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "
           f"p50 {f(o['freshness_p50_ms'])} ms, p99 {f(o['freshness_p99_ms'])} ms, done "
           f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak "
-          f"{o['worker_rss_peak_mb']} MB", flush=True)
+          f"{o['worker_rss_peak_mb']} MB (at the end: anonymous {o.get('worker_rss_anon_mb')}"
+          f" MB, mapped files {o.get('worker_rss_file_mb')} MB)", flush=True)
+    if o.get("pin_worker") is not None:
+        print(f"worker pinned alone on CPU {o['pin_worker']} of {o.get('cpus')}; load average "
+              f"{o.get('loadavg_start')} -> {o.get('loadavg_end')}", flush=True)

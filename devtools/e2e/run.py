@@ -25,6 +25,11 @@ What it does, in order:
    from the bucket deltas); freshness p50/p99; the worker's peak RSS. Progress lines while
    running; exactly one JSON line at the end; ``--plot`` writes a histogram + CDF PNG.
 
+``--pin-worker CPU`` runs the worker alone on that CPU (its affinity is set before it
+starts, so all its threads inherit it) and everything else -- this process, the load
+generators, the broker and Redis -- on the other CPUs: the figures are then those of one
+worker core, the unit a deployment is sized in.
+
 All processes share one host clock (``time.time()``), which is what makes send times in
 request ids usable by another process.
 """
@@ -33,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +53,7 @@ from devtools.e2e.probes import broker_round_trip, trace_lost
 from devtools.e2e.report import ms, plot, summary
 from devtools.e2e.traffic import warm_users
 from devtools.errors import DevtoolsError
-from devtools.procinfo import RssWatch
+from devtools.procinfo import RssWatch, loadavg
 from devtools.scrape import metric_value, metrics_url, scrape
 
 
@@ -90,8 +97,82 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
     return out
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def pinning(cpu: int | None, workers: int = 1) -> tuple[list[set[int]], set[int]] | None:
+    """(one CPU set per worker, the CPUs of everything else) for ``--pin-worker CPU``:
+    worker j on CPU + j; None when not pinning. DevtoolsError when the CPUs are not ours
+    or nothing would be left for the broker and the load."""
+    if cpu is None:
+        return None
+    mine = os.sched_getaffinity(0)
+    wanted = [cpu + j for j in range(workers)]
+    missing = [c for c in wanted if c not in mine]
+    if missing:
+        raise DevtoolsError(f"--pin-worker: CPU {missing[0]} is not available to this process "
+                            f"(available: {sorted(mine)})")
+    others = mine - set(wanted)
+    if not others:
+        raise DevtoolsError(f"--pin-worker: {workers} worker(s) on CPUs {wanted} would leave no "
+                            f"CPU for the broker, Redis and the load (available: {sorted(mine)})")
+    return [{c} for c in wanted], others
+
+
+def memory_figures(rss: RssWatch) -> dict[str, float | None]:
+    """The worker's memory, read while it lives: peak (VmHWM), and now split into anonymous
+    memory (heap, arrays) and mapped files (shared libraries' code: clean pages)."""
+    st = rss.status()
+
+    def mb(key: str) -> float | None:
+        return round(st[key] / 2**20, 1) if key in st else None
+
+    peak = st.get("VmHWM", rss.max_sampled)
+    return {"worker_rss_peak_mb": round(peak / 2**20, 1) if peak else None,
+            "worker_rss_anon_mb": mb("RssAnon"), "worker_rss_file_mb": mb("RssFile")}
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """This process (and the processes it starts meanwhile) on ``cpus``, then back."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[int] | None
+           ) -> tuple[dict[str, Any], dict[str, float | None], list[int]]:
+    """The run on the local stack: (figures, worker memory, the worker's CPUs)."""
     from devtools.localstack import worker_stack
+
+    # the catalogue goes into Redis before the worker starts, so it loads it
+    workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+
+    def load(s: Any) -> None:
+        print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis "
+              f"{s.redis_url}", flush=True)
+        asyncio.run(load_catalogue(s, args, keep_old=False))
+
+    with worker_stack(settings, workdir=workdir, before_worker=load,
+                      worker_timeout=120, kafka_session_timeout=3.0,
+                      worker_cpus=worker_cpus) as (settings, _, worker):
+        print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
+              f":{settings.metrics_port}", flush=True)
+        rss = RssWatch(worker.proc.pid)
+        cpus = sorted(os.sched_getaffinity(worker.proc.pid))
+        out = asyncio.run(_bench(settings, args, run, settings.metrics_port, rss,
+                                 external=False))
+        memory = memory_figures(rss)  # the peak is the kernel's while the worker lives
+        if worker.proc.poll() is not None:
+            print(f"warning: the worker exited with {worker.proc.returncode}", flush=True)
+    out["worker_rss_max_sampled_mb"] = round(rss.max_sampled / 2**20, 1)
+    return out, memory, cpus
+
+
+def run_bench(args: argparse.Namespace) -> int:
     from recall.config import Settings
 
     settings = Settings.from_env()
@@ -101,7 +182,12 @@ def run_bench(args: argparse.Namespace) -> int:
                             "--click-rate >= 0, --seconds > 0, --k in 1..1000, "
                             "--freshness >= 0")
     args.users = min(args.users, args.items)
+    pin_cpu = getattr(args, "pin_worker", None)
+    if pin_cpu is not None and args.external:
+        raise DevtoolsError("--pin-worker needs the local stack (not --external)")
+    pins = pinning(pin_cpu)
     _sigterm_as_interrupt()
+    load_start = loadavg()
     run = f"b{os.getpid()}x{int(time.time()) % 100000}"
     t_begin = time.monotonic()
     if args.external:
@@ -114,31 +200,22 @@ def run_bench(args: argparse.Namespace) -> int:
                   "no worker-side figures", flush=True)
         rss = RssWatch(None)
         out = asyncio.run(_bench(settings, args, run, port, rss, external=True))
+        memory: dict[str, float | None] = {"worker_rss_peak_mb": None}
+        worker_cpus = None
+        out["worker_rss_max_sampled_mb"] = None
     else:
-        # the catalogue goes into Redis before the worker starts, so it loads it
-        workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
-
-        def load(s: Any) -> None:
-            print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis "
-                  f"{s.redis_url}", flush=True)
-            asyncio.run(load_catalogue(s, args, keep_old=False))
-
-        with worker_stack(settings, workdir=workdir, before_worker=load,
-                          worker_timeout=120, kafka_session_timeout=3.0) as (
-                settings, _, worker):
-            print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
-                  f":{settings.metrics_port}", flush=True)
-            rss = RssWatch(worker.proc.pid)
-            port = settings.metrics_port
-            out = asyncio.run(_bench(settings, args, run, port, rss, external=False))
-            if worker.proc.poll() is not None:
-                print(f"warning: the worker exited with {worker.proc.returncode}",
-                      flush=True)
+        # this process, and what it starts from now on (broker, Redis, load), off the
+        # worker's CPU; ours given back at the end
+        with affinity(pins[1] if pins else None):
+            out, memory, worker_cpus = _local(settings, args, run,
+                                              pins[0][0] if pins else None)
     lat, fresh = out.pop("_latencies"), out.pop("_fresh")
-    out["worker_rss_peak_mb"] = round(rss.peak() / 2**20, 1) if rss.pid else None
-    out["worker_rss_max_sampled_mb"] = (round(rss.max_sampled / 2**20, 1) if rss.pid
-                                        else None)
+    out.update(memory)
     out["external"] = bool(args.external)
+    out["pin_worker"] = pin_cpu
+    out["worker_cpus"] = worker_cpus
+    out["cpus"] = os.cpu_count()
+    out["loadavg_start"], out["loadavg_end"] = load_start, loadavg()
     out["wall_seconds"] = round(time.monotonic() - t_begin, 1)
     summary(out)
     if args.plot:
