@@ -77,24 +77,24 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
     scores = np.empty(n_tmpl, dtype=np.float64)
     for i in range(n):
         _project(queries[i], proj, t)
-        for l in range(L):
-            home = salt[l]
+        for tb in range(L):
+            home = salt[tb]
             for j in range(k):
-                x = t[l * k + j]
+                x = t[tb * k + j]
                 if pstable:
-                    x = (x + offset[l * k + j]) / w
+                    x = (x + offset[tb * k + j]) / w
                     c = np.floor(x)
                     frac = x - c
                     dist[j] = frac
                     dist[k + j] = 1.0 - frac
-                    step[j] = -mult[l, j]
-                    step[k + j] = mult[l, j]
+                    step[j] = -mult[tb, j]
+                    step[k + j] = mult[tb, j]
                 else:
                     c = 1.0 if x > 0 else 0.0
                     dist[j] = abs(x)
-                    step[j] = -mult[l, j] if c == 1.0 else mult[l, j]
-                home += np.int64(c) * mult[l, j]
-            out[i, l, 0] = home
+                    step[j] = -mult[tb, j] if c == 1.0 else mult[tb, j]
+                home += np.int64(c) * mult[tb, j]
+            out[i, tb, 0] = home
             if n_sets == 0:
                 continue
             order = np.argsort(dist)
@@ -115,7 +115,7 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
                 key = home
                 for m in range(template.shape[1]):
                     key += contrib[template[s, m]]
-                out[i, l, 1 + j] = key
+                out[i, tb, 1 + j] = key
     return out
 
 
@@ -225,9 +225,9 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
         for e in range(excl_ptr[i], excl_ptr[i + 1]):
             mark[excl_slots[e]] = _EXCLUDED
         m = 0
-        for l in range(L):
+        for tb in range(L):
             for p in range(P):
-                lo, hi = _find(probes[i, l, p], ukeys, starts, directory, shift)
+                lo, hi = _find(probes[i, tb, p], ukeys, starts, directory, shift)
                 if cap > 0 and hi - lo > cap:
                     hi = lo + cap
                 for e in range(lo, hi):
