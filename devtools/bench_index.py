@@ -156,7 +156,7 @@ def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
     for qi in tqdm(q, desc=desc, unit="query", disable=not progress, leave=False):
         c0 = time.thread_time()
         t0 = time.perf_counter()
-        res = index.query(qi, k)
+        res = index.search(qi, k)[0]
         lat.append(time.perf_counter() - t0)
         cpu.append(time.thread_time() - c0)
         found.append(np.fromiter(map(int, res.ids), dtype=np.int64, count=len(res.ids)))
@@ -325,10 +325,10 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         sweep = []
         for T in tqdm(probes, desc="probe sweep", unit="T", disable=not progress,
                       leave=False):
-            index.set_probing(T)
+            index.probes = T
             sweep.append({"T": T, **_time_lsh(index, q[:sub], truth[:sub], k, f"T={T}",
                                               False)})
-        index.set_probing(params.T)
+        index.probes = params.T
         res["sweep"] = sweep
         _plot(args.plot, res, sweep, hnsw_curve)
         res["plot"] = args.plot

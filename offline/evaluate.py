@@ -18,7 +18,7 @@ held-out clicks except to score (a test poisons them and checks the answers).
   configurations with different windows are scored on the same targets;
 - the user vector is the (decayed) mean of their last ``window`` training clicks
   (``half_life``; the worker's rolling vector, :mod:`offline.userwin`);
-- methods: ``lsh`` (LSHIndex.query, the worker's path), ``exact`` (brute-force cosine),
+- methods: ``lsh`` (LSHIndex.search, the worker's path), ``exact`` (brute-force cosine),
   and the baselines of :mod:`offline.baselines` (``popular``, ``recent-popular``,
   ``cooc``). Users without a usable vector get the popular list from lsh and exact, as
   from the worker;
@@ -174,7 +174,7 @@ def _exact(uq: np.ndarray, uidx: np.ndarray, vectors: np.ndarray, code_of_row: n
 def _lsh(uq: np.ndarray, uidx: np.ndarray, ids: list[str], vectors: np.ndarray,
          code_of_row: np.ndarray, names: list[str], st: _Setup, params: Any, k: int,
          progress: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """One LSHIndex.query per user (the worker's path), the seen items excluded."""
+    """One LSHIndex.search per user (the worker's path), the seen items excluded."""
     from tqdm import tqdm
 
     from recall.lsh import LSHIndex
@@ -191,7 +191,7 @@ def _lsh(uq: np.ndarray, uidx: np.ndarray, ids: list[str], vectors: np.ndarray,
     n_cand = np.zeros(len(uidx), dtype=np.int64)
     t0 = time.perf_counter()
     for j, u in enumerate(tqdm(uidx.tolist(), desc="lsh", unit="user", disable=not progress)):
-        res = index.query(uq[j], k, exclude=seen_sets[u])
+        res = index.search(uq[j], k, [seen_sets[u]])[0]
         n_cand[j] = res.candidates
         got = [code_of_row[row_of_id[i]] for i in res.ids]
         out[j, : len(got)] = got

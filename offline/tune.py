@@ -77,7 +77,7 @@ def recall_with_exclusion(index: Any, ids: list[str], vectors: np.ndarray,
         top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
         for j in range(len(q)):
             truth = {ids[r] for r in top[j].tolist() if np.isfinite(scores[j, r])}
-            res = index.query(q[j], k, exclude=queries.seen[start + j])
+            res = index.search(q[j], k, [queries.seen[start + j]])[0]
             hits.append(len(truth & set(res.ids)) / max(len(truth), 1))
     return float(np.mean(hits)) if hits else 0.0
 
@@ -110,7 +110,7 @@ def tune_params(vectors: np.ndarray, queries: LogQueries | None, target_recall: 
         if rec >= target_recall or params.T >= _MAX_PROBES:
             break
         params = replace(params, T=min(2 * params.T, _MAX_PROBES))
-        index.set_probing(params.T)
+        index.probes = params.T
     figures.update(recall_exclude_seen=round(rec, 4), probes_raised_from=tuned_t)
     if tuned_t != params.T:
         summary += (f"\nwith each user's window items left out (exclude_seen) recall@{k} "

@@ -131,18 +131,17 @@ def default_layouts(n: int, dim: int) -> list[tuple[str, int, int, float]]:
     return layouts
 
 
-def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int,
-             row_of_slot: np.ndarray) -> Trial:
-    """Recall, candidates and mean time of index.query over the queries."""
+def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> Trial:
+    """Recall, candidates and mean time of one search per query (the latency a lone
+    request sees)."""
     found, cands = [], 0
     t0 = time.perf_counter()
     for q in queries:
-        res = index.query(q, k)
+        res = index.search(q, k)[0]
         found.append(res.ids)
         cands += res.candidates
     elapsed = time.perf_counter() - t0
     rows = [[int(i) for i in ids] for ids in found]
-    del row_of_slot
     return Trial(index.params, recall_at_k(rows, truth), cands / len(queries),
                  1000 * elapsed / len(queries))
 
@@ -192,8 +191,8 @@ def tune(
         index = LSHIndex(LSHParams(family=family, dim=dim, k=kk, L=L, w=w, T=1, seed=seed))
         index.add(ids, x)
         for T in PROBE_STEPS:
-            index.set_probing(T)
-            trial = evaluate(index, q, truth, k, np.empty(0))
+            index.probes = T
+            trial = evaluate(index, q, truth, k)
             trials.append(trial)
             if trial.recall >= target_recall:
                 break

@@ -106,7 +106,7 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
         raise ValueError(f"index version {version} has dimension {meta['dim']}, "
                          f"RECALL_DIM is {dim}")
     offsets = await read_offsets(store, version)  # before the items: see module docstring
-    index = LSHIndex(params)
+    index = LSHIndex(params, merge="deferred")
     ids_acc: list[str] = []
     mats: list[np.ndarray] = []
 
@@ -307,17 +307,14 @@ class ItemsFollower:
                         self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                             max(0, hw - msgs[-1].offset - 1))
                 index = self.slot.index
-                index.auto_merge = False  # merged below, off the event loop
                 try:
                     ups, dels = batch.apply_to(index)
                 except Exception:
                     log.exception("applying %d item messages to the index failed", n)
                     continue
-                if index.needs_merge():
-                    # ~0.45 s at 1M items when run in place: requests would wait for it.
-                    # Nothing changes the index meanwhile (this lock); queries read it.
-                    t0 = time.perf_counter()
-                    index.finish_merge(await asyncio.to_thread(index.merge_work()))
+                # ~0.45 s at 1M items in place: in a thread, requests keep being answered
+                t0 = time.perf_counter()
+                if await index.merge_off_loop():
                     log.info("index merge off the event loop: %.0f ms",
                              (time.perf_counter() - t0) * 1e3)
                 if next_offsets and self.writer is not None:

@@ -457,7 +457,7 @@ class Recaller:
     def _lsh_together(self, asks: Sequence[tuple[int, set[str], np.ndarray | None]]
                       ) -> dict[int, QueryResult]:
         """The LSH results of a batch's queries ``(k, seen, vector)``, hashed and looked up
-        together (LSHIndex.query_many: ~25% less work per query from 4 queries on), by
+        together (LSHIndex.search: ~25% less work per query from 4 queries on), by
         position; empty when fewer than two need LSH or a vector is unusable (then each
         queries alone, and only the bad one fails)."""
         assert self.slot is not None
@@ -468,7 +468,7 @@ class Recaller:
         vecs = np.stack([asks[j][2] for j in rows])
         ks = [asks[j][0] + len(asks[j][1]) for j in rows]
         try:
-            return dict(zip(rows, index.query_many(vecs, ks), strict=True))
+            return dict(zip(rows, index.search(vecs, ks), strict=True))
         except ValueError:
             return {}
 
@@ -482,12 +482,12 @@ class Recaller:
         index = self.slot.index
         if vec is not None and len(index):
             if len(index) <= EXACT_MAX_ITEMS:
-                res, source = index.exact(vec, k, exclude=seen), "exact"
+                res, source = index.search(vec, k, [seen], exact=True)[0], "exact"
             else:
                 # the top k + |seen| without exclusion, then drop the seen ones: the same
                 # items as query(exclude=seen), without its np.isin over every candidate
                 # (~8% of the event loop at 1M items, 500 requests/s)
-                res = hashed if hashed is not None else index.query(vec, k + len(seen))
+                res = hashed if hashed is not None else index.search(vec, k + len(seen))[0]
                 source = "lsh"
             items = [(i, sc) for i, sc in zip(res.ids, res.scores.tolist(), strict=True)
                      if i not in seen][:k]

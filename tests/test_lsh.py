@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
 import pytest
 
-import recall.lsh as lsh
+import recall.lsh.hashing as lsh_hashing
 from offline.synthetic import clustered_catalogue, user_like_queries
 from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
 from recall.tuner import exact_topk, recall_at_k
@@ -52,7 +53,7 @@ def test_keys_do_not_depend_on_batch_size(family, monkeypatch):
     whole = hasher.keys(x)
     one_by_one = np.vstack([hasher.keys(row) for row in x])
     np.testing.assert_array_equal(whole, one_by_one)
-    monkeypatch.setattr(lsh, "_HASH_BLOCK", 10)  # blocks that split the batch unevenly
+    monkeypatch.setattr(lsh_hashing, "_HASH_BLOCK", 10)  # blocks that split the batch unevenly
     np.testing.assert_array_equal(hasher.keys(x), whole)
     np.testing.assert_array_equal(hasher.keys(x[3:50]), whole[3:50])
 
@@ -61,12 +62,13 @@ def test_keys_do_not_depend_on_batch_size(family, monkeypatch):
 def test_probe_keys_start_with_the_home_bucket_and_are_distinct(family):
     x = unit(np.random.default_rng(3), 50, 16)
     hasher = Hasher(LSHParams(family=family, dim=16, k=6, L=4, T=10))
-    for q in x:
-        probes = hasher.probe_keys(q)
-        assert probes.shape == (4, 10)
-        np.testing.assert_array_equal(probes[:, 0], hasher.keys(q)[0])
-        for row in probes:
+    probes = hasher.probe_keys(x)
+    assert probes.shape == (50, 4, 10)
+    np.testing.assert_array_equal(probes[:, :, 0], hasher.keys(x))
+    for table_rows in probes:
+        for row in table_rows:
             assert len(set(row.tolist())) == len(row)
+    assert hasher.probe_keys(x, probes=3).shape == (50, 4, 3)  # fewer at run time
 
 
 def test_normalize_is_idempotent_and_unit():
@@ -147,7 +149,7 @@ def test_query_equals_exact_topk_when_every_bucket_is_probed(family):
     index, x = small_index(n=500, dim=12, **params)
     rng = np.random.default_rng(5)
     for q in rng.standard_normal((30, 12)):
-        got, want = index.query(q, 10), index.exact(q, 10)
+        got, want = index.search(q, 10)[0], index.search(q, 10, exact=True)[0]
         assert got.candidates == 500
         assert got.ids == want.ids
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
@@ -158,13 +160,13 @@ def test_query_equals_exact_topk_when_every_bucket_is_probed(family):
 def test_scores_are_cosines_best_first_and_exclusions_hold():
     index, x = small_index(**ALL_PROBES)
     q = x[7] + 0.1 * x[8]
-    res = index.query(q, 5)
+    res = index.search(q, 5)[0]
     assert res.ids[0] == "i7"
     assert list(res.scores) == sorted(res.scores, reverse=True)
     np.testing.assert_allclose(res.scores[0], float(x[7] @ normalize(q)), rtol=1e-5)
-    res2 = index.query(q, 5, exclude={"i7", "nope"})
+    res2 = index.search(q, 5, [{"i7", "nope"}])[0]
     assert "i7" not in res2.ids and res2.ids[0] == res.ids[1]
-    assert len(index.query(q, 10_000).ids) == len(index)
+    assert len(index.search(q, 10_000)[0].ids) == len(index)
 
 
 @pytest.mark.parametrize("family", ["pstable", "simhash"])
@@ -178,45 +180,49 @@ def test_recall_on_clustered_data_is_high_with_few_candidates(family):
                                                     T=8))
     index = LSHIndex(params)
     index.add([str(i) for i in range(n)], x)
-    results = [index.query(qi, 10) for qi in q]
+    results = [index.search(qi, 10)[0] for qi in q]
     recall = recall_at_k([[int(i) for i in r.ids] for r in results], truth)
     candidates = np.mean([r.candidates for r in results])
     assert recall >= 0.9, recall
     assert candidates <= n / 5, candidates  # it is an index, not a scan
     # a broken index (home bucket of one table only) does much worse: the test can fail
-    index.set_probing(1)
+    index.probes = 1
     weak = LSHIndex(LSHParams.from_dict({**params.to_dict(), "L": 1, "T": 1}))
     weak.add([str(i) for i in range(n)], x)
-    weak_recall = recall_at_k([[int(i) for i in weak.query(qi, 10).ids] for qi in q], truth)
+    weak_recall = recall_at_k([[int(i) for i in weak.search(qi, 10)[0].ids] for qi in q], truth)
     assert weak_recall < 0.8
 
 
 def test_cap_limits_candidates_per_bucket():
     index, _ = small_index(n=2000, dim=8, family="simhash", k=2, L=3, T=1)
     q = np.ones(8)
-    full = index.query(q, 10).candidates
-    index.set_probing(1, cap=5)
-    assert index.query(q, 10).candidates <= 15 < full
+    full = index.search(q, 10)[0].candidates
+    index.probes, index.cap = 1, 5
+    assert index.search(q, 10)[0].candidates <= 15 < full
 
 
 def test_query_rejects_bad_input():
     index, _ = small_index(n=50)
-    with pytest.raises(ValueError, match="unusable query: query has NaN"):
-        index.query(np.full(16, np.nan), 5)
-    with pytest.raises(ValueError, match="unusable query: query is a zero vector"):
-        index.query(np.zeros(16), 5)
+    with pytest.raises(ValueError, match="unusable query: query 0 has NaN"):
+        index.search(np.full(16, np.nan), 5)
+    with pytest.raises(ValueError, match="unusable query: query 0 is a zero vector"):
+        index.search(np.zeros(16), 5)
+    batch = np.ones((4, 16))
+    batch[2] = 0.0
+    with pytest.raises(ValueError, match="query 2 is a zero vector"):  # names the row
+        index.search(batch, 5)
     with pytest.raises(ValueError, match="dimension 16"):
-        index.query(np.ones(15), 5)
+        index.search(np.ones(15), 5)
     for k in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="k must be"):
-            index.query(np.ones(16), k)
+            index.search(np.ones(16), k)
 
 
 def test_empty_index_returns_nothing():
     index = LSHIndex(LSHParams(dim=4))
-    res = index.query(np.ones(4), 3)
+    res = index.search(np.ones(4), 3)[0]
     assert res.ids == [] and res.candidates == 0
-    assert index.exact(np.ones(4), 3).ids == []
+    assert index.search(np.ones(4), 3, exact=True)[0].ids == []
 
 
 # ------------------------------------------------------------------ index: writes
@@ -245,22 +251,22 @@ def test_add_update_remove_single_items_without_rebuild(merge_mode):
     for j in range(300):
         index.add([f"i{j}"], x[j])
     assert len(index) == 300 and "i5" in index
-    assert index.query(x[5], 1).ids == ["i5"]
+    assert index.search(x[5], 1)[0].ids == ["i5"]
 
     new = unit(rng, 1, 16)[0]
     index.add(["i5"], new)  # update: moves to its new place
     assert len(index) == 300
-    assert index.query(new, 1).ids == ["i5"]
-    np.testing.assert_allclose(index.query(new, 1).scores[0], 1.0, rtol=1e-5)
-    assert index.query(x[5], 1).ids != ["i5"] or float(new @ x[5]) > 0.99
+    assert index.search(new, 1)[0].ids == ["i5"]
+    np.testing.assert_allclose(index.search(new, 1)[0].scores[0], 1.0, rtol=1e-5)
+    assert index.search(x[5], 1)[0].ids != ["i5"] or float(new @ x[5]) > 0.99
     np.testing.assert_array_equal(index.vectors_of(["i5"])[0][0], new)
 
     assert index.remove(["i9"]) == 1
     assert index.remove(["i9", "unknown"]) == 0
     assert "i9" not in index and len(index) == 299
     for q in (x[9], x[9] + 0.01 * x[10]):
-        assert "i9" not in index.query(q, 300).ids
-        assert "i9" not in index.exact(q, 300).ids
+        assert "i9" not in index.search(q, 300)[0].ids
+        assert "i9" not in index.search(q, 300, exact=True)[0].ids
 
 
 def test_add_update_remove_many_and_never_return_removed(merge_mode):
@@ -278,12 +284,12 @@ def test_add_update_remove_many_and_never_return_removed(merge_mode):
     assert len(index) == 701
     for j in rng.integers(0, 1000, 60):
         q = moved[j] if j < 100 else x[j]
-        got = index.query(q, 50)
+        got = index.search(q, 50)[0]
         assert not gone & set(got.ids)
-        assert got.ids == index.exact(q, 50).ids  # every bucket probed: exact
+        assert got.ids == index.search(q, 50, exact=True)[0].ids  # every bucket probed: exact
         if j < 100 or j >= 400:
             assert got.ids[0] == ids[j]
-    assert index.query(x[150], 1).ids == ["late"]
+    assert index.search(x[150], 1)[0].ids == ["late"]
     stats = index.stats()
     assert stats["items"] == 701
     if merge_mode == "merged":
@@ -303,7 +309,7 @@ def test_pending_and_merged_indexes_answer_the_same():
             index.add(ids[start : start + 37], x[start : start + 37])
         index.remove(ids[::7])
     for q in unit(rng, 40, 16):
-        ra, rb = a.query(q, 10), b.query(q, 10)
+        ra, rb = a.search(q, 10)[0], b.search(q, 10)[0]
         assert ra.ids == rb.ids and ra.candidates == rb.candidates
 
 
@@ -331,7 +337,7 @@ def test_add_rejects_bad_input_and_leaves_the_index_unchanged():
         index.add("b", np.ones((1, 16)))
     with pytest.raises(ValueError, match="must be strings"):
         index.add([1], np.ones((1, 16)))
-    assert index.ids() == ["a"]
+    assert len(index) == 1 and "a" in index
 
 
 def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays():
@@ -345,19 +351,19 @@ def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays()
 
 
 @pytest.mark.parametrize("family,T", [("pstable", 6), ("simhash", 6), ("pstable", 1)])
-def test_probe_keys_many_holds_each_querys_probe_keys(family, T):
+def test_a_batchs_probe_keys_are_each_querys_own(family, T):
     h = Hasher(LSHParams(dim=16, family=family, k=5, L=4, T=T, w=0.8))
     q = unit(np.random.default_rng(3), 25, 16)
-    many = h.probe_keys_many(q)
+    many = h.probe_keys(q)
     for i in range(len(q)):
-        one = h.probe_keys(q[i])
+        one = h.probe_keys(q[i])[0]
         assert many[i].shape == one.shape
         assert (many[i][:, 0] == one[:, 0]).all()  # home buckets first
         assert (np.sort(many[i], axis=1) == np.sort(one, axis=1)).all()
 
 
 @pytest.mark.parametrize("mode", ["pending", "merged", "stale"])
-def test_query_many_answers_as_one_query_per_row(mode):
+def test_a_batch_search_answers_as_one_search_per_row(mode):
     rng = np.random.default_rng(4)
     params = {"family": "pstable", "k": 4, "L": 6, "T": 4, "w": 0.9}
     index = make_index("merged" if mode != "pending" else "pending", **params)
@@ -368,47 +374,87 @@ def test_query_many_answers_as_one_query_per_row(mode):
         index.remove([f"i{j}" for j in range(0, 800, 3)])
     q = unit(rng, 30, 16)
     ks = [1 + j % 12 for j in range(30)]
-    many = index.query_many(q, ks)
+    excludes = [{f"i{j}" for j in rng.integers(0, 800, 5)} for _ in range(30)]
+    many = index.search(q, ks, excludes)
     for i, res in enumerate(many):
-        one = index.query(q[i], ks[i])
+        one = index.search(q[i], ks[i], [excludes[i]])[0]
         assert res.ids == one.ids and res.candidates == one.candidates
         assert np.array_equal(res.scores, one.scores)
-    assert index.query_many(np.zeros((0, 16)), []) == []
+    assert index.search(np.zeros((0, 16)), []) == []
+    with pytest.raises(ValueError, match="k values"):
+        index.search(q, ks[:-1])
+    with pytest.raises(ValueError, match="exclude sets"):
+        index.search(q, 3, excludes[:-1])
+
+
+def test_exclusions_give_the_items_of_a_search_without_the_excluded():
+    """search() ranks the top k + |excluded| and drops the excluded after: the same
+    items as searching an index that never held them."""
+    rng = np.random.default_rng(12)
+    params = {"family": "pstable", "k": 3, "L": 4, "T": 6, "w": 1.0}
+    x = unit(rng, 600, 16)
+    ids = [f"i{j}" for j in range(600)]
+    index = make_index("merged", **params)
+    index.add(ids, x)
+    for q in unit(rng, 20, 16):
+        full = index.search(q, 30)[0].ids
+        drop = set(full[:8:2]) | {"unknown"}
+        got = index.search(q, 10, [drop])[0].ids
+        assert got == [i for i in full if i not in drop][:10]
+        assert index.search(q, 10, [drop], exact=True)[0].ids == [
+            i for i in index.search(q, 30, exact=True)[0].ids if i not in drop][:10]
+
+
+def test_probes_set_at_run_time_change_the_next_search_only():
+    index, x = small_index(n=3000, dim=16, family="pstable", k=6, L=4, T=1, w=0.8)
+    q = x[:20] + 0.3 * x[20:40]
+    one = sum(r.candidates for r in index.search(q, 10))
+    index.probes = 8
+    assert index.probes == 8 and index.params.T == 8
+    more = sum(r.candidates for r in index.search(q, 10))
+    assert more > one
+    index.probes = 1
+    assert sum(r.candidates for r in index.search(q, 10)) == one
     with pytest.raises(ValueError):
-        index.query_many(q, ks[:-1])
+        index.probes = 0
 
 
-def test_a_merge_built_on_another_thread_gives_the_same_index():
-    """stream.items merges off the event loop: merge_work() in a thread while queries
-    read the index, then finish_merge(); the result answers as an in-place merge."""
-    import threading
-
+async def test_a_deferred_merge_runs_in_a_thread_and_gives_the_same_index():
+    """The worker merges off its event loop: merge_off_loop() builds in a thread while
+    searches read the index as it was; writes are refused until it is swapped in; the
+    result answers as an inline merge."""
     rng = np.random.default_rng(9)
-    params = {"family": "pstable", "k": 4, "L": 6, "T": 4, "w": 0.9}
+    params = LSHParams(dim=16, family="pstable", k=4, L=6, T=4, w=0.9)
     x = unit(rng, 3000, 16)
     ids = [f"i{j}" for j in range(3000)]
-    inplace, offloop = make_index("merged", **params), make_index("merged", **params)
-    for index in (inplace, offloop):
+    inline, deferred = LSHIndex(params), LSHIndex(params, merge="deferred")
+    for index in (inline, deferred):
         index.add(ids[:2000], x[:2000])
         index.MERGE_MIN, index.MERGE_RATIO = 500, 10**9
-    offloop.auto_merge = False
     q = unit(rng, 20, 16)
-    for index in (inplace, offloop):  # pending adds and stale removals
+    for index in (inline, deferred):  # pending adds and stale removals
         for start in range(2000, 3000, 100):
             index.add(ids[start:start + 100], x[start:start + 100])
         index.remove(ids[:300:2])
-    assert inplace.merges > offloop.merges and offloop.needs_merge()
-    before = [offloop.query(v, 10).ids for v in q]
-    work = offloop.merge_work()
-    box: list = []
-    t = threading.Thread(target=lambda: box.append(work()))
-    t.start()
-    during = [offloop.query(v, 10).ids for v in q]  # reads while the thread works
-    t.join()
-    assert during == before
-    offloop.finish_merge(box[0])
-    assert not offloop.needs_merge() and not offloop._pending
-    inplace._merge()
-    for v in q:
-        a, b = inplace.query(v, 10), offloop.query(v, 10)
-        assert a.ids == b.ids and a.candidates == b.candidates
+    assert inline.merges > deferred.merges and deferred.merge_due()
+    before = [r.ids for r in deferred.search(q, 10)]
+    merging = asyncio.ensure_future(deferred.merge_off_loop())
+    await asyncio.sleep(0)  # the merge's thread has started
+    assert [r.ids for r in deferred.search(q, 10)] == before  # reads while it works
+    with pytest.raises(RuntimeError, match="merging"):
+        deferred.add(["new"], x[0])
+    with pytest.raises(RuntimeError, match="merging"):
+        deferred.remove(["i1"])
+    assert await merging is True
+    assert not deferred.merge_due() and deferred.stats()["pending_items"] == 0
+    assert await deferred.merge_off_loop() is False  # nothing due
+    deferred.add(["new"], x[0])  # writable again
+    inline.add(["new"], x[0])
+    inline._merge_now()
+    for a, b in zip(inline.search(q, 10), deferred.search(q, 10), strict=True):
+        assert a.ids == b.ids
+
+
+def test_merge_mode_is_checked():
+    with pytest.raises(ValueError, match="merge must be"):
+        LSHIndex(LSHParams(dim=4), merge="auto")  # type: ignore[arg-type]

@@ -150,13 +150,13 @@ def test_on_a_real_index_the_controller_reaches_the_target_from_too_few_probes()
     ctl = ProbeController(0.95, probes=1, max_probes=64, min_samples=60)
     for i in range(3000):
         j = i % len(q)
-        found = index.query(q[j], 10).ids
+        found = index.search(q[j], 10)[0].ids
         ctl.observe(query_recall(found, [str(t) for t in truth[j]]), index.params.T)
         d = ctl.decide()
         if d is not None and d.probes is not None:
-            index.set_probing(d.probes)
+            index.probes = d.probes
             ctl.applied(d.probes)
-    held = [query_recall(index.query(qi, 10).ids, [str(t) for t in ti])
+    held = [query_recall(index.search(qi, 10)[0].ids, [str(t) for t in ti])
             for qi, ti in zip(q, truth, strict=True)]
     assert np.mean(held) >= 0.95, (index.params.T, np.mean(held))
     assert index.params.T > 1

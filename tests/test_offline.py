@@ -299,7 +299,7 @@ def test_recall_with_exclusion_leaves_window_items_out(gen, trained):
     full.add(ids, vectors)
     assert recall_with_exclusion(full, ids, vectors, q, 10) == pytest.approx(1.0)
     for vec, seen in zip(q.vectors[:20], q.seen[:20], strict=True):
-        assert not set(full.query(vec, 10, exclude=seen).ids) & set(seen)
+        assert not set(full.search(vec, 10, [seen])[0].ids) & set(seen)
     narrow = LSHIndex(LSHParams(family="simhash", dim=64, k=16, L=1, T=1))
     narrow.add(ids, vectors)
     assert recall_with_exclusion(narrow, ids, vectors, q, 10) < 0.9

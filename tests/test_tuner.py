@@ -46,7 +46,7 @@ def test_tune_picks_parameters_that_reach_the_target_on_the_sample():
     q = user_like_queries(x, 100, seed=5)
     index = LSHIndex(params)
     index.add([str(i) for i in range(len(x))], x)
-    found = [[int(i) for i in index.query(qi, 10).ids] for qi in q]
+    found = [[int(i) for i in index.search(qi, 10)[0].ids] for qi in q]
     assert recall_at_k(found, exact_topk(x, q, 10)) == pytest.approx(result.recall)
 
 

@@ -1,0 +1,472 @@
+"""The incremental in-memory LSH index: upserts and deletes without rebuilds, batched
+search with exact re-rank.
+
+Layout: normalised float32 vectors in slots of a growable matrix, an id -> slot dict, a
+free-list, and one sorted bucket table over all tables (:class:`SortedBuckets`; keys are
+salted per table, so one lookup serves every probe). Small upserts go to a pending dict
+(key -> slots) merged into the sorted table in amortised batches; updated or removed
+slots are masked out of the sorted table until the next merge. A search gathers the
+probed buckets (at most ``cap`` items each), dedupes, re-ranks the candidates by exact
+cosine and returns the top k: scores are exact, only recall is approximate.
+
+Threads: one thread owns the index (adds, removes and searches run there). In
+``merge="deferred"`` mode the heavy part of a merge runs in another thread
+(:meth:`LSHIndex.merge_off_loop`; numpy releases the GIL in its sorts and copies) while
+searches go on against the index as it was; adds and removes are refused until the
+merge is swapped in, so the owner awaits the merge before its next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from recall.lsh.buckets import SortedBuckets
+from recall.lsh.hashing import Hasher
+from recall.lsh.params import LSHParams, normalize
+
+MergeMode = Literal["inline", "deferred"]
+
+
+@dataclass
+class QueryResult:
+    ids: list[str]  # best first
+    scores: np.ndarray  # float32 cosine, best first
+    candidates: int  # distinct candidates re-ranked
+
+
+class LSHIndex:
+    """Incremental LSH index over normalised float32 vectors, keyed by string ids.
+
+    ``merge``: ``"inline"`` merges pending items inside :meth:`add` / :meth:`remove`
+    when due (batch jobs, benchmarks); ``"deferred"`` never does, the owner calls
+    :meth:`merge_off_loop` when :meth:`merge_due` (the worker: no small write holds its
+    event loop for a merge, ~0.45 s at 1M items). In both modes one ``add`` of at least
+    the merge threshold is sorted straight into the table (a bulk load, in a thread).
+
+    ``probes`` (probes per table, T) and ``cap`` (items read per probed bucket, 0 = all)
+    can be set at any time, e.g. by a recall controller: they change the next search
+    only, the buckets stay as they are.
+    """
+
+    #: merge pending items into the sorted table when pending + stale slots exceed
+    #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
+    MERGE_MIN = 4096
+    MERGE_RATIO = 16
+
+    def __init__(self, params: LSHParams, *, merge: MergeMode = "inline") -> None:
+        if merge not in ("inline", "deferred"):
+            raise ValueError(f"merge must be 'inline' or 'deferred', got {merge!r}")
+        self.params = params
+        self.merge_mode: MergeMode = merge
+        self.hasher = Hasher(params)
+        self.dim = params.dim
+        self._capacity = 0
+        self._vecs = np.zeros((0, self.dim), dtype=np.float32)
+        self._alive = np.zeros(0, dtype=bool)
+        self._in_main = np.zeros(0, dtype=bool)
+        self._stamp = np.zeros(0, dtype=np.int32)
+        self._slot_ids: list[str | None] = []
+        self._id2slot: dict[str, int] = {}
+        self._free: list[int] = []
+        self._high = 0  # slots ever handed out (high-water mark)
+        self._buckets = SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        self._pending: dict[int, list[int]] = {}  # bucket key -> slots
+        self._pending_slots: dict[int, list[int]] = {}  # slot -> its L bucket keys
+        self._stale = 0  # slots whose entries in the sorted table are out of date
+        self._merging = False  # a deferred merge is being built in another thread
+        self.merges = 0
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def probes(self) -> int:
+        """Probes per table (T) of the next search; settable at run time."""
+        return self.params.T
+
+    @probes.setter
+    def probes(self, value: int) -> None:
+        self.params = replace(self.params, T=value)  # validated by LSHParams
+
+    @property
+    def cap(self) -> int:
+        """Items read per probed bucket (0 = all); settable at run time."""
+        return self.params.cap
+
+    @cap.setter
+    def cap(self, value: int) -> None:
+        self.params = replace(self.params, cap=value)
+
+    def __len__(self) -> int:
+        return len(self._id2slot)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._id2slot
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "items": len(self),
+            "capacity": self._capacity,
+            "sorted_entries": self._buckets.size,
+            "buckets": len(self._buckets.ukeys),
+            "pending_items": len(self._pending_slots),
+            "stale_items": self._stale,
+            "merges": self.merges,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes held in numpy arrays (vectors, sorted bucket table, masks)."""
+        arrays = (self._vecs, self._alive, self._in_main, self._stamp)
+        return int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
+
+    def _check_ids(self, ids: Sequence[str]) -> list[str]:
+        if isinstance(ids, (str, bytes)):
+            raise ValueError("ids must be a sequence of strings, not a single string")
+        ids = list(ids)
+        for item_id in ids:
+            if not isinstance(item_id, str):
+                raise ValueError(f"item ids must be strings, got {type(item_id).__name__}")
+        return ids
+
+    def _check_writable(self) -> None:
+        if self._merging:
+            raise RuntimeError("the index is merging in another thread: await "
+                               "merge_off_loop() before writing")
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self._capacity:
+            return
+        new = max(needed, self._capacity + self._capacity // 4, 1024)  # <= 25% spare
+        vecs = np.zeros((new, self.dim), dtype=np.float32)
+        vecs[: self._capacity] = self._vecs
+        self._vecs = vecs
+        for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32)):
+            arr = np.zeros(new, dtype=dtype)
+            arr[: self._capacity] = getattr(self, name)
+            setattr(self, name, arr)
+        self._slot_ids.extend([None] * (new - self._capacity))
+        self._capacity = new
+
+    # ------------------------------------------------------------------ writes
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Upsert one or many items; existing ids move to their new buckets. No rebuild."""
+        self._check_writable()
+        ids = self._check_ids(ids)
+        vecs = np.asarray(vectors)
+        if vecs.ndim == 1 and len(ids) == 1:
+            vecs = vecs[None, :]
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vecs.shape}")
+        if vecs.shape[0] != len(ids):
+            raise ValueError(f"{len(ids)} ids but {vecs.shape[0]} vectors")
+        if not ids:
+            return
+        vn = normalize(vecs)
+        if len(set(ids)) != len(ids):  # the last occurrence of an id wins
+            last = {item_id: i for i, item_id in enumerate(ids)}
+            rows = np.fromiter(last.values(), dtype=np.intp, count=len(last))
+            ids, vn = list(last), vn[rows]
+        n = len(ids)
+        free_needed = max(0, n - len(self._free))
+        self._grow(self._high + free_needed)
+        slots = np.empty(n, dtype=np.int64)
+        moved: list[int] = []
+        id2slot = self._id2slot
+        for i, item_id in enumerate(ids):
+            slot = id2slot.get(item_id)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._next_new_slot()
+                id2slot[item_id] = slot
+                self._slot_ids[slot] = item_id
+            else:
+                moved.append(slot)
+            slots[i] = slot
+        if moved:
+            self._unindex(np.asarray(moved, dtype=np.int64))
+        self._vecs[slots] = vn
+        self._alive[slots] = True
+        keys = self.hasher.keys(vn)
+        inline = self.merge_mode == "inline"
+        if n >= self._merge_threshold():
+            self._merge_now(slots, keys)
+            return
+        pending = self._pending
+        pending_slots = self._pending_slots
+        for slot, row in zip(slots.tolist(), keys.tolist(), strict=True):
+            for key in row:
+                bucket = pending.get(key)
+                if bucket is None:
+                    pending[key] = [slot]
+                else:
+                    bucket.append(slot)
+            pending_slots[slot] = row
+        if inline and self.merge_due():
+            self._merge_now()
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove items by id; returns how many were present. Unknown ids are ignored."""
+        self._check_writable()
+        ids = self._check_ids(list(ids) if not isinstance(ids, (str, bytes)) else ids)
+        slots = []
+        for item_id in dict.fromkeys(ids):
+            slot = self._id2slot.pop(item_id, None)
+            if slot is not None:
+                slots.append(slot)
+                self._slot_ids[slot] = None
+        if not slots:
+            return 0
+        arr = np.asarray(slots, dtype=np.int64)
+        self._unindex(arr)
+        self._alive[arr] = False
+        self._vecs[arr] = 0.0
+        self._free.extend(slots)
+        if self.merge_mode == "inline" and self._stale >= self._merge_threshold():
+            self._merge_now()
+        return len(slots)
+
+    def _next_new_slot(self) -> int:
+        slot = self._high
+        self._high += 1
+        return slot
+
+    def _merge_threshold(self) -> int:
+        return max(self.MERGE_MIN, len(self._id2slot) // self.MERGE_RATIO)
+
+    def _unindex(self, slots: np.ndarray) -> None:
+        """Take slots out of the bucket structures (before an update or a removal)."""
+        in_main = self._in_main[slots]
+        if np.any(in_main):
+            self._in_main[slots[in_main]] = False
+            self._stale += int(in_main.sum())
+        if self._pending_slots:
+            for slot in slots.tolist():
+                row = self._pending_slots.pop(slot, None)
+                if row is None:
+                    continue
+                for key in row:
+                    bucket = self._pending[key]
+                    bucket.remove(slot)
+                    if not bucket:
+                        del self._pending[key]
+
+    def merge_due(self) -> bool:
+        """Enough pending items or stale entries that a merge is due."""
+        return len(self._pending_slots) + self._stale >= self._merge_threshold()
+
+    def _merge_now(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
+                   ) -> None:
+        """Fold pending items (and a batch) into the sorted table; drop stale entries."""
+        self._finish_merge(self._merge_work(slots, keys)())
+
+    async def merge_off_loop(self) -> bool:
+        """Merge if due, the heavy part in a thread: searches on the caller's event loop
+        go on meanwhile against the index as it was; :meth:`add` and :meth:`remove` raise
+        until this returns. Returns whether a merge ran."""
+        if self._merging or not self.merge_due():
+            return False
+        work = self._merge_work()
+        self._merging = True
+        try:
+            result = await asyncio.to_thread(work)
+        finally:
+            self._merging = False
+        self._finish_merge(result)
+        return True
+
+    def _merge_work(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
+                    ) -> Callable[[], tuple[SortedBuckets, np.ndarray | None]]:
+        """The heavy part of a merge as a function that only reads this index (no write
+        may happen until its result goes to :meth:`_finish_merge`)."""
+        pending_slots = dict(self._pending_slots)
+        old, stale, L = self._buckets, self._stale, self.params.L
+
+        def work() -> tuple[SortedBuckets, np.ndarray | None]:
+            parts_s, parts_k = [], []
+            if pending_slots:
+                parts_s.append(np.fromiter(pending_slots, dtype=np.int64,
+                                           count=len(pending_slots)))
+                parts_k.append(np.array(list(pending_slots.values()), dtype=np.int64))
+            if slots is not None and keys is not None:
+                parts_s.append(slots)
+                parts_k.append(keys)
+            if parts_s:
+                new_slots = np.repeat(np.concatenate(parts_s).astype(np.int32), L)
+                new_keys = np.concatenate(parts_k).reshape(-1)
+                order = np.argsort(new_keys, kind="stable")
+                new_keys, new_slots = new_keys[order], new_slots[order]
+            else:
+                new_keys = np.zeros(0, dtype=np.int64)
+                new_slots = np.zeros(0, dtype=np.int32)
+            if old.size == 0:
+                table = SortedBuckets(new_keys, new_slots)
+            else:
+                keep = self._in_main[old.slots] if stale else None
+                table = old.merged(keep, new_keys, new_slots)
+            return table, np.concatenate(parts_s) if parts_s else None
+
+        return work
+
+    def _finish_merge(self, result: tuple[SortedBuckets, np.ndarray | None]) -> None:
+        """Swap in what :meth:`_merge_work` built (on the thread that owns the index)."""
+        table, merged_slots = result
+        self._buckets = table
+        if merged_slots is not None:
+            self._in_main[merged_slots] = True
+        self._pending.clear()
+        self._pending_slots.clear()
+        self._stale = 0
+        self.merges += 1
+
+    # ------------------------------------------------------------------ reads
+    def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised vectors (zeros where missing) and a "present" mask."""
+        ids = self._check_ids(ids)
+        slots = np.fromiter((self._id2slot.get(i, -1) for i in ids), dtype=np.int64,
+                            count=len(ids))
+        present = slots >= 0
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        out[present] = self._vecs[slots[present]]
+        return out, present
+
+    def search(self, queries: np.ndarray, k: int | Sequence[int],
+               exclude: Sequence[Collection[str]] | None = None, *,
+               exact: bool = False) -> list[QueryResult]:
+        """The top k items of each query, best first, by exact cosine.
+
+        ``queries``: (n, D), or one query (D,) (then n = 1); any norm (normalised here).
+        ``k``: one int for all, or one per query. ``exclude``: None, or one collection of
+        item ids per query, left out of its results. The n queries are hashed and looked
+        up together (one set of numpy calls; from 4 queries on ~25% less work per query
+        than one at a time), then each query's candidates are re-ranked.
+
+        ``exact=True`` scores every item instead (brute force over the same vectors, so
+        the same scores): a mode rather than another class because it reads this index's
+        slots, vectors and ids; the worker uses it on small catalogues, where it is as
+        fast as LSH, and checks use it as the truth.
+        """
+        qn, ks = self._prepare(queries, k)
+        n = len(ks)
+        if exclude is not None and len(exclude) != n:
+            raise ValueError(f"{n} queries but {len(exclude)} exclude sets")
+        excluded = [self._excluded_slots(exclude[i] if exclude is not None else ())
+                    for i in range(n)]
+        if exact:
+            return [self._exact(qn[i], ks[i], excluded[i]) for i in range(n)]
+        if n == 0:
+            return []
+        probes = self.hasher.probe_keys(qn, self.params.T)  # (n, L, T')
+        per_query = probes.shape[1] * probes.shape[2]
+        flat = probes.reshape(-1)
+        lo, hi = self._ranges(flat)
+        out = []
+        for i in range(n):
+            a, b = i * per_query, (i + 1) * per_query
+            cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
+            out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
+        return out
+
+    def _prepare(self, queries: np.ndarray, k: int | Sequence[int]
+                 ) -> tuple[np.ndarray, list[int]]:
+        arr = np.asarray(queries)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise ValueError(f"expected queries of dimension {self.dim}, got shape "
+                             f"{np.shape(queries)}")
+        n = arr.shape[0]
+        ks = list(k) if isinstance(k, (Sequence, np.ndarray)) else [k] * n
+        if len(ks) != n:
+            raise ValueError(f"{n} queries but {len(ks)} k values")
+        for kk in ks:
+            if isinstance(kk, bool) or not isinstance(kk, (int, np.integer)) or kk < 1:
+                raise ValueError(f"k must be an integer >= 1, got {kk!r}")
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        try:
+            qn = normalize(arr)
+        except ValueError as exc:
+            raise ValueError(f"unusable query: {str(exc).replace('vector ', 'query ', 1)}"
+                             ) from None
+        return qn, [int(kk) for kk in ks]
+
+    def _excluded_slots(self, exclude: Collection[str]) -> np.ndarray:
+        if not exclude:
+            return np.zeros(0, dtype=np.int64)
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        get = self._id2slot.get
+        slots = [s for s in map(get, exclude) if s is not None]
+        return np.asarray(slots, dtype=np.int64)
+
+    def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) of each probe key in the sorted table, capped (empty if none)."""
+        buckets = self._buckets
+        if not buckets.size:
+            zero = np.zeros(len(probes), dtype=np.int64)
+            return zero, zero
+        lo, hi = buckets.lookup(probes)
+        if self.params.cap:
+            np.minimum(hi, lo + self.params.cap, out=hi)
+        return lo, hi
+
+    def _gather(self, probes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Distinct slots of one query's probes, given their sorted-table ranges."""
+        parts = []
+        counts = hi - lo
+        total = int(counts.sum())
+        if total:
+            buckets = self._buckets
+            ends = np.cumsum(counts)
+            idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
+            slots = buckets.slots[idx]
+            if self._stale:
+                slots = slots[self._in_main[slots]]
+            parts.append(slots)
+        if self._pending:
+            get = self._pending.get
+            cap = self.params.cap or None  # the cap holds for pending buckets too
+            extra = [s for key in probes.tolist() if (b := get(key)) for s in b[:cap]]
+            if extra:
+                parts.append(np.asarray(extra, dtype=np.int32))
+        if not parts:
+            return np.zeros(0, dtype=np.int32)
+        cand = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        order = np.arange(len(cand), dtype=np.int32)
+        stamp = self._stamp
+        stamp[cand] = order
+        return cand[stamp[cand] == order]
+
+    def _rerank(self, cand: np.ndarray, qn: np.ndarray, k: int,
+                excluded: np.ndarray) -> QueryResult:
+        """Exact cosine of the candidate slots, top k not excluded. The top k + (excluded
+        items present) are ranked and the excluded ones dropped after: the same items as
+        removing them from the candidates first, without an isin over every candidate."""
+        scores = np.take(self._vecs, cand, axis=0) @ qn
+        return self._top(cand, scores, k, len(cand), excluded)
+
+    def _top(self, slots: np.ndarray, scores: np.ndarray, k: int, n_cand: int,
+             excluded: np.ndarray) -> QueryResult:
+        want = k + len(excluded)
+        top = (np.argpartition(-scores, want - 1)[:want] if len(scores) > want
+               else np.arange(len(scores)))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        if len(excluded):
+            top = top[~np.isin(slots[top], excluded)][:k]
+        ids = [self._slot_ids[s] for s in slots[top].tolist()]
+        return QueryResult(ids=ids, scores=scores[top].astype(np.float32), candidates=n_cand)
+
+    def _exact(self, qn: np.ndarray, k: int, excluded: np.ndarray) -> QueryResult:
+        """Brute force over all live items."""
+        high = self._high
+        scores = self._vecs[:high] @ qn
+        dead = ~self._alive[:high]
+        if len(excluded):
+            dead[excluded] = True
+        live = np.flatnonzero(~dead)
+        no_excl = np.zeros(0, dtype=np.int64)
+        if len(live) < high:
+            return self._top(live, scores[live], k, len(live), no_excl)
+        return self._top(live, scores, k, len(live), no_excl)
