@@ -7,4 +7,5 @@ cd "$ROOT"
 source scripts/bootstrap.sh
 if [ -f scripts/install-system.sh ]; then bash scripts/install-system.sh; fi
 ruff check .
+lint-imports
 python -m pytest -q "$@"
