@@ -222,7 +222,11 @@ def _eval_config(args: argparse.Namespace, settings: Any) -> Any:
     return EvalConfig(k=args.k, window=window, half_life=half_life, seen=args.seen,
                       max_users=args.max_users, seed=args.seed, bootstrap=args.bootstrap,
                       recent_days=args.recent_days, cooc_window=args.cooc_window,
-                      cooc_recent=args.cooc_recent, test_fraction=args.test_fraction)
+                      cooc_recent=args.cooc_recent, test_fraction=args.test_fraction,
+                      interests=(args.user_interests if args.user_interests is not None
+                                 else settings.user_interests),
+                      session_gap=(args.user_session_gap if args.user_session_gap is not None
+                                   else settings.user_session_gap))
 
 
 def _eval_split(args: argparse.Namespace, clicks: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -423,6 +427,12 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    "(default RECALL_USER_WINDOW)")
     p.add_argument("--half-life", type=float, default=None,
                    help="user vector time decay, s (default RECALL_USER_DECAY_HALF_LIFE)")
+    p.add_argument("--user-interests", type=int, default=None,
+                   help="user interest vectors, one per recent session, results merged by "
+                   "score (default RECALL_USER_INTERESTS)")
+    p.add_argument("--user-session-gap", type=float, default=None,
+                   help="seconds between clicks that start a new session of "
+                   "--user-interests (default RECALL_USER_SESSION_GAP)")
     p.add_argument("--seen", type=int, default=50,
                    help="items of a user's last N training clicks are excluded from every "
                    "method and are not targets (50)")

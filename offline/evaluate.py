@@ -17,7 +17,11 @@ held-out clicks except to score (a test poisons them and checks the answers).
   held-out clicks on other items. ``seen`` does not follow the user-vector window, so
   configurations with different windows are scored on the same targets;
 - the user vector is the (decayed) mean of their last ``window`` training clicks
-  (``half_life``; the worker's rolling vector, :mod:`offline.userwin`);
+  (``half_life``; the worker's rolling vector, :mod:`offline.userwin`); with
+  ``interests`` = M > 1, up to M interest vectors (one per recent session, cut at gaps
+  > ``session_gap``), each searched and the results merged by best score (exact: the
+  max over interests of each item's cosine; lsh: :func:`recall.interests.merge_by_score`
+  of one query per interest, as the worker does);
 - methods: ``lsh`` (LSHIndex.search, the worker's path), ``exact`` (brute-force cosine),
   and the baselines of :mod:`offline.baselines` (``popular``, ``recent-popular``,
   ``cooc``). Users without a usable vector get the popular list from lsh and exact, as
@@ -62,6 +66,8 @@ class EvalConfig:
     cooc_window: int = 5  # cooc: clicks at most this many positions apart co-occur
     cooc_recent: int = 5  # cooc: the user's last clicks whose co-clicks are summed
     test_fraction: float = 0.1  # time protocol only (kept for callers of time_split)
+    interests: int = 1  # user vectors: up to M interest vectors, one per recent session
+    session_gap: float = 1800.0  # seconds between clicks that start a new session
 
 
 def time_split(clicks: ClickLog, test_fraction: float, name: str = "log",
@@ -145,9 +151,23 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def _scores(uq: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Cosine of each user to each item: ``uq`` (n, D), or (n, M, D) interests with zero
+    rows where unusable: each item's best score over the user's usable interests."""
+    if uq.ndim == 2:
+        return uq @ vectors.T
+    out = np.full((len(uq), len(vectors)), -np.inf, dtype=np.float32)
+    for j in range(uq.shape[1]):  # M is small: one product per interest
+        sj = uq[:, j] @ vectors.T
+        sj[~uq[:, j].any(axis=1)] = -np.inf
+        np.maximum(out, sj, out=out)
+    return out
+
+
 def _exact(uq: np.ndarray, uidx: np.ndarray, vectors: np.ndarray, code_of_row: np.ndarray,
            row_of_code: np.ndarray, st: _Setup, k: int, progress: bool) -> np.ndarray:
-    """Brute-force cosine top-k of the users ``uidx`` (rows of st.users), seen masked."""
+    """Brute-force cosine top-k of the users ``uidx`` (rows of st.users), seen masked;
+    ``uq`` as :func:`_scores` takes it."""
     from tqdm import tqdm
 
     out = np.full((len(uidx), k), -1, dtype=np.int64)
@@ -161,7 +181,7 @@ def _exact(uq: np.ndarray, uidx: np.ndarray, vectors: np.ndarray, code_of_row: n
     batch = 1024
     for s in tqdm(range(0, len(uidx), batch), desc="exact", unit="batch",
                   disable=not progress):
-        scores = uq[s:s + batch] @ vectors.T
+        scores = _scores(uq[s:s + batch], vectors)
         sel = (seen_p >= s) & (seen_p < s + batch)
         scores[seen_p[sel] - s, seen_r[sel]] = -np.inf
         best = _topk(scores, k)
@@ -174,9 +194,11 @@ def _exact(uq: np.ndarray, uidx: np.ndarray, vectors: np.ndarray, code_of_row: n
 def _lsh(uq: np.ndarray, uidx: np.ndarray, ids: list[str], vectors: np.ndarray,
          code_of_row: np.ndarray, names: list[str], st: _Setup, params: Any, k: int,
          progress: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """One LSHIndex.search per user (the worker's path), the seen items excluded."""
+    """One LSHIndex.search per user (the worker's path), the seen items excluded; with
+    interests (``uq`` (n, M, D)), one query per usable interest, merged by best score."""
     from tqdm import tqdm
 
+    from recall.interests import merge_by_score
     from recall.lsh import LSHIndex
 
     index = LSHIndex(params)
@@ -191,9 +213,15 @@ def _lsh(uq: np.ndarray, uidx: np.ndarray, ids: list[str], vectors: np.ndarray,
     n_cand = np.zeros(len(uidx), dtype=np.int64)
     t0 = time.perf_counter()
     for j, u in enumerate(tqdm(uidx.tolist(), desc="lsh", unit="user", disable=not progress)):
-        res = index.search(uq[j], k, [seen_sets[u]])[0]
-        n_cand[j] = res.candidates
-        got = [code_of_row[row_of_id[i]] for i in res.ids]
+        if uq.ndim == 2:
+            res = index.search(uq[j], k, [seen_sets[u]])[0]
+            n_cand[j], found = res.candidates, res.ids
+        else:
+            qs = uq[j][uq[j].any(axis=1)]
+            parts = index.search(qs, k, [seen_sets[u]] * len(qs))
+            n_cand[j] = sum(r.candidates for r in parts)
+            found, _ = merge_by_score([r.ids for r in parts], [r.scores for r in parts], k)
+        got = [code_of_row[row_of_id[i]] for i in found]
         out[j, : len(got)] = got
     seconds = time.perf_counter() - t0
     return out, {"lsh_candidates_mean": float(n_cand.mean()) if len(uidx) else 0.0,
@@ -221,8 +249,8 @@ def evaluate(train: ClickLog, test: ClickLog, ids: list[str] | None = None,
         raise ValueError(f"{embed} need item vectors")
     if "lsh" in methods and params is None:
         raise ValueError("lsh needs LSH parameters")
-    if cfg.window < 1 or cfg.seen < 1 or cfg.k < 1:
-        raise ValueError("need window >= 1, seen >= 1, k >= 1")
+    if cfg.window < 1 or cfg.seen < 1 or cfg.k < 1 or cfg.interests < 1:
+        raise ValueError("need window >= 1, seen >= 1, k >= 1, interests >= 1")
     k, names = cfg.k, train.item_ids
     n_log = len(names)
     ids = ids or []
@@ -262,18 +290,30 @@ def evaluate(train: ClickLog, test: ClickLog, ids: list[str] | None = None,
         "users_evaluated": m, "catalogue_items": int(np.count_nonzero(
             np.bincount(train.item, minlength=n_log))),
         "items_with_vectors": len(ids), "window": cfg.window, "half_life": cfg.half_life,
+        "interests": cfg.interests, "session_gap": cfg.session_gap,
         "seen": cfg.seen, "methods": {},
     }
     if embed:
         assert vectors is not None
-        win = user_windows(train, ids, vectors, cfg.window, cfg.half_life, rows)
+        win = user_windows(train, ids, vectors, cfg.window, cfg.half_life, rows,
+                           interests=cfg.interests, session_gap=cfg.session_gap)
         wi = np.searchsorted(win.users, st.users)
         wi_ok = (wi < len(win.users)) & (win.users[np.minimum(wi, len(win.users) - 1)]
                                          == st.users)
         usable = wi_ok & win.usable[np.minimum(wi, len(win.users) - 1)]
-        uidx = np.flatnonzero(usable)
-        uq = win.vectors[wi[uidx]]
-        uq = uq / np.linalg.norm(uq, axis=1, keepdims=True)
+        if cfg.interests > 1:  # (n, M, D), unit rows; zero rows where unusable
+            assert win.interests is not None and win.interest_ok is not None
+            iq = win.interests[np.minimum(wi, len(win.users) - 1)].astype(np.float32)
+            norms = np.linalg.norm(iq, axis=2, keepdims=True)
+            ok = win.interest_ok[np.minimum(wi, len(win.users) - 1)] & (norms[..., 0] > 0)
+            iq = np.where(ok[..., None], iq / np.where(norms > 0, norms, 1.0), 0.0)
+            usable &= ok.any(axis=1)
+            uidx = np.flatnonzero(usable)
+            uq = iq[uidx].astype(np.float32)
+        else:
+            uidx = np.flatnonzero(usable)
+            uq = win.vectors[wi[uidx]]
+            uq = uq / np.linalg.norm(uq, axis=1, keepdims=True)
         out["users_without_vector"] = int(m - len(uidx))
         for name in embed:
             t0 = time.perf_counter()

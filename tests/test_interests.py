@@ -64,3 +64,70 @@ def test_offline_interests_equal_online_state(clicks, window, interests, gap, ha
         assert len(online) == len(offline)
         for a, b in zip(online, offline, strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+# --- merging per-interest results ---------------------------------------------------------
+
+
+def test_merge_keeps_each_items_best_score_and_the_k_best() -> None:
+    from recall.interests import merge_by_score
+
+    ids, scores = merge_by_score([["a", "b", "c"], ["d", "a", "e"]],
+                                 [np.array([0.9, 0.5, 0.1]), np.array([0.95, 0.7, 0.2])], 4)
+    assert ids == ["d", "a", "b", "e"]
+    np.testing.assert_allclose(scores, [0.95, 0.9, 0.5, 0.2], rtol=1e-6)
+    assert merge_by_score([["x"], []], [np.array([0.3]), np.zeros(0)], 5)[0] == ["x"]
+    assert merge_by_score([[], []], [np.zeros(0), np.zeros(0)], 5)[0] == []
+    one, s1 = merge_by_score([["a", "b"]], [np.array([0.5, 0.4])], 1)  # M = 1: unchanged
+    assert one == ["a"] and s1.tolist() == [0.5]
+
+
+# --- evaluation with interests -------------------------------------------------------------
+
+
+def two_interest_log(n_users: int = 30, seed: int = 0):
+    """Items in three tight clusters: A along e0, B along e1, C along (e0 + e1)/√2 (what a
+    mean of A and B points at). Each user clicks 4 of A's 8 items, then 2 h later 4 of
+    B's 8, then comes back to an A item they had not clicked (held out by split_last)."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((3, DIM))
+    centres[0, 0] = centres[1, 1] = 1.0
+    centres[2, :2] = 1 / np.sqrt(2)
+    sizes = (8, 8, 30)
+    cl = np.repeat(np.arange(3), sizes)
+    vecs = centres[cl] + 0.03 * rng.normal(size=(len(cl), DIM))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"i{j}" for j in range(len(cl))]
+    a_items, b_items = np.flatnonzero(cl == 0), np.flatnonzero(cl == 1)
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        a = rng.permutation(a_items)
+        seq = [*a[:4], *rng.choice(b_items, 4, replace=False), a[4]]
+        t = [0.0, 60.0, 120.0, 180.0, 7200.0, 7260.0, 7320.0, 7380.0, 7440.0]
+        users += [u] * len(seq)
+        items += seq
+        ts += t
+    log = ClickLog([f"u{u}" for u in range(n_users)], ids,
+                   np.array(users, dtype=np.int32), np.array(items, dtype=np.int32),
+                   np.array(ts), np.ones(len(ts), dtype=np.float32)).sort()
+    return log, ids, vecs
+
+
+def test_eval_merges_interests_for_exact_and_lsh() -> None:
+    """The mean of a user's two interests points at a third cluster; with two interests
+    both searches find the items of the interest the user comes back to."""
+    from offline.evaluate import EvalConfig, evaluate, split_last
+    from recall.lsh import LSHParams
+
+    log, ids, vecs = two_interest_log()
+    train, test = split_last(log, 1)
+    params = LSHParams(dim=DIM, k=2, L=16, w=1.0, T=4)
+    got = {}
+    for m in (1, 2):
+        cfg = EvalConfig(k=10, window=50, interests=m, session_gap=1800.0, bootstrap=0)
+        res = evaluate(train, test, ids, vecs, cfg, ("exact", "lsh", "popular"),
+                       params=params)
+        got[m] = {name: r["hit_rate"] for name, r in res["methods"].items()}
+        assert res["users_evaluated"] == 30 and res["interests"] == m
+    assert got[1]["exact"] == 0.0 and got[1]["lsh"] == 0.0  # the mean finds cluster C
+    assert got[2]["exact"] == 1.0 and got[2]["lsh"] == 1.0
