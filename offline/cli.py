@@ -62,33 +62,89 @@ def cmd_gen(args: argparse.Namespace) -> int:
 def _train_params(args: argparse.Namespace, dim: int) -> Any:
     from offline.train import TrainParams
 
-    return TrainParams(dim=dim, window=args.window, negative=args.negative,
-                       min_count=args.min_count, epochs=args.epochs,
-                       session_gap=args.session_gap, workers=args.workers, seed=args.seed)
+    return TrainParams(dim=dim, method=args.method or "item2vec", window=args.window,
+                       negative=args.negative, ns_exponent=args.ns_exponent,
+                       min_count=args.min_count, epochs=args.epochs, sample=args.sample,
+                       session_gap=args.session_gap, walks_per_node=args.walks_per_node,
+                       walk_length=args.walk_length, p=args.p, q=args.q,
+                       workers=args.workers, seed=args.seed)
+
+
+def _search(args: argparse.Namespace, train: Any, settings: Any) -> Any:
+    """Run the model search on ``train`` (training clicks only); prints its summary."""
+    from offline.model import resolve_user
+    from offline.search import SearchConfig, search
+    from offline.train import METHODS
+    from recall.config import set_in_env
+
+    explicit = set_in_env()
+    defaults, _ = resolve_user(settings, explicit, None)
+    cfg = SearchConfig(
+        k=args.k, trials=args.trials, seed=args.seed,
+        budget=600.0 if args.budget is None and args.trials is None else args.budget,
+        methods=(args.method,) if args.method else METHODS, max_users=args.search_users,
+        workers=args.workers,
+        fixed_window=settings.user_window if "user_window" in explicit else None,
+        fixed_half_life=(settings.user_decay_half_life
+                         if "user_decay_half_life" in explicit else None))
+    try:
+        result = search(train, _train_params(args, settings.dim), defaults, cfg,
+                        progress=not args.quiet)
+    except ValueError as exc:
+        raise CommandError(f"{args.log}: search: {exc}") from None
+    print(result.describe(args.k), file=sys.stderr)
+    return result
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from offline.clicklog import read_log
-    from offline.train import train_item2vec
+    from offline.model import model_path, resolve_user, write_model
+    from offline.train import train_embeddings
     from offline.vectors import save_vectors
+    from recall.config import set_in_env
 
     settings = Settings.from_env()
     _quiet_gensim(args)
     t0 = time.perf_counter()
     clicks = read_log(args.log, _fmt(args))
     t_read = time.perf_counter() - t0
+    params = _train_params(args, settings.dim)
+    user, _ = resolve_user(settings, set_in_env(), None)
+    found = None
+    if args.search:
+        found = _search(args, clicks, settings)
+        params, user = found.train, found.user
     try:
-        ids, vectors = train_item2vec(clicks, _train_params(args, settings.dim),
-                                      progress=not args.quiet)
+        ids, vectors = train_embeddings(clicks, params, progress=not args.quiet)
     except ValueError as exc:
         raise OfflineError(f"{args.log}: {exc}") from None
     save_vectors(args.out, ids, vectors)
+    model_file = model_path(args.out)
+    write_model(model_file, params, user, None if found is None else found.summary())
     seconds = time.perf_counter() - t0
-    print(f"trained {len(ids)} item vectors (D={settings.dim}) from {len(clicks)} clicks "
-          f"in {seconds:.1f} s (reading {t_read:.1f} s) -> {args.out}", file=sys.stderr)
-    print(json.dumps({"command": "train", "out": str(args.out), "clicks": len(clicks),
-                      "items": len(ids), "dim": settings.dim, "seconds": round(seconds, 3)}))
+    print(f"trained {len(ids)} item vectors (D={settings.dim}, {params.method}) from "
+          f"{len(clicks)} clicks in {seconds:.1f} s (reading {t_read:.1f} s) -> {args.out}, "
+          f"settings -> {model_file}", file=sys.stderr)
+    out = {"command": "train", "out": str(args.out), "model": str(model_file),
+           "clicks": len(clicks), "items": len(ids), "dim": settings.dim,
+           "method": params.method, "user": user.to_dict(), "seconds": round(seconds, 3)}
+    if found is not None:
+        out["search"] = found.summary()
+    print(json.dumps(out))
     return 0
+
+
+def _user_settings(vectors_path: str, settings: Any) -> tuple[Any, Any, str]:
+    """(the model file's user settings or None, the ones the worker will use, source):
+    RECALL_USER_WINDOW / _DECAY_HALF_LIFE when set, else the model file's (written by
+    `recall train` beside the vectors), else those settings' defaults."""
+    from offline.model import UserParams, model_path, read_user_params, resolve_user
+    from recall.config import set_in_env
+
+    chosen = read_user_params(model_path(vectors_path))
+    user, source = resolve_user(settings, set_in_env(), chosen, UserParams(
+        settings.user_window, settings.user_decay_half_life))
+    return chosen, user, source
 
 
 # --- tune --------------------------------------------------------------------
@@ -105,8 +161,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     queries = None
     if args.log:
         clicks = read_log(args.log, _fmt(args))
-        queries = log_queries(clicks, ids, vectors, settings.user_window,
-                              settings.user_decay_half_life, args.queries, args.seed)
+        _, user, _ = _user_settings(args.vectors, settings)
+        queries = log_queries(clicks, ids, vectors, user.window, user.half_life,
+                              args.queries, args.seed)
         if len(queries) == 0:
             raise OfflineError(f"{args.log}: no user clicked an item of {args.vectors}")
     params, summary, figures = tune_params(vectors, queries, args.target, args.k,
@@ -140,8 +197,12 @@ async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     ids, vectors = load_vectors(args.vectors, settings.dim)
+    # the user-vector settings trained with the vectors go into the version; the users'
+    # windows are bootstrapped as the worker will keep them (an explicit env var wins)
+    chosen, user, source = _user_settings(args.vectors, settings)
     clicks = read_log(args.log, _fmt(args)) if args.log else None
     out: dict[str, Any] = {"command": "load", "items": len(ids),
+                           "user": user.to_dict(), "user_source": source,
                            "read_seconds": round(time.perf_counter() - t0, 3)}
     if args.to_topic:
         await publish_items(settings, ids, vectors, progress=not args.quiet)
@@ -154,15 +215,16 @@ async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     try:
         if not args.to_topic:
             t0 = time.perf_counter()
-            version, previous = await load_index(store, ids, vectors, params, args.batch,
-                                                 args.keep_old, progress=not args.quiet)
+            version, previous = await load_index(
+                store, ids, vectors, params, args.batch, args.keep_old,
+                progress=not args.quiet, user=None if chosen is None else chosen.to_dict())
             out.update(version=version, previous=previous,
                        index_seconds=round(time.perf_counter() - t0, 3))
         if clicks is not None:
             t0 = time.perf_counter()
             out["users"] = await bootstrap_users(
-                store, clicks, ids, vectors, settings.user_window,
-                settings.user_decay_half_life, progress=not args.quiet)
+                store, clicks, ids, vectors, user.window, user.half_life,
+                progress=not args.quiet)
             out["popular_items"] = await replace_popular(store, clicks)
             out["users_seconds"] = round(time.perf_counter() - t0, 3)
     finally:
@@ -327,15 +389,39 @@ def _log_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("item2vec (gensim Word2Vec, skip-gram, negative sampling)")
+    g = p.add_argument_group("embeddings (gensim Word2Vec, skip-gram, negative sampling)")
+    g.add_argument("--method", choices=["item2vec", "deepwalk", "node2vec"],
+                   help="sequences: sessions (item2vec) or random walks on the co-click "
+                   "graph (default item2vec; with --search: searched among all three)")
     g.add_argument("--window", type=int, default=5, help="context window (default 5)")
     g.add_argument("--negative", type=int, default=5, help="negative samples (default 5)")
+    g.add_argument("--ns-exponent", type=float, default=0.75,
+                   help="negative sampling by count**x; may be negative (default 0.75)")
     g.add_argument("--min-count", type=int, default=3,
                    help="items clicked fewer times get no vector (default 3)")
     g.add_argument("--epochs", type=int, default=5, help="passes (default 5)")
+    g.add_argument("--sample", type=float, default=1e-3,
+                   help="down-sampling of frequent items (default 1e-3)")
     g.add_argument("--session-gap", type=float, default=1800.0,
                    help="cut a user's sequence at gaps longer than this, s (default 1800)")
-    g.add_argument("--workers", type=int, default=2, help="training threads (default 2)")
+    g.add_argument("--walks-per-node", type=int, default=10,
+                   help="deepwalk/node2vec: walks started per item (default 10)")
+    g.add_argument("--walk-length", type=int, default=20,
+                   help="deepwalk/node2vec: items per walk (default 20)")
+    g.add_argument("--p", type=float, default=1.0, help="node2vec return parameter (1)")
+    g.add_argument("--q", type=float, default=1.0, help="node2vec in-out parameter (1)")
+    g.add_argument("--workers", type=int, default=2,
+                   help="training threads (default 2; 1 is bit-reproducible with --seed)")
+    s = p.add_argument_group("model search (optuna; objective: HitRate@k on the last "
+                             "training click of each user)")
+    s.add_argument("--search", action="store_true",
+                   help="search embedding and user-vector settings (--budget/--trials)")
+    s.add_argument("--budget", type=float, default=None,
+                   help="search time, s (a running trial finishes; default 600 unless "
+                   "--trials)")
+    s.add_argument("--trials", type=int, default=None, help="search trials (default: budget)")
+    s.add_argument("--search-users", type=int, default=2000,
+                   help="validation users scored per trial (2000)")
 
 
 def add_parser(sub: Any, bench_sub: Any) -> None:
@@ -365,9 +451,11 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                        "writes an .npz with 'ids' and L2-normalised float32 'vectors' "
                        "(dimension RECALL_DIM).")
     p.add_argument("log", help="click log (.jsonl / .csv, optional .gz)")
-    p.add_argument("--out", required=True, help="vector file to write (.npz)")
+    p.add_argument("--out", required=True, help="vector file to write (.npz); the settings "
+                   "go beside it (<stem>.model.json)")
     _log_args(p)
     _train_args(p)
+    p.add_argument("-k", type=int, default=10, help="k of the search's HitRate@k (10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

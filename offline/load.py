@@ -7,8 +7,12 @@ batches, and only then is ``{p}:index:live`` switched (one MULTI/EXEC), so a wor
 never sees a half-loaded index. The previous live version is deleted afterwards unless
 ``keep_old``. A failure before the switch deletes the partial version.
 
-From a click log: every user's last ``RECALL_USER_WINDOW`` clicks become their stored
-window (``UserState`` built by :class:`recall.users.RollingUserVectors`, overwriting what
+The user-vector settings written next to the vectors (``<stem>.model.json``, by
+``recall train``) go into the version's metadata: the worker then makes user vectors as
+the training chose (unless RECALL_USER_WINDOW / RECALL_USER_DECAY_HALF_LIFE are set).
+
+From a click log: every user's last ``window`` clicks (those same settings) become their
+stored window (``UserState`` built by :class:`recall.users.RollingUserVectors`, overwriting what
 was there), and the popularity zset is replaced by the log's click counts (one
 MULTI/EXEC).
 """
@@ -37,15 +41,17 @@ class LoadResult:
 
 async def load_index(store: Any, ids: list[str], vectors: np.ndarray, params: Any,
                      batch: int = 5000, keep_old: bool = False, progress: bool = True,
-                     ) -> tuple[int, int | None]:
-    """Write a new version and switch it live; returns (new version, previous live)."""
+                     user: dict[str, Any] | None = None) -> tuple[int, int | None]:
+    """Write a new version and switch it live; returns (new version, previous live).
+    ``user``: the user-vector settings chosen with the vectors (the model file's), kept
+    in the version's metadata for the worker."""
     from tqdm import tqdm
 
     from recall.lsh import Hasher
 
     hasher = Hasher(params)
     previous = await store.live_version()
-    version = await store.create_version(params.to_dict(), vectors.shape[1])
+    version = await store.create_version(params.to_dict(), vectors.shape[1], user=user)
     try:
         with tqdm(total=len(ids), unit="item", desc=f"load v{version}",
                   disable=not progress) as bar:

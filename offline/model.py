@@ -52,11 +52,11 @@ DEFAULT_USER = UserParams(window=50, half_life=0.0)
 
 
 def resolve_user(settings: Any, explicit: frozenset[str], chosen: UserParams | None,
-                 ) -> tuple[UserParams, str]:
+                 fallback: UserParams = DEFAULT_USER) -> tuple[UserParams, str]:
     """(user settings, where they came from): RECALL_USER_WINDOW /
     RECALL_USER_DECAY_HALF_LIFE when set explicitly, else ``chosen`` (a model file, an
-    index version), else :data:`DEFAULT_USER`."""
-    base, source = (chosen, "model") if chosen is not None else (DEFAULT_USER, "default")
+    index version), else ``fallback``."""
+    base, source = (chosen, "model") if chosen is not None else (fallback, "default")
     window, half_life = base.window, base.half_life
     if "user_window" in explicit:
         window, source = settings.user_window, "environment"

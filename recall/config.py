@@ -168,3 +168,11 @@ ENV_NAMES: dict[str, str] = {
     "user_interests": "RECALL_USER_INTERESTS",
     "user_session_gap": "RECALL_USER_SESSION_GAP",
 }
+
+
+def set_in_env(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Names of the settings given explicitly (non-empty) in ``env`` (default
+    ``os.environ``). The user-vector settings can also come from the index version
+    (chosen offline by ``recall train --search``); an explicit variable wins over those."""
+    env = os.environ if env is None else env
+    return frozenset(name for name, var in ENV_NAMES.items() if env.get(var))

@@ -13,6 +13,8 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
     {p}:index:{v}:meta           hash    params  (JSON of LSHParams.to_dict())
                                          dim     (decimal)
                                          created (seconds since the epoch, decimal)
+                                         user    (optional; JSON: the user-vector settings
+                                         chosen offline, {"window", "half_life", ...})
     {p}:index:{v}:vectors        hash    item_id -> D float32 little-endian (4*D bytes),
                                          L2-normalised
     {p}:index:{v}:buckets        hash    item_id -> L int64 little-endian (8*L bytes): the
@@ -147,18 +149,24 @@ class Store:
         raw = await self.r.get(self.keys.live)
         return int(raw) if raw is not None else None
 
-    async def create_version(self, params_dict: Mapping[str, Any], dim: int) -> int:
-        """A new, empty version with its metadata (not live until switch_live)."""
+    async def create_version(self, params_dict: Mapping[str, Any], dim: int,
+                             user: Mapping[str, Any] | None = None) -> int:
+        """A new, empty version with its metadata (not live until switch_live); ``user``:
+        the user-vector settings that go with its vectors (``recall train``'s choice)."""
         v = int(await self.r.incr(self.keys.next))
-        await self.r.hset(self.keys.meta(v), mapping={
+        mapping = {
             "params": orjson.dumps(dict(params_dict)),
             "dim": str(int(dim)),
             "created": repr(time.time()),
-        })
+        }
+        if user is not None:
+            mapping["user"] = orjson.dumps(dict(user))
+        await self.r.hset(self.keys.meta(v), mapping=mapping)
         return v
 
     async def get_meta(self, version: int) -> dict[str, Any] | None:
-        """``{"params": dict, "dim": int, "created": float}`` or None if unknown."""
+        """``{"params": dict, "dim": int, "created": float, "user": dict | None}`` or None
+        if unknown."""
         raw = await self.r.hgetall(self.keys.meta(version))
         if not raw:
             return None
@@ -166,6 +174,7 @@ class Store:
             "params": orjson.loads(raw[b"params"]),
             "dim": int(raw[b"dim"]),
             "created": float(raw[b"created"]),
+            "user": orjson.loads(raw[b"user"]) if b"user" in raw else None,
         }
 
     async def switch_live(self, version: int) -> None:
