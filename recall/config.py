@@ -176,3 +176,22 @@ def set_in_env(env: Mapping[str, str] | None = None) -> frozenset[str]:
     (chosen offline by ``recall train --search``); an explicit variable wins over those."""
     env = os.environ if env is None else env
     return frozenset(name for name, var in ENV_NAMES.items() if env.get(var))
+
+
+def user_vector_settings(settings: Settings, stored: Mapping[str, object] | None,
+                         explicit: frozenset[str]) -> tuple[int, float, str]:
+    """(window, half-life, where from) of the user vectors a worker keeps:
+    RECALL_USER_WINDOW / RECALL_USER_DECAY_HALF_LIFE when set in the environment
+    (``explicit``, from :func:`set_in_env`), else ``stored`` (the settings chosen offline,
+    kept in the live index version's metadata by ``recall load``), else the defaults."""
+    window, half_life = settings.user_window, settings.user_decay_half_life
+    source = "defaults"
+    if stored:
+        source = "index version"
+        if "user_window" not in explicit:
+            window = int(stored.get("window", window))  # type: ignore[call-overload]
+        if "user_decay_half_life" not in explicit:
+            half_life = float(stored.get("half_life", half_life))  # type: ignore[arg-type]
+    if explicit & {"user_window", "user_decay_half_life"}:
+        source = "environment" if not stored else "environment over index version"
+    return window, half_life, source

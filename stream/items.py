@@ -343,9 +343,10 @@ class ItemsFollower:
         t0 = time.perf_counter()
         before = await self.positions()
         index, offsets = await load_index(store, version, self.settings.dim)
+        user = (await store.get_meta(version) or {}).get("user")
         async with self.lock:
             self.seek({**before, **offsets})
-            self.slot.swap(index, version)
+            self.slot.swap(index, version, user)
         self.metrics.index_rebuild.set(time.perf_counter() - t0)
         self.metrics.index_version.set(version)
         self.metrics.index_items.set(len(index))

@@ -29,9 +29,11 @@ class IndexSlot:
 
     index: LSHIndex
     version: int
+    #: the version's user-vector settings chosen offline (its metadata's ``user``)
+    user: dict | None = None
 
-    def swap(self, index: LSHIndex, version: int) -> None:
-        self.index, self.version = index, version
+    def swap(self, index: LSHIndex, version: int, user: dict | None = None) -> None:
+        self.index, self.version, self.user = index, version, user
 
     def lookup(self, ids: list[str] | tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         """``recall.users.Lookup``: current normalised vectors and a present mask."""

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
-from recall.config import Settings
+from recall.config import Settings, set_in_env, user_vector_settings
 from recall.lsh import QueryResult
 from recall.messages import (
     Click,
@@ -113,6 +113,9 @@ def clicks_offsets_key(store: Store) -> str:
     return f"{store.keys.prefix}:clicks:offsets"
 
 
+_UNSET = object()
+
+
 class Recaller:
     """Everything a worker holds; its consumers call into it (one per process)."""
 
@@ -122,8 +125,10 @@ class Recaller:
         self.store = Store.from_url(settings.redis_url, settings.redis_prefix)
         self.users = UserCache()
         self.popular = PopularCache()
-        self.policy = RollingUserVectors(settings.dim, settings.user_window,
-                                         settings.user_decay_half_life)
+        self._explicit = set_in_env()
+        self._policy = RollingUserVectors(settings.dim, settings.user_window,
+                                          settings.user_decay_half_life)
+        self._policy_for: object = _UNSET  # the slot's ``user`` the policy was made for
         self.slot: IndexSlot | None = None
         self.follower: ItemsFollower | None = None
         self.writer = ItemsWriter(self.store, settings, self.metrics)
@@ -144,7 +149,9 @@ class Recaller:
         version = await ensure_live_version(self.store, s, s.topic_partitions)
         t0 = time.perf_counter()
         index, offsets = await load_index(self.store, version, s.dim)
-        self.slot = IndexSlot(index, version)
+        self.slot = IndexSlot(index, version, (await self.store.get_meta(version) or {}
+                                               ).get("user"))
+        _ = self.policy  # logs the user-vector settings in use
         _release_load_memory()
         self.metrics.index_rebuild.set(time.perf_counter() - t0)
         self.metrics.index_version.set(version)
@@ -285,6 +292,23 @@ class Recaller:
             return list(replies)
 
     # --- users ---------------------------------------------------------------
+
+    @property
+    def policy(self) -> RollingUserVectors:
+        """User vectors as the live index version's training chose (``recall load``),
+        unless RECALL_USER_WINDOW / RECALL_USER_DECAY_HALF_LIFE are set. A change applies
+        from each user's next click (a longer stored window is cut then)."""
+        stored = self.slot.user if self.slot is not None else None
+        if stored is not self._policy_for:
+            window, half_life, source = user_vector_settings(self.settings, stored,
+                                                             self._explicit)
+            p = self._policy
+            if (window, half_life) != (p.window, p.half_life) or self._policy_for is _UNSET:
+                log.info("user vectors: last %d clicks, decay half-life %gs (from %s)",
+                         window, half_life, source)
+            self._policy = RollingUserVectors(self.settings.dim, window, half_life)
+            self._policy_for = stored
+        return self._policy
 
     def _decode_user(self, uid: str, raw: bytes | None) -> UserState:
         if raw is None:
