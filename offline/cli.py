@@ -91,7 +91,7 @@ def _search(args: argparse.Namespace, train: Any, settings: Any) -> Any:
         result = search(train, _train_params(args, settings.dim), defaults, cfg,
                         progress=not args.quiet)
     except ValueError as exc:
-        raise CommandError(f"{args.log}: search: {exc}") from None
+        raise OfflineError(f"{args.log}: search: {exc}") from None
     print(result.describe(args.k), file=sys.stderr)
     return result
 

@@ -53,16 +53,21 @@ DEFAULT_USER = UserParams(window=50, half_life=0.0)
 
 def resolve_user(settings: Any, explicit: frozenset[str], chosen: UserParams | None,
                  fallback: UserParams = DEFAULT_USER) -> tuple[UserParams, str]:
-    """(user settings, where they came from): RECALL_USER_WINDOW /
-    RECALL_USER_DECAY_HALF_LIFE when set explicitly, else ``chosen`` (a model file, an
-    index version), else ``fallback``."""
-    base, source = (chosen, "model") if chosen is not None else (fallback, "default")
-    window, half_life = base.window, base.half_life
-    if "user_window" in explicit:
-        window, source = settings.user_window, "environment"
-    if "user_decay_half_life" in explicit:
-        half_life, source = settings.user_decay_half_life, "environment"
-    return UserParams(window, half_life, dict(base.extra)), source
+    """(user settings, where they came from), as the worker resolves them
+    (:func:`recall.config.user_vector_settings`): each RECALL_USER_* variable set
+    explicitly wins, else ``chosen`` (a model file), else ``fallback``."""
+    from recall.config import USER_VECTOR_KEYS, user_vector_settings
+
+    base = chosen if chosen is not None else fallback
+    doc = base.to_dict()
+    values, source = user_vector_settings(settings, doc, explicit)
+    keep = {k: v for k, v in values.items()
+            if k in doc or USER_VECTOR_KEYS[k] in explicit}
+    if chosen is None:
+        source = source.replace("index version", "default")
+    else:
+        source = source.replace("index version", "model file")
+    return UserParams.from_dict({**doc, **keep}), source
 
 
 def model_path(vectors_path: str | os.PathLike[str]) -> Path:

@@ -178,20 +178,29 @@ def set_in_env(env: Mapping[str, str] | None = None) -> frozenset[str]:
     return frozenset(name for name, var in ENV_NAMES.items() if env.get(var))
 
 
+#: user-vector settings an index version may carry (its metadata's ``user`` keys, as
+#: ``recall train`` writes them) -> the Settings field that overrides each when set
+USER_VECTOR_KEYS: dict[str, str] = {
+    "window": "user_window",
+    "half_life": "user_decay_half_life",
+    "interests": "user_interests",
+    "session_gap": "user_session_gap",
+}
+
+
 def user_vector_settings(settings: Settings, stored: Mapping[str, object] | None,
-                         explicit: frozenset[str]) -> tuple[int, float, str]:
-    """(window, half-life, where from) of the user vectors a worker keeps:
-    RECALL_USER_WINDOW / RECALL_USER_DECAY_HALF_LIFE when set in the environment
-    (``explicit``, from :func:`set_in_env`), else ``stored`` (the settings chosen offline,
-    kept in the live index version's metadata by ``recall load``), else the defaults."""
-    window, half_life = settings.user_window, settings.user_decay_half_life
-    source = "defaults"
-    if stored:
-        source = "index version"
-        if "user_window" not in explicit:
-            window = int(stored.get("window", window))  # type: ignore[call-overload]
-        if "user_decay_half_life" not in explicit:
-            half_life = float(stored.get("half_life", half_life))  # type: ignore[arg-type]
-    if explicit & {"user_window", "user_decay_half_life"}:
-        source = "environment" if not stored else "environment over index version"
-    return window, half_life, source
+                         explicit: frozenset[str]) -> tuple[dict[str, float], str]:
+    """({window, half_life, interests, session_gap}, where from) of the user vectors a
+    worker keeps: each from its variable when set in the environment (``explicit``, from
+    :func:`set_in_env`), else from ``stored`` (the settings chosen offline, kept in the
+    live index version's metadata by ``recall load``), else the setting's default."""
+    values: dict[str, float] = {}
+    for key, name in USER_VECTOR_KEYS.items():
+        value = getattr(settings, name)
+        if stored and key in stored and name not in explicit:
+            value = type(value)(stored[key])
+        values[key] = value
+    source = "index version" if stored else "defaults"
+    if explicit & set(USER_VECTOR_KEYS.values()):
+        source = "environment over index version" if stored else "environment"
+    return values, source

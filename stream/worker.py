@@ -300,13 +300,17 @@ class Recaller:
         from each user's next click (a longer stored window is cut then)."""
         stored = self.slot.user if self.slot is not None else None
         if stored is not self._policy_for:
-            window, half_life, source = user_vector_settings(self.settings, stored,
-                                                             self._explicit)
+            v, source = user_vector_settings(self.settings, stored, self._explicit)
             p = self._policy
-            if (window, half_life) != (p.window, p.half_life) or self._policy_for is _UNSET:
-                log.info("user vectors: last %d clicks, decay half-life %gs (from %s)",
-                         window, half_life, source)
-            self._policy = RollingUserVectors(self.settings.dim, window, half_life)
+            if self._policy_for is _UNSET or (v["window"], v["half_life"], v["interests"],
+                                              v["session_gap"]) != (
+                    p.window, p.half_life, p.interests, p.session_gap):
+                log.info("user vectors: last %d clicks, decay half-life %gs, %d interest(s), "
+                         "session gap %gs (from %s)", v["window"], v["half_life"],
+                         v["interests"], v["session_gap"], source)
+            self._policy = RollingUserVectors(
+                self.settings.dim, int(v["window"]), v["half_life"],
+                interests=int(v["interests"]), session_gap=v["session_gap"])
             self._policy_for = stored
         return self._policy
 

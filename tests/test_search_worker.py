@@ -14,6 +14,7 @@ from devtools.client import RecallClient
 from devtools.localstack import LocalStack, create_topics, start_worker
 from offline.generate import cluster_vectors
 from offline.load import load_index
+from recall.config import ENV_NAMES, USER_VECTOR_KEYS
 from recall.lsh import LSHParams
 from recall.store import Store
 from recall.users import UserState
@@ -31,8 +32,6 @@ def _state(r: redis.Redis, prefix: str, uid: str) -> UserState | None:
 
 async def test_the_worker_applies_the_user_window_of_the_loaded_version(
         stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RECALL_USER_WINDOW", raising=False)
-    monkeypatch.delenv("RECALL_USER_DECAY_HALF_LIFE", raising=False)
     settings = isolated_settings(stack, "uw", dim=DIM, topic_partitions=1)
     await create_topics(settings.kafka_bootstrap, settings.topics.values(), 1)
     ids = [f"item-{i}" for i in range(200)]
@@ -40,8 +39,11 @@ async def test_the_worker_applies_the_user_window_of_the_loaded_version(
     params = LSHParams(dim=DIM, k=4, L=4, T=2)
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
     r = redis.Redis.from_url(settings.redis_url)
-    env = settings.environ()
-    del env["RECALL_USER_WINDOW"], env["RECALL_USER_DECAY_HALF_LIFE"]
+    # settings.environ() names every setting: leave the user-vector ones unset
+    user_vars = {ENV_NAMES[name] for name in USER_VECTOR_KEYS.values()}
+    env = {k: v for k, v in settings.environ().items() if k not in user_vars}
+    for var in user_vars:
+        monkeypatch.delenv(var, raising=False)
     log = tmp_path / "worker.log"
     client = RecallClient(settings)
     worker = None
