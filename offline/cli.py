@@ -8,6 +8,7 @@ from :class:`recall.config.Settings`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -71,7 +72,9 @@ def _train_params(args: argparse.Namespace, dim: int) -> Any:
 
 
 def _search(args: argparse.Namespace, train: Any, settings: Any) -> Any:
-    """Run the model search on ``train`` (training clicks only); prints its summary."""
+    """Run the model search on ``train`` (training clicks only); prints its summary. A
+    user window / half-life given explicitly (eval's --user-window / --half-life, or the
+    RECALL_USER_* variables, which the worker obeys) is fixed, not searched."""
     from offline.model import resolve_user
     from offline.search import SearchConfig, search
     from offline.train import METHODS
@@ -79,14 +82,17 @@ def _search(args: argparse.Namespace, train: Any, settings: Any) -> Any:
 
     explicit = set_in_env()
     defaults, _ = resolve_user(settings, explicit, None)
+    window = getattr(args, "user_window", None)
+    half_life = getattr(args, "half_life", None)
+    if window is None and "user_window" in explicit:
+        window = settings.user_window
+    if half_life is None and "user_decay_half_life" in explicit:
+        half_life = settings.user_decay_half_life
     cfg = SearchConfig(
         k=args.k, trials=args.trials, seed=args.seed,
         budget=600.0 if args.budget is None and args.trials is None else args.budget,
         methods=(args.method,) if args.method else METHODS, max_users=args.search_users,
-        workers=args.workers,
-        fixed_window=settings.user_window if "user_window" in explicit else None,
-        fixed_half_life=(settings.user_decay_half_life
-                         if "user_decay_half_life" in explicit else None))
+        workers=args.workers, fixed_window=window, fixed_half_life=half_life)
     try:
         result = search(train, _train_params(args, settings.dim), defaults, cfg,
                         progress=not args.quiet)
@@ -112,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     user, _ = resolve_user(settings, set_in_env(), None)
     found = None
     if args.search:
-        found = _search(args, clicks, settings)
+        found = _search(args, train, settings)
         params, user = found.train, found.user
     try:
         ids, vectors = train_embeddings(clicks, params, progress=not args.quiet)
@@ -277,10 +283,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def _eval_config(args: argparse.Namespace, settings: Any) -> Any:
     from offline.evaluate import EvalConfig
+    from offline.model import resolve_user
+    from recall.config import set_in_env
 
-    window = args.user_window if args.user_window is not None else settings.user_window
-    half_life = (args.half_life if args.half_life is not None
-                 else settings.user_decay_half_life)
+    # what a plain `recall train` + load gives the worker, unless given here
+    user, _ = resolve_user(settings, set_in_env(), None)
+    window = args.user_window if args.user_window is not None else user.window
+    half_life = args.half_life if args.half_life is not None else user.half_life
     return EvalConfig(k=args.k, window=window, half_life=half_life, seen=args.seen,
                       max_users=args.max_users, seed=args.seed, bootstrap=args.bootstrap,
                       recent_days=args.recent_days, cooc_window=args.cooc_window,
@@ -310,7 +319,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from offline.clicklog import read_log
     from offline.evaluate import evaluate, format_table, plot, split_last
-    from offline.train import train_item2vec
+    from offline.train import train_embeddings
     from offline.tune import log_queries, read_params, tune_params
     from offline.vectors import load_vectors
 
@@ -325,13 +334,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     tuned: dict[str, Any] = {}
     ids, vectors, params = None, None, None
+    found = None
+    if args.search and args.vectors:
+        raise OfflineError("--search trains its own vectors: leave out --vectors")
+    if args.search and embed:
+        # the search sees the training split only; the test clicks are never given to it
+        t = time.perf_counter()
+        found = _search(args, train, settings)
+        cfg = dataclasses.replace(cfg, window=found.user.window,
+                                  half_life=found.user.half_life)
+        timings["search_seconds"] = time.perf_counter() - t
     if embed and args.vectors:
         ids, vectors = load_vectors(args.vectors, settings.dim)
     elif embed:
         t = time.perf_counter()
         try:
-            ids, vectors = train_item2vec(train, _train_params(args, settings.dim),
-                                          progress=not args.quiet)
+            ids, vectors = train_embeddings(
+                train, found.train if found else _train_params(args, settings.dim),
+                progress=not args.quiet)
         except ValueError as exc:
             raise OfflineError(f"{args.log} (training split): {exc}") from None
         timings["train_seconds"] = time.perf_counter() - t
@@ -368,6 +388,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise OfflineError(str(exc)) from None
     if tuned:
         res["tune"] = tuned
+    if found is not None:
+        res["search"] = found.summary()
     res.update(command="eval", log=str(args.log), clicks=len(clicks), **facts,
                params=None if params is None else params.to_dict(),
                **{k: round(v, 3) for k, v in timings.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import numpy as np
@@ -183,3 +184,32 @@ async def test_load_carries_the_chosen_user_settings_into_the_version(
             assert len(state.window) == stored_window
     finally:
         await store.close()
+
+
+def test_eval_search_never_reads_the_test_clicks(log_file, tmp_path, capsys, monkeypatch):
+    """Poison every held-out click (each user's last, under --protocol last): the search
+    must choose the same settings with the same validation figures."""
+    from offline.clicklog import read_log, write_log
+
+    for var in ("RECALL_USER_WINDOW", "RECALL_USER_DECAY_HALF_LIFE"):
+        monkeypatch.delenv(var, raising=False)
+    clicks = read_log(log_file)
+    last = clicks.user_bounds()[1:] - 1
+    poisoned_item = clicks.item.copy()
+    poisoned_item[last] = (poisoned_item[last] + 17) % len(clicks.item_ids)
+    assert (poisoned_item != clicks.item).sum() == len(last)
+    poisoned = tmp_path / "poisoned.jsonl"
+    write_log(dataclasses.replace(clicks, item=poisoned_item), poisoned, progress=False)
+
+    def searched(log):
+        assert main(["eval", str(log), "--protocol", "last", "--search", "--trials", "3",
+                     "--workers", "1", "--seed", "5", "--methods", "exact,popular",
+                     "--bootstrap", "0", "-q"]) == 0
+        res = json.loads(capsys.readouterr().out.splitlines()[-1])
+        return res, {k: v for k, v in res["search"].items() if k != "seconds"}
+
+    res, clean = searched(log_file)
+    res_p, dirty = searched(poisoned)
+    assert dirty == clean
+    # ... while the test figures do see the poison
+    assert res_p["methods"]["exact"]["hit_rate"] != res["methods"]["exact"]["hit_rate"]
