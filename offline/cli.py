@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     user, _ = resolve_user(settings, set_in_env(), None)
     found = None
     if args.search:
-        found = _search(args, train, settings)
+        found = _search(args, clicks, settings)
         params, user = found.train, found.user
     try:
         ids, vectors = train_embeddings(clicks, params, progress=not args.quiet)

@@ -175,8 +175,8 @@ def test_eval_cli_never_reads_held_out_clicks(tmp_path, capsys, monkeypatch, pro
             return real(clicks, *args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(offline.train, "train_item2vec",
-                        spy("train", offline.train.train_item2vec))
+    monkeypatch.setattr(offline.train, "train_embeddings",
+                        spy("train", offline.train.train_embeddings))
     monkeypatch.setattr(offline.tune, "log_queries", spy("tune", offline.tune.log_queries))
     assert main(["eval", str(path), "--protocol", protocol, "--epochs", "2", "--bootstrap",
                  "50", "--min-count", "1", "-q"]) == 0
