@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devtools import bench_index, bench_store
+from devtools import bench_index, bench_store, realdata
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -63,3 +63,5 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
 
     bench_index.add_parser(sub, bench_sub)
     bench_store.add_parser(sub, bench_sub)
+
+    realdata.add_parser(sub)
