@@ -44,7 +44,9 @@ def cmd_gen(args: argparse.Namespace) -> int:
     try:
         gen = generate_clicks(args.users, args.items, args.clicks, args.seed,
                               clusters=args.clusters, zipf_a=args.zipf,
-                              session_clicks=args.session_clicks, noise=args.noise)
+                              session_clicks=args.session_clicks, noise=args.noise,
+                              popular_share=args.popular_share,
+                              popular_zipf=args.popular_zipf)
     except ValueError as exc:
         raise OfflineError(str(exc)) from None
     write_log(gen.log, out, fmt, progress=not args.quiet)
@@ -461,6 +463,11 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="mean clicks per session (default 8)")
     p.add_argument("--noise", type=float, default=0.05,
                    help="share of clicks on random popular items (default 0.05)")
+    p.add_argument("--popular-share", type=float, default=0.25,
+                   help="share of clicks on globally popular items, whatever the user's "
+                   "interests (default 0.25; 0: interest-only clicks)")
+    p.add_argument("--popular-zipf", type=float, default=1.0,
+                   help="Zipf exponent of that global popularity over all items (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["jsonl", "csv"],
                    help="default: from the suffix of --out")

