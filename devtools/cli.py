@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from devtools import bench_index, bench_store, realdata
+from devtools.e2e import capacity
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -63,5 +64,6 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
 
     bench_index.add_parser(sub, bench_sub)
     bench_store.add_parser(sub, bench_sub)
+    capacity.add_parser(sub, bench_sub)
 
     realdata.add_parser(sub)

@@ -97,3 +97,47 @@ async def test_trace_lost_tells_requests_never_answered_from_responses_not_read(
         await prod.stop()
     found = await trace_lost(s, "r1", [1, 2, 3, 7])
     assert found == {"requests_in_kafka": [1, 2, 3], "responses_in_kafka": [1, 3]}
+
+
+def _step(**over):
+    fig = {"lost": 0, "timeouts": 0, "errors": 0, "worker_request_p99_ms": 10.0,
+           "e2e_p99_ms": 40.0, "throughput": 100.0, "offered_rate": 100.0,
+           "clicks_applied": 1000.0, "clicks_sent": 1000}
+    return {**fig, **over}
+
+
+@pytest.mark.parametrize("over,why", [
+    ({}, ""),
+    ({"worker_request_p99_ms": 26.0}, "in-worker p99"),
+    ({"worker_request_p99_ms": None}, "in-worker p99"),
+    ({"lost": 1}, "lost"),
+    ({"timeouts": 3}, "over 1 s"),
+    ({"errors": 2}, "error"),
+    ({"e2e_p99_ms": 400.0}, "e2e p99"),
+    ({"throughput": 90.0}, "answered"),
+    ({"clicks_applied": 900.0}, "clicks applied"),
+    ({"clicks_applied": None}, "clicks applied"),
+])
+def test_capacity_step_is_sustainable_only_within_every_limit(over, why) -> None:
+    from devtools.e2e.capacity import verdict
+
+    got = verdict(_step(**over), p99_ms=25.0, lag_ms=250.0)
+    assert (got == "") if not why else (why in got)
+
+
+def test_bench_capacity_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:
+    """One rate step with one worker: the command runs and reports a sustainable rate."""
+    monkeypatch.delenv("RECALL_METRICS_PORT", raising=False)
+    plot = tmp_path / "capacity.png"
+    status = main(["bench", "capacity", "--items", "1000", "--users", "100", "--workers", "1",
+                   "--start", "20", "--step", "20", "--max-rate", "20", "--step-seconds", "2",
+                   "--plot", str(plot)])
+    assert status == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["bench"] == "capacity"
+    assert [s["rate"] for s in figures["steps"]] == [20.0]
+    step = figures["steps"][0]
+    assert step["ok"] == (step["why"] == "")
+    assert figures["best_rate"] == {"1": 20.0 if step["ok"] else 0.0}
+    assert step["clicks_sent"] == 400 and step["lost"] == 0
+    assert plot.stat().st_size > 0

@@ -18,8 +18,17 @@ from devtools.scrape import histogram_delta, metric_value, metrics_url, scrape
 PROGRESS_EVERY = 2.0
 
 
-async def measure(settings: Any, args: argparse.Namespace, run: str, port: int | None,
-                  rss: RssWatch) -> dict[str, Any]:
+def scrape_all(ports: int | list[int] | None) -> str:
+    """The expositions of one or several workers, concatenated: sums and histograms read
+    from it add up over the workers (the parser sums a name over all its samples)."""
+    if not ports:
+        return ""
+    return "\n".join(scrape(metrics_url(p)) for p in ([ports] if isinstance(ports, int)
+                                                       else ports))
+
+
+async def measure(settings: Any, args: argparse.Namespace, run: str,
+                  port: int | list[int] | None, rss: RssWatch) -> dict[str, Any]:
     import multiprocessing as mp
 
     import numpy as np
@@ -27,7 +36,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
     ctx = mp.get_context("spawn")
     reader = BenchResponses(settings, run)
     await reader.start()
-    before = scrape(metrics_url(port)) if port else ""
+    before = scrape_all(port)
     start_at = time.time() + 3.0  # the children need a moment to import and connect
     req_count, click_count = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False)
     req_out, click_out = ctx.Queue(), ctx.Queue()
@@ -68,7 +77,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str, port: int |
             await asyncio.sleep(0.05)
         fresh, missed = await probes if probes is not None else ([], 0)
         probes = None
-        after = scrape(metrics_url(port)) if port else ""
+        after = scrape_all(port)
         rss.sample()
     finally:
         if probes is not None:

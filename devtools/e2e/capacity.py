@@ -1,0 +1,302 @@
+"""``recall bench capacity``: the largest request rate one worker core sustains, and two.
+
+Users size deployments by requests per second per worker core, so this measures it: on
+the local stack (catalogue loaded once), with ``--pin-worker CPU`` the worker alone on
+that CPU and the broker, Redis and the load on the others, it raises the request rate
+step by step (clicks at ``--click-ratio`` times the request rate, 10 by default) with the
+e2e benchmark's measured phase (:func:`devtools.e2e.measure.measure`: open-loop load
+from separate processes) and stops at the first step that is not sustainable:
+
+- the worker's own request p99 (``recall_request_duration_seconds``) above ``--p99-ms``;
+- or lag grows: a response lost or late beyond ``--lag-ms`` at p99 end to end, fewer
+  responses than requests per second, or clicks applied falling behind clicks sent
+  (the worker's queue grows instead of draining);
+- or an error response.
+
+Between the last good and the first bad rate it bisects ``--refine`` more times. Then it
+starts a second worker (pinned to the next CPU when one is left for the rest, else not
+pinned: said in the output) and does the same: scale-out efficiency is the two-worker
+rate over twice the one-worker rate. Prints a table per step, a summary, exactly one JSON
+line, and with ``--plot`` the p99 latencies against the offered rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from devtools.errors import DevtoolsError
+from devtools.procinfo import RssWatch, loadavg
+
+
+def add_parser(sub: Any, bench_sub: Any) -> None:
+    p = bench_sub.add_parser(
+        "capacity", help="largest sustainable request rate (clicks at 10x) per worker core, "
+                         "one and two workers",
+        description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
+                   help="the (first) worker alone on this CPU, the rest on the others")
+    p.add_argument("--workers", default="1,2",
+                   help="worker counts to measure, in order (default 1,2)")
+    p.add_argument("--start", type=float, default=100.0, help="first request rate (default 100)")
+    p.add_argument("--step", type=float, default=100.0, help="rate increment (default 100)")
+    p.add_argument("--max-rate", type=float, default=3000.0, help="stop here (default 3000)")
+    p.add_argument("--refine", type=int, default=1,
+                   help="bisection steps between the last good and first bad rate (default 1)")
+    p.add_argument("--click-ratio", type=float, default=10.0,
+                   help="clicks per request (default 10)")
+    p.add_argument("--step-seconds", type=float, default=15.0,
+                   help="measured seconds per rate (default 15)")
+    p.add_argument("--p99-ms", type=float, default=25.0,
+                   help="in-worker request p99 limit (default 25 ms)")
+    p.add_argument("--lag-ms", type=float, default=250.0,
+                   help="end-to-end p99 above which the worker is taken as lagging "
+                        "(default 250 ms)")
+    p.add_argument("--plot", default="", metavar="PATH", help="write p99 vs rate PNG here")
+    p.set_defaults(func=run_capacity)
+
+
+def verdict(fig: dict[str, Any], p99_ms: float, lag_ms: float) -> str:
+    """"" when the step was sustainable, else why not."""
+    if fig["lost"] or fig["timeouts"]:
+        return f"lag: {fig['lost']} lost, {fig['timeouts']} over 1 s"
+    if fig["errors"]:
+        return f"{fig['errors']} error responses"
+    wp99 = fig["worker_request_p99_ms"]
+    if wp99 is None or wp99 > p99_ms:
+        return f"in-worker p99 {wp99} ms > {p99_ms:g}"
+    if fig["e2e_p99_ms"] is None or fig["e2e_p99_ms"] > lag_ms:
+        return f"lag: e2e p99 {fig['e2e_p99_ms']} ms > {lag_ms:g}"
+    if fig["throughput"] < 0.98 * fig["offered_rate"]:
+        return f"lag: {fig['throughput']}/s answered of {fig['offered_rate']}/s"
+    applied, sent = fig["clicks_applied"], fig["clicks_sent"]
+    if sent and (applied is None or applied < 0.98 * sent):
+        return f"lag: clicks applied {applied} of {sent}"
+    return ""
+
+
+def rates_to_try(start: float, step: float, top: float) -> list[float]:
+    out, r = [], start
+    while r <= top + 1e-9:
+        out.append(round(r, 1))
+        r += step
+    return out
+
+
+async def ramp(settings: Any, args: argparse.Namespace, ports: list[int], rss: RssWatch,
+               workers: int) -> tuple[float, str, list[dict[str, Any]]]:
+    """Steps up the rate until a step fails, then bisects; (best sustained rate, what
+    limited it, steps)."""
+    from devtools.e2e.measure import measure
+
+    steps: list[dict[str, Any]] = []
+
+    async def one(rate: float) -> bool:
+        step_args = argparse.Namespace(
+            items=args.items, users=args.users, k=args.k, seed=args.seed, rate=rate,
+            click_rate=rate * args.click_ratio, seconds=args.step_seconds, freshness=0)
+        run = f"c{os.getpid()}w{workers}r{int(rate)}x{int(time.time()) % 100000}"
+        fig = await measure(settings, step_args, run, ports, rss)
+        fig.pop("_latencies")
+        fig.pop("_fresh")
+        why = verdict(fig, args.p99_ms, args.lag_ms)
+        row = {"workers": workers, "rate": rate, "click_rate": rate * args.click_ratio,
+               "ok": not why, "why": why, "loadavg": loadavg(),
+               **{key: fig[key] for key in (
+                   "offered_rate", "throughput", "lost", "errors", "timeouts",
+                   "worker_request_p50_ms", "worker_request_p99_ms", "e2e_p50_ms",
+                   "e2e_p99_ms", "clicks_sent", "clicks_applied", "candidates_mean")}}
+        steps.append(row)
+        print(f"  {workers} worker(s) {rate:7.1f} req/s + {row['click_rate']:7.0f} clicks/s: "
+              f"in-worker p50/p99 {row['worker_request_p50_ms']}/"
+              f"{row['worker_request_p99_ms']} ms, e2e p50/p99 {row['e2e_p50_ms']}/"
+              f"{row['e2e_p99_ms']} ms, clicks applied {row['clicks_applied']} of "
+              f"{row['clicks_sent']} -> {why or 'ok'}", flush=True)
+        return not why
+
+    good, bad = 0.0, None
+    for rate in rates_to_try(args.start, args.step, args.max_rate):
+        if await one(rate):
+            good = rate
+        else:
+            bad = rate
+            break
+    limit = steps[-1]["why"] if bad is not None else f"--max-rate {args.max_rate:g} reached"
+    for _ in range(args.refine if bad is not None else 0):
+        mid = round((good + bad) / 2, 1)
+        if mid - good < 1:
+            break
+        if await one(mid):
+            good = mid
+        else:
+            bad = mid
+            limit = steps[-1]["why"]
+    return good, limit, steps
+
+
+async def _measure_all(settings: Any, args: argparse.Namespace, counts: list[int],
+                       pins: Any, workdir: Path, first: Any) -> dict[str, Any]:
+    from devtools.e2e.run import wait_ready
+    from devtools.e2e.traffic import warm_users
+    from devtools.localstack import free_port, start_worker
+
+    workers = [first]
+    took = await wait_ready(settings, 600)
+    print(f"worker answers ({took:.1f}s)", flush=True)
+    await warm_users(settings, args, f"cw{os.getpid()}", settings.metrics_port)
+    rss = RssWatch(first.proc.pid)
+    out: dict[str, Any] = {"best": {}, "limit": {}, "pinned": {}, "steps": []}
+    for n in counts:
+        while len(workers) < n:
+            j = len(workers)
+            # pinned alone when a CPU is left for the rest, else on all of ours
+            cpus = (None if not pins else pins[0][j] if j < len(pins[0])
+                    else set().union(*pins[0], pins[1]))
+            port = free_port()
+            env = replace(settings, metrics_port=port).environ()
+            svc = start_worker(env, workdir / f"worker-{j}.log", port, 300, cpus=cpus)
+            workers.append(svc)
+            await _wait_joined(settings, port)
+        pinned = bool(pins) and all(
+            len(os.sched_getaffinity(w.proc.pid)) == 1 for w in workers) and len(
+            pins[0]) >= n
+        print(f"{n} worker(s){' pinned' if pinned else ' NOT pinned'}: ramping from "
+              f"{args.start:g} req/s by {args.step:g}", flush=True)
+        best, limit, steps = await ramp(settings, args, [w.port for w in workers], rss, n)
+        out["best"][n] = best
+        out["limit"][n] = limit
+        out["pinned"][n] = pinned
+        out["steps"] += steps
+    out["worker_rss_peak_mb"] = round(rss.peak() / 2**20, 1)
+    return out
+
+
+async def _wait_joined(settings: Any, port: int, timeout: float = 600) -> None:
+    """Until the new worker has loaded its index and answers requests (it owns request
+    partitions after the group's rebalance): recalls for many users until its
+    ``recall_requests`` counter moves."""
+    from devtools.client import RecallClient
+    from devtools.scrape import metric_value, metrics_url, scrape
+
+    deadline = time.monotonic() + timeout
+    async with RecallClient(settings) as client:
+        n = 0
+        while time.monotonic() < deadline:
+            if metric_value(scrape(metrics_url(port)), "recall_requests_total") > 0:
+                return
+            for _ in range(20):
+                n += 1
+                await client.send_request(f"join-probe-{n}", k=1)
+            await asyncio.sleep(0.5)
+    raise DevtoolsError(f"the worker on :{port} did not answer within {timeout:g}s")
+
+
+def run_capacity(args: argparse.Namespace) -> int:
+    from devtools.e2e.catalogue import load_catalogue
+    from devtools.e2e.run import affinity, pinning
+    from devtools.localstack import worker_stack
+    from recall.config import Settings
+
+    try:
+        counts = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    except ValueError:
+        raise DevtoolsError(f"--workers must list integers, got {args.workers!r}") from None
+    if (not counts or counts[0] < 1 or args.start <= 0 or args.step <= 0
+            or args.step_seconds <= 0 or args.click_ratio < 0 or args.items < 100):
+        raise DevtoolsError("--workers >= 1, --start/--step/--step-seconds > 0, "
+                            "--click-ratio >= 0, --items >= 100")
+    settings = Settings.from_env()
+    if settings.topic_partitions < max(counts):
+        raise DevtoolsError(f"{max(counts)} workers need at least as many partitions "
+                            f"(RECALL_TOPIC_PARTITIONS={settings.topic_partitions})")
+    args.users = min(args.users, args.items)
+    pins = None
+    if args.pin_worker is not None:
+        mine = os.sched_getaffinity(0)
+        n_pin = max(n for n in counts if len(mine) - n >= 1) if len(mine) > 1 else 1
+        pins = pinning(args.pin_worker, max(1, min(n_pin, max(counts))))
+    load_start = loadavg()
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="recall-capacity-"))
+
+    def load(s: Any) -> None:
+        print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}",
+              flush=True)
+        asyncio.run(load_catalogue(s, args, keep_old=False))
+
+    with affinity(pins[1] if pins else None), worker_stack(
+            settings, workdir=workdir, before_worker=load, worker_timeout=300,
+            kafka_session_timeout=3.0, worker_cpus=pins[0][0] if pins else None) as (
+            settings, _, worker):
+        res = asyncio.run(_measure_all(settings, args, counts, pins, workdir, worker))
+    one = res["best"].get(1)
+    summary = {
+        "bench": "capacity", "items": args.items, "users": args.users,
+        "click_ratio": args.click_ratio, "p99_limit_ms": args.p99_ms,
+        "lag_limit_ms": args.lag_ms, "step_seconds": args.step_seconds,
+        "pin_worker": args.pin_worker, "cpus": os.cpu_count(),
+        "best_rate": {str(n): r for n, r in res["best"].items()},
+        "per_worker_core": {str(n): round(r / n, 1) for n, r in res["best"].items()},
+        "pinned": {str(n): p for n, p in res["pinned"].items()},
+        "limited_by": {str(n): why for n, why in res["limit"].items()},
+        "scale_out_efficiency": ({str(n): round(r / (n * one), 3)
+                                  for n, r in res["best"].items() if n > 1}
+                                 if one else None),
+        "worker_rss_peak_mb": res["worker_rss_peak_mb"],
+        "loadavg_start": load_start, "loadavg_end": loadavg(),
+        "wall_seconds": round(time.monotonic() - t0, 1), "steps": res["steps"],
+    }
+    print()
+    for n, r in res["best"].items():
+        print(f"{n} worker(s){'' if res['pinned'][n] else ' (not pinned)'}: largest "
+              f"sustainable rate {r:g} req/s + {r * args.click_ratio:g} clicks/s = "
+              f"{r / n:g} req/s per worker core"
+              + (f"; scale-out efficiency {summary['scale_out_efficiency'][str(n)]:.2f}"
+                 if n > 1 and one else "") + f" (next step: {res['limit'][n]})", flush=True)
+    print(f"limits: in-worker p99 <= {args.p99_ms:g} ms, e2e p99 <= {args.lag_ms:g} ms, "
+          f"nothing lost; load average {load_start} -> {summary['loadavg_end']} on "
+          f"{os.cpu_count()} CPUs", flush=True)
+    if args.plot:
+        plot(args.plot, res["steps"], args)
+        summary["plot"] = args.plot
+        print(f"plot: {args.plot}", flush=True)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def plot(path: str, steps: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for j, n in enumerate(sorted({s["workers"] for s in steps})):
+        pts = sorted((s for s in steps if s["workers"] == n), key=lambda s: s["rate"])
+        rates = [s["rate"] for s in pts]
+        color = f"C{j}"
+        ax.plot(rates, [s["worker_request_p99_ms"] or float("nan") for s in pts], "o-",
+                color=color, label=f"{n} worker(s): in-worker p99")
+        ax.plot(rates, [s["e2e_p99_ms"] or float("nan") for s in pts], "s--",
+                color=color, alpha=0.6, label=f"{n} worker(s): end-to-end p99")
+    ax.axhline(args.p99_ms, color="red", linestyle=":", label=f"in-worker limit {args.p99_ms:g} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"requests/s offered (+ {args.click_ratio:g}x clicks/s)")
+    ax.set_ylabel("p99 latency, ms (log)")
+    ax.set_title(f"recall bench capacity: {args.items} items")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
