@@ -23,7 +23,8 @@ implementation as the reference the tests compare against, row by row.
   entries skipped), adds extra candidates given per query (pending buckets), dedupes
   with a per-slot mark array, keeps candidates found in at least ``vote`` of the
   probes' tables, re-ranks them by exact inner product (float64 sums, rounded to float32)
-  and keeps the top k. Excluded slots never become candidates.
+  and keeps the top k; excluded slots count as candidates (as in the reference) but are
+  never scored or returned.
 - :func:`add_rows` adds ``coef * vectors[slot]`` to rows of a float64 matrix, in order
   (the click batch's user-vector sums).
 
@@ -39,9 +40,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-#: ``mark`` value of an excluded slot during a search (counts stop one below)
-_EXCLUDED = np.uint8(255)
-_MAX_COUNT = 254
+#: ``mark`` of a slot during a search: its sightings in the low 7 bits (stopping at 127),
+#: the top bit set when the query excludes it
+_EXCLUDED = 128
+_COUNT = 127
 
 
 @njit(cache=True, nogil=True)
@@ -174,16 +176,15 @@ def _find(key: np.int64, ukeys: np.ndarray, starts: np.ndarray, directory: np.nd
 def _visit(s: int, mark: np.ndarray, cand: np.ndarray, m: int) -> tuple[np.ndarray, int]:
     """Count one sighting of slot s; a first sighting appends it to cand[:m]."""
     c = mark[s]
-    if c == _EXCLUDED:
-        return cand, m
-    if c == 0:
+    count = c & _COUNT
+    if count == 0:
         if m == cand.shape[0]:
             bigger = np.empty(2 * m, dtype=np.int64)
             bigger[:m] = cand
             cand = bigger
         cand[m] = s
         m += 1
-    if c < _MAX_COUNT:
+    if count < _COUNT:
         mark[s] = c + 1
     return cand, m
 
@@ -206,9 +207,11 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     found in at least that many of the L tables (1 = all). extra_ptr/extra_slots: CSR of
     more candidate slots per query (one per table that holds them: pending buckets);
     excl_ptr/excl_slots: CSR of slots each query must not return. mark (S,) uint8 zeros.
+    Counts per slot stop at 127, so vote <= 127.
 
     Returns (out_slots (n, kmax) int64 padded with -1, out_scores (n, kmax) float32 padded
-    with -inf, candidates (n,) int64 re-ranked per query), rows best first (equal scores:
+    with -inf, candidates (n,) int64 per query: distinct slots with enough votes,
+    excluded ones included), rows best first (equal scores:
     lower slot first).
     """
     n = queries.shape[0]
@@ -236,20 +239,25 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
                         cand, m = _visit(s, mark, cand, m)
         for e in range(extra_ptr[i], extra_ptr[i + 1]):
             cand, m = _visit(extra_slots[e], mark, cand, m)
-        # the candidates with enough votes, their exact scores in one tight loop (the
-        # row loads overlap), then the top k by insertion into the sorted output row
+        # the candidates with enough votes (excluded ones count, as in the reference,
+        # but are not scored), their exact scores in one tight loop (the row loads
+        # overlap), then the top k by insertion into the sorted output row
+        voted = 0
         ranked = 0
         for j in range(m):
             s = cand[j]
-            if mark[s] >= vote:
-                cand[ranked] = s
-                ranked += 1
-            mark[s] = 0
+            c = mark[s]
+            if (c & _COUNT) >= vote:
+                voted += 1
+                if c < _EXCLUDED:
+                    cand[ranked] = s
+                    ranked += 1
+            mark[s] = c & _EXCLUDED
         if scores.shape[0] < ranked:
             scores = np.empty(cand.shape[0], dtype=np.float32)
         _scores(vectors, cand, ranked, queries[i], scores)
         _top_k(cand, scores, ranked, ks[i], out_slots[i], out_scores[i])
-        n_cand[i] = ranked
+        n_cand[i] = voted
         for e in range(excl_ptr[i], excl_ptr[i + 1]):
             mark[excl_slots[e]] = 0
     return out_slots, out_scores, n_cand

@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
+from recall import kernels
 from recall.config import Settings, set_in_env, user_vector_settings
 from recall.lsh import QueryResult
 from recall.messages import (
@@ -146,6 +147,9 @@ class Recaller:
 
     async def start(self) -> None:
         s = self.settings
+        # the compiled search kernels: loaded from numba's cache (compiled on a first
+        # run), before any request can wait for them
+        await asyncio.to_thread(kernels.warm_up)
         version = await ensure_live_version(self.store, s, s.topic_partitions)
         t0 = time.perf_counter()
         index, offsets = await load_index(self.store, version, s.dim)

@@ -34,3 +34,125 @@ def test_probe_keys_equal_the_numpy_hashers(family, k, T):
     assert (np.sort(got, axis=2) == np.sort(ref, axis=2)).all()
     for i in range(len(q)):
         assert (np.sort(got[i], axis=1) == np.sort(h.probe_keys(q[i])[0], axis=1)).all()
+
+
+def twin_search(index, q, ks, exclude=None):
+    """The compiled search and the numpy reference on the same index."""
+    index.compiled = True
+    got = index.search(q, ks, exclude)
+    index.compiled = False
+    try:
+        ref = index.search(q, ks, exclude)
+    finally:
+        index.compiled = True
+    return got, ref
+
+
+def assert_same_rows(got, ref):
+    assert len(got) == len(ref)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        assert a.ids == b.ids, f"query {i}"
+        assert a.candidates == b.candidates, f"query {i}"
+        assert a.scores.dtype == np.float32
+        np.testing.assert_array_equal(a.scores, b.scores, err_msg=f"query {i}")
+
+
+def built(mode: str, family: str = "pstable", n: int = 1500, **params) -> tuple:
+    """An index in a given state: everything merged, items pending (not merged yet), or
+    stale entries (removed and updated items still in the sorted table, masked out)."""
+    from recall.lsh import LSHIndex
+
+    rng = np.random.default_rng(11)
+    x = unit(rng, n, 16)
+    ids = [f"i{j}" for j in range(n)]
+    p = LSHParams(dim=16, family=family, **({"k": 4, "L": 6, "T": 4, "w": 0.9} | params))
+    index = LSHIndex(p, merge="deferred")
+    index.MERGE_MIN = 10**9  # nothing merges unless asked
+    if mode == "merged":
+        index.add(ids, x)  # one batch above... the threshold is huge: merge it explicitly
+        index._merge_now()
+    elif mode == "pending":
+        index.add(ids[:500], x[:500])
+        index._merge_now()
+        for start in range(500, n, 100):
+            index.add(ids[start:start + 100], x[start:start + 100])
+    else:  # stale
+        index.add(ids, x)
+        index._merge_now()
+        index.remove(ids[::3])
+        index.add(ids[1:300:3], unit(rng, 100, 16))  # updated: moved to pending buckets
+    assert (mode == "pending") == bool(index._pending and not index._stale)
+    return index, rng
+
+
+@pytest.mark.parametrize("mode", ["merged", "pending", "stale"])
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_compiled_search_equals_the_numpy_reference_row_by_row(mode, family):
+    index, rng = built(mode, family)
+    q = unit(rng, 60, 16)
+    ks = [1 + j % 17 for j in range(60)]
+    assert_same_rows(*twin_search(index, q, ks))
+
+
+@pytest.mark.parametrize("params", [{"cap": 3}, {"vote": 2}, {"vote": 3, "T": 8},
+                                    {"T": 1}, {"L": 3, "k": 1}])
+def test_compiled_search_equals_the_reference_with_cap_vote_and_probes(params):
+    index, rng = built("stale", **params)
+    q = unit(rng, 40, 16)
+    got, ref = twin_search(index, q, 10)
+    assert_same_rows(got, ref)
+    if params.get("vote", 1) > 1:  # voting keeps fewer candidates than not voting
+        plain = index.params
+        index.params = LSHParams.from_dict({**plain.to_dict(), "vote": 1})
+        assert sum(r.candidates for r in index.search(q, 10)) > sum(r.candidates for r in got)
+        index.params = plain
+
+
+def test_compiled_search_excludes_like_the_reference():
+    index, rng = built("pending")
+    q = unit(rng, 30, 16)
+    first = index.search(q, 8)
+    # exclude some of each query's own results, ids not in the index, and nothing
+    exclude = [set(r.ids[::2]) | {"nope"} if j % 3 else set() for j, r in enumerate(first)]
+    got, ref = twin_search(index, q, 8, exclude)
+    assert_same_rows(got, ref)
+    for r, ex in zip(got, exclude, strict=True):
+        assert not set(r.ids) & ex and len(r.ids) == 8
+
+
+def test_compiled_search_on_an_empty_index_and_with_fewer_candidates_than_k():
+    from recall.lsh import LSHIndex
+
+    empty = LSHIndex(LSHParams(dim=16, k=4, L=2, T=2))
+    q = unit(np.random.default_rng(0), 3, 16)
+    assert [r.ids for r in empty.search(q, 5)] == [[], [], []]
+    index, _ = built("merged", n=40, k=12, L=2, T=1)  # tiny buckets: few candidates
+    got, ref = twin_search(index, q, 30)
+    assert_same_rows(got, ref)
+    assert all(len(r.ids) == r.candidates < 30 for r in got)
+
+
+def test_equal_scores_rank_by_slot_on_both_paths():
+    """Duplicated vectors score exactly the same: the order must not depend on the path."""
+    from recall.lsh import LSHIndex
+
+    rng = np.random.default_rng(5)
+    base = unit(rng, 50, 16)
+    x = np.repeat(base, 4, axis=0)  # every vector 4 times
+    index = LSHIndex(LSHParams(dim=16, k=3, L=4, T=4, w=1.0))
+    index.add([f"d{j}" for j in range(len(x))], x)
+    got, ref = twin_search(index, base[:20], 7)
+    assert_same_rows(got, ref)
+    assert got[0].ids[:4] == ["d0", "d1", "d2", "d3"]
+
+
+def test_the_mark_scratch_is_left_clean():
+    index, rng = built("stale")
+    index.search(unit(rng, 20, 16), 10, [{"i1", "i2"}] * 20)
+    assert not index._mark.any()
+
+
+def test_warm_up_compiles_every_kernel():
+    kernels.warm_up()
+    for fn in (kernels.probe_keys, kernels.search, kernels.add_rows):
+        assert fn.signatures, fn

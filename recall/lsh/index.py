@@ -6,8 +6,13 @@ free-list, and one sorted bucket table over all tables (:class:`SortedBuckets`; 
 salted per table, so one lookup serves every probe). Small upserts go to a pending dict
 (key -> slots) merged into the sorted table in amortised batches; updated or removed
 slots are masked out of the sorted table until the next merge. A search gathers the
-probed buckets (at most ``cap`` items each), dedupes, re-ranks the candidates by exact
-cosine and returns the top k: scores are exact, only recall is approximate.
+probed buckets (at most ``cap`` items each), dedupes, keeps the candidates found in at
+least ``vote`` tables, re-ranks them by exact cosine and returns the top k: scores are
+exact, only recall is approximate. Searches run as compiled kernels
+(:mod:`recall.kernels`, batched over the queries of a call); ``compiled = False`` runs
+the numpy implementation they are tested against (same ids, scores and candidate counts;
+equal scores rank by slot). Scores are float64 sums of the float32 products, rounded to
+float32, on both paths.
 
 Threads: one thread owns the index (adds, removes and searches run there). In
 ``merge="deferred"`` mode the heavy part of a merge runs in another thread
@@ -25,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from recall import kernels
 from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
 from recall.lsh.params import LSHParams, normalize
@@ -57,6 +63,8 @@ class LSHIndex:
     #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
     MERGE_MIN = 4096
     MERGE_RATIO = 16
+    #: search with the compiled kernels (False: the numpy reference implementation)
+    compiled = True
 
     def __init__(self, params: LSHParams, *, merge: MergeMode = "inline") -> None:
         if merge not in ("inline", "deferred"):
@@ -70,6 +78,7 @@ class LSHIndex:
         self._alive = np.zeros(0, dtype=bool)
         self._in_main = np.zeros(0, dtype=bool)
         self._stamp = np.zeros(0, dtype=np.int32)
+        self._mark = np.zeros(0, dtype=np.uint8)  # the kernels' per-slot scratch (zeros)
         self._slot_ids: list[str | None] = []
         self._id2slot: dict[str, int] = {}
         self._free: list[int] = []
@@ -119,7 +128,7 @@ class LSHIndex:
 
     def nbytes(self) -> int:
         """Bytes held in numpy arrays (vectors, sorted bucket table, masks)."""
-        arrays = (self._vecs, self._alive, self._in_main, self._stamp)
+        arrays = (self._vecs, self._alive, self._in_main, self._stamp, self._mark)
         return int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
@@ -143,7 +152,8 @@ class LSHIndex:
         vecs = np.zeros((new, self.dim), dtype=np.float32)
         vecs[: self._capacity] = self._vecs
         self._vecs = vecs
-        for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32)):
+        for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32),
+                            ("_mark", np.uint8)):
             arr = np.zeros(new, dtype=dtype)
             arr[: self._capacity] = getattr(self, name)
             setattr(self, name, arr)
@@ -357,6 +367,8 @@ class LSHIndex:
             return [self._exact(qn[i], ks[i], excluded[i]) for i in range(n)]
         if n == 0:
             return []
+        if self.compiled:
+            return self._search_compiled(qn, ks, excluded)
         probes = self.hasher.probe_keys(qn, self.params.T)  # (n, L, T')
         per_query = probes.shape[1] * probes.shape[2]
         flat = probes.reshape(-1)
@@ -367,6 +379,52 @@ class LSHIndex:
             cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
             out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
         return out
+
+    def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
+                         ) -> list[QueryResult]:
+        """:meth:`search` through :func:`recall.kernels.search`: hashing, probing, lookup,
+        gather, dedupe, vote, re-rank and top k of the whole batch in two compiled calls
+        (the pending buckets, a dict, are read here)."""
+        p, h = self.params, self.hasher
+        n = len(ks)
+        probes = kernels.probe_keys(qn, h.proj, h.offset, float(p.w), p.family == "pstable",
+                                    h.mult, h.salt, h.template(p.T),
+                                    h.probes_per_table(p.T) - 1)
+        extra_ptr, extra = self._pending_candidates(probes)
+        excl_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
+        excl = np.concatenate(excluded) if excl_ptr[-1] else np.zeros(0, dtype=np.int64)
+        b = self._buckets
+        top_slots, top_scores, n_cand = kernels.search(
+            qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
+            b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
+            p.vote, extra_ptr, extra, excl_ptr, excl, self._mark)
+        slot_ids = self._slot_ids
+        out = []
+        for i, row in enumerate(top_slots.tolist()):
+            m = ks[i] if row[-1] >= 0 else sum(1 for s in row if s >= 0)
+            out.append(QueryResult(ids=[slot_ids[s] for s in row[:m]],
+                                   scores=top_scores[i, :m].copy(),
+                                   candidates=int(n_cand[i])))
+        return out
+
+    def _pending_candidates(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (ptr (n+1,), slots) of each query's candidates in pending buckets (capped
+        as the sorted ones)."""
+        n = probes.shape[0]
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        if not self._pending:
+            return ptr, np.zeros(0, dtype=np.int64)
+        get = self._pending.get
+        cap = self.params.cap or None
+        parts: list[int] = []
+        for i, keys in enumerate(probes.reshape(n, -1).tolist()):
+            for key in keys:
+                bucket = get(key)
+                if bucket:
+                    parts.extend(bucket[:cap])
+            ptr[i + 1] = len(parts)
+        return ptr, np.asarray(parts, dtype=np.int64)
 
     def _prepare(self, queries: np.ndarray, k: int | Sequence[int]
                  ) -> tuple[np.ndarray, list[int]]:
@@ -434,6 +492,9 @@ class LSHIndex:
         if not parts:
             return np.zeros(0, dtype=np.int32)
         cand = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if self.params.vote > 1:  # found in at least `vote` tables (one entry per table)
+            uniq, counts = np.unique(cand, return_counts=True)
+            return uniq[counts >= self.params.vote]
         order = np.arange(len(cand), dtype=np.int32)
         stamp = self._stamp
         stamp[cand] = order
@@ -444,29 +505,44 @@ class LSHIndex:
         """Exact cosine of the candidate slots, top k not excluded. The top k + (excluded
         items present) are ranked and the excluded ones dropped after: the same items as
         removing them from the candidates first, without an isin over every candidate."""
-        scores = np.take(self._vecs, cand, axis=0) @ qn
-        return self._top(cand, scores, k, len(cand), excluded)
+        return self._top(cand, _scores(self._vecs, cand, qn), k, len(cand), excluded)
 
     def _top(self, slots: np.ndarray, scores: np.ndarray, k: int, n_cand: int,
              excluded: np.ndarray) -> QueryResult:
         want = k + len(excluded)
-        top = (np.argpartition(-scores, want - 1)[:want] if len(scores) > want
-               else np.arange(len(scores)))
-        top = top[np.argsort(-scores[top], kind="stable")]
+        if len(scores) > want:  # the best `want`, and everything tied with the last
+            kth = np.partition(-scores, want - 1)[want - 1]
+            top = np.flatnonzero(-scores <= kth)
+        else:
+            top = np.arange(len(scores))
+        top = top[np.lexsort((slots[top], -scores[top]))][:want]  # equal scores: by slot
         if len(excluded):
             top = top[~np.isin(slots[top], excluded)][:k]
         ids = [self._slot_ids[s] for s in slots[top].tolist()]
         return QueryResult(ids=ids, scores=scores[top].astype(np.float32), candidates=n_cand)
 
     def _exact(self, qn: np.ndarray, k: int, excluded: np.ndarray) -> QueryResult:
-        """Brute force over all live items."""
+        """Brute force over all live items: float32 scores pick a shortlist (ties at
+        its end included), which is scored as the search scores and ranked."""
         high = self._high
         scores = self._vecs[:high] @ qn
         dead = ~self._alive[:high]
         if len(excluded):
             dead[excluded] = True
         live = np.flatnonzero(~dead)
+        want = min(len(live), k + 16)  # margin: float32 and float64 sums can swap near-ties
+        short = live
+        if len(live) > want:
+            s = scores[live]
+            kth = np.partition(-s, want - 1)[want - 1]
+            short = live[-s <= kth + 1e-5]
         no_excl = np.zeros(0, dtype=np.int64)
-        if len(live) < high:
-            return self._top(live, scores[live], k, len(live), no_excl)
-        return self._top(live, scores, k, len(live), no_excl)
+        res = self._top(short, _scores(self._vecs, short, qn), k, len(live), no_excl)
+        return res
+
+
+def _scores(vectors: np.ndarray, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact cosine of unit rows: float64 sums of the float32 products, rounded to
+    float32 (what the compiled search computes, whatever the summation order)."""
+    rows = np.take(vectors, slots, axis=0).astype(np.float64)
+    return (rows @ q.astype(np.float64)).astype(np.float32)

@@ -27,6 +27,7 @@ class LSHParams:
     T: int = 16  # probes per table (1 = home bucket only)
     seed: int = 42
     cap: int = 0  # items read per probed bucket (0 = all)
+    vote: int = 1  # keep candidates found in at least this many of the L tables
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,6 +45,10 @@ class LSHParams:
             problems.append(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.cap, (int, np.integer)) or self.cap < 0:
             problems.append(f"cap must be an integer >= 0, got {self.cap!r}")
+        tables = self.L if isinstance(self.L, (int, np.integer)) else 1
+        if (isinstance(self.vote, bool) or not isinstance(self.vote, (int, np.integer))
+                or not 1 <= self.vote <= min(127, max(tables, 1))):
+            problems.append(f"vote must be an integer in 1..min(L, 127), got {self.vote!r}")
         if problems:
             raise ValueError("invalid LSH parameters: " + "; ".join(problems))
 
@@ -60,7 +65,7 @@ class LSHParams:
         if unknown:
             raise ValueError(f"unknown LSH parameter(s): {', '.join(unknown)}")
         casts = {"family": str, "dim": int, "k": int, "L": int, "w": float, "T": int,
-                 "seed": int, "cap": int}
+                 "seed": int, "cap": int, "vote": int}
         values = {}
         for key, value in d.items():
             if isinstance(value, bool) or value is None:
@@ -80,6 +85,8 @@ class LSHParams:
         text += f" T={self.T}"
         if self.cap:
             text += f" cap={self.cap}"
+        if self.vote > 1:
+            text += f" vote={self.vote}"
         return text
 
 
