@@ -1,13 +1,16 @@
-"""Chooses LSH parameters: the cheapest (family, k, L, w, T) reaching a target recall@k.
+"""Chooses LSH parameters: the cheapest (family, k, L, w, vote, T) reaching a target
+recall@k.
 
 Role: called by ``recall tune`` (offline) and ``recall bench index --tune``. On a sample
 of the catalogue and user-like queries (means of 2-8 items that are near each other),
 it computes the exact top-k, then walks a grid of hash layouts (family, k, L, w); for
-each layout it builds one index and raises the probes per table T (1, 2, 4, ...) until
-recall@k reaches the target. Among the settings that reach it, the one with the lowest
-measured mean query time wins. Fixed recall for fixed parameters tends to hold or rise
-when the catalogue grows (neighbours get closer) while candidates grow with it, so tune
-on a sample close to the catalogue's size for the cheapest setting.
+each layout it builds one index and, for each vote setting (keep candidates found in at
+least m of the L tables: fewer to re-rank, so more probes may pay), raises the probes per
+table T (1, 2, 4, ...) until recall@k reaches the target. Among the settings that reach
+it, the one with the lowest measured mean query time wins. Fixed recall for fixed
+parameters tends to hold or rise when the catalogue grows (neighbours get closer) while
+candidates grow with it, so tune on a sample close to the catalogue's size for the
+cheapest setting.
 """
 
 from __future__ import annotations
@@ -156,13 +159,16 @@ def tune(
     max_items: int | None = None,
     layouts: Sequence[tuple[str, int, int, float]] | None = None,
     families: Sequence[str] = ("pstable", "simhash"),
+    votes: Sequence[int] = (1, 2),
     seed: int = 42,
     progress: bool = True,
 ) -> TuneResult:
     """Pick the cheapest LSH parameters reaching `target_recall` recall@k on a sample.
 
     vectors: (n, D) catalogue (or a sample of it; `max_items` subsamples). queries: (Q, D)
-    user vectors; default: `n_queries` user-like queries made from the sample.
+    user vectors; default: `n_queries` user-like queries made from the sample. votes:
+    the vote settings tried on every layout (a candidate must be found in that many
+    tables): voting re-ranks fewer candidates, so it can pay for more probes.
     """
     from tqdm import tqdm
 
@@ -190,12 +196,14 @@ def tune(
         bar.set_postfix_str(f"{family} k={kk} L={L} w={w:g}")
         index = LSHIndex(LSHParams(family=family, dim=dim, k=kk, L=L, w=w, T=1, seed=seed))
         index.add(ids, x)
-        for T in PROBE_STEPS:
-            index.probes = T
-            trial = evaluate(index, q, truth, k)
-            trials.append(trial)
-            if trial.recall >= target_recall:
-                break
+        for vote in (v for v in votes if 1 <= v <= L):
+            index.vote = vote
+            for T in PROBE_STEPS:
+                index.probes = T
+                trial = evaluate(index, q, truth, k)
+                trials.append(trial)
+                if trial.recall >= target_recall:
+                    break
     bar.close()
     reached = [t for t in trials if t.recall >= target_recall]
     best = (min(reached, key=lambda t: t.query_ms) if reached

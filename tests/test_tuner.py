@@ -69,3 +69,23 @@ def test_suggested_params_grow_with_the_catalogue():
     small, big = suggested_params(10_000, 64), suggested_params(1_000_000, 64)
     assert small.dim == big.dim == 64
     assert small.k < big.k
+
+
+def test_tune_tries_every_vote_setting_on_every_layout():
+    """Voting is a tuner option: trials cover each vote with its own probe ramp, and a
+    vote setting re-ranks fewer candidates than no vote at the same layout and probes."""
+    x, _ = clustered_catalogue(3000, 16, seed=6)
+    layouts = [("pstable", 4, 8, 1.25)]
+    result = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1, 2),
+                  seed=2, progress=False)
+    by_vote = {v: [t for t in result.trials if t.params.vote == v] for v in (1, 2)}
+    assert by_vote[1] and by_vote[2]
+    assert {t.params.vote for t in result.trials} == {1, 2}
+    same_t = {t.params.T: t for t in by_vote[1]}
+    pairs = [(same_t[t.params.T], t) for t in by_vote[2] if t.params.T in same_t]
+    assert pairs and all(voted.candidates < plain.candidates for plain, voted in pairs)
+    assert "vote" in result.trials[-1].as_dict()
+    # a vote larger than a layout's tables is skipped
+    small = tune(x, target_recall=0.5, k=10, n_queries=20, layouts=[("pstable", 4, 1, 1.25)],
+                 votes=(1, 2), seed=2, progress=False)
+    assert {t.params.vote for t in small.trials} == {1}

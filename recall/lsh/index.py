@@ -101,6 +101,15 @@ class LSHIndex:
         self.params = replace(self.params, T=value)  # validated by LSHParams
 
     @property
+    def vote(self) -> int:
+        """Tables a candidate must be found in to be re-ranked (1 = any); settable."""
+        return self.params.vote
+
+    @vote.setter
+    def vote(self, value: int) -> None:
+        self.params = replace(self.params, vote=value)
+
+    @property
     def cap(self) -> int:
         """Items read per probed bucket (0 = all); settable at run time."""
         return self.params.cap
