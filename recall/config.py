@@ -76,6 +76,15 @@ class Settings:
     user_interests: int = 1
     #: a gap longer than this (seconds) between a user's clicks starts a new session
     user_session_gap: float = 1800.0
+    # --- live recall monitor (stream/watch.py) ------------------------------
+    #: recall@k the worker holds by adjusting probes (and re-tuning when they cannot)
+    target_recall: float = 0.95
+    #: LSH answers compared with exact search per second (0 = monitor off)
+    recall_sample_per_s: float = 2.0
+    #: most probes per table the controller may use
+    lsh_max_probes: int = 64
+    #: items sampled to re-tune LSH parameters (0 = never re-tune or re-pick parameters)
+    retune_items: int = 20_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +118,10 @@ class Settings:
             (self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024"),
             (1 <= self.user_interests <= 16, "user_interests", "must be 1..16"),
             (self.user_session_gap >= 0, "user_session_gap", "must be >= 0"),
+            (0 < self.target_recall <= 1, "target_recall", "must be in (0, 1]"),
+            (self.recall_sample_per_s >= 0, "recall_sample_per_s", "must be >= 0"),
+            (self.lsh_max_probes >= 1, "lsh_max_probes", "must be >= 1"),
+            (self.retune_items >= 0, "retune_items", "must be >= 0"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -167,6 +180,10 @@ ENV_NAMES: dict[str, str] = {
     "metrics_host": "RECALL_METRICS_HOST",
     "user_interests": "RECALL_USER_INTERESTS",
     "user_session_gap": "RECALL_USER_SESSION_GAP",
+    "target_recall": "RECALL_TARGET_RECALL",
+    "recall_sample_per_s": "RECALL_RECALL_SAMPLE_PER_S",
+    "lsh_max_probes": "RECALL_LSH_MAX_PROBES",
+    "retune_items": "RECALL_RETUNE_ITEMS",
 }
 
 

@@ -61,6 +61,30 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.users_cached = Gauge("recall_users_cached", "user states held in memory",
                                   registry=r)
+        # live recall monitor (stream/watch.py): sampled LSH answers against exact search
+        self.lsh_recall = Gauge(
+            "recall_lsh_recall", "recall@k of sampled LSH answers against exact search: "
+            "mean of the last samples at the probes now served (NaN until there are any)",
+            registry=r)
+        self.lsh_recall_low = Gauge(
+            "recall_lsh_recall_low", "lower end of recall_lsh_recall's 95% interval",
+            registry=r)
+        self.lsh_recall_queries = Counter(
+            "recall_lsh_recall_queries", "LSH answers compared with exact search", registry=r)
+        self.lsh_recall_found = Counter(
+            "recall_lsh_recall_found", "sum over compared answers of the fraction of the "
+            "exact top-k found (rate / queries rate = recall)", registry=r)
+        self.lsh_target = Gauge("recall_lsh_recall_target", "RECALL_TARGET_RECALL",
+                                registry=r)
+        self.lsh_probes = Gauge("recall_lsh_probes", "LSH probes per table served",
+                                registry=r)
+        self.lsh_retunes = Counter(
+            "recall_lsh_retunes", "in-memory index rebuilds with new LSH parameters",
+            ["reason"], registry=r)
+        self.lsh_recall.set(float("nan"))
+        self.lsh_recall_low.set(float("nan"))
+        for reason in ("size", "recall"):
+            self.lsh_retunes.labels(reason)
         for status in ("ok", "invalid", "error"):
             self.requests.labels(status)
         for op in ("upsert", "delete"):

@@ -142,6 +142,7 @@ class Recaller:
         self._tasks: list[asyncio.Task] = []
         self._send: Any = None  # async (topic_name, key, value) -> None, set by the app
         self.ready = asyncio.Event()
+        self.watch: Any = None  # stream.watch.RecallWatch, once started
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Recaller:
         self.follower = ItemsFollower(s, self.slot, self.metrics, client_kwargs(s),
                                       writer=self.writer, dlq=self.dlq)
         await self.follower.start(offsets)
+        self.watch = start_watch(s, self.slot, self.metrics, self.follower.lock)
         await self.refresh_popular()
         clicks = ClicksConsumer(s, self, client_kwargs(s))
         await clicks.start()
@@ -189,6 +191,8 @@ class Recaller:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.watch is not None:
+            await self.watch.stop()
         if self.clicks is not None:
             await self.clicks.stop()
         if self.follower is not None:
@@ -523,6 +527,8 @@ class Recaller:
                 source = "lsh"
             items = [(i, sc) for i, sc in zip(res.ids, res.scores.tolist(), strict=True)
                      if i not in seen][:k]
+            if source == "lsh" and self.watch is not None:  # sampled: recall vs exact
+                self.watch.offer(vec, k, seen, [i for i, _ in items], index)
             if items:
                 return items, source, res.candidates
         return self.popular.top(k, seen, index), "popular", None
@@ -537,6 +543,22 @@ class Recaller:
         m.request_duration.observe(time.perf_counter() - t0)
         if record_ts:
             m.end_to_end.observe(max(0.0, time.time() - record_ts))
+
+
+def start_watch(settings: Settings, slot: IndexSlot, metrics: Metrics, lock: asyncio.Lock
+                ) -> Any:
+    """The live recall monitor (stream.watch), running. A version this worker created
+    with the default parameters counts as chosen for 0 items (re-picked once it grows)."""
+    from stream.items import default_params
+    from stream.watch import RecallWatch
+
+    s = settings
+    explicit = bool(s.lsh_tables or s.lsh_hashes or s.lsh_width or s.lsh_probes)
+    untuned = not explicit and slot.index.params == default_params(s)
+    watch = RecallWatch(s, slot, metrics, lock, EXACT_MAX_ITEMS, explicit_params=explicit,
+                        chosen_for=0 if untuned else None)
+    watch.start()
+    return watch
 
 
 def _usable(vec: np.ndarray | None) -> np.ndarray | None:

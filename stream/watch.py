@@ -1,0 +1,284 @@
+"""The worker's live recall monitor: sampled LSH answers against exact search, and the
+probes and parameters that keep recall at ``RECALL_TARGET_RECALL``.
+
+The pure logic (budget, estimate, controller) is :mod:`recall.monitor`; this is the
+wiring, on the worker's event loop:
+
+- :meth:`RecallWatch.offer` is called with every LSH answer (cheap: a token bucket of
+  ``RECALL_RECALL_SAMPLE_PER_S``); a granted sample (the query vector, k, the excluded
+  items, the ids answered, the probes) goes to a small queue (full = dropped).
+- :meth:`RecallWatch.run` takes samples in batches and computes their exact top-k in a
+  thread (``LSHIndex.exact``: O(items), numpy, off the event loop), then counts each
+  query's recall. A sample whose index changed meanwhile (items applied, another index
+  swapped in) is dropped: the exact answer would describe another catalogue.
+- The controller's decisions are applied on the loop: ``LSHIndex.set_probing(T)`` (the
+  buckets do not change, only how many are read); a re-tune is :meth:`_rebuild`.
+
+Re-picking parameters (in memory only). Two triggers, off with ``RECALL_RETUNE_ITEMS=0``
+or explicit ``RECALL_LSH_*`` parameters:
+
+- **size**: the catalogue has grown to 4x the size the served parameters were chosen for
+  (a version this worker created empty counts as chosen for 0 items, so this fires once it
+  passes the exact-search size): the new layout is ``recall.tuner.suggested_params(n)``, an
+  instant heuristic; the probe controller then finds T by measurement.
+- **recall**: the probes are at ``RECALL_LSH_MAX_PROBES`` and the recall interval is wholly
+  below target: ``recall.tuner.tune`` runs on ``RECALL_RETUNE_ITEMS`` sampled items in a
+  child process (its Python loops would hold the worker's GIL).
+
+A rebuild copies the served index's items into a new :class:`~recall.lsh.LSHIndex` in a
+thread while holding the items follower's lock (item messages wait, requests are served
+by the old index), then swaps it into the :class:`~stream.state.IndexSlot` in one
+assignment. The Redis version is not touched: its ``meta`` parameters define the bucket
+keys stored with it, and a worker that (re)loads it starts from them and re-derives its
+own. Parameters only change which candidates are re-ranked, never scores, so workers
+serving different parameters give answers of the same kind. The cost: two indexes in
+memory during a rebuild, and item lag while it runs (~10-15 s at 1M items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recall.config import Settings
+from recall.lsh import LSHIndex, LSHParams
+from recall.monitor import ProbeController, SampleBudget, grown, query_recall
+from stream.metrics import Metrics
+from stream.state import IndexSlot
+
+log = logging.getLogger(__name__)
+
+#: samples waiting for their exact answer (more are dropped: the budget is exceeded)
+QUEUE = 512
+#: samples whose exact answers are computed in one thread call
+BATCH = 32
+#: per-query recalls kept, and needed before the controller acts
+WINDOW, MIN_SAMPLES = 200, 40
+#: size trigger: parameters are re-picked when the catalogue grows by this factor
+GROWTH = 4.0
+#: k of the tuner's recall@k when re-tuning
+TUNE_K = 10
+
+
+@dataclass
+class Sample:
+    vector: np.ndarray
+    k: int
+    exclude: frozenset[str]
+    found: list[str]
+    probes: int
+    index: LSHIndex
+    token: tuple[int, ...]
+
+
+def index_token(index: LSHIndex) -> tuple[int, ...]:
+    """Changes whenever items are added, updated or removed (or another index serves)."""
+    s = index.stats()
+    return (id(index), s["items"], s["pending_items"], s["stale_items"], s["merges"])
+
+
+def _exact(samples: Sequence[Sample]) -> list[list[str] | None]:
+    """The exact top-k of each sample on its index (run in a thread)."""
+    out: list[list[str] | None] = []
+    for s in samples:
+        try:
+            out.append(list(s.index.exact(s.vector, s.k, exclude=s.exclude).ids))
+        except Exception:  # an index changed under us: the token check drops it anyway
+            out.append(None)
+    return out
+
+
+def _tune(vectors: np.ndarray, target: float, seed: int) -> dict[str, Any]:
+    """Child process: the tuner's choice for these vectors, as a dict."""
+    from recall.tuner import tune
+
+    result = tune(vectors, target_recall=target, k=TUNE_K, seed=seed, progress=False)
+    return {"params": result.params.to_dict(), "recall": result.recall,
+            "reached": result.reached, "summary": result.summary()}
+
+
+def _copy_into(old: LSHIndex, params: LSHParams) -> LSHIndex:
+    """A new index with ``old``'s items under ``params`` (run in a thread)."""
+    ids = old.ids()
+    vectors, _ = old.vectors_of(ids)
+    new = LSHIndex(params)
+    new.add(ids, vectors)
+    return new
+
+
+class RecallWatch:
+    """Samples LSH answers, measures their recall, adjusts probes, re-picks parameters."""
+
+    def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics,
+                 lock: asyncio.Lock, exact_max_items: int, *, explicit_params: bool = False,
+                 chosen_for: int | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.metrics = metrics
+        self.lock = lock  # the items follower's: no item is applied while it is held
+        self.exact_max_items = exact_max_items
+        self.clock = clock
+        self.budget = SampleBudget(settings.recall_sample_per_s,
+                                   burst=max(1.0, settings.recall_sample_per_s))
+        self.queue: asyncio.Queue[Sample] = asyncio.Queue(QUEUE)
+        self.controller = ProbeController(settings.target_recall, slot.index.params.T,
+                                          settings.lsh_max_probes, window=WINDOW,
+                                          min_samples=MIN_SAMPLES)
+        self.repick = settings.retune_items > 0 and not explicit_params
+        self._index = slot.index
+        #: catalogue size the served parameters were chosen for (None: at load time)
+        self.chosen_for = len(slot.index) if chosen_for is None else chosen_for
+        self.rebuilding = False
+        self.dropped = 0
+        self._task: asyncio.Task | None = None
+        metrics.lsh_target.set(settings.target_recall)
+        metrics.lsh_probes.set(slot.index.params.T)
+
+    # --- on the request path ---------------------------------------------------------
+
+    def offer(self, vector: np.ndarray, k: int, exclude: Collection[str],
+              found: Sequence[str], index: LSHIndex) -> None:
+        """One LSH answer (``found``: the ids answered, best first, after exclusions)."""
+        if not self.budget.take(self.clock()):
+            return
+        try:
+            self.queue.put_nowait(Sample(
+                np.array(vector, dtype=np.float32), int(k), frozenset(exclude), list(found),
+                index.params.T, index, index_token(index)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    # --- the background task -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="recall-watch-lsh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recall monitor step failed; going on")
+                await asyncio.sleep(1.0)
+
+    async def step(self, timeout: float = 1.0) -> None:
+        """Wait up to ``timeout`` for samples, measure them, act on the result."""
+        batch: list[Sample] = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+        while batch and len(batch) < BATCH and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        self._follow_slot()
+        if batch:
+            truths = await asyncio.to_thread(_exact, batch)
+            self.record(batch, truths)
+        await self.act()
+
+    def _follow_slot(self) -> None:
+        """Another index is served (a version rebuilt from Redis): start afresh on it."""
+        index = self.slot.index
+        if index is not self._index:
+            self._index = index
+            self.controller.reset(index.params.T)
+            self.metrics.lsh_probes.set(index.params.T)
+            if not self.rebuilding:
+                self.chosen_for = len(index)
+
+    def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
+        """Count the samples still describing the served index; returns how many."""
+        m, counted = self.metrics, 0
+        for s, truth in zip(batch, truths, strict=True):
+            if truth is None or s.index is not self.slot.index or index_token(s.index) != s.token:
+                continue
+            r = query_recall(s.found, truth)
+            if r is None:
+                continue
+            m.lsh_recall_queries.inc()
+            m.lsh_recall_found.inc(r)
+            self.controller.observe(r, s.probes)
+            counted += 1
+        est = self.controller.estimate()
+        m.lsh_recall.set(est.mean if est is not None else math.nan)
+        m.lsh_recall_low.set(est.low if est is not None else math.nan)
+        return counted
+
+    async def act(self) -> None:
+        """Apply the controller's decision; re-pick parameters when due."""
+        if self.rebuilding:
+            return
+        index = self.slot.index
+        d = self.controller.decide()
+        if d is not None and d.probes is not None:
+            index.set_probing(d.probes)
+            self.controller.applied(d.probes)
+            self.metrics.lsh_probes.set(d.probes)
+            log.info("LSH probes: %s", d.reason)
+        elif d is not None and d.retune and self.repick:
+            log.info("LSH parameters: %s", d.reason)
+            await self._rebuild("recall", None)
+        elif self.repick and grown(len(index), self.chosen_for, self.exact_max_items,
+                                   GROWTH):
+            from recall.tuner import suggested_params
+
+            p = index.params
+            params = suggested_params(len(index), p.dim, p.seed)
+            log.info("LSH parameters: %d items, chosen for %d: %s -> %s", len(index),
+                     self.chosen_for, p.describe(), params.describe())
+            await self._rebuild("size", params)
+
+    async def _rebuild(self, reason: str, params: LSHParams | None) -> None:
+        """New parameters (``None``: tune them) and a new index with them, swapped in."""
+        self.rebuilding = True
+        t0 = time.perf_counter()
+        try:
+            old = self.slot.index
+            if params is None:
+                params = await self._tuned(old)
+            async with self.lock:
+                old = self.slot.index  # (a rebuild from Redis may have swapped meanwhile)
+                new = await asyncio.to_thread(_copy_into, old, params)
+                self.slot.swap(new, self.slot.version)
+            self._index = new
+            self.chosen_for = len(new)
+            self.controller.reset(new.params.T)
+            self.metrics.lsh_probes.set(new.params.T)
+            self.metrics.lsh_retunes.labels(reason).inc()
+            log.info("LSH index rebuilt in memory with %s (%s): %d items in %.1fs",
+                     params.describe(), reason, len(new), time.perf_counter() - t0)
+        finally:
+            self.rebuilding = False
+
+    async def _tuned(self, index: LSHIndex) -> LSHParams:
+        """The tuner's parameters for a sample of the index, computed in a child process."""
+        import multiprocessing as mp
+
+        ids = index.ids()
+        n = min(len(ids), self.settings.retune_items)
+        rng = np.random.default_rng()
+        pick = [ids[i] for i in np.sort(rng.choice(len(ids), size=n, replace=False))]
+        vectors, _ = index.vectors_of(pick)
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            out = await loop.run_in_executor(pool, _tune, vectors, self.settings.target_recall,
+                                             index.params.seed)
+        log.info("LSH re-tune on %d items: %s", n, out["summary"])
+        params = LSHParams.from_dict(out["params"])
+        return params
