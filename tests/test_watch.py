@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.client import RecallClient
+from devtools.localstack import LocalStack, Service, create_topics, start_worker
+from devtools.scrape import metric_value, metrics_url, scrape
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.localstack import LocalStack, Service, create_topics, start_worker
-from stream.client import RecallClient
-from stream.promtext import metric_value, metrics_url, scrape
 from tests.support import eventually, isolated_settings, metric
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,10 @@ import asyncio
 
 import numpy as np
 
+from offline.synthetic import clustered_catalogue
 from recall.config import Settings
 from recall.lsh import LSHIndex, LSHParams
 from recall.monitor import query_recall
-from recall.synthetic import clustered_catalogue
 from recall.tuner import exact_topk, user_like_queries
 from stream.metrics import Metrics
 from stream.state import IndexSlot
@@ -76,7 +76,7 @@ async def test_probes_that_cannot_reach_the_target_get_a_retuned_index() -> None
 
 
 async def test_a_catalogue_outgrowing_its_parameters_gets_new_ones() -> None:
-    slot, metrics, _, watch, x, q = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    slot, metrics, _, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
     watch.chosen_for = 0  # a version the worker created empty
     before = slot.index
     await watch.step(timeout=0.01)
@@ -88,14 +88,14 @@ async def test_a_catalogue_outgrowing_its_parameters_gets_new_ones() -> None:
 
 
 async def test_explicit_parameters_are_kept() -> None:
-    slot, metrics, _, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    _, metrics, _, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
     watch.chosen_for, watch.repick = 0, False
     await watch.step(timeout=0.01)
     assert metrics.lsh_retunes.labels("size")._value.get() == 0
 
 
 async def test_a_sample_whose_catalogue_changed_is_not_counted() -> None:
-    slot, metrics, _, watch, x, q = world(2000, LSHParams(dim=DIM, k=6, L=8, T=4, seed=3),
+    slot, metrics, _, watch, _, q = world(2000, LSHParams(dim=DIM, k=6, L=8, T=4, seed=3),
                                           retune_items=0)
     res = slot.index.query(q[0], 10)
     watch.offer(q[0], 10, (), res.ids, slot.index)
