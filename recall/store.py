@@ -177,6 +177,14 @@ class Store:
             "user": orjson.loads(raw[b"user"]) if b"user" in raw else None,
         }
 
+    async def set_params(self, version: int, params_dict: Mapping[str, Any]) -> None:
+        """Replace a version's parameters. Only for changes that keep its stored bucket
+        keys valid (the probes per table T, the bucket cap): the hash layout is fixed
+        for a version's life; a new layout needs a new version."""
+        if not await self.r.exists(self.keys.meta(version)):
+            raise ValueError(f"index version {version} does not exist")
+        await self.r.hset(self.keys.meta(version), "params", orjson.dumps(dict(params_dict)))
+
     async def switch_live(self, version: int) -> None:
         """Make ``version`` live, atomically (MULTI/EXEC), and publish it."""
         if not await self.r.exists(self.keys.meta(version)):

@@ -14,25 +14,31 @@ wiring, on the worker's event loop:
 - The controller's decisions are applied on the loop: ``LSHIndex.set_probing(T)`` (the
   buckets do not change, only how many are read); a re-tune is :meth:`_rebuild`.
 
-Re-picking parameters (in memory only). Two triggers, off with ``RECALL_RETUNE_ITEMS=0``
-or explicit ``RECALL_LSH_*`` parameters:
+Re-picking parameters. Two triggers, off with ``RECALL_RETUNE_ITEMS=0`` or explicit
+``RECALL_LSH_*`` parameters:
 
 - **size**: the catalogue has grown to 4x the size the served parameters were chosen for
-  (a version this worker created empty counts as chosen for 0 items, so this fires once it
-  passes the exact-search size): the new layout is ``recall.tuner.suggested_params(n)``, an
-  instant heuristic; the probe controller then finds T by measurement.
+  (a version this worker created empty, with the default parameters, counts as chosen
+  for 0 items, so this fires once it passes the exact-search size): the new layout is
+  ``recall.tuner.suggested_params(n)``, an instant heuristic; the probe controller then
+  finds T by measurement.
 - **recall**: the probes are at ``RECALL_LSH_MAX_PROBES`` and the recall interval is wholly
   below target: ``recall.tuner.tune`` runs on ``RECALL_RETUNE_ITEMS`` sampled items in a
   child process (its Python loops would hold the worker's GIL).
 
-A rebuild copies the served index's items into a new :class:`~recall.lsh.LSHIndex` in a
-thread while holding the items follower's lock (item messages wait, requests are served
-by the old index), then swaps it into the :class:`~stream.state.IndexSlot` in one
-assignment. The Redis version is not touched: its ``meta`` parameters define the bucket
-keys stored with it, and a worker that (re)loads it starts from them and re-derives its
-own. Parameters only change which candidates are re-ranked, never scores, so workers
-serving different parameters give answers of the same kind. The cost: two indexes in
-memory during a rebuild, and item lag while it runs (~10-15 s at 1M items).
+Parameters live with the index version in Redis, so every worker and every restart serves
+the same ones (and gives the same answers):
+
+- a probe change is applied in memory and written to the live version's ``meta``
+  (``Store.set_params``: T does not change the stored bucket keys);
+- a new hash layout is a new version (:func:`copy_version`): under the ``{p}:index:repick``
+  lock (one worker at a time), the live version's offsets are read, then its items are
+  copied and re-hashed into a new version with those offsets, which is switched live and
+  the old one deleted. Every worker then rebuilds from Redis through the path it already
+  has for a version switch (``ItemsFollower.rebuild``: built aside, swapped in one
+  assignment; the items follower replays from the recorded offsets, so item changes made
+  during the copy are not lost). Cost: the copy in Redis, and two indexes in memory while
+  a worker rebuilds.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +56,10 @@ from typing import Any
 import numpy as np
 
 from recall.config import Settings
-from recall.lsh import LSHIndex, LSHParams
+from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall
+from recall.store import Store
+from stream.items import offsets_key, read_offsets
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 
@@ -67,6 +75,12 @@ WINDOW, MIN_SAMPLES = 200, 40
 GROWTH = 4.0
 #: k of the tuner's recall@k when re-tuning
 TUNE_K = 10
+#: items read and written per round trip when copying a version to a new layout
+COPY_BATCH = 20_000
+#: seconds between re-pick attempts of one worker
+REPICK_QUIET = 30.0
+#: seconds the re-pick lock is held at most (a crashed holder does not block forever)
+REPICK_LOCK_SECONDS = 600
 
 
 @dataclass
@@ -106,26 +120,44 @@ def _tune(vectors: np.ndarray, target: float, seed: int) -> dict[str, Any]:
             "reached": result.reached, "summary": result.summary()}
 
 
-def _copy_into(old: LSHIndex, params: LSHParams) -> LSHIndex:
-    """A new index with ``old``'s items under ``params`` (run in a thread)."""
-    ids = old.ids()
-    vectors, _ = old.vectors_of(ids)
-    new = LSHIndex(params)
-    new.add(ids, vectors)
+def repick_lock_key(store: Store) -> str:
+    """``{p}:index:repick``: SET NX lock of the worker copying the index to a new layout."""
+    return f"{store.keys.prefix}:index:repick"
+
+
+async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
+                       positions: dict[int, int]) -> int:
+    """A new (not live) version with ``version``'s items hashed with ``params``, complete
+    up to the offsets recorded for ``version`` (read first; ``positions`` stand in for
+    partitions it has none for). Returns the new version."""
+    offsets = {**positions, **await read_offsets(store, version)}
+    hasher = Hasher(params)
+    new = await store.create_version(params.to_dict(), dim)
+    try:
+        async for ids, vectors in store.iter_items(version, COPY_BATCH, dim=dim):
+            keys = await asyncio.to_thread(hasher.keys, vectors)
+            await store.upsert_items(new, ids, vectors, keys)
+        if offsets:
+            await store.r.hset(offsets_key(store, new), mapping=offsets)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await store.delete_version(new)
+        raise
     return new
 
 
 class RecallWatch:
     """Samples LSH answers, measures their recall, adjusts probes, re-picks parameters."""
 
-    def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics,
-                 lock: asyncio.Lock, exact_max_items: int, *, explicit_params: bool = False,
-                 chosen_for: int | None = None, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics, store: Store,
+                 positions: Callable[[], Awaitable[dict[int, int]]], exact_max_items: int, *,
+                 explicit_params: bool = False, chosen_for: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.slot = slot
         self.metrics = metrics
-        self.lock = lock  # the items follower's: no item is applied while it is held
+        self.store = store
+        self.positions = positions  # the items follower's positions (copy_version)
         self.exact_max_items = exact_max_items
         self.clock = clock
         self.budget = SampleBudget(settings.recall_sample_per_s,
@@ -139,6 +171,7 @@ class RecallWatch:
         #: catalogue size the served parameters were chosen for (None: at load time)
         self.chosen_for = len(slot.index) if chosen_for is None else chosen_for
         self.rebuilding = False
+        self.quiet_until = 0.0  # no re-pick before (clock): one was just made or refused
         self.dropped = 0
         self._task: asyncio.Task | None = None
         metrics.lsh_target.set(settings.target_recall)
@@ -199,8 +232,8 @@ class RecallWatch:
             self._index = index
             self.controller.reset(index.params.T)
             self.metrics.lsh_probes.set(index.params.T)
-            if not self.rebuilding:
-                self.chosen_for = len(index)
+            self.chosen_for = len(index)
+            self.quiet_until = 0.0
 
     def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
         """Count the samples still describing the served index; returns how many."""
@@ -225,16 +258,20 @@ class RecallWatch:
         if self.rebuilding:
             return
         index = self.slot.index
+        repick = self.repick and self.clock() >= self.quiet_until
         d = self.controller.decide()
         if d is not None and d.probes is not None:
             index.set_probing(d.probes)
             self.controller.applied(d.probes)
             self.metrics.lsh_probes.set(d.probes)
             log.info("LSH probes: %s", d.reason)
-        elif d is not None and d.retune and self.repick:
+            # restarts and new workers start from it (T keeps the stored keys valid)
+            with contextlib.suppress(ValueError):  # the version was replaced meanwhile
+                await self.store.set_params(self.slot.version, index.params.to_dict())
+        elif d is not None and d.retune and repick:
             log.info("LSH parameters: %s", d.reason)
-            await self._rebuild("recall", None)
-        elif self.repick and grown(len(index), self.chosen_for, self.exact_max_items,
+            await self._repick("recall", None)
+        elif repick and grown(len(index), self.chosen_for, self.exact_max_items,
                                    GROWTH):
             from recall.tuner import suggested_params
 
@@ -242,27 +279,38 @@ class RecallWatch:
             params = suggested_params(len(index), p.dim, p.seed)
             log.info("LSH parameters: %d items, chosen for %d: %s -> %s", len(index),
                      self.chosen_for, p.describe(), params.describe())
-            await self._rebuild("size", params)
+            await self._repick("size", params)
 
-    async def _rebuild(self, reason: str, params: LSHParams | None) -> None:
-        """New parameters (``None``: tune them) and a new index with them, swapped in."""
+    async def _repick(self, reason: str, params: LSHParams | None) -> bool:
+        """New parameters (``None``: tune them) as a new live version (module docstring);
+        False when another worker holds the lock or the live version moved on."""
         self.rebuilding = True
         t0 = time.perf_counter()
+        store, version = self.store, self.slot.version
+        lock = repick_lock_key(store)
+        # whatever happens, not again before the workers (this one too) loaded a new
+        # version, or the lock holder is done
+        self.quiet_until = self.clock() + REPICK_QUIET
         try:
-            old = self.slot.index
             if params is None:
-                params = await self._tuned(old)
-            async with self.lock:
-                old = self.slot.index  # (a rebuild from Redis may have swapped meanwhile)
-                new = await asyncio.to_thread(_copy_into, old, params)
-                self.slot.swap(new, self.slot.version)
-            self._index = new
-            self.chosen_for = len(new)
-            self.controller.reset(new.params.T)
-            self.metrics.lsh_probes.set(new.params.T)
+                params = await self._tuned(self.slot.index)
+            if not await store.r.set(lock, b"1", nx=True, ex=REPICK_LOCK_SECONDS):
+                log.info("LSH parameters: another worker is re-picking them")
+                return False
+            try:
+                if await store.live_version() != version:
+                    return False
+                new = await copy_version(store, version, params, self.settings.dim,
+                                         await self.positions())
+                await store.switch_live(new)
+            finally:
+                await store.r.delete(lock)
+            await store.delete_version(version)
             self.metrics.lsh_retunes.labels(reason).inc()
-            log.info("LSH index rebuilt in memory with %s (%s): %d items in %.1fs",
-                     params.describe(), reason, len(new), time.perf_counter() - t0)
+            log.info("LSH parameters %s (%s): version %d -> %d in %.1fs; workers rebuild "
+                     "from it", params.describe(), reason, version, new,
+                     time.perf_counter() - t0)
+            return True
         finally:
             self.rebuilding = False
 

@@ -170,7 +170,8 @@ class Recaller:
         self.follower = ItemsFollower(s, self.slot, self.metrics, client_kwargs(s),
                                       writer=self.writer, dlq=self.dlq)
         await self.follower.start(offsets)
-        self.watch = start_watch(s, self.slot, self.metrics, self.follower.lock)
+        self.watch = start_watch(s, self.slot, self.metrics, self.store,
+                                 self.follower.positions)
         await self.refresh_popular()
         clicks = ClicksConsumer(s, self, client_kwargs(s))
         await clicks.start()
@@ -545,18 +546,22 @@ class Recaller:
             m.end_to_end.observe(max(0.0, time.time() - record_ts))
 
 
-def start_watch(settings: Settings, slot: IndexSlot, metrics: Metrics, lock: asyncio.Lock
-                ) -> Any:
-    """The live recall monitor (stream.watch), running. A version this worker created
-    with the default parameters counts as chosen for 0 items (re-picked once it grows)."""
+def start_watch(settings: Settings, slot: IndexSlot, metrics: Metrics, store: Store,
+                positions: Any) -> Any:
+    """The live recall monitor (stream.watch), running. A version with the default hash
+    layout (one a worker created empty) counts as chosen for 0 items: re-picked once the
+    catalogue passes the exact-search size."""
+    from dataclasses import replace
+
     from stream.items import default_params
     from stream.watch import RecallWatch
 
     s = settings
     explicit = bool(s.lsh_tables or s.lsh_hashes or s.lsh_width or s.lsh_probes)
-    untuned = not explicit and slot.index.params == default_params(s)
-    watch = RecallWatch(s, slot, metrics, lock, EXACT_MAX_ITEMS, explicit_params=explicit,
-                        chosen_for=0 if untuned else None)
+    default = default_params(s)
+    untuned = not explicit and replace(slot.index.params, T=default.T) == default
+    watch = RecallWatch(s, slot, metrics, store, positions, EXACT_MAX_ITEMS,
+                        explicit_params=explicit, chosen_for=0 if untuned else None)
     watch.start()
     return watch
 

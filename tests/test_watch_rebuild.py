@@ -1,120 +1,180 @@
-"""stream.watch.RecallWatch on a real index, without a broker: what it measures, when it
-rebuilds the index with new parameters, and that a rebuild keeps every item."""
+"""stream.watch.RecallWatch on a real index and a real redis-server, without a broker: what
+it measures, when it moves the index to new parameters (a new Redis version), and that
+every item and every worker's restart follow."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from offline.synthetic import clustered_catalogue
 from recall.config import Settings
-from recall.lsh import LSHIndex, LSHParams
+from recall.lsh import Hasher, LSHParams
 from recall.monitor import query_recall
+from recall.store import Store
 from recall.tuner import exact_topk, user_like_queries
+from stream.items import load_index, offsets_key, read_offsets
 from stream.metrics import Metrics
 from stream.state import IndexSlot
-from stream.watch import RecallWatch
+from stream.watch import RecallWatch, repick_lock_key
+
+pytestmark = pytest.mark.integration
 
 DIM = 16
 
 
-def world(n: int, params: LSHParams, **settings: object
-          ) -> tuple[IndexSlot, Metrics, asyncio.Lock, RecallWatch, np.ndarray, np.ndarray]:
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[Store]:
+    s = Store.from_url(redis_url, redis_prefix)
+    yield s
+    await s.close()
+
+
+@dataclass
+class World:
+    store: Store
+    slot: IndexSlot
+    metrics: Metrics
+    watch: RecallWatch
+    x: np.ndarray
+    q: np.ndarray
+
+    async def follow(self) -> bool:
+        """What every worker does on a version switch (Recaller._watch): load it, swap."""
+        live = await self.store.live_version()
+        if live == self.slot.version:
+            return False
+        index, _ = await load_index(self.store, live, DIM)
+        self.slot.swap(index, live)
+        return True
+
+
+async def world(store: Store, n: int, params: LSHParams, **settings: object) -> World:
+    """A live version of n clustered items in Redis (offsets recorded), loaded."""
     x, _ = clustered_catalogue(n, DIM, seed=1)
-    index = LSHIndex(params)
-    index.add([f"i{i}" for i in range(n)], x)
-    slot, metrics, lock = IndexSlot(index, 1), Metrics(), asyncio.Lock()
+    v = await store.create_version(params.to_dict(), DIM)
+    await store.upsert_items(v, [f"i{i}" for i in range(n)], x, Hasher(params).keys(x))
+    await store.r.hset(offsets_key(store, v), mapping={0: n, 1: 0})
+    await store.switch_live(v)
+    index, _ = await load_index(store, v, DIM)
+    slot, metrics = IndexSlot(index, v), Metrics()
     s = Settings(dim=DIM, recall_sample_per_s=10_000.0, **settings)  # type: ignore[arg-type]
-    watch = RecallWatch(s, slot, metrics, lock, exact_max_items=1000)
-    return slot, metrics, lock, watch, x, user_like_queries(x, 400, seed=2)
+
+    async def positions() -> dict[int, int]:
+        return {0: n, 1: 0, 2: 7}
+
+    watch = RecallWatch(s, slot, metrics, store, positions, exact_max_items=1000)
+    return World(store, slot, metrics, watch, x, user_like_queries(x, 400, seed=2))
 
 
-def served_recall(slot: IndexSlot, x: np.ndarray, q: np.ndarray) -> float:
-    truth = exact_topk(x, q, 10)
-    return float(np.mean([query_recall(slot.index.query(qi, 10).ids,
-                                       [f"i{t}" for t in ti]) for qi, ti in zip(q, truth,
-                                                                                strict=True)]))
+def served_recall(w: World) -> float:
+    truth = exact_topk(w.x, w.q, 10)
+    return float(np.mean([query_recall(w.slot.index.query(qi, 10).ids, [f"i{t}" for t in ti])
+                          for qi, ti in zip(w.q, truth, strict=True)]))
 
 
-async def serve(slot: IndexSlot, watch: RecallWatch, q: np.ndarray, rounds: int,
-                until: object = None) -> None:
-    """Answer the queries as the worker does (offer every LSH answer), letting it act."""
+async def serve(w: World, rounds: int, until: object = None) -> None:
+    """Answer queries as the worker does (offer every LSH answer), letting it act, and
+    follow version switches as every worker does."""
     for _ in range(rounds):
-        for qi in q[:50]:
-            res = slot.index.query(qi, 10)
-            watch.offer(qi, 10, (), res.ids, slot.index)
-        await watch.step(timeout=0.01)
+        for qi in w.q[:50]:
+            res = w.slot.index.query(qi, 10)
+            w.watch.offer(qi, 10, (), res.ids, w.slot.index)
+        await w.watch.step(timeout=0.01)
+        await w.follow()
         if callable(until) and until():
             return
 
 
-async def test_the_estimate_is_the_recall_the_index_serves() -> None:
-    slot, metrics, _, watch, x, q = world(3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
-                                          lsh_max_probes=2, retune_items=0)
-    await serve(slot, watch, q, 8)
-    est = watch.controller.estimate()
+async def test_the_estimate_is_the_recall_the_index_serves(store: Store) -> None:
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
+                    lsh_max_probes=2, retune_items=0)
+    await serve(w, 8)
+    est = w.watch.controller.estimate()
     assert est is not None and est.n >= 100
-    true = served_recall(slot, x, q)
+    true = served_recall(w)
     assert est.low - 0.02 <= true <= est.high + 0.02, (est, true)
-    assert metrics.lsh_recall._value.get() == est.mean
+    assert w.metrics.lsh_recall._value.get() == est.mean
     assert true < 0.95  # (the setting of the next test: probes alone cannot help)
 
 
-async def test_probes_that_cannot_reach_the_target_get_a_retuned_index() -> None:
-    slot, metrics, _, watch, x, q = world(3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
-                                          lsh_max_probes=2, retune_items=3000)
-    before = slot.index
-    assert served_recall(slot, x, q) < 0.9
-    retunes = metrics.lsh_retunes.labels("recall")
-    await serve(slot, watch, q, 400, until=lambda: retunes._value.get() >= 1)
+async def test_probes_that_cannot_reach_the_target_get_a_retuned_version(store: Store) -> None:
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
+                    lsh_max_probes=2, retune_items=3000)
+    before, v0 = w.slot.index, w.slot.version
+    retunes = w.metrics.lsh_retunes.labels("recall")
+    await serve(w, 400, until=lambda: retunes._value.get() >= 1)
     assert retunes._value.get() == 1
-    assert slot.index is not before and slot.index.params != before.params
-    assert sorted(slot.index.ids()) == sorted(before.ids())
-    await serve(slot, watch, q, 40)  # the controller settles on the new layout
-    assert served_recall(slot, x, q) >= 0.94
+    # a new live version with the tuned layout; the old one is gone; every item is there
+    assert w.slot.version != v0 and await store.get_meta(v0) is None
+    params = w.slot.index.params
+    assert (params.k, params.L, params.w, params.family) != (before.params.k, before.params.L,
+                                                             before.params.w, before.params.family)
+    assert sorted(w.slot.index.ids()) == sorted(before.ids())
+    # its stored bucket keys are the new layout's, and it is complete up to the offsets
+    ids = [f"i{i}" for i in range(5)]
+    stored, _ = await store.get_keys(w.slot.version, ids, params.L)
+    vecs, _ = w.slot.index.vectors_of(ids)
+    np.testing.assert_array_equal(stored, Hasher(params).keys(vecs))
+    assert await read_offsets(store, w.slot.version) == {0: 3000, 1: 0, 2: 7}
+    assert not await store.r.exists(repick_lock_key(store))
+    await serve(w, 40)  # the controller settles on the new layout
+    assert served_recall(w) >= 0.94
 
 
-async def test_a_catalogue_outgrowing_its_parameters_gets_new_ones() -> None:
-    slot, metrics, _, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
-    watch.chosen_for = 0  # a version the worker created empty
-    before = slot.index
-    await watch.step(timeout=0.01)
-    assert metrics.lsh_retunes.labels("size")._value.get() == 1
-    assert slot.index is not before and slot.index.params.k != 12
-    assert watch.chosen_for == 1500
-    await watch.step(timeout=0.01)  # not again until it grows 4x
-    assert metrics.lsh_retunes.labels("size")._value.get() == 1
+async def test_a_catalogue_outgrowing_its_parameters_gets_a_new_version(store: Store) -> None:
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.chosen_for = 0  # a version the worker created empty
+    v0 = w.slot.version
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 1
+    assert await w.follow()
+    assert w.slot.index.params.k != 12 and len(w.slot.index) == 1500
+    await w.watch.step(timeout=0.01)
+    assert w.watch.chosen_for == 1500
+    await w.watch.step(timeout=0.01)  # not again until it grows 4x
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 1
+    assert w.slot.version == v0 + 1
 
 
-async def test_explicit_parameters_are_kept() -> None:
-    _, metrics, _, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
-    watch.chosen_for, watch.repick = 0, False
-    await watch.step(timeout=0.01)
-    assert metrics.lsh_retunes.labels("size")._value.get() == 0
+async def test_a_probe_change_is_stored_with_the_version(store: Store) -> None:
+    """A restarted worker (or a new one) starts from the probes the controller chose."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=4, L=8, T=32, seed=3), retune_items=0)
+    await serve(w, 40, until=lambda: w.slot.index.params.T < 32)
+    T = w.slot.index.params.T
+    assert T < 32
+    meta = await store.get_meta(w.slot.version)
+    assert meta is not None and meta["params"]["T"] == T
 
 
-async def test_a_sample_whose_catalogue_changed_is_not_counted() -> None:
-    slot, metrics, _, watch, _, q = world(2000, LSHParams(dim=DIM, k=6, L=8, T=4, seed=3),
-                                          retune_items=0)
-    res = slot.index.query(q[0], 10)
-    watch.offer(q[0], 10, (), res.ids, slot.index)
-    slot.index.add(["new"], q[0])  # the exact answer would now include it
-    await watch.step(timeout=0.01)
-    assert metrics.lsh_recall_queries._value.get() == 0
-    res = slot.index.query(q[0], 10)
-    watch.offer(q[0], 10, (), res.ids, slot.index)
-    await watch.step(timeout=0.01)
-    assert metrics.lsh_recall_queries._value.get() == 1
+async def test_explicit_parameters_are_kept(store: Store) -> None:
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.chosen_for, w.watch.repick = 0, False
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 0
 
 
-async def test_a_rebuild_waits_for_the_items_lock() -> None:
-    slot, _, lock, watch, _, _ = world(1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
-    watch.chosen_for = 0
-    before = slot.index
-    async with lock:  # an item batch being applied
-        step = asyncio.create_task(watch.step(timeout=0.01))
-        await asyncio.sleep(0.3)
-        assert slot.index is before and not step.done()
-    await step
-    assert slot.index is not before
+async def test_one_worker_at_a_time_repicks(store: Store) -> None:
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.chosen_for = 0
+    await store.r.set(repick_lock_key(store), b"1")  # another worker is at it
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 0
+    assert not await w.follow()
+
+
+async def test_a_sample_whose_catalogue_changed_is_not_counted(store: Store) -> None:
+    w = await world(store, 2000, LSHParams(dim=DIM, k=6, L=8, T=4, seed=3), retune_items=0)
+    q, index = w.q, w.slot.index
+    res = index.query(q[0], 10)
+    w.watch.offer(q[0], 10, (), res.ids, index)
+    index.add(["new"], q[0])  # the exact answer would now include it
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_recall_queries._value.get() == 0
+    res = index.query(q[0], 10)
+    w.watch.offer(q[0], 10, (), res.ids, index)
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_recall_queries._value.get() == 1
