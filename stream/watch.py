@@ -11,7 +11,7 @@ wiring, on the worker's event loop:
   thread (``LSHIndex.exact``: O(items), numpy, off the event loop), then counts each
   query's recall. A sample whose index changed meanwhile (items applied, another index
   swapped in) is dropped: the exact answer would describe another catalogue.
-- The controller's decisions are applied on the loop: ``LSHIndex.set_probing(T)`` (the
+- The controller's decisions are applied on the loop: ``LSHIndex.probes = T`` (the
   buckets do not change, only how many are read); a re-tune is :meth:`_rebuild`.
 
 Re-picking parameters. Two triggers, off with ``RECALL_RETUNE_ITEMS=0`` or explicit
@@ -105,7 +105,7 @@ def _exact(samples: Sequence[Sample]) -> list[list[str] | None]:
     out: list[list[str] | None] = []
     for s in samples:
         try:
-            out.append(list(s.index.exact(s.vector, s.k, exclude=s.exclude).ids))
+            out.append(s.index.search(s.vector, s.k, [s.exclude], exact=True)[0].ids)
         except Exception:  # an index changed under us: the token check drops it anyway
             out.append(None)
     return out
@@ -261,7 +261,7 @@ class RecallWatch:
         repick = self.repick and self.clock() >= self.quiet_until
         d = self.controller.decide()
         if d is not None and d.probes is not None:
-            index.set_probing(d.probes)
+            index.probes = d.probes
             self.controller.applied(d.probes)
             self.metrics.lsh_probes.set(d.probes)
             log.info("LSH probes: %s", d.reason)

@@ -72,7 +72,7 @@ async def world(store: Store, n: int, params: LSHParams, **settings: object) -> 
 
 def served_recall(w: World) -> float:
     truth = exact_topk(w.x, w.q, 10)
-    return float(np.mean([query_recall(w.slot.index.query(qi, 10).ids, [f"i{t}" for t in ti])
+    return float(np.mean([query_recall(w.slot.index.search(qi, 10)[0].ids, [f"i{t}" for t in ti])
                           for qi, ti in zip(w.q, truth, strict=True)]))
 
 
@@ -81,7 +81,7 @@ async def serve(w: World, rounds: int, until: object = None) -> None:
     follow version switches as every worker does."""
     for _ in range(rounds):
         for qi in w.q[:50]:
-            res = w.slot.index.query(qi, 10)
+            res = w.slot.index.search(qi, 10)[0]
             w.watch.offer(qi, 10, (), res.ids, w.slot.index)
         await w.watch.step(timeout=0.01)
         await w.follow()
@@ -169,12 +169,12 @@ async def test_one_worker_at_a_time_repicks(store: Store) -> None:
 async def test_a_sample_whose_catalogue_changed_is_not_counted(store: Store) -> None:
     w = await world(store, 2000, LSHParams(dim=DIM, k=6, L=8, T=4, seed=3), retune_items=0)
     q, index = w.q, w.slot.index
-    res = index.query(q[0], 10)
+    res = index.search(q[0], 10)[0]
     w.watch.offer(q[0], 10, (), res.ids, index)
     index.add(["new"], q[0])  # the exact answer would now include it
     await w.watch.step(timeout=0.01)
     assert w.metrics.lsh_recall_queries._value.get() == 0
-    res = index.query(q[0], 10)
+    res = index.search(q[0], 10)[0]
     w.watch.offer(q[0], 10, (), res.ids, index)
     await w.watch.step(timeout=0.01)
     assert w.metrics.lsh_recall_queries._value.get() == 1

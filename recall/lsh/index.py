@@ -124,6 +124,10 @@ class LSHIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._id2slot
 
+    def ids(self) -> list[str]:
+        """Every item id (the recall monitor samples them to re-tune and copies them)."""
+        return list(self._id2slot)
+
     def stats(self) -> dict[str, int]:
         return {
             "items": len(self),
