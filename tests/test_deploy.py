@@ -43,6 +43,9 @@ WORKER_METRICS = [
     "recall_invalid_messages_total", "recall_click_duplicates_total", "recall_consumer_lag",
     "recall_redis_duration_seconds", "recall_batch_size", "recall_index_version",
     "recall_index_rebuild_seconds", "recall_users_cached", "recall_event_loop_lag_seconds",
+    "recall_lsh_recall", "recall_lsh_recall_low", "recall_lsh_recall_found_total",
+    "recall_lsh_recall_queries_total", "recall_lsh_recall_target", "recall_lsh_probes",
+    "recall_lsh_retunes_total",
 ]
 
 
@@ -311,6 +314,7 @@ def test_alerts_cover_latency_dlq_and_lag() -> None:
     assert any("histogram_quantile(0.99" in e and "end_to_end" in e for e in exprs.values())
     assert any("recall_invalid_messages_total" in e for e in exprs.values())
     assert any("recall_consumer_lag" in e for e in exprs.values())
+    assert any("recall_lsh_recall" in e for e in exprs.values())
     for rule in alert_rules():
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         assert rule["labels"]["severity"] in ("warning", "critical")
@@ -396,5 +400,5 @@ def test_dashboards_show_every_worker_metric() -> None:
     assert not missing, missing
     titles = " ".join(p["title"].lower() for d in DASHBOARDS.values() for p in d["panels"])
     for needed in ("end-to-end", "in-worker", "status", "clicks", "candidates", "index",
-                   "dlq", "lag", "redis"):
+                   "dlq", "lag", "redis", "lsh recall", "probes"):
         assert needed in titles, needed
