@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -124,7 +125,27 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         "freshness_missed": missed,
         "freshness_p50_ms": ms(pct(fresh, 50)), "freshness_p99_ms": ms(pct(fresh, 99)),
         "freshness_max_ms": ms(max(fresh) if fresh else None),
+        **lsh_recall_figures(before, after),
     }
     out["_latencies"] = lat
     out["_fresh"] = fresh
     return out
+
+
+def lsh_recall_figures(before: str, after: str) -> dict[str, Any]:
+    """The worker's own recall monitor (stream/watch.py) over the measured phase: found /
+    compared of the answers it sampled against exact search, its windowed gauge at the
+    end, and the probes it served then."""
+    def value(text: str, name: str) -> float | None:
+        v = metric_value(text, name) if text else math.nan
+        return None if math.isnan(v) else v
+
+    queries = (value(after, "recall_lsh_recall_queries_total") or 0.0) - (
+        value(before, "recall_lsh_recall_queries_total") or 0.0)
+    found = (value(after, "recall_lsh_recall_found_total") or 0.0) - (
+        value(before, "recall_lsh_recall_found_total") or 0.0)
+    gauge = value(after, "recall_lsh_recall")
+    return {"lsh_recall_sampled": round(found / queries, 4) if queries > 0 else None,
+            "lsh_recall_samples": int(queries),
+            "lsh_recall_gauge": None if gauge is None else round(gauge, 4),
+            "lsh_probes": value(after, "recall_lsh_probes")}

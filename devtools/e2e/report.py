@@ -72,6 +72,9 @@ def summary(o: dict[str, Any]) -> None:
           f"{o['freshness_done']}, missed {o['freshness_missed']}; worker RSS peak "
           f"{o['worker_rss_peak_mb']} MB (at the end: anonymous {o.get('worker_rss_anon_mb')}"
           f" MB, mapped files {o.get('worker_rss_file_mb')} MB)", flush=True)
+    print(f"LSH recall sampled by the worker against exact search: {o.get('lsh_recall_sampled')}"
+          f" over {o.get('lsh_recall_samples')} answers; gauge at the end "
+          f"{o.get('lsh_recall_gauge')} at T={o.get('lsh_probes')}", flush=True)
     if o.get("pin_worker") is not None:
         print(f"worker pinned alone on CPU {o['pin_worker']} of {o.get('cpus')}; load average "
               f"{o.get('loadavg_start')} -> {o.get('loadavg_end')}", flush=True)
