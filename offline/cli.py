@@ -383,11 +383,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     chosen = methods or (METHODS if params is not None else
                          tuple(m for m in METHODS if m != "lsh"))
+    details: dict[str, Any] = {}
     try:
         res = evaluate(train, test, ids, vectors, cfg, chosen, params=params,
-                       now=facts.get("cutoff"), progress=not args.quiet)
+                       now=facts.get("cutoff"), progress=not args.quiet, details=details)
     except ValueError as exc:
         raise OfflineError(str(exc)) from None
+    if args.plot and vectors is not None:
+        from offline.report import report
+
+        stem = Path(args.plot)
+        res["embedding_plot"] = str(stem.with_name(f"{stem.stem}-embedding{stem.suffix}"))
+        res["embedding"] = report(train, ids, vectors, details, res["embedding_plot"],
+                                  args.seed)
     if tuned:
         res["tune"] = tuned
     if found is not None:
@@ -399,7 +407,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(res))
     if args.plot:
         plot(res, args.plot)
-        print(f"plot: {args.plot}", file=sys.stderr)
+        print(f"plot: {args.plot}" + (f", embedding report: {res['embedding_plot']}"
+                                      if "embedding_plot" in res else ""), file=sys.stderr)
     print(json.dumps(res))
     return 0
 
@@ -568,7 +577,8 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="tuner's target recall@k when tuning here (0.95)")
     p.add_argument("--max-users", type=int, default=10_000,
                    help="test users sampled (10000)")
-    p.add_argument("--plot", help="write HitRate@1..k per method to this PNG")
+    p.add_argument("--plot", help="write HitRate@1..k per method (with intervals) to this "
+                   "PNG, and the embedding report to NAME-embedding.png")
     _train_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")

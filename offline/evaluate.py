@@ -231,7 +231,8 @@ def _lsh(uq: np.ndarray, uidx: np.ndarray, ids: list[str], vectors: np.ndarray,
 def evaluate(train: ClickLog, test: ClickLog, ids: list[str] | None = None,
              vectors: np.ndarray | None = None, config: EvalConfig | None = None,
              methods: tuple[str, ...] = METHODS, *, params: Any = None,
-             now: float | None = None, progress: bool = False) -> dict[str, Any]:
+             now: float | None = None, progress: bool = False,
+             details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``methods`` on a split (``train``/``test`` from :func:`split_last` or
     :func:`time_split`). ``ids``/``vectors`` (L2-normalised rows) must come from
     ``train`` only; ``params`` (LSHParams) are needed for ``lsh``; ``now`` fixes every
@@ -239,7 +240,9 @@ def evaluate(train: ClickLog, test: ClickLog, ids: list[str] | None = None,
     user's last training click). Returns ``methods[name]["hit_rate"]`` etc.
 
     Fast enough to call per search trial: everything but ``lsh`` is a few batched
-    numpy/scipy products; ``config.bootstrap=0`` skips the intervals."""
+    numpy/scipy products; ``config.bootstrap=0`` skips the intervals. A ``details`` dict
+    receives the answers for the plots (``predictions`` per method as log item codes,
+    ``users``, ``next_item``, ``row_of_code`` = vector row of each code, -1 none)."""
     cfg = config or EvalConfig()
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -362,6 +365,9 @@ def evaluate(train: ClickLog, test: ClickLog, ids: list[str] | None = None,
         r["seconds"] = round(timings.get(name, 0.0), 4)
         out["methods"][name] = r
     out["small_test"] = m < SMALL_TEST
+    if details is not None:
+        details.update(predictions=preds, users=st.users, next_item=st.next_item,
+                       row_of_code=row_of_code)
     return out
 
 

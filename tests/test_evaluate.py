@@ -251,3 +251,25 @@ def test_generated_popularity_makes_most_popular_a_real_baseline():
     assert 0.05 <= skewed <= 0.12, skewed
     assert skewed > 2 * flat, (skewed, flat)
     assert top_share > 0.15 and top_share > flat_top  # top 1% of items: > 15% of clicks
+
+
+def test_embedding_report_separates_related_items_and_shows_popularity_bias():
+    """On vectors that follow the generator's interest clusters, items clicked together
+    are far more similar than random pairs, and most-popular recalls items far more
+    popular than those users click next (the bias the report is there to show)."""
+    from offline.generate import cluster_vectors
+    from offline.report import report
+
+    gen = generate_clicks(800, 600, 20_000, seed=6, popular_share=0.0)
+    vectors = cluster_vectors(gen.item_cluster, 16, seed=1)
+    ids = gen.log.item_ids
+    train, test = split_last(gen.log, 1)
+    details: dict = {}
+    evaluate(train, test, ids, vectors, EvalConfig(bootstrap=0),
+             methods=("exact", "popular"), details=details)
+    fig = report(train, ids, vectors, details)
+    sim = fig["similarity_median"]
+    assert sim["consecutive clicks"] > sim["random pairs"] + 0.3, sim
+    assert sim["last item -> next item"] > sim["random pairs"] + 0.3, sim
+    pop = fig["recalled_popularity_median"]
+    assert pop["popular"] > 2 * pop["next click (truth)"], pop

@@ -269,6 +269,9 @@ def test_eval_cli_prints_table_json_and_plot(tmp_path, capsys):
     assert res["protocol"] == "last" and res["users_evaluated"] > 150
     assert res["tune"]["recall_exclude_seen"] > 0  # tuned here, checked with exclude_seen
     assert plot.stat().st_size > 1000
+    assert (tmp_path / "eval-embedding.png").stat().st_size > 1000  # the embedding report
+    assert set(res["embedding"]["similarity_median"]) == {
+        "random pairs", "consecutive clicks", "last item -> next item"}
 
 
 # --- tuning on the worker's queries ---------------------------------------------------
