@@ -70,6 +70,7 @@ def _train_params(args: argparse.Namespace, dim: int) -> Any:
                        min_count=args.min_count, epochs=args.epochs, sample=args.sample,
                        session_gap=args.session_gap, walks_per_node=args.walks_per_node,
                        walk_length=args.walk_length, p=args.p, q=args.q,
+                       pop_weight=args.pop_weight, vectors=args.vectors_of_items,
                        workers=args.workers, seed=args.seed)
 
 
@@ -443,6 +444,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="deepwalk/node2vec: items per walk (default 20)")
     g.add_argument("--p", type=float, default=1.0, help="node2vec return parameter (1)")
     g.add_argument("--q", type=float, default=1.0, help="node2vec in-out parameter (1)")
+    g.add_argument("--pop-weight", type=float, default=0.0,
+                   help="weight of a popularity component in the vectors (one of the "
+                   "RECALL_DIM dimensions): recall leans to popular items (default 0)")
+    g.add_argument("--item-vectors", dest="vectors_of_items", default="in",
+                   choices=["in", "out", "in+out"],
+                   help="skip-gram's input vectors, output vectors or their sum (default in)")
     g.add_argument("--workers", type=int, default=2,
                    help="training threads (default 2; 1 is bit-reproducible with --seed)")
     s = p.add_argument_group("model search (optuna; objective: HitRate@k on the last "

@@ -41,7 +41,7 @@ import numpy as np
 
 from offline.clicklog import ClickLog
 from offline.model import UserParams
-from offline.train import METHODS, TrainParams, train_embeddings
+from offline.train import METHODS, VECTORS, TrainParams, train_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class SearchResult:
         t, u = self.train, self.user
         model = (f"{t.method} ns_exponent={t.ns_exponent:.2f} window={t.window} "
                  f"epochs={t.epochs} sample={t.sample:.1e} negative={t.negative} "
-                 f"min_count={t.min_count}")
+                 f"min_count={t.min_count} pop_weight={t.pop_weight:.2f} "
+                 f"vectors={t.vectors}")
         if t.method != "item2vec":
             model += f" walks_per_node={t.walks_per_node} walk_length={t.walk_length}"
         if t.method == "node2vec":
@@ -128,8 +129,12 @@ class Validation:
         """Exact-search HitRate@k of the held-out clicks, users' vectors as ``user`` says."""
         from offline.evaluate import EvalConfig, evaluate
 
+        # extra user settings the evaluation knows (multi-interest: interests,
+        # session_gap) reach it; USER_SPACE hooks name them so
+        known = {f.name for f in dataclasses.fields(EvalConfig)}
+        extra = {k: v for k, v in user.extra.items() if k in known}
         cfg = EvalConfig(k=self.k, window=user.window, half_life=user.half_life,
-                         max_users=self.max_users, seed=self.seed, bootstrap=0)
+                         max_users=self.max_users, seed=self.seed, bootstrap=0, **extra)
         res = evaluate(self.fit, self.valid, ids, vectors, cfg, methods=("exact",),
                        progress=False)
         return float(res["methods"]["exact"]["hit_rate"])
@@ -144,10 +149,12 @@ def _suggest(trial: Any, base: TrainParams, cfg: SearchConfig,
         method=method,
         ns_exponent=trial.suggest_float("ns_exponent", -1.0, 1.0),
         window=trial.suggest_int("window", 1, 20, log=True),
-        epochs=trial.suggest_int("epochs", 3, 40, log=True),
+        epochs=trial.suggest_int("epochs", 1, 40, log=True),
         sample=trial.suggest_float("sample", 1e-6, 1e-1, log=True),
-        negative=trial.suggest_int("negative", 2, 20, log=True),
+        negative=trial.suggest_int("negative", 1, 20, log=True),
         min_count=trial.suggest_int("min_count", 1, 5),
+        pop_weight=trial.suggest_float("pop_weight", 0.0, 3.0),
+        vectors=trial.suggest_categorical("vectors", list(VECTORS)),
     )
     if method != "item2vec":
         kw.update(walks_per_node=trial.suggest_int("walks_per_node", 2, 12, log=True),
@@ -172,7 +179,8 @@ def _as_trial(train: TrainParams, user: UserParams, cfg: SearchConfig) -> dict[s
     """Optuna parameters for given settings (to enqueue the defaults as a trial)."""
     p: dict[str, Any] = {"ns_exponent": train.ns_exponent, "window": train.window,
                          "epochs": train.epochs, "sample": train.sample,
-                         "negative": train.negative, "min_count": train.min_count}
+                         "negative": train.negative, "min_count": train.min_count,
+                         "pop_weight": train.pop_weight, "vectors": train.vectors}
     if len(cfg.methods) > 1:
         p["method"] = train.method
     if cfg.fixed_window is None:

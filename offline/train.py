@@ -32,6 +32,9 @@ from offline.clicklog import ClickLog
 log = logging.getLogger(__name__)
 
 METHODS = ("item2vec", "deepwalk", "node2vec")
+#: which of skip-gram's two vectors an item gets: the input ("word") vector, the output
+#: ("context") vector, or their sum
+VECTORS = ("in", "out", "in+out")
 
 #: called after each epoch with (epoch number from 1, item ids, normalised vectors); it
 #: may raise to stop the training (the model search prunes bad trials so)
@@ -54,12 +57,20 @@ class TrainParams:
     walk_length: int = 20
     p: float = 1.0
     q: float = 1.0
+    #: weight of the popularity component (0 = none; see :func:`with_popularity`)
+    pop_weight: float = 0.0
+    #: one of VECTORS (see :func:`normalised`)
+    vectors: str = "in"
     workers: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.vectors not in VECTORS:
+            raise ValueError(f"vectors must be one of {VECTORS}, got {self.vectors!r}")
+        if self.pop_weight < 0 or (self.pop_weight > 0 and self.dim < 2):
+            raise ValueError("pop_weight must be >= 0 (and > 0 needs dim >= 2)")
 
 
 def sessions(clicks: ClickLog, session_gap: float) -> list[list[str]]:
@@ -100,14 +111,50 @@ def sentences(clicks: ClickLog, params: TrainParams) -> list[list[str]]:
     return walk_sentences(graph, walks)
 
 
-def normalised(model: object) -> tuple[list[str], np.ndarray]:
-    """The model's (item ids, L2-normalised float32 vectors), zero/non-finite rows left out."""
+def normalised(model: object, which: str = "in") -> tuple[list[str], np.ndarray]:
+    """The model's (item ids, L2-normalised float32 vectors), zero/non-finite rows left out.
+
+    ``which``: skip-gram scores a (item, next item) pair by input . output vector, while
+    the worker compares an item with the mean of the user's items in one space. Input
+    vectors alone are alike for items with alike neighbours (second order); adding the
+    output vector (``in+out``, as GloVe sums its two) brings in the first-order "clicked
+    right after" part, which next-click recall is about. The search picks."""
     wv = model.wv  # type: ignore[attr-defined]
-    vectors = wv.vectors.astype(np.float32)
+    vin = wv.vectors.astype(np.float64)
+    if which == "in":
+        vectors = vin
+    else:
+        vout = model.syn1neg.astype(np.float64)  # type: ignore[attr-defined]
+        if which == "out":
+            vectors = vout
+        else:
+            def unit(v: np.ndarray) -> np.ndarray:
+                return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            vectors = unit(vin) + unit(vout)
+    vectors = vectors.astype(np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     ok = (norms[:, 0] > 0) & np.isfinite(norms[:, 0])
     ids = [key for key, good in zip(wv.index_to_key, ok, strict=True) if good]
     return ids, vectors[ok] / norms[ok]
+
+
+def with_popularity(clicks: ClickLog, ids: list[str], vectors: np.ndarray, weight: float,
+                    ) -> np.ndarray:
+    """``vectors`` (n, D-1) with a last component ``weight * log(1 + clicks) /
+    log(1 + most clicks)`` appended, rows L2-normalised again.
+
+    Cosine to a user's mean then adds a bonus for popular items (the user's mean has a
+    positive popularity component): skip-gram similarity alone ranks a rarely clicked
+    item next to the blockbuster it co-occurs with, while real next clicks lean heavily
+    to popular items (most-popular beats raw item2vec on real logs). One dimension of
+    ``RECALL_DIM`` carries it, so the worker needs nothing new."""
+    counts = np.bincount(clicks.item, minlength=len(clicks.item_ids)).astype(np.float64)
+    code = {item_id: c for c, item_id in enumerate(clicks.item_ids)}
+    n = np.fromiter((counts[code[i]] if i in code else 0.0 for i in ids), dtype=np.float64,
+                    count=len(ids))
+    g = np.log1p(n) / max(np.log1p(n.max()), 1e-12)
+    out = np.concatenate([vectors, (weight * g)[:, None]], axis=1).astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def train_embeddings(clicks: ClickLog, params: TrainParams, progress: bool = True,
@@ -130,11 +177,17 @@ def train_embeddings(clicks: ClickLog, params: TrainParams, progress: bool = Tru
             self.done += 1
             bar.update(1)
             if on_epoch is not None:
-                on_epoch(self.done, *normalised(model))
+                on_epoch(self.done, *finish(model))
+
+    def finish(model: Word2Vec) -> tuple[list[str], np.ndarray]:
+        ids, vectors = normalised(model, params.vectors)
+        if params.pop_weight > 0:
+            vectors = with_popularity(clicks, ids, vectors, params.pop_weight)
+        return ids, vectors
 
     graph = params.method != "item2vec"
     model = Word2Vec(
-        vector_size=params.dim, window=params.window,
+        vector_size=params.dim - (params.pop_weight > 0), window=params.window,
         min_count=1 if graph else params.min_count,  # the graph already left rare items out
         sg=1, hs=0, negative=params.negative, ns_exponent=params.ns_exponent,
         sample=params.sample, workers=params.workers, seed=params.seed,
@@ -149,7 +202,7 @@ def train_embeddings(clicks: ClickLog, params: TrainParams, progress: bool = Tru
     with bar:
         model.train(corpus, total_examples=model.corpus_count, epochs=params.epochs,
                     callbacks=[_Epochs()])
-    return normalised(model)
+    return finish(model)
 
 
 def train_item2vec(clicks: ClickLog, params: TrainParams, progress: bool = True,
