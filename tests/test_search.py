@@ -213,3 +213,30 @@ def test_eval_search_never_reads_the_test_clicks(log_file, tmp_path, capsys, mon
     assert dirty == clean
     # ... while the test figures do see the poison
     assert res_p["methods"]["exact"]["hit_rate"] != res["methods"]["exact"]["hit_rate"]
+
+
+def test_the_popularity_component_grows_with_clicks_and_vectors_stay_unit(small_log):
+    from offline.train import with_popularity
+
+    params = TrainParams(epochs=1, workers=1, pop_weight=1.0, min_count=1)
+    ids, vectors = train_embeddings(small_log, params, progress=False)
+    assert vectors.shape[1] == 64  # one of RECALL_DIM carries popularity
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    counts = np.bincount(small_log.item, minlength=len(small_log.item_ids))
+    code = {item_id: c for c, item_id in enumerate(small_log.item_ids)}
+    n = counts[[code[i] for i in ids]]
+    raw = np.ones((len(ids), 3), dtype=np.float32) / np.sqrt(3)
+    pop = with_popularity(small_log, ids, raw, 2.0)[:, -1]
+    order = np.argsort(n, kind="stable")
+    assert (np.diff(pop[order]) >= -1e-7).all() and pop[order[-1]] > pop[order[0]]
+
+
+@pytest.mark.parametrize("which", ["out", "in+out"])
+def test_item_vectors_can_be_the_output_or_summed_vectors(small_log, which):
+    base = TrainParams(epochs=1, workers=1, seed=2)
+    ids, vin = train_embeddings(small_log, base, progress=False)
+    ids2, other = train_embeddings(small_log, dataclasses.replace(base, vectors=which),
+                                   progress=False)
+    assert ids == ids2 and other.shape == vin.shape
+    np.testing.assert_allclose(np.linalg.norm(other, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(other, vin)
