@@ -46,7 +46,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
                               clusters=args.clusters, zipf_a=args.zipf,
                               session_clicks=args.session_clicks, noise=args.noise,
                               popular_share=args.popular_share,
-                              popular_zipf=args.popular_zipf)
+                              popular_zipf=args.popular_zipf, trend=args.trend,
+                              trend_days=args.trend_days)
     except ValueError as exc:
         raise OfflineError(str(exc)) from None
     write_log(gen.log, out, fmt, progress=not args.quiet)
@@ -484,6 +485,11 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    "interests (default 0.25; 0: interest-only clicks)")
     p.add_argument("--popular-zipf", type=float, default=1.0,
                    help="Zipf exponent of that global popularity over all items (1.0)")
+    p.add_argument("--trend", type=float, default=1.0,
+                   help="drift of the hits: log-normal noise on their weights, drawn anew "
+                   "every --trend-days (default 1.0; 0: the same hits all along)")
+    p.add_argument("--trend-days", type=float, default=7.0,
+                   help="days between two draws of the hits' drift (7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["jsonl", "csv"],
                    help="default: from the suffix of --out")

@@ -17,7 +17,9 @@ The model (all numpy-vectorised, seeded):
   trending and front-page items everyone clicks. This is the global popularity skew and
   long tail of real logs, which makes most-popular a real baseline (HitRate@10 about
   0.05-0.10 under leave-last-one-out at the defaults); ``popular_share=0`` gives the
-  older, interest-only logs.
+  older, interest-only logs. The hits drift: every ``trend_days`` days each item's
+  weight gets fresh log-normal noise (``trend``), so recent popularity is worth more than
+  all-time popularity, as in real traffic.
 
 :func:`generate_clicks` returns the log plus the ground truth (each item's cluster);
 :func:`cluster_vectors` makes item vectors from that ground truth (for demos that skip
@@ -64,12 +66,30 @@ def _zipf_sampler(item_cluster: np.ndarray, clusters: int, a: float,
     return items, shifted
 
 
+def _global_hits(t: np.ndarray, n_items: int, zipf_a: float, trend: float,
+                 trend_days: float, rng: np.random.Generator) -> np.ndarray:
+    """Items of global-popularity clicks at times ``t`` (seconds from the start): a Zipf
+    over all items whose log-weights get fresh N(0, ``trend``) noise every ``trend_days``
+    days, so the hits of one week are partly not those of the next."""
+    base = -zipf_a * np.log(np.arange(n_items) + 1.0)[rng.permutation(n_items)]
+    period = np.floor(t / (trend_days * 86400.0)).astype(np.int64)
+    out = np.empty(len(t), dtype=np.int64)
+    for p in np.unique(period).tolist():
+        logw = base + trend * rng.standard_normal(n_items) if trend > 0 else base
+        cum = np.cumsum(np.exp(logw - logw.max()))
+        at = period == p
+        drawn = np.searchsorted(cum, rng.random(int(at.sum())) * cum[-1], side="right")
+        out[at] = np.minimum(drawn, n_items - 1)
+    return out
+
+
 def generate_clicks(n_users: int, n_items: int, n_clicks: int, seed: int = 0, *,
                     clusters: int | None = None, zipf_a: float = 1.1,
                     cluster_a: float = 0.5, session_clicks: float = 8.0,
                     click_gap: float = 45.0, primary: float = 0.5,
                     noise: float = 0.05, popular_share: float = 0.25,
-                    popular_zipf: float = 1.0, span: float = 28 * 86400.0,
+                    popular_zipf: float = 1.0, trend: float = 1.0,
+                    trend_days: float = 7.0, span: float = 28 * 86400.0,
                     event_ids: bool = True) -> GeneratedLog:
     """A synthetic click log; see the module docstring for the model."""
     if n_users < 1 or n_items < 1:
@@ -83,6 +103,8 @@ def generate_clicks(n_users: int, n_items: int, n_clicks: int, seed: int = 0, *,
         raise ValueError("noise must be in [0, 1] and session_clicks >= 1")
     if not 0 <= popular_share <= 1 or popular_zipf < 0:
         raise ValueError("popular_share must be in [0, 1] and popular_zipf >= 0")
+    if trend < 0 or trend_days <= 0:
+        raise ValueError("trend must be >= 0 and trend_days > 0")
     rng = np.random.default_rng(seed)
 
     item_cluster = rng.permutation(np.arange(n_items) % clusters).astype(np.int32)
@@ -115,13 +137,7 @@ def generate_clicks(n_users: int, n_items: int, n_clicks: int, seed: int = 0, *,
     item = pick(session_cluster[session])
     noisy = rng.random(n_clicks) < noise
     item[noisy] = pick(rng.choice(clusters, size=int(noisy.sum()), p=p_cluster))
-    # global popularity: one Zipf over all items (a random ranking), for any user
     hits = rng.random(n_clicks) < popular_share
-    p_global = (np.arange(n_items) + 1.0) ** -popular_zipf
-    global_rank = rng.permutation(n_items)
-    cum_global = np.cumsum(p_global / p_global.sum())
-    drawn = np.searchsorted(cum_global, rng.random(int(hits.sum())), side="right")
-    item[hits] = global_rank[np.minimum(drawn, n_items - 1)]
 
     # sessions start at uniform random times over the span, in order per user; clicks
     # within a session follow each other by 1 + Exp(click_gap) seconds
@@ -141,6 +157,8 @@ def generate_clicks(n_users: int, n_items: int, n_clicks: int, seed: int = 0, *,
     first_session = session[starts]
     shift -= np.repeat(shift[first_session], np.diff(np.append(first_session, n_sessions)))
     ts = np.round(START_TS + start_ts[session] + shift[session] + offset, 3)
+    item[hits] = _global_hits(ts[hits] - START_TS, n_items, popular_zipf, trend,
+                              trend_days, rng)
 
     events = None
     if event_ids:

@@ -273,3 +273,20 @@ def test_embedding_report_separates_related_items_and_shows_popularity_bias():
     assert sim["last item -> next item"] > sim["random pairs"] + 0.3, sim
     pop = fig["recalled_popularity_median"]
     assert pop["popular"] > 2 * pop["next click (truth)"], pop
+
+
+def test_generated_hits_drift_from_week_to_week():
+    """--trend: the hits of one week are partly not those of the next (so recent
+    popularity carries information all-time popularity does not); --trend 0: the same."""
+    from offline.generate import START_TS
+
+    def overlap(trend: float) -> float:
+        gen = generate_clicks(3000, 3000, 150_000, seed=4, trend=trend)
+        log, hit = gen.log, gen.popular
+        week = ((log.ts[hit] - START_TS) // (7 * DAY)).astype(int)
+        tops = [set(np.argsort(-np.bincount(log.item[hit][week == w], minlength=3000))[:30])
+                for w in (0, 2)]
+        return len(tops[0] & tops[1]) / 30
+
+    steady, drifting = overlap(0.0), overlap(1.0)
+    assert steady > 0.7 and drifting < steady - 0.2, (steady, drifting)
