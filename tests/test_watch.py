@@ -109,7 +109,7 @@ async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
     ids, vectors = catalogue
     port = settings.metrics_port
     await client.upsert_items(ids, vectors)
-    await eventually(lambda: metric(port, "recall_index_items") >= N_ITEMS, 60)
+    await eventually(lambda: metric(port, "recall_index_items") >= N_ITEMS, 180)
     clicks = user_clicks()
     await client.clicks([{"user_id": u, "item_id": ids[i], "ts": 1000.0 + n}
                          for u, rows in clicks.items() for n, i in enumerate(rows)])
@@ -125,10 +125,11 @@ async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
         return float(np.mean([len(set(a) & set(truth[u])) / K for u, a in answers.items()]))
 
     users = list(clicks)
-    # let the controller settle: rounds of every user until the probes stop moving, then
-    # measure: the worker's own counters over exactly the measured requests against ours
+    # let the controller settle: rounds of every user (3 requests each) until a round
+    # leaves the probes as they were and the worker's estimate at them at the target;
+    # then compare the worker's own counters over exactly that round with our figure
     history: list[tuple[float, float, float]] = []
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while True:
         assert time.monotonic() < deadline, f"no steady probes: {history}"
         before = scrape(metrics_url(port))
@@ -137,13 +138,14 @@ async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
             got = await answer_all(client, users)
             answers.update({f"{u}#{r}": a for u, a in got.items()})
             truth.update({f"{u}#{r}": truth[u] for u in got})
-        await asyncio.sleep(0.5)  # the last samples measured
+        wanted = metric_value(before, "recall_lsh_recall_queries_total") + len(answers) * 0.9
+        await eventually(lambda w=wanted: metric(port, "recall_lsh_recall_queries_total") >= w,
+                         60)  # the round's samples measured
         after = scrape(metrics_url(port))
         probes = metric_value(after, "recall_lsh_probes")
-        history.append((round(test_recall(answers), 3), probes,
-                        round(metric_value(after, "recall_lsh_recall"), 3)))
-        if len(history) >= 2 and probes == metric_value(before, "recall_lsh_probes") \
-                and history[-2][1] == probes:
+        gauge = metric_value(after, "recall_lsh_recall")
+        history.append((round(test_recall(answers), 3), probes, round(gauge, 3)))
+        if probes == metric_value(before, "recall_lsh_probes") and gauge >= TARGET:
             break
     offline = test_recall(answers)
     queries = (metric_value(after, "recall_lsh_recall_queries_total")
