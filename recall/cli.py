@@ -18,12 +18,13 @@ from offline import cli as offline_cli
 from offline.errors import OfflineError
 from recall.config import SettingsError
 from stream import cli as stream_cli
+from stream.preflight import StartupError
 
 #: modules that contribute subcommands, in help order
 COMMAND_MODULES = (stream_cli, offline_cli, devtools_cli)
 
 #: errors that mean "this input cannot be used": printed as one line, exit status 2
-USER_ERRORS = (SettingsError, OfflineError, DevtoolsError)
+USER_ERRORS = (SettingsError, OfflineError, DevtoolsError, StartupError)
 
 
 def build_parser() -> argparse.ArgumentParser:

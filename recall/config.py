@@ -85,6 +85,15 @@ class Settings:
     lsh_max_probes: int = 64
     #: items sampled to re-tune LSH parameters (0 = never re-tune or re-pick parameters)
     retune_items: int = 20_000
+    #: a request is answered within this many ms of being read: from memory, or, when
+    #: its user must be read from Redis and Redis does not answer in time, with an error
+    request_deadline_ms: int = 1000
+    #: seconds one Redis command may take before its connection is given up (redis-py
+    #: retries it with backoff; the stream's writes retry until Redis is back)
+    redis_timeout: float = 2.0
+    #: seconds the worker's start-up check waits for Redis and the broker to answer
+    #: before it exits with a message naming what is missing
+    startup_timeout: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +131,9 @@ class Settings:
             (self.recall_sample_per_s >= 0, "recall_sample_per_s", "must be >= 0"),
             (self.lsh_max_probes >= 1, "lsh_max_probes", "must be >= 1"),
             (self.retune_items >= 0, "retune_items", "must be >= 0"),
+            (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
+            (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
+            (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -184,6 +196,9 @@ ENV_NAMES: dict[str, str] = {
     "recall_sample_per_s": "RECALL_RECALL_SAMPLE_PER_S",
     "lsh_max_probes": "RECALL_LSH_MAX_PROBES",
     "retune_items": "RECALL_RETUNE_ITEMS",
+    "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
+    "redis_timeout": "RECALL_REDIS_TIMEOUT",
+    "startup_timeout": "RECALL_STARTUP_TIMEOUT",
 }
 
 

@@ -20,6 +20,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from recall.config import Settings
     from stream.kafka import client_kwargs, create_topics
+    from stream.preflight import preflight
     from stream.worker import build_worker
 
     settings = Settings.from_env()
@@ -30,7 +31,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
                                   settings.topic_partitions, **client_kwargs(settings)))
     except Exception as exc:  # e.g. no CreateTopics ACL: the topics may exist already
-        log.warning("could not create topics (%s); assuming they exist", exc)
+        log.warning("could not create topics (%s); checking they exist", exc)
+    # fail here, with the reason (StartupError: exit 2), not log Ready and answer nothing
+    asyncio.run(preflight(settings, client_kwargs(settings)))
     app, rec = build_worker(settings)
     rec.metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info("metrics on %s:%d/metrics; kafka %s; redis %s", settings.metrics_host,

@@ -42,7 +42,7 @@ from recall.messages import (
     response_record,
 )
 from recall.messages import dlq_record as make_dlq_record
-from recall.store import Store
+from recall.store import ClickOffsetsConflict, Store, client_retry
 from recall.users import RollingUserVectors, UserState
 from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
 from stream.metrics import Metrics
@@ -60,21 +60,10 @@ VERSION_POLL = 1.0
 MAX_DLQ_KEY_BYTES = 1024
 #: seconds between event-loop lag samples
 LOOP_LAG_EVERY = 0.1
-
-
-#: the atomic write of a click batch (see Recaller.handle_clicks); KEYS = offsets hash,
-#: popular zset, user keys, event keys; ARGV = counts, ttl, user blobs, (item, n)...,
-#: (partition, next offset)...
-CLICKS_WRITE_LUA = """
-local nu, ni, ne, ttl, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-    ARGV[4], tonumber(ARGV[5])
-local a = 6
-for i = 1, nu do redis.call('SET', KEYS[2 + i], ARGV[a]); a = a + 1 end
-for i = 1, ni do redis.call('ZINCRBY', KEYS[2], ARGV[a + 1], ARGV[a]); a = a + 2 end
-for i = 1, ne do redis.call('SET', KEYS[2 + nu + i], '1', 'EX', ttl) end
-for i = 1, np do redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1]); a = a + 2 end
-return nu
-"""
+#: seconds of a request's deadline kept for answering after its Redis read
+ANSWER_MARGIN = 0.05
+#: seconds a Redis read of users always gets (a late worker, not Redis, must not cause errors)
+REDIS_MIN_WAIT = 0.1
 
 
 #: the top popular items as ONE JSON string: the plain ZREVRANGE WITHSCORES reply of 2000
@@ -123,7 +112,10 @@ class Recaller:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = Store.from_url(settings.redis_url, settings.redis_prefix)
+        self.store = Store.from_url(settings.redis_url, settings.redis_prefix,
+                                    timeout=settings.redis_timeout)
+        # the stream's Redis calls wait for Redis (nothing is acknowledged meanwhile)
+        self._stream_retry = client_retry(retries=-1, cap=2.0, errors=(RedisError, OSError))
         self.users = UserCache()
         self.popular = PopularCache()
         self._explicit = set_in_env()
@@ -133,7 +125,6 @@ class Recaller:
         self.slot: IndexSlot | None = None
         self.follower: ItemsFollower | None = None
         self.writer = ItemsWriter(self.store, settings, self.metrics)
-        self._clicks_script = self.store.r.register_script(CLICKS_WRITE_LUA)
         self._popular_script = self.store.r.register_script(POPULAR_TOP_LUA)
         self.click_offsets: dict[int, int] = {}  # partition -> next offset, owned partitions
         self.clicks: Any = None  # stream.clicks.ClicksConsumer, once started
@@ -285,20 +276,18 @@ class Recaller:
                           topic, partition, offset, len(raw or b""))
 
     async def _execute(self, make_pipe: Any, op: str) -> list[Any]:
-        """Run a pipeline built by ``make_pipe()``; retry with backoff while Redis fails
-        (the stream waits, nothing is acknowledged or lost)."""
-        delay = 0.05
-        while True:
+        """Run ``make_pipe()``'s pipeline, retried by redis-py's Retry while Redis fails."""
+
+        async def attempt() -> list[Any]:
             t0 = time.perf_counter()
-            try:
-                replies = await make_pipe().execute()
-            except (ConnectionError, OSError, RedisError) as exc:
-                log.warning("redis %s failed (%s); retrying in %.2fs", op, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                continue
+            replies = await make_pipe().execute()
             self.metrics.redis_duration.labels(op).observe(time.perf_counter() - t0)
             return list(replies)
+
+        async def failed(exc: Exception) -> None:
+            log.warning("redis %s failed (%s: %s); retrying", op, type(exc).__name__, exc)
+
+        return await self._stream_retry.call_with_retry(attempt, failed)
 
     # --- users ---------------------------------------------------------------
 
@@ -332,15 +321,6 @@ class Recaller:
             log.warning("user %r: stored state unreadable; starting empty", uid)
             return self.policy.new_state()
 
-    async def user(self, uid: str, partition: int) -> UserState:
-        """The user's state, read from Redis (:meth:`load_users`) on first touch."""
-        state = self.users.get(uid)
-        if state is None:
-            await self.load_users({uid: partition})
-            state = self.users.get(uid)
-            assert state is not None
-        return state
-
     # --- clicks ----------------------------------------------------------------
 
     async def handle_clicks(self, records: Sequence[Any]) -> None:
@@ -349,7 +329,12 @@ class Recaller:
         m.batch_size.labels("clicks").observe(len(records))
         parsed: list[tuple[int, int, Click]] = []
         next_offsets: dict[int, int] = {}
+        expected = {}  # partition -> the applied offset this batch starts from
         for r in records:
+            applied_to = self.click_offsets.get(r.partition, 0)
+            if r.offset < applied_to:  # read again before a seek took effect: skip
+                continue
+            expected[r.partition] = applied_to
             next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
             ts = r.timestamp / 1000.0 if r.timestamp else time.time()
             try:
@@ -358,6 +343,8 @@ class Recaller:
                 await self.dlq(r.topic, r.partition, r.offset, exc, r.value, r.key)
                 continue
             parsed.append((r.partition, r.offset, click))
+        if not next_offsets:
+            return
         # one read round trip: users not cached, event ids (the partitions' applied
         # offsets were read when this worker took them: stream.clicks.ClicksConsumer.own)
         missing = self.users.missing(c.user_id for _, _, c in parsed)
@@ -394,8 +381,8 @@ class Recaller:
             has = present.tolist()
         else:
             mat, has = None, [False] * len(parsed)
-        for row, (p, o, c) in enumerate(parsed):
-            if o < self.click_offsets.get(p, 0) or (c.event_id and c.event_id in claimed):
+        for row, (_, _, c) in enumerate(parsed):
+            if c.event_id and c.event_id in claimed:
                 dupes += 1
                 continue
             state = self.users.get(c.user_id)
@@ -412,28 +399,37 @@ class Recaller:
             if c.event_id:
                 claimed.add(c.event_id)
                 new_events.append(c.event_id)
-        # one write round trip, atomic: states, popularity, event ids, offsets -- as ONE
-        # script call (a MULTI of 2 commands per click cost ~150 us per click in redis-py)
-        users_blob = [(store.keys.user(u), st.to_bytes()) for u, st in changed.items()]
-        keys = [clicks_offsets_key(store), store.keys.popular,
-                *(k for k, _ in users_blob), *(store.keys.event(e) for e in new_events)]
-        args: list[Any] = [len(users_blob), len(popular), len(new_events),
-                           int(s.event_id_ttl_seconds), len(next_offsets),
-                           *(b for _, b in users_blob)]
-        for item_id, n in popular.items():
-            args += (item_id, n)
-        for p, o in next_offsets.items():
-            args += (p, o)
+        # one write round trip, atomic and safe to repeat (Store.write_click_batch)
+        users_blob = {u: st.to_bytes() for u, st in changed.items()}
+        offsets = {p: (expected[p], o) for p, o in next_offsets.items()}
 
         def write() -> Any:
-            return _Call(lambda: self._clicks_script(keys=keys, args=args))
+            return _Call(lambda: store.write_click_batch(
+                clicks_offsets_key(store), users_blob, popular, new_events,
+                int(s.event_id_ttl_seconds), offsets))
 
-        await self._execute(write, "clicks")
+        try:
+            (written,) = await self._execute(write, "clicks")
+        except ClickOffsetsConflict:  # the consumer seeks to the offsets Redis holds
+            await self._resync_clicks(set(next_offsets))
+            raise
+        if not written:
+            log.warning("click batch %s was already written (a retried call ran twice); "
+                        "not counted again", next_offsets)
         for p, o in next_offsets.items():
             self.click_offsets[p] = max(self.click_offsets.get(p, 0), o)
         m.clicks.inc(applied)
         if dupes:
             m.click_duplicates.inc(dupes)
+
+    async def _resync_clicks(self, partitions: set[int]) -> None:
+        """Forget these partitions' users and take Redis's applied offsets."""
+        dropped = self.users.drop_partitions(partitions)
+        stored = await self.stored_click_offsets(sorted(partitions))
+        for p in partitions:
+            self.click_offsets[p] = stored.get(p, 0)
+        log.warning("clicks partitions %s out of step with Redis: %d users reloaded, "
+                    "reading again from offsets %s", sorted(partitions), dropped, stored)
 
     # --- items -----------------------------------------------------------------
 
@@ -444,8 +440,8 @@ class Recaller:
         read for the users not in memory, then each from memory. Exactly one response per
         request whose request_id is readable; unusable records also go to the DLQ."""
         t0 = time.perf_counter()
-        m, s = self.metrics, self.settings
-        m.batch_size.labels("requests").observe(len(records))
+        s = self.settings
+        self.metrics.batch_size.labels("requests").observe(len(records))
         parsed = []
         for r in records:
             ts = r.timestamp / 1000.0 if r.timestamp else None
@@ -456,11 +452,22 @@ class Recaller:
                 if exc.request_id is not None:
                     await self._respond(exc.request_id, exc.user_id, "invalid", [], "none",
                                         t0, ts, error=f"{exc.reason}: {exc.message}")
-        await self.load_users({req.user_id: r.partition for r, req, _ in parsed})
-        # each request's query (its seen items and vector), computed once
-        asks = []
+        # users in memory first: their answers need no Redis, and never wait for it
+        await self._answer([x for x in parsed if x[1].user_id in self.users.entries], t0)
+        waiting = [x for x in parsed if x[1].user_id not in self.users.entries]
+        if waiting:
+            await self._answer(waiting, t0, await self._load_users_by(waiting))
+
+    async def _answer(self, parsed: Sequence[tuple[Any, Any, float | None]], t0: float,
+                      unavailable: str | None = None) -> None:
+        """Answer ``(record, Request, ts)`` from memory; users not there: ``unavailable``."""
+        asks = []  # each request's query (its seen items and vector), computed once
         for r, req, ts in parsed:
-            state = await self.user(req.user_id, r.partition)
+            state = self.users.get(req.user_id)
+            if state is None:  # not in memory, and Redis did not answer in time
+                await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
+                                    ts, error=unavailable or "user state unavailable")
+                continue
             seen = state.seen() if req.exclude_seen else set()
             asks.append((r, req, ts, seen, _usable(state.vector())))
         hashed = self._lsh_together([(req.k, seen, vec) for _, req, _, seen, vec in asks])
@@ -473,8 +480,25 @@ class Recaller:
                                     ts, error=f"internal error: {type(exc).__name__}")
                 continue
             if n_cand is not None:
-                m.candidates.observe(n_cand)
+                self.metrics.candidates.observe(n_cand)
             await self._respond(req.request_id, req.user_id, "ok", items, source, t0, ts)
+
+    async def _load_users_by(self, asks: Sequence[tuple[Any, Any, float | None]]) -> str | None:
+        """:meth:`load_users` by the deadline of the oldest ``(record, Request, ts)`` (but
+        for at least REDIS_MIN_WAIT); None when done, else why not."""
+        since = min([ts for _, _, ts in asks if ts] or [time.time()])
+        partition_of = {req.user_id: r.partition for r, req, _ in asks}
+        deadline = self.settings.request_deadline_ms / 1000.0
+        budget = min(deadline, since + deadline - time.time()) - ANSWER_MARGIN
+        try:
+            await asyncio.wait_for(self.load_users(partition_of), max(REDIS_MIN_WAIT, budget))
+        except (TimeoutError, RedisError, OSError) as exc:
+            why = ("redis unavailable: no answer within the request deadline"
+                   if isinstance(exc, TimeoutError) else
+                   f"redis unavailable: {type(exc).__name__}: {exc}"[:300])
+            log.warning("users not in memory could not be read (%s): error responses", why)
+            return why
+        return None
 
     async def load_users(self, partition_of: dict[str, int]) -> None:
         """Read the users not in memory from Redis in one MGET and keep them."""
@@ -482,11 +506,9 @@ class Recaller:
         if not missing:
             return
         store = self.store
-
-        def read() -> Any:
-            return _Call(lambda: store.r.mget([store.keys.user(u) for u in missing]))
-
-        (raws,) = await self._execute(read, "users_load")
+        t0 = time.perf_counter()
+        raws = await store.r.mget([store.keys.user(u) for u in missing])
+        self.metrics.redis_duration.labels("users_load").observe(time.perf_counter() - t0)
         for uid, raw in zip(missing, raws, strict=True):
             if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
