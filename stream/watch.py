@@ -232,6 +232,7 @@ class RecallWatch:
             self._index = index
             self.controller.reset(index.params.T)
             self.metrics.lsh_probes.set(index.params.T)
+            self._publish()
             self.chosen_for = len(index)
             self.quiet_until = 0.0
 
@@ -248,10 +249,14 @@ class RecallWatch:
             m.lsh_recall_found.inc(r)
             self.controller.observe(r, s.probes)
             counted += 1
-        est = self.controller.estimate()
-        m.lsh_recall.set(est.mean if est is not None else math.nan)
-        m.lsh_recall_low.set(est.low if est is not None else math.nan)
+        self._publish()
         return counted
+
+    def _publish(self) -> None:
+        """The gauges: the estimate at the probes served now (NaN: none yet)."""
+        est = self.controller.estimate()
+        self.metrics.lsh_recall.set(est.mean if est is not None else math.nan)
+        self.metrics.lsh_recall_low.set(est.low if est is not None else math.nan)
 
     async def act(self) -> None:
         """Apply the controller's decision; re-pick parameters when due."""
@@ -264,6 +269,7 @@ class RecallWatch:
             index.probes = d.probes
             self.controller.applied(d.probes)
             self.metrics.lsh_probes.set(d.probes)
+            self._publish()
             log.info("LSH probes: %s", d.reason)
             # restarts and new workers start from it (T keeps the stored keys valid)
             with contextlib.suppress(ValueError):  # the version was replaced meanwhile

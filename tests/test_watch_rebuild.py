@@ -178,3 +178,15 @@ async def test_a_sample_whose_catalogue_changed_is_not_counted(store: Store) -> 
     w.watch.offer(q[0], 10, (), res.ids, index)
     await w.watch.step(timeout=0.01)
     assert w.metrics.lsh_recall_queries._value.get() == 1
+
+
+async def test_the_gauge_describes_the_probes_served(store: Store) -> None:
+    """After a probe change the old estimate says nothing about the new T: NaN until new
+    samples arrive."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=4, L=8, T=32, seed=3), retune_items=0)
+    await serve(w, 40, until=lambda: w.slot.index.params.T < 32)
+    assert w.slot.index.params.T < 32
+    assert np.isnan(w.metrics.lsh_recall._value.get())
+    w.watch.controller.min_samples = 10**6  # no further change
+    await serve(w, 20)  # (the queue holds samples taken before the change, dropped)
+    assert w.metrics.lsh_recall._value.get() > 0.9
