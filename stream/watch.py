@@ -70,7 +70,7 @@ QUEUE = 512
 #: samples whose exact answers are computed in one thread call
 BATCH = 32
 #: per-query recalls kept, and needed before the controller acts
-WINDOW, MIN_SAMPLES = 200, 40
+WINDOW, MIN_SAMPLES = 200, 100
 #: size trigger: parameters are re-picked when the catalogue grows by this factor
 GROWTH = 4.0
 #: k of the tuner's recall@k when re-tuning
