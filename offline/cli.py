@@ -430,11 +430,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "graph (default item2vec; with --search: searched among all three)")
     g.add_argument("--window", type=int, default=5, help="context window (default 5)")
     g.add_argument("--negative", type=int, default=5, help="negative samples (default 5)")
-    g.add_argument("--ns-exponent", type=float, default=0.75,
-                   help="negative sampling by count**x; may be negative (default 0.75)")
-    g.add_argument("--min-count", type=int, default=3,
-                   help="items clicked fewer times get no vector (default 3)")
-    g.add_argument("--epochs", type=int, default=5, help="passes (default 5)")
+    g.add_argument("--ns-exponent", type=float, default=0.5,
+                   help="negative sampling by count**x; may be negative (default 0.5)")
+    g.add_argument("--min-count", type=int, default=1,
+                   help="items clicked fewer times get no vector (default 1)")
+    g.add_argument("--epochs", type=int, default=10, help="passes (default 10)")
     g.add_argument("--sample", type=float, default=1e-3,
                    help="down-sampling of frequent items (default 1e-3)")
     g.add_argument("--session-gap", type=float, default=1800.0,
@@ -445,12 +445,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="deepwalk/node2vec: items per walk (default 20)")
     g.add_argument("--p", type=float, default=1.0, help="node2vec return parameter (1)")
     g.add_argument("--q", type=float, default=1.0, help="node2vec in-out parameter (1)")
-    g.add_argument("--pop-weight", type=float, default=0.0,
+    g.add_argument("--pop-weight", type=float, default=1.9,
                    help="weight of a popularity component in the vectors (one of the "
-                   "RECALL_DIM dimensions): recall leans to popular items (default 0)")
-    g.add_argument("--item-vectors", dest="vectors_of_items", default="in",
+                   "RECALL_DIM dimensions): recall leans to popular items; 0 = none "
+                   "(default 1.9)")
+    g.add_argument("--item-vectors", dest="vectors_of_items", default="in+out",
                    choices=["in", "out", "in+out"],
-                   help="skip-gram's input vectors, output vectors or their sum (default in)")
+                   help="skip-gram's input vectors, output vectors or their sum "
+                   "(default in+out)")
     g.add_argument("--workers", type=int, default=2,
                    help="training threads (default 2; 1 is bit-reproducible with --seed)")
     s = p.add_argument_group("model search (optuna; objective: HitRate@k on the last "

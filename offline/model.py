@@ -48,7 +48,7 @@ class UserParams:
 
 #: user-vector settings a plain ``recall train`` writes next to its vectors (chosen from
 #: model searches on several logs: docs/offline.md, "Defaults")
-DEFAULT_USER = UserParams(window=50, half_life=0.0)
+DEFAULT_USER = UserParams(window=5, half_life=0.0)
 
 
 def resolve_user(settings: Any, explicit: frozenset[str], chosen: UserParams | None,

@@ -43,13 +43,17 @@ EpochCallback = Callable[[int, list[str], np.ndarray], None]
 
 @dataclass(frozen=True)
 class TrainParams:
+    """Defaults: chosen from model searches on MovieLens 100K and generated logs
+    (docs/offline.md, "Defaults"); word2vec's own (ns_exponent 0.75, in vectors, 5 epochs,
+    no popularity) lost to most-popular on real logs."""
+
     dim: int = 64
     method: str = "item2vec"
     window: int = 5
     negative: int = 5
-    ns_exponent: float = 0.75
-    min_count: int = 3
-    epochs: int = 5
+    ns_exponent: float = 0.5
+    min_count: int = 1
+    epochs: int = 10
     sample: float = 1e-3
     session_gap: float = 1800.0
     # graph methods only
@@ -58,9 +62,9 @@ class TrainParams:
     p: float = 1.0
     q: float = 1.0
     #: weight of the popularity component (0 = none; see :func:`with_popularity`)
-    pop_weight: float = 0.0
+    pop_weight: float = 1.9
     #: one of VECTORS (see :func:`normalised`)
-    vectors: str = "in"
+    vectors: str = "in+out"
     workers: int = 2
     seed: int = 0
 
