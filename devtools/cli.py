@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devtools import bench_index, bench_store, realdata
+from devtools import bench_index, bench_restart, bench_store, realdata
 from devtools.e2e import capacity
 
 
@@ -64,6 +64,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
 
     bench_index.add_parser(sub, bench_sub)
     bench_store.add_parser(sub, bench_sub)
+    bench_restart.add_parser(sub, bench_sub)
     capacity.add_parser(sub, bench_sub)
 
     realdata.add_parser(sub)

@@ -24,9 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from devtools.errors import DevtoolsError
+from recall.config import set_in_env
 from stream.kafka import create_topics
 
 log = logging.getLogger(__name__)
+
+#: consumer-group session timeout (s) of the worker the local stack starts, unless set
+LOCAL_SESSION_TIMEOUT = 1.5
 
 
 class LocalStackError(DevtoolsError):
@@ -224,6 +228,10 @@ def worker_stack(settings: Any, external: bool = False, workdir: Path | None = N
     workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-stack-"))
     with local_stack(topics=(), partitions=settings.topic_partitions) as stack:
         overrides.setdefault("metrics_host", "127.0.0.1")  # nothing outside needs it
+        if "kafka_session_timeout" not in {*overrides, *set_in_env()}:
+            # Tansu hands a killed worker's partitions over ~1 s after a new member joins
+            # with a session <= 1.5 s, ~4 s at 2 s (README: Failure behaviour)
+            overrides["kafka_session_timeout"] = LOCAL_SESSION_TIMEOUT
         settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
                            web_port=0, **overrides)
         asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),
