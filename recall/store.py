@@ -24,6 +24,8 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
     {p}:user:{uid}               string  UserState.to_bytes() (see recall.users)
     {p}:popular                  zset    item_id -> click count (weights not applied)
     {p}:event:{event_id}         string  "1" with a TTL: a click event_id already claimed
+    {p}:clicks:offsets           hash    clicks partition -> next offset applied (written
+                                         with the batch's users: Store.write_click_batch)
 
 Versions: a job builds version ``v`` (create_version, upsert_items...) while readers use
 the live one, then :meth:`Store.switch_live` sets ``live`` in one MULTI/EXEC (and
@@ -123,6 +125,7 @@ class Keys:
         self.next = f"{prefix}:index:next"
         self.events_channel = f"{prefix}:index:events"
         self.popular = f"{prefix}:popular"
+        self.clicks_offsets = f"{prefix}:clicks:offsets"
 
     def version(self, v: int) -> str:
         return f"{self.prefix}:index:{v}"
@@ -442,7 +445,12 @@ class Store:
                                    for e in event_ids])
         return [r is not None and bool(r) for r in replies]
 
-    async def write_click_batch(self, offsets_key: str, users: Mapping[str, bytes],
+    async def click_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Next clicks offset applied, per partition (absent = none applied)."""
+        raw = await self.r.hmget(self.keys.clicks_offsets, [str(p) for p in partitions])
+        return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
+
+    async def write_click_batch(self, users: Mapping[str, bytes],
                                 popular: Mapping[str, int], event_ids: Sequence[str],
                                 ttl_seconds: int, offsets: Mapping[int, tuple[int, int]]
                                 ) -> bool:
@@ -453,7 +461,7 @@ class Store:
         Safe to repeat (:data:`CLICKS_WRITE_LUA`): True when written, False when this
         batch was written before (nothing written again); ClickOffsetsConflict when the
         stored offsets are others."""
-        keys = [offsets_key, self.keys.popular, *(self.keys.user(u) for u in users),
+        keys = [self.keys.clicks_offsets, self.keys.popular, *(self.keys.user(u) for u in users),
                 *(self.keys.event(e) for e in event_ids)]
         args: list[Any] = [len(users), len(popular), len(event_ids), int(ttl_seconds),
                            len(offsets), *users.values()]
@@ -463,7 +471,7 @@ class Store:
             args += (p, expected, nxt)
         written = int(await self._clicks_script(keys=keys, args=args))
         if written == BATCH_CONFLICT:
-            stored = await self.r.hmget(offsets_key, [str(p) for p in offsets])
+            stored = await self.click_offsets(list(offsets))
             raise ClickOffsetsConflict(f"clicks offsets {dict(offsets)} (expected, next) "
                                        f"but Redis holds {stored}")
         return written != BATCH_ALREADY_WRITTEN

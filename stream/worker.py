@@ -44,6 +44,7 @@ from recall.messages import (
 from recall.messages import dlq_record as make_dlq_record
 from recall.store import ClickOffsetsConflict, Store, client_retry
 from recall.users import RollingUserVectors, UserState
+from stream import deadline
 from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
 from stream.metrics import Metrics
 from stream.state import IndexSlot, PopularCache, UserCache
@@ -60,10 +61,6 @@ VERSION_POLL = 1.0
 MAX_DLQ_KEY_BYTES = 1024
 #: seconds between event-loop lag samples
 LOOP_LAG_EVERY = 0.1
-#: seconds of a request's deadline kept for answering after its Redis read
-ANSWER_MARGIN = 0.05
-#: seconds a Redis read of users always gets (a late worker, not Redis, must not cause errors)
-REDIS_MIN_WAIT = 0.1
 
 
 #: the top popular items as ONE JSON string: the plain ZREVRANGE WITHSCORES reply of 2000
@@ -86,21 +83,6 @@ def _release_load_memory() -> None:
     gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class _Call:
-    """One awaitable Redis call with a pipeline's ``execute()`` (for Recaller._execute)."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-
-    async def execute(self) -> list[Any]:
-        return [await self.call()]
-
-
-def clicks_offsets_key(store: Store) -> str:
-    """``{p}:clicks:offsets``: hash partition -> next clicks offset applied to Redis."""
-    return f"{store.keys.prefix}:clicks:offsets"
 
 
 _UNSET = object()
@@ -249,8 +231,7 @@ class Recaller:
 
     async def stored_click_offsets(self, partitions: list[int]) -> dict[int, int]:
         """Next clicks offset applied to Redis, per partition (absent = none applied)."""
-        raw = await self.store.r.hmget(clicks_offsets_key(self.store), [str(p) for p in partitions])
-        return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
+        return await self.store.click_offsets(partitions)
 
     def on_revoked(self, partitions: set[int]) -> None:
         """Forget users and click offsets of partitions this worker no longer owns."""
@@ -275,14 +256,14 @@ class Recaller:
             log.exception("could not write %s[%d]@%d (%d bytes) to the DLQ; skipped",
                           topic, partition, offset, len(raw or b""))
 
-    async def _execute(self, make_pipe: Any, op: str) -> list[Any]:
-        """Run ``make_pipe()``'s pipeline, retried by redis-py's Retry while Redis fails."""
+    async def _execute(self, call: Any, op: str) -> Any:
+        """Await ``call()``, retried by redis-py's Retry while Redis fails."""
 
-        async def attempt() -> list[Any]:
+        async def attempt() -> Any:
             t0 = time.perf_counter()
-            replies = await make_pipe().execute()
+            result = await call()
             self.metrics.redis_duration.labels(op).observe(time.perf_counter() - t0)
-            return list(replies)
+            return result
 
         async def failed(exc: Exception) -> None:
             log.warning("redis %s failed (%s: %s); retrying", op, type(exc).__name__, exc)
@@ -360,7 +341,7 @@ class Recaller:
                     pipe.mget([store.keys.event(e) for e in eids])
                 return pipe
 
-            replies = list(await self._execute(read, "clicks_read"))
+            replies = list(await self._execute(lambda: read().execute(), "clicks_read"))
             if missing:
                 part_of = {c.user_id: p for p, _, c in parsed}
                 for uid, raw in zip(missing, replies.pop(0), strict=True):
@@ -403,14 +384,11 @@ class Recaller:
         users_blob = {u: st.to_bytes() for u, st in changed.items()}
         offsets = {p: (expected[p], o) for p, o in next_offsets.items()}
 
-        def write() -> Any:
-            return _Call(lambda: store.write_click_batch(
-                clicks_offsets_key(store), users_blob, popular, new_events,
-                int(s.event_id_ttl_seconds), offsets))
-
-        try:
-            (written,) = await self._execute(write, "clicks")
-        except ClickOffsetsConflict:  # the consumer seeks to the offsets Redis holds
+        try:  # the consumer then seeks to the offsets Redis holds
+            written = await self._execute(lambda: store.write_click_batch(
+                users_blob, popular, new_events, int(s.event_id_ttl_seconds), offsets),
+                "clicks")
+        except ClickOffsetsConflict:
             await self._resync_clicks(set(next_offsets))
             raise
         if not written:
@@ -484,21 +462,11 @@ class Recaller:
             await self._respond(req.request_id, req.user_id, "ok", items, source, t0, ts)
 
     async def _load_users_by(self, asks: Sequence[tuple[Any, Any, float | None]]) -> str | None:
-        """:meth:`load_users` by the deadline of the oldest ``(record, Request, ts)`` (but
-        for at least REDIS_MIN_WAIT); None when done, else why not."""
-        since = min([ts for _, _, ts in asks if ts] or [time.time()])
-        partition_of = {req.user_id: r.partition for r, req, _ in asks}
-        deadline = self.settings.request_deadline_ms / 1000.0
-        budget = min(deadline, since + deadline - time.time()) - ANSWER_MARGIN
-        try:
-            await asyncio.wait_for(self.load_users(partition_of), max(REDIS_MIN_WAIT, budget))
-        except (TimeoutError, RedisError, OSError) as exc:
-            why = ("redis unavailable: no answer within the request deadline"
-                   if isinstance(exc, TimeoutError) else
-                   f"redis unavailable: {type(exc).__name__}: {exc}"[:300])
-            log.warning("users not in memory could not be read (%s): error responses", why)
-            return why
-        return None
+        """:meth:`load_users` of ``(record, Request, ts)`` by their deadline (stream.deadline);
+        None when done, else why not."""
+        return await deadline.by_deadline(
+            self.load_users({req.user_id: r.partition for r, req, _ in asks}),
+            deadline.budget(self.settings.request_deadline_ms, (ts for _, _, ts in asks)))
 
     async def load_users(self, partition_of: dict[str, int]) -> None:
         """Read the users not in memory from Redis in one MGET and keep them."""

@@ -624,3 +624,18 @@ async def test_a_missing_topic_fails_the_startup_check(stack: LocalStack) -> Non
     message = str(info.value)
     assert settings.topic_items in message and "RECALL_TOPIC_ITEMS" in message
     assert settings.topic_clicks not in message
+
+
+def test_the_redis_budget_counts_from_the_request_and_never_drops_below_the_floor() -> None:
+    """A request read late (queued behind a batch that waited for Redis) gets only what
+    is left of its deadline; one read past it still gets REDIS_MIN_WAIT, so a worker
+    running late does not answer errors while Redis is healthy."""
+    from stream.deadline import ANSWER_MARGIN, REDIS_MIN_WAIT, budget
+
+    now = 1000.0
+    assert budget(1000, [now], now) == pytest.approx(1.0 - ANSWER_MARGIN)
+    assert budget(1000, [now - 0.6, now - 0.1, None], now) == pytest.approx(0.4 - ANSWER_MARGIN)
+    assert budget(1000, [now - 30.0], now) == REDIS_MIN_WAIT
+    assert budget(1000, [None], now) == pytest.approx(1.0 - ANSWER_MARGIN)
+    # a producer clock ahead of ours does not stretch the wait past the deadline
+    assert budget(1000, [now + 5.0], now) == pytest.approx(1.0 - ANSWER_MARGIN)
