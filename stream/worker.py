@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from recall import kernels
 from recall.config import Settings, set_in_env, user_vector_settings
+from recall.interests import merge_by_score
 from recall.lsh import QueryResult
 from recall.messages import (
     Click,
@@ -439,7 +440,7 @@ class Recaller:
     async def _answer(self, parsed: Sequence[tuple[Any, Any, float | None]], t0: float,
                       unavailable: str | None = None) -> None:
         """Answer ``(record, Request, ts)`` from memory; users not there: ``unavailable``."""
-        asks = []  # each request's query (its seen items and vector), computed once
+        asks = []  # each request's query (its seen items and vectors), computed once
         for r, req, ts in parsed:
             state = self.users.get(req.user_id)
             if state is None:  # not in memory, and Redis did not answer in time
@@ -447,11 +448,11 @@ class Recaller:
                                     ts, error=unavailable or "user state unavailable")
                 continue
             seen = state.seen() if req.exclude_seen else set()
-            asks.append((r, req, ts, seen, _usable(state.vector())))
-        hashed = self._lsh_together([(req.k, seen, vec) for _, req, _, seen, vec in asks])
-        for j, (_, req, ts, seen, vec) in enumerate(asks):
+            asks.append((r, req, ts, seen, self._queries(state)))
+        hashed = self._lsh_together([(req.k, seen, vecs) for _, req, _, seen, vecs in asks])
+        for j, (_, req, ts, seen, vecs) in enumerate(asks):
             try:
-                items, source, n_cand = self.recall(req.k, seen, vec, hashed.get(j))
+                items, source, n_cand = self.recall(req.k, seen, vecs, hashed.get(j))
             except Exception as exc:
                 log.exception("request %r failed", req.request_id)
                 await self._respond(req.request_id, req.user_id, "error", [], "none", t0,
@@ -481,47 +482,76 @@ class Recaller:
             if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
-    def _lsh_together(self, asks: Sequence[tuple[int, set[str], np.ndarray | None]]
-                      ) -> dict[int, QueryResult]:
-        """The LSH results of a batch's queries ``(k, seen, vector)``, hashed and looked up
-        together (LSHIndex.search: ~25% less work per query from 4 queries on), by
-        position; empty when fewer than two need LSH or a vector is unusable (then each
-        queries alone, and only the bad one fails)."""
+    def _queries(self, state: UserState) -> list[np.ndarray]:
+        """The user's query vectors: the window mean, or with RECALL_USER_INTERESTS > 1
+        the interest vectors (a state stored under other settings re-cut first); unusable
+        ones (zero: a mean of opposite vectors) left out, so [] = no usable clicks."""
+        policy = self.policy
+        if policy.interests == 1 and len(state.starts) <= 1:
+            vec = _usable(state.vector())
+            return [] if vec is None else [vec]
+        lookup = self.slot.lookup if self.slot is not None else None
+        if lookup is not None:
+            policy.conform(state, lookup)
+        if policy.interests == 1:
+            vec = _usable(state.vector())
+            return [] if vec is None else [vec]
+        return [v for v in state.interests() if _usable(v) is not None]
+
+    def _lsh_together(self, asks: Sequence[tuple[int, set[str], list[np.ndarray]]]
+                      ) -> dict[int, list[QueryResult]]:
+        """The LSH results of a batch's queries ``(k, seen, vectors)`` (one vector per
+        interest), hashed and looked up together (LSHIndex.search: ~25% less work per
+        query from 4 queries on), by request position; empty when fewer than two vectors
+        need LSH or one is unusable (then each request queries alone, and only the bad
+        one fails)."""
         assert self.slot is not None
         index = self.slot.index
-        rows = [j for j, (_, _, vec) in enumerate(asks) if vec is not None]
+        rows = [(j, v) for j, (_, _, vecs) in enumerate(asks) for v in vecs]
         if len(rows) < 2 or len(index) <= EXACT_MAX_ITEMS:
             return {}
-        vecs = np.stack([asks[j][2] for j in rows])
-        ks = [asks[j][0] + len(asks[j][1]) for j in rows]
+        ks = [asks[j][0] + len(asks[j][1]) for j, _ in rows]
         try:
-            return dict(zip(rows, index.search(vecs, ks), strict=True))
+            found = index.search(np.stack([v for _, v in rows]), ks)
         except ValueError:
             return {}
+        out: dict[int, list[QueryResult]] = {}
+        for (j, _), res in zip(rows, found, strict=True):
+            out.setdefault(j, []).append(res)
+        return out
 
-    def recall(self, k: int, seen: set[str], vec: np.ndarray | None,
-               hashed: QueryResult | None = None
+    def recall(self, k: int, seen: set[str], vecs: Sequence[np.ndarray],
+               hashed: list[QueryResult] | None = None
                ) -> tuple[list[tuple[str, float]], str, int | None]:
-        """(items best first, source, candidates re-ranked or None) for a user's vector
-        (None: no usable clicks) leaving out ``seen``; ``hashed``: the LSH result computed
-        with its batch (:meth:`_lsh_together`)."""
+        """(items best first, source, candidates re-ranked or None) for a user's query
+        vectors (:meth:`_queries`; [] = no usable clicks) leaving out ``seen``; several
+        (interests) are merged by each item's best score. ``hashed``: the LSH results
+        computed with the batch (:meth:`_lsh_together`)."""
         assert self.slot is not None
         index = self.slot.index
-        if vec is not None and len(index):
+        if len(vecs) and len(index):
             if len(index) <= EXACT_MAX_ITEMS:
-                res, source = index.search(vec, k, [seen], exact=True)[0], "exact"
+                found = index.search(np.stack(vecs), k, [seen] * len(vecs), exact=True)
+                source = "exact"
             else:
                 # the top k + |seen| without exclusion, then drop the seen ones: the same
                 # items as query(exclude=seen), without its np.isin over every candidate
                 # (~8% of the event loop at 1M items, 500 requests/s)
-                res = hashed if hashed is not None else index.search(vec, k + len(seen))[0]
+                found = hashed if hashed is not None else index.search(
+                    np.stack(vecs), k + len(seen))
                 source = "lsh"
-            items = [(i, sc) for i, sc in zip(res.ids, res.scores.tolist(), strict=True)
-                     if i not in seen][:k]
-            if source == "lsh" and self.watch is not None:  # sampled: recall vs exact
-                self.watch.offer(vec, k, seen, [i for i, _ in items], index)
-            if items:
-                return items, source, res.candidates
+            ids: list[list[str]] = []
+            scores: list[np.ndarray] = []
+            for q, res in zip(vecs, found, strict=True):
+                keep = [n for n, i in enumerate(res.ids) if i not in seen][:k]
+                ids.append([res.ids[n] for n in keep])
+                scores.append(res.scores[keep])
+                if source == "lsh" and self.watch is not None:  # sampled: recall vs exact
+                    self.watch.offer(q, k, seen, ids[-1], index)
+            got, best = merge_by_score(ids, scores, k)
+            if got:
+                return (list(zip(got, best.tolist(), strict=True)), source,
+                        sum(res.candidates for res in found))
         return self.popular.top(k, seen, index), "popular", None
 
     async def _respond(self, rid: str, uid: str | None, status: str,
