@@ -75,8 +75,10 @@ async def load_index(store: Any, ids: list[str], vectors: np.ndarray, params: An
 
 async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors: np.ndarray,
                           window: int, half_life: float = 0.0, batch: int = 2000,
-                          progress: bool = True) -> int:
-    """Store every user's last ``window`` clicks as their window; returns users written."""
+                          progress: bool = True, interests: int = 1,
+                          session_gap: float = 1800.0) -> int:
+    """Store every user's last ``window`` clicks as their window (cut into ``interests``
+    sessions, as the worker will keep it); returns users written."""
     from tqdm import tqdm
 
     from offline.userwin import window_mask
@@ -92,7 +94,8 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
         out[present] = vectors[r[present]]
         return out, present
 
-    policy = RollingUserVectors(dim, window, half_life, lookup=lookup)
+    policy = RollingUserVectors(dim, window, half_life, lookup=lookup, interests=interests,
+                                session_gap=session_gap)
     win = clicks.take(window_mask(clicks, window))
     bounds = win.user_bounds()
     names, users = clicks.item_ids, clicks.user_ids

@@ -205,3 +205,33 @@ async def test_load_names_unreachable_servers(files, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"recall load: error: kafka 127.0.0.1:{port}: " in err
     assert "Unclosed AIOKafkaProducer" not in err
+
+
+async def test_load_bootstraps_users_interests(files, redis_url, redis_prefix, monkeypatch,
+                                               capsys):
+    """RECALL_USER_INTERESTS=3: the stored states hold the interest vectors the worker
+    keeps, equal to the batch computation (offline.userwin), not one vector to re-cut."""
+    log, vectors, _ = files
+    _env(monkeypatch, redis_url, redis_prefix)
+    monkeypatch.setenv("RECALL_USER_INTERESTS", "3")
+    store = Store.from_url(redis_url, redis_prefix)
+    try:
+        assert await run(["load", str(vectors), "--log", str(log), "-q"]) == 0
+        capsys.readouterr()
+        clicks = read_log(log)
+        ids, mat = load_vectors(vectors, 64)
+        win = user_windows(clicks, ids, mat, 20, interests=3, session_gap=1800.0)
+        uids = [clicks.user_ids[u] for u in win.users[:40]]
+        stored = await store.get_users(uids)
+        several = 0
+        for j, uid in enumerate(uids):
+            state = UserState.from_bytes(stored[uid], 64)
+            want = win.interests[j][win.interest_ok[j]]
+            got = state.interests()
+            assert len(got) == len(want)
+            several += len(got) > 1
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+        assert several > 0  # the log has users with several sessions in their window
+    finally:
+        await store.close()
