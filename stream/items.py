@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 
 #: items read per HSCAN batch when rebuilding
 LOAD_BATCH = 20_000
-#: items added to the index at once when rebuilding: LSHIndex.add merges a big batch
-#: into its sorted bucket arrays (a copy of them), so adding 20k at a time made loading
-#: 1M items quadratic (~175 s); 250k bounds the extra memory of one add to ~250 MB
-LOAD_ADD = 250_000
 
 
 def offsets_key(store: Store, version: int) -> str:
@@ -107,24 +103,14 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
                          f"RECALL_DIM is {dim}")
     offsets = await read_offsets(store, version)  # before the items: see module docstring
     index = LSHIndex(params, merge="deferred")
-    ids_acc: list[str] = []
-    mats: list[np.ndarray] = []
-
-    async def flush() -> None:
-        if ids_acc:
-            mat = np.concatenate(mats) if len(mats) > 1 else mats[0]
-            batch = list(ids_acc)
-            ids_acc.clear()
-            mats.clear()
-            # hashing is numpy work that releases the GIL: keep the event loop serving
-            await asyncio.to_thread(index.add, batch, mat)
-
+    # a bulk load: the vectors straight into a matrix of the catalogue's size, then one
+    # pass builds the bucket table (LSHIndex.stage/build: at 1M items the peak RSS of
+    # the load was twice the index's, from batch merges and growth copies)
+    index.reserve(await store.items_count(version))
     async for ids, mat in store.iter_items(version, LOAD_BATCH, dim=dim):
-        ids_acc.extend(ids)
-        mats.append(mat)
-        if len(ids_acc) >= LOAD_ADD:
-            await flush()
-    await flush()
+        # normalising is numpy work that releases the GIL: keep the event loop serving
+        await asyncio.to_thread(index.stage, ids, mat)
+    await asyncio.to_thread(index.build)
     return index, offsets
 
 

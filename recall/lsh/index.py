@@ -24,6 +24,7 @@ merge is swapped in, so the owner awaits the merge before its next write.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -158,10 +159,16 @@ class LSHIndex:
             raise RuntimeError("the index is merging in another thread: await "
                                "merge_off_loop() before writing")
 
-    def _grow(self, needed: int) -> None:
+    def reserve(self, n: int) -> None:
+        """Room for n items in all (e.g. a catalogue about to be loaded): one allocation
+        of exactly that size instead of growing by a quarter, which briefly holds the old
+        and the new vector matrix (192 + 256 MB on the way to 1M x 64)."""
+        self._grow(n, spare=False)
+
+    def _grow(self, needed: int, spare: bool = True) -> None:
         if needed <= self._capacity:
             return
-        new = max(needed, self._capacity + self._capacity // 4, 1024)  # <= 25% spare
+        new = max(needed, self._capacity + self._capacity // 4, 1024) if spare else needed
         vecs = np.zeros((new, self.dim), dtype=np.float32)
         vecs[: self._capacity] = self._vecs
         self._vecs = vecs
@@ -187,7 +194,7 @@ class LSHIndex:
             raise ValueError(f"{len(ids)} ids but {vecs.shape[0]} vectors")
         if not ids:
             return
-        vn = normalize(vecs)
+        vn = _normalize_blocks(vecs)
         if len(set(ids)) != len(ids):  # the last occurrence of an id wins
             last = {item_id: i for i, item_id in enumerate(ids)}
             rows = np.fromiter(last.values(), dtype=np.intp, count=len(last))
@@ -228,6 +235,71 @@ class LSHIndex:
             pending_slots[slot] = row
         if inline and self.merge_due():
             self._merge_now()
+
+    def stage(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Bulk load, part 1 (all items of an empty index at once, e.g. a worker loading a
+        catalogue): store the vectors without indexing them; :meth:`build` then indexes
+        every staged item in one pass. Searches do not see staged items until then; an id
+        staged again keeps its last vector."""
+        self._check_writable()
+        if self._buckets.size or self._pending_slots:
+            raise RuntimeError("stage() loads an empty index; use add() on this one")
+        ids = self._check_ids(ids)
+        vecs = np.asarray(vectors)
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(vecs) != len(ids):
+            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got "
+                             f"{vecs.shape}")
+        if not ids:
+            return
+        vn = _normalize_blocks(vecs)
+        known = self._id2slot
+        self._grow(self._high + len({i for i in ids if i not in known}))
+        get, slot_ids = known.get, self._slot_ids
+        slots = np.empty(len(ids), dtype=np.int64)
+        for i, item_id in enumerate(ids):
+            slot = get(item_id)
+            if slot is None:
+                slot = self._id2slot[item_id] = self._next_new_slot()
+                slot_ids[slot] = item_id
+            slots[i] = slot
+        self._vecs[slots] = vn  # a repeated id: the last row wins (numpy assigns in order)
+        self._alive[slots] = True
+
+    def build(self) -> None:
+        """Bulk load, part 2: index every staged item. Keys are hashed twice, block by
+        block (count per cell of the keys' top bits, then scatter), and each small cell
+        sorted (:mod:`recall.kernels`): the memory is the final table plus one int64 per
+        entry, where add() of a big batch sorted all entries with an index array and
+        copies, and merged each batch into a copy of the table."""
+        self._check_writable()
+        if self._buckets.size or self._pending_slots:
+            raise RuntimeError("build() indexes a staged load of an empty index")
+        slots = np.flatnonzero(self._alive[: self._high])
+        L = self.params.L
+        entries = len(slots) * L
+        if not entries:
+            return
+        bits = max(1, min(30, math.ceil(math.log2(entries)) - 4))  # ~16 entries per cell
+        shift = 64 - bits
+        blocks = [slots[i : i + _BUILD_BLOCK] for i in range(0, len(slots), _BUILD_BLOCK)]
+        counts = np.zeros(2**bits, dtype=np.int64)
+        for block in blocks:
+            kernels.count_cells(self.hasher.keys(self._vecs[block]), shift, counts)
+        cell_starts = np.zeros(2**bits + 1, dtype=np.int64)
+        np.cumsum(counts, out=cell_starts[1:])
+        del counts
+        pos = cell_starts[:-1].copy()
+        keys = np.empty(entries, dtype=np.int64)
+        table_slots = np.empty(entries, dtype=np.int32)
+        for block in blocks:
+            kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, pos,
+                                  keys, table_slots)
+        del pos
+        ukeys, starts = kernels.finish_cells(keys, table_slots, cell_starts)
+        del keys, cell_starts
+        self._buckets = SortedBuckets.from_csr(ukeys, starts, table_slots)
+        self._in_main[slots] = True
+        self.merges += 1
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; returns how many were present. Unknown ids are ignored."""
@@ -559,3 +631,31 @@ def _scores(vectors: np.ndarray, slots: np.ndarray, q: np.ndarray) -> np.ndarray
     float32 (what the compiled search computes, whatever the summation order)."""
     rows = np.take(vectors, slots, axis=0).astype(np.float64)
     return (rows @ q.astype(np.float64)).astype(np.float32)
+
+
+#: rows normalised at once by add(): normalize() works in float64, so a block bounds its
+#: temporaries (~3 x 16 MB) where a 250k-row batch made ~380 MB of them
+_NORM_BLOCK = 32768
+
+
+#: items hashed at once by build(): bounds the float64 projections (~10 MB)
+_BUILD_BLOCK = 8192
+
+
+def _normalize_blocks(vectors: np.ndarray) -> np.ndarray:
+    """normalize() block by block into one float32 array (the same rows; an error names
+    the row in the whole batch)."""
+    n = len(vectors)
+    if n <= _NORM_BLOCK:
+        return normalize(vectors)
+    out = np.empty(vectors.shape, dtype=np.float32)
+    for start in range(0, n, _NORM_BLOCK):
+        try:
+            out[start:start + _NORM_BLOCK] = normalize(vectors[start:start + _NORM_BLOCK])
+        except ValueError as exc:
+            msg = str(exc)
+            if msg.startswith("vector "):
+                row, rest = msg[len("vector "):].split(" ", 1)
+                msg = f"vector {start + int(row)} {rest}"
+            raise ValueError(msg) from None
+    return out
