@@ -1,5 +1,5 @@
-"""Compiled kernels of the hot paths: LSH probe -> gather -> dedupe -> re-rank, and the
-vector arithmetic of click application.
+"""Compiled kernels of the index's hot paths: LSH probe -> gather -> dedupe -> re-rank,
+and the bucket table of a bulk load.
 
 Why numba: the numpy query path spends most of its ~0.8 ms per query at 1M items on the
 per-call overhead of some forty small numpy operations (hashing 160 projections, sorting
@@ -25,8 +25,6 @@ implementation as the reference the tests compare against, row by row.
   probes' tables, re-ranks them by exact inner product (float64 sums, rounded to float32)
   and keeps the top k; excluded slots count as candidates (as in the reference) but are
   never scored or returned.
-- :func:`add_rows` adds ``coef * vectors[slot]`` to rows of a float64 matrix, in order
-  (the click batch's user-vector sums).
 - :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`: the bucket table of a
   bulk load as a counting sort by the keys' top bits, then a sort within each small cell:
   no argsort of all entries (its index array and sorted copies were ~400 MB at 1M x 16).
@@ -266,24 +264,6 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     return out_slots, out_scores, n_cand
 
 
-@njit(cache=True, nogil=True)
-def add_rows(sums: np.ndarray, rows: np.ndarray, coefs: np.ndarray, slots: np.ndarray,
-             vectors: np.ndarray) -> None:
-    """In order, for each op j: ``sums[rows[j]] += coefs[j] * vectors[slots[j]]`` (float64),
-    or, where ``slots[j] < 0``, ``sums[rows[j]] *= coefs[j]`` (a decay rescale)."""
-    dim = sums.shape[1]
-    for j in range(rows.shape[0]):
-        r = rows[j]
-        c = coefs[j]
-        s = slots[j]
-        if s < 0:
-            for d in range(dim):
-                sums[r, d] *= c
-        else:
-            for d in range(dim):
-                sums[r, d] += c * np.float64(vectors[s, d])
-
-
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel on tiny inputs, so the first real
     call does not pay it."""
@@ -303,8 +283,6 @@ def warm_up() -> None:
            np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int64), 63, q,
            np.ones(1, dtype=bool), True, 0, 1, zero1[:2], empty, zero1[:2], empty,
            np.zeros(1, dtype=np.uint8))
-    add_rows(np.zeros((1, dim)), np.zeros(1, dtype=np.int64), np.ones(1),
-             np.zeros(1, dtype=np.int64), q)
     keys = probes[:, :, 0]
     counts = np.zeros(2, dtype=np.int64)
     count_cells(keys, 63, counts)
