@@ -9,7 +9,7 @@ both merge the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -33,3 +33,18 @@ def merge_by_score(ids: Sequence[Sequence[str]], scores: Sequence[np.ndarray], k
     _, first = np.unique(ranked.astype(str), return_index=True)  # best copy of each id
     keep = np.sort(first)[:k]
     return ranked[keep].tolist(), flat[order][keep]
+
+
+def merge_results(found: Sequence[tuple[Sequence[str], np.ndarray]], seen: Collection[str],
+                  k: int) -> tuple[list[tuple[str, float]], list[list[str]]]:
+    """Per-interest results ``(ids, scores)`` (best first, possibly with ``seen`` items:
+    the worker asks for k + |seen| without exclusion) -> the merged ``(item, score)`` top
+    k, and each interest's own top k ids after exclusion (for the recall monitor)."""
+    ids: list[list[str]] = []
+    scores: list[np.ndarray] = []
+    for res_ids, res_scores in found:
+        keep = [n for n, i in enumerate(res_ids) if i not in seen][:k]
+        ids.append([res_ids[n] for n in keep])
+        scores.append(np.asarray(res_scores)[keep])
+    got, best = merge_by_score(ids, scores, k)
+    return list(zip(got, best.tolist(), strict=True)), ids

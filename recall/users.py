@@ -321,6 +321,16 @@ class RollingUserVectors:
             return [0]
         return session_starts([c[TS] for c in clicks], self.interests, self.session_gap)
 
+    def queries(self, state: UserState, lookup: Lookup | None = None) -> list[np.ndarray]:
+        """A request's query vectors: the window mean, or (interests > 1) the interest
+        vectors, newest first; a state stored under other settings is re-cut first (when
+        a lookup is there). Zero vectors (a mean of opposite ones) are left out, so [] =
+        no usable clicks."""
+        if (self.interests > 1 or len(state.starts) > 1) and (lookup or self.lookup):
+            self.conform(state, lookup)
+        vecs = [state.vector()] if self.interests == 1 else state.interests()
+        return [v for v in vecs if v is not None and bool(np.any(v))]
+
     def _factor(self, ts: float, t_ref: float) -> float:
         if self.half_life <= 0.0:
             return 1.0

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from recall import kernels
 from recall.config import Settings, set_in_env, user_vector_settings
-from recall.interests import merge_by_score
+from recall.interests import merge_results
 from recall.lsh import QueryResult
 from recall.messages import (
     Click,
@@ -464,7 +464,7 @@ class Recaller:
                                     ts, error=unavailable or "user state unavailable")
                 continue
             seen = state.seen() if req.exclude_seen else set()
-            asks.append((r, req, ts, seen, self._queries(state)))
+            asks.append((r, req, ts, seen, self.policy.queries(state, self._lookup())))
         hashed = self._lsh_together([(req.k, seen, vecs) for _, req, _, seen, vecs in asks])
         for j, (_, req, ts, seen, vecs) in enumerate(asks):
             try:
@@ -498,21 +498,8 @@ class Recaller:
             if self.users.get(uid) is None:  # a click batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
-    def _queries(self, state: UserState) -> list[np.ndarray]:
-        """The user's query vectors: the window mean, or with RECALL_USER_INTERESTS > 1
-        the interest vectors (a state stored under other settings re-cut first); unusable
-        ones (zero: a mean of opposite vectors) left out, so [] = no usable clicks."""
-        policy = self.policy
-        if policy.interests == 1 and len(state.starts) <= 1:
-            vec = _usable(state.vector())
-            return [] if vec is None else [vec]
-        lookup = self.slot.lookup if self.slot is not None else None
-        if lookup is not None:
-            policy.conform(state, lookup)
-        if policy.interests == 1:
-            vec = _usable(state.vector())
-            return [] if vec is None else [vec]
-        return [v for v in state.interests() if _usable(v) is not None]
+    def _lookup(self) -> Any:
+        return self.slot.lookup if self.slot is not None else None
 
     def _lsh_together(self, asks: Sequence[tuple[int, set[str], list[np.ndarray]]]
                       ) -> dict[int, list[QueryResult]]:
@@ -540,9 +527,9 @@ class Recaller:
                hashed: list[QueryResult] | None = None
                ) -> tuple[list[tuple[str, float]], str, int | None]:
         """(items best first, source, candidates re-ranked or None) for a user's query
-        vectors (:meth:`_queries`; [] = no usable clicks) leaving out ``seen``; several
-        (interests) are merged by each item's best score. ``hashed``: the LSH results
-        computed with the batch (:meth:`_lsh_together`)."""
+        vectors (RollingUserVectors.queries; [] = no usable clicks) leaving out ``seen``;
+        several (interests) are merged by each item's best score. ``hashed``: the LSH
+        results computed with the batch (:meth:`_lsh_together`)."""
         assert self.slot is not None
         index = self.slot.index
         if len(vecs) and len(index):
@@ -556,18 +543,12 @@ class Recaller:
                 found = hashed if hashed is not None else index.search(
                     np.stack(vecs), k + len(seen))
                 source = "lsh"
-            ids: list[list[str]] = []
-            scores: list[np.ndarray] = []
-            for q, res in zip(vecs, found, strict=True):
-                keep = [n for n, i in enumerate(res.ids) if i not in seen][:k]
-                ids.append([res.ids[n] for n in keep])
-                scores.append(res.scores[keep])
-                if source == "lsh" and self.watch is not None:  # sampled: recall vs exact
-                    self.watch.offer(q, k, seen, ids[-1], index)
-            got, best = merge_by_score(ids, scores, k)
-            if got:
-                return (list(zip(got, best.tolist(), strict=True)), source,
-                        sum(res.candidates for res in found))
+            items, each = merge_results([(r.ids, r.scores) for r in found], seen, k)
+            if source == "lsh" and self.watch is not None:  # sampled: recall vs exact
+                for q, got in zip(vecs, each, strict=True):
+                    self.watch.offer(q, k, seen, got, index)
+            if items:
+                return items, source, sum(res.candidates for res in found)
         return self.popular.top(k, seen, index), "popular", None
 
     async def _respond(self, rid: str, uid: str | None, status: str,
@@ -600,11 +581,6 @@ def start_watch(settings: Settings, slot: IndexSlot, metrics: Metrics, store: St
                         explicit_params=explicit, chosen_for=0 if untuned else None)
     watch.start()
     return watch
-
-
-def _usable(vec: np.ndarray | None) -> np.ndarray | None:
-    """A user vector a query can use (a mean of opposite vectors can be zero), else None."""
-    return vec if vec is not None and np.linalg.norm(vec) > 0 else None
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Recaller]:

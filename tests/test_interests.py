@@ -4,6 +4,7 @@ worker's online state (recall.users) holds after the same clicks."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,3 +132,12 @@ def test_eval_merges_interests_for_exact_and_lsh() -> None:
         assert res["users_evaluated"] == 30 and res["interests"] == m
     assert got[1]["exact"] == 0.0 and got[1]["lsh"] == 0.0  # the mean finds cluster C
     assert got[2]["exact"] == 1.0 and got[2]["lsh"] == 1.0
+
+
+def test_merge_results_drops_seen_items_before_merging() -> None:
+    from recall.interests import merge_results
+
+    items, each = merge_results([(["s", "a", "b"], np.array([0.99, 0.8, 0.3])),
+                                 (["c", "s", "a"], np.array([0.9, 0.85, 0.7]))], {"s"}, 2)
+    assert items == [("c", pytest.approx(0.9)), ("a", pytest.approx(0.8))]
+    assert each == [["a", "b"], ["c", "a"]]

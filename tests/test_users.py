@@ -495,3 +495,20 @@ def test_late_click_closing_a_gap_splits_the_oldest_segment() -> None:
     np.testing.assert_allclose(newest, (v["i1"] + v["i2"] + v["i3"]) / 3, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(older, v["i0"], rtol=RTOL, atol=ATOL)
     assert table.calls[-1] == 4  # the window re-read
+
+
+def test_queries_are_the_mean_or_the_interests_and_skip_zero_vectors() -> None:
+    table = make_table(4, set())
+    v0 = table.get("i0")
+    table.vectors["neg"] = -v0
+    two = RollingUserVectors(DIM, 10, lookup=table, interests=2, session_gap=100.0)
+    state = two.new_state()
+    for item, ts in (("i0", 0.0), ("neg", 1.0), ("i1", 500.0)):  # first session sums to 0
+        two.apply(state, item, ts, 1.0, table.get(item))
+    (only,) = two.queries(state)
+    np.testing.assert_allclose(only, table.get("i1"), rtol=RTOL, atol=ATOL)
+    one = RollingUserVectors(DIM, 10, lookup=table)
+    (mean,) = one.queries(state)  # re-cut to one vector (a lookup is there)
+    assert state.starts == [0]
+    np.testing.assert_allclose(mean, table.get("i1") / 3, rtol=RTOL, atol=ATOL)
+    assert one.queries(one.new_state()) == []
