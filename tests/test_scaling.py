@@ -31,7 +31,13 @@ USERS = 24
 
 @pytest.fixture(scope="module")
 def settings(stack: LocalStack) -> Settings:
-    return isolated_settings(stack, "sc", dim=DIM, topic_partitions=4, user_window=4)
+    # retune_items=0: no growth re-pick of LSH parameters here. One that ran while the
+    # second worker was still joining copied a version without the items partitions
+    # nobody owned yet (the second worker rebuilt 963 of 2,000 items), and users kept
+    # getting popular answers (a fresh-clone CI run): a known bug, open in issue 13's
+    # note. This test is about splitting users between workers.
+    return isolated_settings(stack, "sc", dim=DIM, topic_partitions=4, user_window=4,
+                             retune_items=0)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +95,13 @@ async def test_two_workers_split_the_users_and_both_serve_every_item(
         return all(r.value["source"] in ("lsh", "exact") for r in resps)
 
     await eventually(all_reflect_clicks, 20)
-    # the group has settled once both workers answer (each owns some partitions)
-    await eventually(lambda: all(metric(s.port, "recall_requests_total") > 0
-                                 for s in workers), 30)
+    # the group has settled once both workers answer (each owns some partitions); the
+    # second may join after the first answered everything: keep asking until it does
+    async def both_answer() -> bool:
+        await asyncio.gather(*(client.recall(u, k=10) for u in clicked))
+        return all(metric(s.port, "recall_requests_total") > 0 for s in workers)
+
+    await eventually(both_answer, 60)
     before = [metric(s.port, "recall_requests_total") for s in workers]
     rids = [await client.send_request(u, k=10) for u in clicked]
     resps = await asyncio.gather(*(asyncio.wait_for(client.expect(r), 10) for r in rids))
