@@ -69,22 +69,21 @@ async def _bench(args: argparse.Namespace, url: str) -> int:
 
     store = Store.from_url(url, f"bench-{uuid.uuid4().hex[:8]}")
     try:
-        mem0 = int((await store.r.info("memory"))["used_memory"])
+        mem0 = await store.used_memory()
         v = await store.create_version(params.to_dict(), dim)
         t0 = time.perf_counter()
         for start in tqdm(range(0, n, args.batch), desc="upsert", unit="batch"):
             end = min(n, start + args.batch)
             await store.upsert_items(v, ids[start:end], vecs[start:end], keys[start:end])
         write_s = time.perf_counter() - t0
-        mem1 = int((await store.r.info("memory"))["used_memory"])
-        vec_mem = int(await store.r.memory_usage(store.keys.vectors(v), samples=0) or 0)
+        mem1 = await store.used_memory()
+        vec_mem = await store.used_memory(store.keys.vectors(v))
 
         singles = min(args.singles, n)
         lat = []
         for i in range(singles):  # re-upsert with moved buckets, as the worker does
             s = time.perf_counter()
-            await store.upsert_items(v, [ids[i]], vecs[i:i + 1], keys[(i + 1) % n:(i + 1) % n + 1],
-                                     old_keys=keys[i:i + 1])
+            await store.upsert_items(v, [ids[i]], vecs[i:i + 1], keys[(i + 1) % n:(i + 1) % n + 1])
             lat.append(time.perf_counter() - s)
 
         t0 = time.perf_counter()
@@ -94,8 +93,6 @@ async def _bench(args: argparse.Namespace, url: str) -> int:
                 read += len(got_ids)
                 bar.update(len(got_ids))
         read_s = time.perf_counter() - t0
-        await store.switch_live(v)
-        await store.r.delete(store.keys.live)
         removed = await store.delete_version(v, batch=5000)
     finally:
         await store.close()

@@ -125,13 +125,7 @@ async def replace_popular(store: Any, clicks: ClickLog) -> int:
     """Replace the popularity zset with the log's click counts, atomically."""
     counts = np.bincount(clicks.item, minlength=len(clicks.item_ids))
     nz = np.flatnonzero(counts)
-    pipe = store.r.pipeline(transaction=True)
-    pipe.delete(store.keys.popular)
-    for start in range(0, len(nz), 10_000):
-        part = nz[start:start + 10_000]
-        pipe.zadd(store.keys.popular,
-                  {clicks.item_ids[i]: float(c) for i, c in zip(part, counts[part], strict=True)})
-    await pipe.execute()
+    await store.replace_popular({clicks.item_ids[i]: float(counts[i]) for i in nz.tolist()})
     return len(nz)
 
 

@@ -1,10 +1,20 @@
 """The Redis layout: the durable, shared state of the index, user windows and popularity.
 
+The one module that talks to Redis: every key, Lua script, pipeline and retry of the
+project is here (the worker, the offline loader and the benchmarks call its methods).
 Redis is the source of truth; the hot index lives in each worker's memory and can be
 rebuilt from Redis alone (:meth:`Store.iter_items`). Async, over ``redis.asyncio``; the
-client must return bytes (``decode_responses=False``; :meth:`Store.from_url` makes one).
-Every multi-key write is sent as one pipeline (``transaction=False``; one round trip);
-very large calls are cut into pipelines of :data:`PIPELINE_CHUNK` commands.
+client must return bytes (``decode_responses=False``; :meth:`Store.from_settings` makes
+one). Every multi-key write is sent as one pipeline (one round trip); very large calls
+are cut into pipelines of :data:`PIPELINE_CHUNK` commands.
+
+Retries: every command has a deadline (``RECALL_REDIS_TIMEOUT``) and connection errors
+and timeouts are retried by redis-py's own ``Retry`` (jittered exponential backoff,
+:data:`CLIENT_RETRIES` times) before they reach the caller, whose consumer then retries
+its batch (stream.policy). Every write is safe to repeat: whole values, offsets, and the
+click batch's script, which adds popularity only if the partitions' stored offsets are
+the ones the batch started from (a timed-out call may still run later); that one is
+retried until Redis takes it (its users are already changed in the worker's memory).
 
 Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = index version)::
 
@@ -20,29 +30,31 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
     {p}:index:{v}:buckets        hash    item_id -> L int64 little-endian (8*L bytes): the
                                          item's bucket key in each table, as returned
                                          by Hasher.keys (bucket membership, per item)
-    {p}:index:events             channel PUBLISH of the new live version on switch_live
+    {p}:index:{v}:offsets        hash    items partition -> next offset written to v
+    {p}:index:init               string  SET NX lock of the worker creating version 1
+    {p}:index:repick             string  SET NX lock of the worker copying the live version
+                                         to a new hash layout (stream.watch)
     {p}:user:{uid}               string  UserState.to_bytes() (see recall.users)
     {p}:popular                  zset    item_id -> click count (weights not applied)
     {p}:event:{event_id}         string  "1" with a TTL: a click event_id already claimed
-    {p}:clicks:offsets           hash    clicks partition -> next offset applied (written
-                                         with the batch's users: Store.write_click_batch)
+    {p}:clicks:offsets           hash    clicks partition -> next offset applied
 
 Versions: a job builds version ``v`` (create_version, upsert_items...) while readers use
-the live one, then :meth:`Store.switch_live` sets ``live`` in one MULTI/EXEC (and
-publishes it), so a reader of ``live`` always finds a complete version. Old versions are
-removed with :meth:`Store.delete_version` (SCAN + UNLINK in batches).
+the live one, then :meth:`Store.switch_live` sets ``live``, so a reader of ``live``
+always finds a complete version. Old versions are removed with
+:meth:`Store.delete_version` (SCAN + UNLINK in batches).
 
 Why membership per item (item -> its L keys) and not a set per bucket: with tuned
 parameters buckets are small (about 1 item per bucket at k=8, w=1), so sets per bucket
-cost one Redis key per item and table -- measured 4.9 KB per item and 3.2k items/s
-written at L=16, against about 0.6 KB and tens of thousands of items/s here. An upsert
-or delete also needs no old keys (the item's field is overwritten or deleted; no
-read-modify-write, no Lua). Readers build the bucket -> items map in memory, as
-LSHIndex does; the figures and the command are in docs/state.md.
+cost one Redis key per item and table (several times the memory and a fraction of the
+write rate; figures in docs/state.md). An upsert or delete also needs no old keys (the
+item's field is overwritten or deleted; no read-modify-write). Readers build the
+bucket -> items map in memory, as LSHIndex does.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -54,7 +66,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from recall.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: commands per pipeline when a call is very large
 PIPELINE_CHUNK = 20_000
@@ -64,7 +81,7 @@ HSET_CHUNK = 1000
 CLIENT_RETRIES = 2
 
 
-#: the atomic write of a click batch (Store.write_click_batch); KEYS = offsets hash,
+#: the atomic write of a click batch (Store.write_clicks); KEYS = offsets hash,
 #: popular zset, user keys, event keys; ARGV = counts, ttl, user blobs, (item, n)...,
 #: (partition, expected offset, next offset)...
 #: Safe to repeat: it writes only if every partition's stored offset is the one the batch
@@ -111,6 +128,14 @@ def client_retry(retries: int = CLIENT_RETRIES, cap: float = 0.5,
     must land)."""
     return Retry(EqualJitterBackoff(cap=cap, base=0.01), retries, supported_errors=errors)
 
+#: the top popular items as ONE JSON string: the plain ZREVRANGE WITHSCORES reply of 2000
+#: items took ~20% of the worker's event loop (refreshed every second) in redis-py's parser
+POPULAR_TOP_LUA = """
+local r = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+if #r == 0 then return '[]' end
+return cjson.encode(r)
+"""
+
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
@@ -123,9 +148,10 @@ class Keys:
         self.prefix = prefix
         self.live = f"{prefix}:index:live"
         self.next = f"{prefix}:index:next"
-        self.events_channel = f"{prefix}:index:events"
+        self.init_lock = f"{prefix}:index:init"
+        self.repick_lock = f"{prefix}:index:repick"
         self.popular = f"{prefix}:popular"
-        self.clicks_offsets = f"{prefix}:clicks:offsets"
+        self.click_offsets = f"{prefix}:clicks:offsets"
 
     def version(self, v: int) -> str:
         return f"{self.prefix}:index:{v}"
@@ -138,6 +164,9 @@ class Keys:
 
     def buckets(self, v: int) -> str:
         return f"{self.prefix}:index:{v}:buckets"
+
+    def item_offsets(self, v: int) -> str:
+        return f"{self.prefix}:index:{v}:offsets"
 
     def user(self, uid: str) -> str:
         return f"{self.prefix}:user:{uid}"
@@ -163,26 +192,16 @@ def _hset_rows(key: str, ids: Sequence[str], rows: np.ndarray) -> list[tuple[Any
     return commands
 
 
-def _unpack(values: list[bytes | None], width: int, wire: str,
-            dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """HMGET replies -> (matrix (n, width), present mask); wrong-length values = missing."""
-    out = np.zeros((len(values), width), dtype=dtype)
-    size = np.dtype(wire).itemsize * width
-    present = np.fromiter((v is not None and len(v) == size for v in values), dtype=bool,
-                          count=len(values))
-    if present.any():
-        blob = b"".join(v for v, p in zip(values, present.tolist(), strict=True) if p)
-        out[present] = np.frombuffer(blob, dtype=wire).reshape(-1, width)
-    return out, present
-
-
 class Store:
-    """Async access to the layout above; ``redis`` must return bytes."""
+    """Async access to the layout above; ``redis`` must return bytes. ``once``: a client
+    without retries, for the non-idempotent click write (default: ``redis``)."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "recall") -> None:
         self.r = redis
         self.keys = Keys(prefix)
         self._clicks_script = redis.register_script(CLICKS_WRITE_LUA)
+        self._popular_script = redis.register_script(POPULAR_TOP_LUA)
+        self._until_written = client_retry(retries=-1, cap=2.0, errors=(RedisError, OSError))
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "recall", timeout: float | None = None) -> Store:
@@ -197,9 +216,15 @@ class Store:
             url, decode_responses=False, retry=client_retry(),
             retry_on_error=[RedisConnectionError, RedisTimeoutError], **kwargs), prefix)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The worker's store: ``REDIS_URL``, ``RECALL_REDIS_PREFIX``, and
+        ``RECALL_REDIS_TIMEOUT`` per command."""
+        return cls.from_url(settings.redis_url, settings.redis_prefix,
+                            timeout=settings.redis_timeout)
+
     async def close(self) -> None:
         await self.r.aclose()
-
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send raw ``(COMMAND, *args)`` in pipelines of PIPELINE_CHUNK; return the replies."""
         replies: list[Any] = []
@@ -253,13 +278,22 @@ class Store:
         await self.r.hset(self.keys.meta(version), "params", orjson.dumps(dict(params_dict)))
 
     async def switch_live(self, version: int) -> None:
-        """Make ``version`` live, atomically (MULTI/EXEC), and publish it."""
+        """Make ``version`` live (one SET: readers poll ``live``)."""
         if not await self.r.exists(self.keys.meta(version)):
             raise ValueError(f"index version {version} does not exist")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.keys.live, str(int(version)))
-        pipe.publish(self.keys.events_channel, str(int(version)))
-        await pipe.execute()
+        await self.r.set(self.keys.live, str(int(version)))
+
+    async def create_first_version(self, params_dict: Mapping[str, Any], dim: int,
+                                   partitions: int) -> int | None:
+        """With no live version yet, one worker creates an empty one (every items
+        partition to be read from 0) and makes it live; returns it, or None when another
+        worker holds the creation lock (it is creating one: poll :meth:`live_version`)."""
+        if not await self.acquire(self.keys.init_lock, 30):
+            return None
+        v = await self.create_version(params_dict, dim)
+        await self.r.hset(self.keys.item_offsets(v), mapping={p: 0 for p in range(partitions)})
+        await self.switch_live(v)
+        return v
 
     async def delete_version(self, version: int, batch: int = 1000) -> int:
         """Remove every key of a version that is not live; returns keys removed."""
@@ -276,27 +310,15 @@ class Store:
             removed += int(await self.r.unlink(*pending))
         return removed
 
-    async def versions(self) -> list[int]:
-        """Versions that have metadata, ascending."""
-        found = set()
-        pattern = _glob_escape(self.keys.prefix) + ":index:*:meta"
-        async for key in self.r.scan_iter(match=pattern, count=1000):
-            parts = key.decode().rsplit(":", 2)
-            if len(parts) == 3 and parts[2] == "meta" and parts[1].isdigit():
-                found.add(int(parts[1]))
-        return sorted(found)
-
     # --- items -----------------------------------------------------------------
 
     async def upsert_items(self, version: int, ids: Sequence[str], vectors: np.ndarray,
-                           new_keys: np.ndarray, old_keys: np.ndarray | None = None) -> None:
+                           new_keys: np.ndarray) -> None:
         """Write the vectors and bucket keys of ``ids`` (one pipeline, HSET in chunks).
 
         ``vectors`` (n, D) L2-normalised; ``new_keys`` (n, L) from ``Hasher.keys``.
-        ``old_keys`` is not needed (membership is stored per item, so an upsert replaces
-        it) and is ignored; it is accepted for callers written against sets per bucket.
+        Membership is stored per item, so an upsert replaces it: no old keys needed.
         """
-        del old_keys
         n = len(ids)
         if n == 0:
             return
@@ -310,24 +332,12 @@ class Store:
             *_hset_rows(self.keys.buckets(version), ids, new_keys),
         ])
 
-    async def remove_items(self, version: int, ids: Sequence[str],
-                           old_keys: np.ndarray | None = None) -> int:
-        """Delete items and their membership (one pipeline); returns how many existed.
-
-        ``old_keys`` is ignored (see :meth:`upsert_items`).
-        """
-        del old_keys
-        if len(ids) == 0:
-            return 0
-        replies = await self._run([("HDEL", self.keys.vectors(version), *ids),
-                                   ("HDEL", self.keys.buckets(version), *ids)])
-        return int(replies[0])
-
     async def write_items(self, version: int, ids: Sequence[str], vectors: np.ndarray,
                           keys: np.ndarray, deleted: Sequence[str] = (),
-                          also_hset: tuple[str, Mapping[Any, Any]] | None = None) -> None:
-        """Upserts, deletes and one more hash update (e.g. applied offsets) in ONE
-        MULTI/EXEC round trip: the streaming writer's path, where a batch is small."""
+                          offsets: Mapping[int, int] | None = None) -> None:
+        """Upserts, deletes and the items partitions' next offsets in ONE MULTI/EXEC
+        round trip: the streaming writer's path, where a batch is small. Idempotent (whole
+        values and offsets), so the client may retry it."""
         commands: list[tuple[Any, ...]] = []
         if len(ids):
             vectors = np.ascontiguousarray(vectors, dtype="<f4")
@@ -339,30 +349,15 @@ class Store:
         if len(deleted):
             commands += [("HDEL", self.keys.vectors(version), *deleted),
                          ("HDEL", self.keys.buckets(version), *deleted)]
-        if also_hset is not None and also_hset[1]:
-            key, mapping = also_hset
-            commands.append(("HSET", key, *(x for kv in mapping.items() for x in kv)))
+        if offsets:
+            commands.append(("HSET", self.keys.item_offsets(version),
+                             *(x for kv in offsets.items() for x in kv)))
         if not commands:
             return
         pipe = self.r.pipeline(transaction=True)
         for command in commands:
             pipe.execute_command(*command)
         await pipe.execute()
-
-    async def get_vectors(self, version: int, ids: Sequence[str],
-                          dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors (n, D) float32, zeros where missing; present mask (n,)), one HMGET."""
-        return _unpack(await self._hmget(self.keys.vectors(version), ids), dim, "<f4",
-                       np.float32)
-
-    async def get_keys(self, version: int, ids: Sequence[str],
-                       tables: int) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket keys (n, L) int64, zeros where missing; present mask (n,)), one HMGET."""
-        return _unpack(await self._hmget(self.keys.buckets(version), ids), tables, "<i8",
-                       np.int64)
-
-    async def _hmget(self, key: str, ids: Sequence[str]) -> list[bytes | None]:
-        return list(await self.r.hmget(key, list(ids))) if len(ids) else []
 
     async def items_count(self, version: int) -> int:
         return int(await self.r.hlen(self.keys.vectors(version)))
@@ -395,22 +390,30 @@ class Store:
             if cursor == 0:
                 return
 
-    async def bucket_members(self, version: int, table: int, key: int) -> set[str]:
-        """Items in one bucket, by scanning every item's keys: O(items), for inspection
-        and tests only (readers build the bucket -> items map in memory)."""
-        found: set[str] = set()
-        cursor = 0
-        while True:
-            cursor, chunk = await self.r.hscan(self.keys.buckets(version), cursor, count=5000)
-            if chunk:
-                mat = np.frombuffer(b"".join(chunk.values()), dtype="<i8").reshape(len(chunk), -1)
-                hits = np.flatnonzero(mat[:, table] == key)
-                names = list(chunk)
-                found.update(names[i].decode() for i in hits.tolist())
-            if cursor == 0:
-                return found
+    async def set_item_offsets(self, version: int, offsets: Mapping[int, int]) -> None:
+        """Record ``version`` as complete up to these items offsets (a copied version)."""
+        if offsets:
+            await self.r.hset(self.keys.item_offsets(version), mapping=dict(offsets))
 
-    # --- users, popularity, events ----------------------------------------------
+    async def acquire(self, lock: str, seconds: float) -> bool:
+        """Take a lock key of :class:`Keys` (SET NX with a TTL); False if held."""
+        return bool(await self.r.set(lock, b"1", nx=True, ex=max(1, int(seconds))))
+
+    async def release(self, lock: str) -> None:
+        await self.r.delete(lock)
+
+    async def item_offsets(self, version: int) -> dict[int, int]:
+        """Items partition -> next offset written to ``version`` (absent: none recorded)."""
+        raw = await self.r.hgetall(self.keys.item_offsets(version))
+        return {int(p): int(o) for p, o in raw.items()}
+
+    async def used_memory(self, key: str | None = None) -> int:
+        """Bytes Redis uses in all (INFO memory), or for one key (MEMORY USAGE)."""
+        if key is None:
+            return int((await self.r.info("memory"))["used_memory"])
+        return int(await self.r.memory_usage(key, samples=0) or 0)
+
+    # --- users, clicks, popularity ------------------------------------------------
 
     async def get_users(self, uids: Sequence[str]) -> dict[str, bytes | None]:
         """Stored UserState bytes per user (None when unknown), one MGET."""
@@ -419,59 +422,79 @@ class Store:
         values = await self.r.mget([self.keys.user(u) for u in uids])
         return dict(zip(uids, values, strict=True))
 
+    async def get_users_and_events(self, uids: Sequence[str], event_ids: Sequence[str]
+                                   ) -> tuple[dict[str, bytes | None], set[str]]:
+        """Stored user states and which event ids are already claimed: ONE round trip
+        (a click batch's read)."""
+        pipe = self.r.pipeline(transaction=False)
+        if uids:
+            pipe.mget([self.keys.user(u) for u in uids])
+        if event_ids:
+            pipe.mget([self.keys.event(e) for e in event_ids])
+        replies = list(await pipe.execute()) if (uids or event_ids) else []
+        users = dict(zip(uids, replies.pop(0), strict=True)) if uids else {}
+        claimed = ({e for e, raw in zip(event_ids, replies.pop(0), strict=True)
+                    if raw is not None} if event_ids else set())
+        return users, claimed
+
     async def put_users(self, states: Mapping[str, bytes]) -> None:
         """Store UserState bytes of several users, one MSET."""
         if states:
             await self.r.mset({self.keys.user(u): b for u, b in states.items()})
 
-    async def incr_popular(self, counts: Mapping[str, float]) -> None:
-        """Add click counts per item (one pipeline of ZINCRBY)."""
-        if counts:
-            await self._run([("ZINCRBY", self.keys.popular, float(c), i)
-                             for i, c in counts.items()])
-
-    async def top_popular(self, k: int) -> list[tuple[str, float]]:
-        """The ``k`` most clicked items, most first."""
-        if k <= 0:
-            return []
-        rows = await self.r.zrange(self.keys.popular, 0, k - 1, desc=True, withscores=True)
-        return [(m.decode(), float(s)) for m, s in rows]
-
-    async def claim_events(self, event_ids: Sequence[str], ttl_seconds: int) -> list[bool]:
-        """SET NX with a TTL per event id (one pipeline): True = first time seen."""
-        if not event_ids:
-            return []
-        replies = await self._run([("SET", self.keys.event(e), b"1", "NX", "EX", int(ttl_seconds))
-                                   for e in event_ids])
-        return [r is not None and bool(r) for r in replies]
-
     async def click_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
         """Next clicks offset applied, per partition (absent = none applied)."""
-        raw = await self.r.hmget(self.keys.clicks_offsets, [str(p) for p in partitions])
+        if not partitions:
+            return {}
+        raw = await self.r.hmget(self.keys.click_offsets, [str(p) for p in partitions])
         return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
 
-    async def write_click_batch(self, users: Mapping[str, bytes],
-                                popular: Mapping[str, int], event_ids: Sequence[str],
-                                ttl_seconds: int, offsets: Mapping[int, tuple[int, int]]
-                                ) -> bool:
+    async def top_popular(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most clicked items, most first (one script call returning JSON)."""
+        if k <= 0:
+            return []
+        flat = orjson.loads(await self._popular_script(keys=[self.keys.popular], args=[k]))
+        return [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def write_clicks(self, users: Mapping[str, bytes], popular: Mapping[str, int],
+                           event_ids: Sequence[str], event_ttl: int,
+                           offsets: Mapping[int, tuple[int, int]]) -> bool:
         """A click batch in ONE atomic script call (a MULTI of 2 commands per click cost
         ~150 us per click in redis-py): user states, popularity increments, claimed event
         ids (with a TTL) and, per partition, ``(expected, next)`` applied offsets.
 
-        Safe to repeat (:data:`CLICKS_WRITE_LUA`): True when written, False when this
-        batch was written before (nothing written again); ClickOffsetsConflict when the
-        stored offsets are others."""
-        keys = [self.keys.clicks_offsets, self.keys.popular, *(self.keys.user(u) for u in users),
+        Safe to repeat (:data:`CLICKS_WRITE_LUA`), so it is retried until Redis takes it:
+        True when written, False when this batch was written before (nothing written
+        again); ClickOffsetsConflict when the stored offsets are others."""
+        offsets_key = self.keys.click_offsets
+        keys = [offsets_key, self.keys.popular, *(self.keys.user(u) for u in users),
                 *(self.keys.event(e) for e in event_ids)]
-        args: list[Any] = [len(users), len(popular), len(event_ids), int(ttl_seconds),
+        args: list[Any] = [len(users), len(popular), len(event_ids), int(event_ttl),
                            len(offsets), *users.values()]
         for item_id, n in popular.items():
             args += (item_id, n)
         for p, (expected, nxt) in offsets.items():
             args += (p, expected, nxt)
-        written = int(await self._clicks_script(keys=keys, args=args))
+
+        async def failed(exc: BaseException) -> None:
+            log.warning("redis: click batch write failed (%s: %s); retrying until Redis "
+                        "takes it", type(exc).__name__, exc)
+
+        # until Redis is back: the script is safe to repeat, and the batch's users are
+        # already changed in memory (the consumer holds its partitions meanwhile)
+        written = int(await self._until_written.call_with_retry(
+            lambda: self._clicks_script(keys=keys, args=args), failed))
         if written == BATCH_CONFLICT:
-            stored = await self.click_offsets(list(offsets))
+            stored = await self.r.hmget(offsets_key, [str(p) for p in offsets])
             raise ClickOffsetsConflict(f"clicks offsets {dict(offsets)} (expected, next) "
                                        f"but Redis holds {stored}")
         return written != BATCH_ALREADY_WRITTEN
+
+    async def replace_popular(self, counts: Mapping[str, float]) -> None:
+        """Replace the popularity zset with ``counts``, atomically (MULTI/EXEC)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.keys.popular)
+        items = list(counts.items())
+        for start in range(0, len(items), 10_000):
+            pipe.zadd(self.keys.popular, dict(items[start:start + 10_000]))
+        await pipe.execute()

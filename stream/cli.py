@@ -34,8 +34,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("could not create topics (%s); checking they exist", exc)
     # fail here, with the reason (StartupError: exit 2), not log Ready and answer nothing
     asyncio.run(preflight(settings, client_kwargs(settings)))
-    app, rec = build_worker(settings)
-    rec.metrics.serve(settings.metrics_port, settings.metrics_host)
+    app, metrics = build_worker(settings)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info("metrics on %s:%d/metrics; kafka %s; redis %s", settings.metrics_host,
              settings.metrics_port,
              settings.kafka_bootstrap, settings.redis_url.split("@")[-1])

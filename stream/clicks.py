@@ -19,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recall.config import Settings
+from recall.messages import Invalid, parse_click
+from stream.metrics import Metrics
+from stream.policy import DeadLetters, fetch, rewind
+from stream.service import ClickAt, RecallService
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,12 @@ CLICK_BATCH = 500
 class ClicksConsumer:
     """Consumes the ``clicks`` partitions whose numbers this worker owns in the group."""
 
-    def __init__(self, settings: Settings, recaller: Any, client_kwargs: dict | None = None
-                 ) -> None:
+    def __init__(self, settings: Settings, service: RecallService, dead_letters: DeadLetters,
+                 metrics: Metrics, client_kwargs: dict | None = None) -> None:
         self.settings = settings
-        self.rec = recaller
+        self.service = service
+        self.dead_letters = dead_letters
+        self.metrics = metrics
         self.topic = settings.topic_clicks
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None,
@@ -71,19 +78,17 @@ class ClicksConsumer:
             if not gone and not new:
                 return
             if gone:
-                self.rec.on_revoked(gone)
+                self.service.drop_partitions(gone)
                 for p in gone:
                     with contextlib.suppress(KeyError):
-                        self.rec.metrics.consumer_lag.remove(self.topic, str(p))
+                        self.metrics.consumer_lag.remove(self.topic, str(p))
             self.consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
             if new:
-                stored = await self.rec.stored_click_offsets(sorted(new))
-                for p in new:
-                    # the next offset applied to Redis; 0 = from the start (or the oldest
-                    # kept record, auto_offset_reset) for a partition never applied.
-                    # handle_clicks skips records below it (a fetch begun before a seek)
-                    self.rec.click_offsets[p] = stored.get(p, 0)
-                    self.consumer.seek(TopicPartition(self.topic, p), stored.get(p, 0))
+                # from the next offset applied to Redis; 0 = from the start (or the oldest
+                # kept record, auto_offset_reset) for a partition never applied. apply()
+                # skips records below it (a fetch begun before the seek)
+                for p, offset in (await self.service.take_partitions(new)).items():
+                    self.consumer.seek(TopicPartition(self.topic, p), offset)
             self.owned = wanted
             log.info("clicks partitions owned: %s", sorted(wanted))
 
@@ -92,30 +97,41 @@ class ClicksConsumer:
             if not self.owned:
                 await asyncio.sleep(0.05)
                 continue
-            try:
-                records = await self.consumer.getmany(timeout_ms=200, max_records=CLICK_BATCH)
-            except Exception:
-                log.exception("fetching clicks failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            records = await fetch(self.consumer, "clicks", timeout_ms=200,
+                                  max_records=CLICK_BATCH)
             if not records:
                 continue
             async with self.lock:
-                batch = [r for tp, rs in records.items() if tp.partition in self.owned
-                         for r in rs]
+                mine = {tp: rs for tp, rs in records.items() if tp.partition in self.owned}
                 try:
-                    if batch:
-                        await self.rec.handle_clicks(batch)
-                except Exception:  # a bug, not bad input (that goes to the DLQ): retry
-                    log.exception("applying %d clicks failed; retrying them in 1s", len(batch))
-                    for tp in records:  # back to the next offset applied to Redis
-                        if tp.partition in self.owned:
-                            self.consumer.seek(tp, self.rec.click_offsets.get(tp.partition, 0))
-                    await asyncio.sleep(1.0)
+                    if mine:
+                        await self._apply(mine)
+                except Exception:  # Redis or a bug (bad input went to the DLQ): retry
+                    try:
+                        stored = await self.service.take_partitions(tp.partition for tp in mine)
+                    except Exception:  # Redis still down: its offsets are read next time
+                        stored = {tp.partition: rs[0].offset for tp, rs in mine.items()}
+                    await rewind(self.consumer, {tp: stored[tp.partition] for tp in mine},
+                                 "clicks", sum(len(rs) for rs in mine.values()))
                     continue
-                for tp, rs in records.items():
+                for tp, rs in mine.items():
                     hw = self.consumer.highwater(tp)
-                    if hw is not None and tp.partition in self.owned:
-                        self.rec.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    if hw is not None:
+                        self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                             max(0, hw - rs[-1].offset - 1))
             await asyncio.sleep(0)  # let waiting requests in between batches
+
+    async def _apply(self, records: dict[TopicPartition, list[Any]]) -> None:
+        """Parse (bad clicks to the DLQ) and apply one fetch's clicks."""
+        limit = self.settings.max_message_bytes
+        clicks: list[ClickAt] = []
+        through: dict[int, int] = {}
+        for tp, rs in records.items():
+            through[tp.partition] = rs[-1].offset + 1
+            for r in rs:
+                ts = r.timestamp / 1000.0 if r.timestamp else time.time()
+                try:
+                    clicks.append(ClickAt(r.partition, r.offset, parse_click(r.value, ts, limit)))
+                except Invalid as exc:
+                    await self.dead_letters.send(r, exc)
+        await self.service.apply(clicks, through)

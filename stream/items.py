@@ -32,29 +32,19 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.exceptions import RedisError
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_item
 from recall.store import Store
 from stream.metrics import Metrics
+from stream.policy import DeadLetters, batch_starts, fetch, rewind
 from stream.state import IndexSlot
 
 log = logging.getLogger(__name__)
 
 #: items read per HSCAN batch when rebuilding
 LOAD_BATCH = 20_000
-
-
-def offsets_key(store: Store, version: int) -> str:
-    """``{p}:index:{v}:offsets``: hash partition -> next items offset applied to Redis."""
-    return f"{store.keys.version(version)}:offsets"
-
-
-def init_lock_key(store: Store) -> str:
-    """``{p}:index:init``: SET NX lock taken by the worker that creates the first version."""
-    return f"{store.keys.prefix}:index:init"
 
 
 def default_params(settings: Settings) -> LSHParams:
@@ -67,11 +57,6 @@ def default_params(settings: Settings) -> LSHParams:
         seed=settings.lsh_seed)
 
 
-async def read_offsets(store: Store, version: int) -> dict[int, int]:
-    raw = await store.r.hgetall(offsets_key(store, version))
-    return {int(p): int(o) for p, o in raw.items()}
-
-
 async def ensure_live_version(store: Store, settings: Settings, partitions: int,
                               timeout: float = 30.0) -> int:
     """The live version; when there is none, one worker creates an empty one."""
@@ -80,11 +65,9 @@ async def ensure_live_version(store: Store, settings: Settings, partitions: int,
         live = await store.live_version()
         if live is not None:
             return live
-        if await store.r.set(init_lock_key(store), b"1", nx=True, ex=30):
-            params = default_params(settings)
-            v = await store.create_version(params.to_dict(), settings.dim)
-            await store.r.hset(offsets_key(store, v), mapping={p: 0 for p in range(partitions)})
-            await store.switch_live(v)
+        params = default_params(settings)
+        v = await store.create_first_version(params.to_dict(), settings.dim, partitions)
+        if v is not None:
             log.info("created index version %d (%s)", v, params.describe())
             return v
         if time.monotonic() > deadline:
@@ -101,7 +84,7 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
     if params.dim != dim or int(meta["dim"]) != dim:
         raise ValueError(f"index version {version} has dimension {meta['dim']}, "
                          f"RECALL_DIM is {dim}")
-    offsets = await read_offsets(store, version)  # before the items: see module docstring
+    offsets = await store.item_offsets(version)  # before the items: see module docstring
     index = LSHIndex(params, merge="deferred")
     # a bulk load: the vectors straight into a matrix of the catalogue's size, then one
     # pass builds the bucket table (LSHIndex.stage/build: at 1M items the peak RSS of
@@ -173,8 +156,7 @@ class ItemsWriter:
         else:
             vecs = np.zeros((0, self.settings.dim), dtype=np.float32)
             keys = np.zeros((0, hasher.params.L), dtype=np.int64)
-        await store.write_items(version, ids, vecs, keys, sorted(batch.deletes),
-                                (offsets_key(store, version), next_offsets))
+        await store.write_items(version, ids, vecs, keys, sorted(batch.deletes), next_offsets)
         self.metrics.redis_duration.labels("items").observe(time.perf_counter() - t0)
 
 
@@ -189,12 +171,12 @@ class ItemsFollower:
 
     def __init__(self, settings: Settings, slot: IndexSlot, metrics: Metrics,
                  consumer_kwargs: dict | None = None, writer: ItemsWriter | None = None,
-                 dlq: Any = None) -> None:
+                 dead_letters: DeadLetters | None = None) -> None:
         self.settings = settings
         self.slot = slot
         self.metrics = metrics
         self.writer = writer
-        self.dlq = dlq  # async (topic, partition, offset, Invalid, value, key) -> None
+        self.dead_letters = dead_letters
         self.owned: set[int] = set()  # items partitions this worker writes to Redis
         self.lock = asyncio.Lock()  # held while applying a batch and while swapping
         self.consumer = AIOKafkaConsumer(
@@ -235,7 +217,7 @@ class ItemsFollower:
         async with self.lock:
             new = set(partitions) - self.owned
             if new and self.partitions:
-                stored = await read_offsets(self.writer.store, self.slot.version)
+                stored = await self.writer.store.item_offsets(self.slot.version)
                 for tp in self.partitions:
                     if (tp.partition in new and tp.partition in stored
                             and stored[tp.partition] < await self.consumer.position(tp)):
@@ -258,71 +240,56 @@ class ItemsFollower:
         await self.consumer.stop()
 
     async def _run(self) -> None:
-        dim, limit = self.settings.dim, self.settings.max_message_bytes
         while True:
-            try:
-                records = await self.consumer.getmany(timeout_ms=1000)
-            except Exception:  # a broker error must not end the follower
-                log.exception("fetching items failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            records = await fetch(self.consumer, "items", timeout_ms=1000)
             if not records:
                 continue
             async with self.lock:
-                batch, mine = ItemBatch(), ItemBatch()
-                next_offsets: dict[int, int] = {}
-                n = 0
-                for tp, msgs in records.items():
-                    owned = tp.partition in self.owned
-                    if owned:
-                        next_offsets[tp.partition] = msgs[-1].offset + 1
-                    for m in msgs:
-                        n += 1
-                        try:
-                            op = parse_item(m.value, dim, limit)
-                        except Invalid as exc:
-                            if owned and self.dlq is not None:  # the owner reports it, once
-                                await self.dlq(tp.topic, tp.partition, m.offset, exc, m.value,
-                                               m.key)
-                            continue
-                        batch.add(op)
-                        if owned:
-                            mine.add(op)
-                    hw = self.consumer.highwater(tp)
-                    if hw is not None:
-                        self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                            max(0, hw - msgs[-1].offset - 1))
-                index = self.slot.index
                 try:
-                    ups, dels = batch.apply_to(index)
-                except Exception:
-                    log.exception("applying %d item messages to the index failed", n)
-                    continue
-                # ~0.45 s at 1M items in place: in a thread, requests keep being answered
-                t0 = time.perf_counter()
-                if await index.merge_off_loop():
-                    log.info("index merge off the event loop: %.0f ms",
-                             (time.perf_counter() - t0) * 1e3)
-                if next_offsets and self.writer is not None:
-                    await self._write(mine, next_offsets)
-                self.metrics.batch_size.labels("items").observe(n)
-                self.applied += n
-                self.metrics.items.labels("upsert").inc(ups)
-                self.metrics.items.labels("delete").inc(dels)
-                self.metrics.index_items.set(len(self.slot.index))
+                    await self._apply(records)
+                except Exception:  # Redis down, a bug: apply and write the batch again
+                    await rewind(self.consumer, batch_starts(records), "items",
+                                 sum(len(rs) for rs in records.values()))
 
-    async def _write(self, batch: ItemBatch, next_offsets: dict[int, int]) -> None:
-        """Redis is the source of truth: retry until the batch is written."""
-        assert self.writer is not None
-        delay = 0.05
-        while True:
-            try:
-                await self.writer.write(batch, next_offsets)
-                return
-            except (ConnectionError, OSError, RedisError) as exc:
-                log.warning("writing items to redis failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+    async def _apply(self, records: dict[TopicPartition, list[Any]]) -> None:
+        """One fetch: every message into the in-memory index (the last per item wins),
+        the owned partitions' net change into Redis with their next offsets."""
+        dim, limit = self.settings.dim, self.settings.max_message_bytes
+        batch, mine = ItemBatch(), ItemBatch()
+        next_offsets: dict[int, int] = {}
+        n = 0
+        for tp, msgs in records.items():
+            owned = tp.partition in self.owned
+            if owned:
+                next_offsets[tp.partition] = msgs[-1].offset + 1
+            for m in msgs:
+                n += 1
+                try:
+                    op = parse_item(m.value, dim, limit)
+                except Invalid as exc:
+                    if owned and self.dead_letters is not None:  # the owner reports it, once
+                        await self.dead_letters.send(m, exc)
+                    continue
+                batch.add(op)
+                if owned:
+                    mine.add(op)
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, hw - msgs[-1].offset - 1))
+        index = self.slot.index
+        ups, dels = batch.apply_to(index)
+        # ~0.45 s at 1M items in place: in a thread, requests keep being answered
+        t0 = time.perf_counter()
+        if await index.merge_off_loop():
+            log.info("index merge off the event loop: %.0f ms", (time.perf_counter() - t0) * 1e3)
+        if next_offsets and self.writer is not None:
+            await self.writer.write(mine, next_offsets)
+        self.metrics.batch_size.labels("items").observe(n)
+        self.applied += n
+        self.metrics.items.labels("upsert").inc(ups)
+        self.metrics.items.labels("delete").inc(dels)
+        self.metrics.index_items.set(len(self.slot.index))
 
     async def rebuild(self, store: Store, version: int) -> None:
         """Build ``version`` from Redis aside, then seek and swap (no half-loaded index)."""

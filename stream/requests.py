@@ -1,9 +1,9 @@
-"""The recall-requests consumer: the worker group's membership and its hot path.
+"""The recall-requests consumer: the worker group's membership and the request path.
 
 A plain aiokafka group consumer (group id ``RECALL_APP_ID``) in the worker's event loop.
-Each fetch's records are answered together (:meth:`stream.worker.Recaller.handle_requests`):
-one Redis read for the users not in memory, then every request from memory, the
-responses handed to the producer in one go (they leave as one produce request per
+Each fetch's records are parsed (bad ones to the DLQ, with an ``invalid`` response when
+their request_id is readable), answered together by :meth:`RecallService.answer`, and
+the responses handed to the producer in one go (they leave as one produce request per
 partition). A lone request is never held back: the fetch returns as soon as it arrives.
 
 Why not a faust agent: faust reads in a consumer *thread* and hands each record to the
@@ -12,12 +12,16 @@ clicks/s flowing that path cost as much CPU as the recall work itself, the two t
 fought over the GIL, and requests queued for hundreds of ms before a 1 ms answer
 (``recall bench e2e``, see the README).
 
-The group's assignment drives everything else a worker owns: on every rebalance
-:meth:`Recaller.own_partitions` moves the ``clicks`` partitions (and the ``items``
-partitions it writes to Redis) to the same numbers. Offsets are committed about every
-``COMMIT_INTERVAL`` seconds and when partitions are revoked, always *after* the responses
-of the committed requests were acknowledged by the broker: a crash may answer a request
-twice, never drop it.
+The group's assignment drives everything else a worker owns: on every rebalance the
+``on_assignment`` callback (the worker's) moves the ``clicks`` partitions (and the
+``items`` partitions it writes to Redis) to the same numbers.
+
+Commits: each answered batch is remembered per partition with the deliveries of its
+responses. About every ``COMMIT_INTERVAL`` seconds, and when partitions are revoked, a
+partition's offset is committed up to the end of its oldest batches whose responses were
+all acknowledged by the broker; at a batch with an undelivered response the commit stops
+and the partition is rewound to that batch, which is answered again. A crash may answer a
+request twice, never drop it.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from recall.config import Settings
+from recall.messages import Invalid, parse_request
+from stream.metrics import Metrics
+from stream.policy import DeadLetters, Send, batch_starts, fetch, rewind
+from stream.service import Answer, Ask, RecallService
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,15 @@ log = logging.getLogger(__name__)
 REQUEST_BATCH = 500
 #: seconds between offset commits (and lag gauge refreshes)
 COMMIT_INTERVAL = 1.0
+
+
+@dataclass
+class Answered:
+    """A batch's records of one partition, [start, end), and its responses' deliveries."""
+
+    start: int
+    end: int
+    deliveries: list[asyncio.Future] = field(default_factory=list)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -54,10 +74,16 @@ class _Rebalance(ConsumerRebalanceListener):
 class RequestsConsumer:
     """Reads ``recall-requests`` as a member of the workers' group and answers them."""
 
-    def __init__(self, settings: Settings, recaller: Any, client_kwargs: dict | None = None
-                 ) -> None:
+    def __init__(self, settings: Settings, service: RecallService, dead_letters: DeadLetters,
+                 send: Send, metrics: Metrics,
+                 on_assignment: Callable[[set[int]], Awaitable[None]],
+                 client_kwargs: dict | None = None) -> None:
         self.settings = settings
-        self.rec = recaller
+        self.service = service
+        self.dead_letters = dead_letters
+        self.send = send
+        self.metrics = metrics
+        self.on_assignment = on_assignment
         self.topic = settings.topic_requests
         session_ms = int(settings.kafka_session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -69,15 +95,16 @@ class RequestsConsumer:
             rebalance_timeout_ms=max(session_ms, 2000),
             **(client_kwargs or {}))
         self.owned: set[int] = set()
-        self.done: dict[int, int] = {}  # partition -> next offset answered, not committed
-        self.in_flight: list[asyncio.Future] = []  # deliveries of responses since a commit
+        #: partition -> answered batches not committed yet, oldest first
+        self.answered: dict[int, list[Answered]] = {}
+        #: partition -> offset all of whose earlier responses were delivered, not committed
+        self.delivered: dict[int, int] = {}
+        #: partition -> the offset the next batch must start at (None: any); records
+        #: fetched before a rewind are dropped by it
+        self.expected: dict[int, int] = {}
         self.lock = asyncio.Lock()  # held while a batch is answered and while committing
         self._tasks: list[asyncio.Task] = []
         self._started = False
-
-    def track(self, delivery: asyncio.Future) -> None:
-        """A response's (or DLQ record's) delivery, awaited before the next commit."""
-        self.in_flight.append(delivery)
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -95,50 +122,96 @@ class RequestsConsumer:
                 await t
         if self._started:
             async with self.lock:
-                await self._commit(set(self.done))
+                await self._commit(set(self.answered) | set(self.delivered))
             await self.consumer.stop()
 
     async def on_assigned(self, partitions: set[int]) -> None:
         self.owned = set(partitions)
         log.info("recall-requests partitions assigned: %s", sorted(partitions))
-        await self.rec.own_partitions(set(partitions))
+        await self.on_assignment(set(partitions))
 
     async def on_revoked(self, partitions: set[int]) -> None:
         async with self.lock:  # the batch in hand is answered first
             await self._commit(partitions)
         for p in partitions:
-            self.done.pop(p, None)
+            self.answered.pop(p, None)
+            self.delivered.pop(p, None)
+            self.expected.pop(p, None)
             with contextlib.suppress(KeyError):
-                self.rec.metrics.consumer_lag.remove(self.topic, str(p))
+                self.metrics.consumer_lag.remove(self.topic, str(p))
         self.owned -= partitions
         # stop applying their clicks now: the next owner may start before our assignment
-        await self.rec.own_partitions(set(self.owned))
+        await self.on_assignment(set(self.owned))
 
     async def _run(self) -> None:
         while True:
-            try:
-                batches = await self.consumer.getmany(timeout_ms=1000,
-                                                      max_records=REQUEST_BATCH)
-            except Exception:  # a broker error must not end the task that answers requests
-                log.exception("fetching requests failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            batches = await fetch(self.consumer, "requests", timeout_ms=1000,
+                                  max_records=REQUEST_BATCH)
             if not batches:
                 continue
             async with self.lock:
-                records = [r for rs in batches.values() for r in rs]
+                batches = self.current(batches)
+                if not batches:
+                    continue
                 try:
-                    await self.rec.handle_requests(records)
-                except Exception:  # handle_requests answers each; this is a last resort
-                    log.exception("%d requests could not be answered", len(records))
-                for tp, rs in batches.items():
-                    self.done[tp.partition] = rs[-1].offset + 1
-                    self._lag(tp, rs[-1].offset + 1)
+                    await self.handle(batches)
+                except Exception:  # e.g. Redis down: answer the batch again later
+                    await rewind(self.consumer, batch_starts(batches), "requests",
+                                 sum(len(rs) for rs in batches.values()))
+
+    def current(self, batches: dict[TopicPartition, list[Any]]
+                ) -> dict[TopicPartition, list[Any]]:
+        """The part of a fetch that starts where its partition is expected to (a fetch
+        begun before a rewind returns records past the rewind point: dropped)."""
+        return {tp: rs for tp, rs in batches.items()
+                if self.expected.get(tp.partition, rs[0].offset) == rs[0].offset}
+
+    async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Answer one fetch: every request gets exactly one response, handed to the
+        producer; the deliveries are remembered for the commit."""
+        t0 = time.perf_counter()
+        limit = self.settings.max_message_bytes
+        self.metrics.batch_size.labels("requests").observe(
+            sum(len(rs) for rs in batches.values()))
+        asks: list[Ask] = []
+        answers: list[tuple[int, Answer]] = []
+        for tp, rs in batches.items():
+            for r in rs:
+                ts = r.timestamp / 1000.0 if r.timestamp else None
+                try:
+                    asks.append(Ask(parse_request(r.value, limit), tp.partition, ts))
+                except Invalid as exc:
+                    await self.dead_letters.send(r, exc)
+                    invalid = self.service.invalid(exc, ts)
+                    if invalid is not None:
+                        answers.append((tp.partition, invalid))
+        done = {tp.partition: Answered(rs[0].offset, rs[-1].offset + 1)
+                for tp, rs in batches.items()}
+        # users in memory first: their answers need no Redis, and never wait for it
+        ready, waiting = self.service.answer_from_memory(asks)
+        answers += [(a.partition, ans) for a, ans in ready]
+        for partition, ans in answers:
+            done[partition].deliveries.append(await self._respond(ans, t0))
+        for a, ans in await self.service.answer_after_load(waiting):
+            done[a.partition].deliveries.append(await self._respond(ans, t0))
+        for tp, rs in batches.items():
+            self.answered.setdefault(tp.partition, []).append(done[tp.partition])
+            self.expected[tp.partition] = rs[-1].offset + 1
+            self._lag(tp, rs[-1].offset + 1)
+
+    async def _respond(self, ans: Answer, t0: float) -> asyncio.Future:
+        delivery = await self.send(self.settings.topic_responses, ans.key, ans.value)
+        m = self.metrics
+        m.requests.labels(ans.status).inc()
+        m.request_duration.observe(time.perf_counter() - t0)
+        if ans.produced_at:
+            m.end_to_end.observe(max(0.0, time.time() - ans.produced_at))
+        return delivery
 
     def _lag(self, tp: TopicPartition, position: int) -> None:
         hw = self.consumer.highwater(tp)
         if hw is not None:
-            self.rec.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                 max(0, hw - position))
 
     async def _commit_loop(self) -> None:
@@ -146,33 +219,51 @@ class RequestsConsumer:
             await asyncio.sleep(COMMIT_INTERVAL)
             try:
                 async with self.lock:
-                    await self._commit(set(self.done))
+                    await self._commit(set(self.answered) | set(self.delivered))
                 # an idle partition's lag too (the gauge must not freeze at its last value)
                 for tp in self.consumer.assignment():
-                    if tp.partition not in self.done:
+                    if tp.partition not in self.answered:
                         self._lag(tp, await self.consumer.position(tp))
             except asyncio.CancelledError:
                 raise
             except Exception:  # e.g. a partition revoked meanwhile; commit next time
                 log.warning("requests commit/lag refresh failed; retrying", exc_info=True)
 
-    async def _commit(self, partitions: set[int]) -> None:
-        """Commit the answered offsets of ``partitions`` once their responses are acked."""
-        offsets = {TopicPartition(self.topic, p): self.done[p]
-                   for p in partitions if p in self.done}
-        if not offsets:
-            return
-        pending, self.in_flight = self.in_flight, []
-        if pending:
-            results = await asyncio.gather(*pending, return_exceptions=True)
+    async def _settle(self, partition: int) -> None:
+        """Move the partition's oldest answered batches whose responses were all
+        delivered into ``delivered``; at the first with an undelivered response, rewind
+        the partition to it (answered again) and forget it and the later ones."""
+        batches = self.answered.get(partition, [])
+        while batches:
+            batch = batches[0]
+            results = await asyncio.gather(*batch.deliveries, return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
-                log.error("%d responses were not delivered: %s", len(failed), failed[0])
+                log.error("%d responses of %s[%d]@%d-%d were not delivered (%s); answering "
+                          "them again", len(failed), self.topic, partition, batch.start,
+                          batch.end - 1, failed[0])
+                self.consumer.seek(TopicPartition(self.topic, partition), batch.start)
+                self.expected[partition] = batch.start
+                batches.clear()
+                break
+            self.delivered[partition] = batch.end
+            batches.pop(0)
+        if not batches:
+            self.answered.pop(partition, None)
+
+    async def _commit(self, partitions: set[int]) -> None:
+        """Commit ``partitions`` up to their delivered offsets (see the module docstring)."""
+        for p in partitions:
+            await self._settle(p)
+        offsets = {TopicPartition(self.topic, p): self.delivered[p]
+                   for p in partitions if p in self.delivered}
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
         except KafkaError as exc:  # e.g. a rebalance began: the new owner answers again
             log.warning("committing requests offsets failed (%s)", exc)
             return
-        for tp, o in offsets.items():  # unless answered further meanwhile
-            if self.done.get(tp.partition) == o:
-                del self.done[tp.partition]
+        for tp, o in offsets.items():  # unless delivered further meanwhile
+            if self.delivered.get(tp.partition) == o:
+                del self.delivered[tp.partition]

@@ -62,6 +62,10 @@ class UserCache:
     def missing(self, user_ids: Iterable[str]) -> list[str]:
         return [u for u in dict.fromkeys(user_ids) if u not in self.entries]
 
+    def drop(self, user_ids: Iterable[str]) -> None:
+        for u in user_ids:
+            self.entries.pop(u, None)
+
     def drop_partitions(self, partitions: Iterable[int]) -> int:
         """Forget users of revoked partitions; returns how many were dropped."""
         gone = set(partitions)
@@ -74,6 +78,9 @@ class UserCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self.entries
 
 
 @dataclass

@@ -59,7 +59,6 @@ from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall
 from recall.store import Store
-from stream.items import offsets_key, read_offsets
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 
@@ -120,25 +119,19 @@ def _tune(vectors: np.ndarray, target: float, seed: int) -> dict[str, Any]:
             "reached": result.reached, "summary": result.summary()}
 
 
-def repick_lock_key(store: Store) -> str:
-    """``{p}:index:repick``: SET NX lock of the worker copying the index to a new layout."""
-    return f"{store.keys.prefix}:index:repick"
-
-
 async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
                        positions: dict[int, int]) -> int:
     """A new (not live) version with ``version``'s items hashed with ``params``, complete
     up to the offsets recorded for ``version`` (read first; ``positions`` stand in for
     partitions it has none for). Returns the new version."""
-    offsets = {**positions, **await read_offsets(store, version)}
+    offsets = {**positions, **await store.item_offsets(version)}
     hasher = Hasher(params)
     new = await store.create_version(params.to_dict(), dim)
     try:
         async for ids, vectors in store.iter_items(version, COPY_BATCH, dim=dim):
             keys = await asyncio.to_thread(hasher.keys, vectors)
             await store.upsert_items(new, ids, vectors, keys)
-        if offsets:
-            await store.r.hset(offsets_key(store, new), mapping=offsets)
+        await store.set_item_offsets(new, offsets)
     except BaseException:
         with contextlib.suppress(Exception):
             await store.delete_version(new)
@@ -293,14 +286,14 @@ class RecallWatch:
         self.rebuilding = True
         t0 = time.perf_counter()
         store, version = self.store, self.slot.version
-        lock = repick_lock_key(store)
+        lock = store.keys.repick_lock
         # whatever happens, not again before the workers (this one too) loaded a new
         # version, or the lock holder is done
         self.quiet_until = self.clock() + REPICK_QUIET
         try:
             if params is None:
                 params = await self._tuned(self.slot.index)
-            if not await store.r.set(lock, b"1", nx=True, ex=REPICK_LOCK_SECONDS):
+            if not await store.acquire(lock, REPICK_LOCK_SECONDS):
                 log.info("LSH parameters: another worker is re-picking them")
                 return False
             try:
@@ -310,7 +303,7 @@ class RecallWatch:
                                          await self.positions())
                 await store.switch_live(new)
             finally:
-                await store.r.delete(lock)
+                await store.release(lock)
             await store.delete_version(version)
             self.metrics.lsh_retunes.labels(reason).inc()
             log.info("LSH parameters %s (%s): version %d -> %d in %.1fs; workers rebuild "

@@ -1,72 +1,149 @@
-"""The requests consumer's offset handling, with a fake Kafka consumer (unit tests)."""
+"""The requests consumer's commits, with a fake Kafka consumer and producer (unit tests).
+
+What users rely on: an offset is committed only once every response of the requests
+before it was acknowledged by the broker; a request whose response was not delivered is
+answered again, never committed past.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 
 from recall.config import Settings
 from stream.metrics import Metrics
+from stream.policy import DeadLetters
 from stream.requests import RequestsConsumer
+from stream.service import Answer, Ask
 
 
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
-class FakeRecaller:
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+
+class FakeService:
+    """Answers every request ok (the service itself is tested in test_service.py)."""
+
+    def answer_from_memory(self, asks: list[Ask]) -> tuple[list[tuple[Ask, Answer]], list]:
+        return [(a, Answer(a.request.request_id.encode(), b"{}", "ok")) for a in asks], []
+
+    async def answer_after_load(self, asks: list[Ask]) -> list[tuple[Ask, Answer]]:
+        return []
+
+    def invalid(self, exc: Any, produced_at: float | None = None) -> Answer | None:
+        return None
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp: int = 0
+
+
+class Deliveries:
+    """The producer: each send returns a delivery future the test settles."""
+
     def __init__(self) -> None:
-        self.metrics = Metrics()
-        self.owned: list[set[int]] = []
+        self.futures: list[asyncio.Future] = []
 
-    async def own_partitions(self, partitions: set[int]) -> None:
-        self.owned.append(set(partitions))
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
 
 
-def consumer() -> tuple[RequestsConsumer, FakeConsumer, FakeRecaller]:
-    rec = FakeRecaller()
-    rc = RequestsConsumer(Settings(), rec)
+def consumer() -> tuple[RequestsConsumer, FakeConsumer, Deliveries, list[set[int]]]:
+    settings, metrics = Settings(), Metrics()
+    producer = Deliveries()
+    owned: list[set[int]] = []
+
+    async def on_assignment(partitions: set[int]) -> None:
+        owned.append(set(partitions))
+
+    rc = RequestsConsumer(settings, FakeService(), DeadLetters(settings, metrics, producer.send),
+                          producer.send, metrics, on_assignment)  # type: ignore[arg-type]
     fake = FakeConsumer()
     rc.consumer = fake  # type: ignore[assignment]
-    return rc, fake, rec
+    return rc, fake, producer, owned
+
+
+def batch(rc: RequestsConsumer, partition: int, offsets: range) -> dict[TopicPartition, list]:
+    tp = TopicPartition(rc.topic, partition)
+    return {tp: [Record(rc.topic, partition, o, orjson.dumps(
+        {"request_id": f"r{partition}-{o}", "user_id": "u1", "k": 3})) for o in offsets]}
 
 
 async def test_offsets_are_committed_only_after_the_responses_are_acknowledged() -> None:
-    rc, fake, _ = consumer()
-    topic = rc.topic
-    delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    rc.track(delivery)
-    rc.done = {0: 7, 1: 3}
+    rc, fake, producer, _ = consumer()
+    await rc.handle({**batch(rc, 0, range(5, 7)), **batch(rc, 1, range(0, 3))})
+    assert len(producer.futures) == 5  # one response per request
     committing = asyncio.create_task(rc._commit({0, 1}))
     await asyncio.sleep(0.05)
-    assert fake.commits == []  # the response is not acknowledged yet
-    delivery.set_result(None)
+    assert fake.commits == []  # not acknowledged yet
+    for fut in producer.futures:
+        fut.set_result(None)
     await committing
-    assert fake.commits == [{TopicPartition(topic, 0): 7, TopicPartition(topic, 1): 3}]
-    assert rc.done == {} and rc.in_flight == []
+    assert fake.commits == [{TopicPartition(rc.topic, 0): 7, TopicPartition(rc.topic, 1): 3}]
+    assert rc.answered == {} and rc.delivered == {}
 
 
-async def test_a_failed_delivery_is_logged_and_does_not_block_the_commit() -> None:
-    rc, fake, _ = consumer()
-    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    failed.set_exception(RuntimeError("broker said no"))
-    rc.track(failed)
-    rc.done = {2: 10}
+async def test_a_failed_delivery_is_never_committed_past_and_is_answered_again() -> None:
+    rc, fake, producer, _ = consumer()
+    await rc.handle(batch(rc, 2, range(10, 12)))  # delivered
+    await rc.handle(batch(rc, 2, range(12, 15)))  # one of its responses fails
+    await rc.handle(batch(rc, 2, range(15, 16)))  # delivered, but after the failure
+    for i, fut in enumerate(producer.futures):
+        if i == 3:
+            fut.set_exception(RuntimeError("broker said no"))
+        else:
+            fut.set_result(None)
     await rc._commit({2})
-    assert fake.commits == [{TopicPartition(rc.topic, 2): 10}]
+    tp = TopicPartition(rc.topic, 2)
+    assert fake.commits == [{tp: 12}]  # up to the failed batch, not past it
+    assert fake.seeks == [(tp, 12)]  # rewound: the failed batch is answered again
+    assert rc.expected[2] == 12
+    await rc.handle(batch(rc, 2, range(12, 16)))  # the batch answered again
+    for fut in producer.futures[-4:]:
+        fut.set_result(None)
+    await rc._commit({2})
+    assert fake.commits[-1] == {tp: 16}
+
+
+async def test_records_fetched_before_a_rewind_are_dropped() -> None:
+    rc, _, _, _ = consumer()
+    rc.expected[0] = 12
+    assert rc.current(batch(rc, 0, range(15, 17))) == {}  # fetched before the rewind to 12
+    again = batch(rc, 0, range(12, 14))
+    assert rc.current({**again, **batch(rc, 1, range(3, 4))}).keys() == {
+        TopicPartition(rc.topic, 0), TopicPartition(rc.topic, 1)}
 
 
 async def test_revoked_partitions_are_committed_and_their_clicks_given_up() -> None:
-    rc, fake, rec = consumer()
+    rc, fake, producer, owned = consumer()
     await rc.on_assigned({0, 1, 2})
-    rc.done = {0: 5, 2: 9}
+    await rc.handle({**batch(rc, 0, range(0, 5)), **batch(rc, 2, range(0, 9))})
+    for fut in producer.futures:
+        fut.set_result(None)
     await rc.on_revoked({0, 1})
     assert fake.commits == [{TopicPartition(rc.topic, 0): 5}]
-    assert rc.done == {2: 9}  # a partition still owned waits for the periodic commit
-    assert rec.owned == [{0, 1, 2}, {2}]
+    assert set(rc.answered) == {2}  # a partition still owned waits for the periodic commit
+    assert owned == [{0, 1, 2}, {2}]

@@ -41,9 +41,10 @@ async def all_items(store: Store, v: int, batch: int = 7) -> dict[str, np.ndarra
     return out
 
 
-async def membership(store: Store, v: int, keys: np.ndarray) -> dict[tuple[int, int], set[str]]:
-    return {(t, int(k)): await store.bucket_members(v, t, int(k))
-            for t in range(L) for k in np.unique(keys[:, t])}
+async def stored_keys(store: Store, v: int, ids: list[str]) -> dict[str, np.ndarray]:
+    """Each item's stored bucket keys (read raw: only tests need to look)."""
+    raws = await store.r.hmget(store.keys.buckets(v), ids)
+    return {i: np.frombuffer(r, dtype="<i8") for i, r in zip(ids, raws, strict=True) if r}
 
 
 async def test_versions_and_atomic_switch(store: Store) -> None:
@@ -57,18 +58,23 @@ async def test_versions_and_atomic_switch(store: Store) -> None:
     assert await store.get_meta(v2 + 100) is None
     assert await store.live_version() is None  # not live until switched
 
-    pubsub = store.r.pubsub()
-    await pubsub.subscribe(store.keys.events_channel)
-    await pubsub.get_message(timeout=1.0)  # subscribe confirmation
     await store.switch_live(v1)
     assert await store.live_version() == v1
-    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
-    assert msg is not None and msg["data"] == str(v1).encode()
-    await pubsub.aclose()
-
     with pytest.raises(ValueError, match="does not exist"):
         await store.switch_live(v2 + 100)
-    assert await store.versions() == [v1, v2]
+    assert await store.live_version() == v1
+
+
+async def test_one_worker_creates_the_first_version(store: Store, redis_url: str) -> None:
+    other = Store.from_url(redis_url, store.keys.prefix)
+    try:
+        params = {"family": "pstable", "dim": DIM, "k": 2, "L": L}
+        v = await store.create_first_version(params, DIM, partitions=3)
+        assert v is not None and await store.live_version() == v
+        assert await other.create_first_version(params, DIM, partitions=3) is None  # locked
+        assert await store.item_offsets(v) == {0: 0, 1: 0, 2: 0}
+    finally:
+        await other.close()
 
 
 async def test_items_round_trip_and_rebuild_from_redis_alone(store: Store,
@@ -88,56 +94,38 @@ async def test_items_round_trip_and_rebuild_from_redis_alone(store: Store,
         assert set(got) == set(ids)
         for i, item in enumerate(ids):
             np.testing.assert_array_equal(got[item], vecs[i])  # exact float32 bytes
-        mat, present = await other.get_vectors(v, [*ids[:3], "nope"], DIM)
-        assert present.tolist() == [True, True, True, False]
-        np.testing.assert_array_equal(mat[:3], vecs[:3])
-        assert not mat[3].any()
     finally:
         await other.close()
 
     # membership is exactly what the keys say
-    got_keys, present = await store.get_keys(v, [*ids, "nope"], L)
-    assert present.tolist() == [True] * 50 + [False]
-    np.testing.assert_array_equal(got_keys[:50], keys)
-    members = await membership(store, v, keys)
-    for (t, k), got_ids in members.items():
-        assert got_ids == {ids[i] for i in np.flatnonzero(keys[:, t] == k)}
+    got_keys = await stored_keys(store, v, [*ids, "nope"])
+    assert set(got_keys) == set(ids)
+    np.testing.assert_array_equal(np.stack([got_keys[i] for i in ids]), keys)
 
 
-async def test_upsert_moves_buckets_and_remove_clears_them(store: Store) -> None:
+async def test_the_streaming_write_moves_and_deletes_items_with_their_offsets(
+        store: Store) -> None:
     rng = np.random.default_rng(2)
     v = await store.create_version({"L": L}, DIM)
     ids = [f"i{i}" for i in range(30)]
     vecs = unit(rng, 30)
     keys = fake_keys(vecs)
     await store.upsert_items(v, ids, vecs, keys)
-
-    # move 10 items to new vectors (new buckets); old membership must go
-    moved = ids[:10]
+    # move 10 items to new vectors (new buckets), delete 15 others, one MULTI
     new_vecs = -vecs[:10]  # opposite signs: every table changes bucket
     new_keys = fake_keys(new_vecs)
-    await store.upsert_items(v, moved[:5], new_vecs[:5], new_keys[:5], old_keys=keys[:5])
-    await store.upsert_items(v, moved[5:], new_vecs[5:], new_keys[5:])  # old keys not needed
-    all_keys = keys.copy()
-    all_keys[:10] = new_keys
-    all_vecs = vecs.copy()
-    all_vecs[:10] = new_vecs
-    got = await all_items(store, v)
-    np.testing.assert_array_equal(np.stack([got[i] for i in ids]), all_vecs)
-    for (t, k), members in (await membership(store, v, np.vstack([keys, all_keys]))).items():
-        assert members == {ids[i] for i in np.flatnonzero(all_keys[:, t] == k)}
-
-    # remove 15 (including moved ones): gone from the hash and from every bucket
-    gone = ids[5:20]
-    idx = list(range(5, 20))
-    assert await store.remove_items(v, [*gone, "never-there"]) == 15
+    gone = ids[15:30]
+    await store.write_items(v, ids[:10], new_vecs, new_keys, [*gone, "never-there"],
+                            offsets={0: 12, 3: 40})
+    assert await store.item_offsets(v) == {0: 12, 3: 40}
     assert await store.items_count(v) == 15
-    kept = [i for i in range(30) if i not in idx]
-    for (t, k), members in (await membership(store, v, np.vstack([keys, all_keys]))).items():
-        assert members == {ids[i] for i in kept if all_keys[i, t] == k}
-    assert set(await all_items(store, v)) == {ids[i] for i in kept}
-    _, present = await store.get_keys(v, ids, L)
-    assert np.flatnonzero(present).tolist() == kept
+    got = await all_items(store, v)
+    assert set(got) == set(ids[:15])
+    np.testing.assert_array_equal(np.stack([got[i] for i in ids[:10]]), new_vecs)
+    stored = await stored_keys(store, v, ids)
+    assert set(stored) == set(ids[:15])
+    np.testing.assert_array_equal(np.stack([stored[i] for i in ids[:10]]), new_keys)
+    np.testing.assert_array_equal(np.stack([stored[i] for i in ids[10:15]]), keys[10:15])
 
 
 async def test_delete_version_removes_only_that_version(store: Store) -> None:
@@ -173,18 +161,39 @@ async def test_users_round_trip(store: Store) -> None:
     assert await store.get_users([]) == {}
 
 
-async def test_popularity(store: Store) -> None:
+async def test_a_click_batch_is_written_in_one_call(store: Store) -> None:
     assert await store.top_popular(5) == []
-    await store.incr_popular({"a": 1, "b": 3})
-    await store.incr_popular({"a": 4, "c": 1})
+    users, claimed = await store.get_users_and_events(["u1"], ["e1"])
+    assert users == {"u1": None} and claimed == set()
+    assert await store.write_clicks({"u1": b"state-1", "u2": b"state-2"}, {"a": 1, "b": 3},
+                                    ["e1", "e2"], 60, {0: (0, 17)})
+    second = ({"u1": b"state-1b"}, {"a": 4, "c": 1}, ["e3"], 60, {0: (17, 20), 2: (0, 5)})
+    assert await store.write_clicks(*second)
+    assert not await store.write_clicks(*second)  # a repeated call writes nothing again
+    users, claimed = await store.get_users_and_events(["u1", "u2", "u3"], ["e1", "e3", "e9"])
+    assert users == {"u1": b"state-1b", "u2": b"state-2", "u3": None}
+    assert claimed == {"e1", "e3"}
+    assert 0 < await store.r.ttl(store.keys.event("e1")) <= 60
+    assert await store.click_offsets([0, 1, 2]) == {0: 20, 2: 5}
     assert await store.top_popular(2) == [("a", 5.0), ("b", 3.0)]
     assert len(await store.top_popular(10)) == 3
+    await store.replace_popular({"z": 9.0})
+    assert await store.top_popular(10) == [("z", 9.0)]
 
 
-async def test_claim_events(store: Store) -> None:
-    assert await store.claim_events(["e1", "e2"], 60) == [True, True]
-    assert await store.claim_events(["e2", "e3", "e3"], 60) == [False, True, False]
-    assert 0 < await store.r.ttl(store.keys.event("e1")) <= 60
+async def test_the_worker_store_has_a_deadline_and_redis_py_retries(redis_url: str) -> None:
+    from recall.config import Settings
+    from recall.store import CLIENT_RETRIES
+
+    settings = Settings(redis_url=redis_url, redis_timeout=3.0)
+    store = Store.from_settings(settings)
+    try:
+        assert store.r.get_retry()._retries == CLIENT_RETRIES
+        kwargs = store.r.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 3.0
+        assert await store.live_version() is None  # a working client
+    finally:
+        await store.close()
 
 
 def test_keys_layout_is_documented() -> None:
@@ -193,4 +202,6 @@ def test_keys_layout_is_documented() -> None:
     assert k.vectors(3) == "p*x:index:3:vectors"
     assert k.buckets(3) == "p*x:index:3:buckets"
     assert k.user("u") == "p*x:user:u"
+    assert k.item_offsets(3) == "p*x:index:3:offsets"
+    assert k.click_offsets == "p*x:clicks:offsets"
     assert k.version_pattern(3) == "p\\*x:index:3:*"  # glob characters escaped

@@ -16,10 +16,10 @@ from recall.lsh import Hasher, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
 from recall.tuner import exact_topk, user_like_queries
-from stream.items import load_index, offsets_key, read_offsets
+from stream.items import load_index
 from stream.metrics import Metrics
 from stream.state import IndexSlot
-from stream.watch import RecallWatch, repick_lock_key
+from stream.watch import RecallWatch
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ async def world(store: Store, n: int, params: LSHParams, **settings: object) -> 
     x, _ = clustered_catalogue(n, DIM, seed=1)
     v = await store.create_version(params.to_dict(), DIM)
     await store.upsert_items(v, [f"i{i}" for i in range(n)], x, Hasher(params).keys(x))
-    await store.r.hset(offsets_key(store, v), mapping={0: n, 1: 0})
+    await store.set_item_offsets(v, {0: n, 1: 0})
     await store.switch_live(v)
     index, _ = await load_index(store, v, DIM)
     slot, metrics = IndexSlot(index, v), Metrics()
@@ -116,11 +116,12 @@ async def test_probes_that_cannot_reach_the_target_get_a_retuned_version(store: 
     assert sorted(w.slot.index.ids()) == sorted(before.ids())
     # its stored bucket keys are the new layout's, and it is complete up to the offsets
     ids = [f"i{i}" for i in range(5)]
-    stored, _ = await store.get_keys(w.slot.version, ids, params.L)
+    raws = await store.r.hmget(store.keys.buckets(w.slot.version), ids)  # read raw: a check
+    stored = np.stack([np.frombuffer(r, dtype="<i8") for r in raws])
     vecs, _ = w.slot.index.vectors_of(ids)
     np.testing.assert_array_equal(stored, Hasher(params).keys(vecs))
-    assert await read_offsets(store, w.slot.version) == {0: 3000, 1: 0, 2: 7}
-    assert not await store.r.exists(repick_lock_key(store))
+    assert await store.item_offsets(w.slot.version) == {0: 3000, 1: 0, 2: 7}
+    assert not await store.r.exists(store.keys.repick_lock)
     await serve(w, 40)  # the controller settles on the new layout
     assert served_recall(w) >= 0.94
 
@@ -160,7 +161,7 @@ async def test_explicit_parameters_are_kept(store: Store) -> None:
 async def test_one_worker_at_a_time_repicks(store: Store) -> None:
     w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
     w.watch.chosen_for = 0
-    await store.r.set(repick_lock_key(store), b"1")  # another worker is at it
+    await store.acquire(store.keys.repick_lock, 60)  # another worker is at it
     await w.watch.step(timeout=0.01)
     assert w.metrics.lsh_retunes.labels("size")._value.get() == 0
     assert not await w.follow()

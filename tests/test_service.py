@@ -1,0 +1,197 @@
+"""The recall service with a fake store (unit tests: no Kafka, no Redis).
+
+What users rely on: one response per request, from the index for users with clicks
+(never an item they have seen, when asked), from popularity otherwise; every click
+applied exactly once, its effects written to the store in one call; a failed write
+leaves nothing half-applied in memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import orjson
+import pytest
+
+from recall.config import Settings
+from recall.lsh import LSHIndex, LSHParams, normalize
+from recall.messages import Click, Invalid, Request
+from recall.store import ClickOffsetsConflict
+from recall.users import UserState
+from stream.service import EXACT_MAX_ITEMS, Ask, ClickAt, RecallService
+from stream.state import IndexSlot
+
+DIM = 8
+
+
+class FakeStore:
+    """The store's service-facing methods over dicts."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, bytes] = {}
+        self.events: set[str] = set()
+        self.offsets: dict[int, int] = {}
+        self.popular: Counter[str] = Counter()
+        self.writes = 0
+        self.fail_writes = False
+
+    async def get_users(self, uids: Sequence[str]) -> dict[str, bytes | None]:
+        return {u: self.users.get(u) for u in uids}
+
+    async def get_users_and_events(self, uids: Sequence[str], event_ids: Sequence[str]
+                                   ) -> tuple[dict[str, bytes | None], set[str]]:
+        return await self.get_users(uids), {e for e in event_ids if e in self.events}
+
+    async def click_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
+        return {p: self.offsets[p] for p in partitions if p in self.offsets}
+
+    async def write_clicks(self, users: Mapping[str, bytes], popular: Mapping[str, int],
+                           event_ids: Sequence[str], event_ttl: int,
+                           offsets: Mapping[int, tuple[int, int]]) -> bool:
+        if self.fail_writes:
+            raise ConnectionError("redis is down")
+        if all(self.offsets.get(p, 0) == nxt for p, (_, nxt) in offsets.items()):
+            return False  # written before
+        if any(self.offsets.get(p, 0) != exp for p, (exp, _) in offsets.items()):
+            raise ClickOffsetsConflict(f"{offsets} vs {self.offsets}")
+        self.writes += 1
+        self.users.update(users)
+        self.popular.update(popular)
+        self.events.update(event_ids)
+        self.offsets.update({p: nxt for p, (_, nxt) in offsets.items()})
+        return True
+
+    async def top_popular(self, k: int) -> list[tuple[str, float]]:
+        return [(i, float(n)) for i, n in self.popular.most_common(k)]
+
+
+def service(n_items: int = 2000, seed: int = 0) -> tuple[RecallService, FakeStore, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = normalize(rng.standard_normal((n_items, DIM)))
+    index = LSHIndex(LSHParams(dim=DIM, k=2, L=8, T=4, w=1.0))
+    index.add([f"i{j}" for j in range(n_items)], x)
+    store = FakeStore()
+    return RecallService(Settings(dim=DIM), store, IndexSlot(index, 1)), store, x
+
+
+def clicks(user: str, items: list[int], partition: int = 0, first_offset: int = 0,
+           event: bool = True) -> list[ClickAt]:
+    return [ClickAt(partition, first_offset + j, Click(
+        user, f"i{i}", 1000.0 + j, 1.0, f"{user}-e{first_offset + j}" if event else None))
+        for j, i in enumerate(items)]
+
+
+async def test_answers_come_from_the_index_without_seen_items_or_from_popularity() -> None:
+    svc, _, x = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [3, 4, 5]), {0: 3})
+    await svc.apply(clicks("u2", [7], first_offset=3), {0: 4})
+    await svc.refresh_popular()
+    answers = await svc.answer([
+        Ask(Request("r1", "u1", k=5), 0), Ask(Request("r2", "u1", k=5, exclude_seen=False), 0),
+        Ask(Request("r3", "nobody", k=2), 0)])
+    assert [a.key for _, a in answers] == [b"r1", b"r2", b"r3"]
+    r1, r2, r3 = (orjson.loads(a.value) for _, a in answers)
+    assert r1["status"] == "ok" and r1["source"] == "lsh" and len(r1["items"]) == 5
+    assert not {"i3", "i4", "i5"} & {it["item_id"] for it in r1["items"]}
+    # the user's vector is the mean of its clicks: the top items are near it
+    want = normalize(x[[3, 4, 5]].mean(axis=0))
+    assert r1["items"][0]["score"] == pytest.approx(
+        max(float(x[j] @ want) for j in range(len(x)) if j not in (3, 4, 5)), rel=0.05)
+    assert {it["item_id"] for it in r2["items"]} & {"i3", "i4", "i5"}
+    assert r3["source"] == "popular"
+    assert [it["item_id"] for it in r3["items"]] == ["i3", "i4"]  # ties: first clicked
+
+
+async def test_small_catalogues_are_searched_exactly() -> None:
+    svc, _, x = service(n_items=EXACT_MAX_ITEMS // 2)
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1, 2]), {0: 2})
+    ((_, answer),) = await svc.answer([Ask(Request("r", "u1", k=3), 0)])
+    got = orjson.loads(answer.value)
+    q = normalize(x[[1, 2]].mean(axis=0))
+    order = [f"i{j}" for j in np.argsort(-(x @ q)) if j not in (1, 2)][:3]
+    assert got["source"] == "exact" and [it["item_id"] for it in got["items"]] == order
+
+
+async def test_an_invalid_request_gets_an_invalid_answer_when_it_can_be_addressed() -> None:
+    svc, _, _ = service(n_items=50)
+    answer = svc.invalid(Invalid("bad_k", "k must be 1..1000", request_id="r9", user_id="u"))
+    assert answer is not None and orjson.loads(answer.value)["status"] == "invalid"
+    assert svc.invalid(Invalid("bad_json", "not JSON")) is None
+
+
+async def test_every_click_applies_once_across_replays_and_event_ids() -> None:
+    svc, store, _ = service()
+    assert await svc.take_partitions([0, 1]) == {0: 0, 1: 0}
+    batch = clicks("u1", [1, 2, 3])
+    await svc.apply(batch, {0: 3})
+    assert store.offsets == {0: 3} and store.writes == 1
+    assert sum(store.popular.values()) == 3
+    await svc.apply(batch, {0: 3})  # the same offsets again (a replay after a crash)
+    # the same event ids at new offsets (a producer's retry)
+    again = [ClickAt(1, j, c.click) for j, c in enumerate(batch)]
+    await svc.apply(again, {1: 3})
+    assert sum(store.popular.values()) == 3
+    state = UserState.from_bytes(store.users["u1"], DIM)
+    assert len(state.clicks) == 3
+    assert svc.metrics.click_duplicates._value.get() == 3  # the replay wrote nothing at all
+
+
+async def test_offsets_redis_does_not_hold_reload_the_partition_from_redis() -> None:
+    svc, store, _ = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1]), {0: 1})
+    store.offsets[0] = 5  # another worker applied the partition meanwhile
+    with pytest.raises(ClickOffsetsConflict):
+        await svc.apply(clicks("u1", [2], first_offset=1), {0: 2})
+    assert svc.applied == {0: 5} and svc.users.get("u1") is None  # Redis's, reloaded
+
+
+async def test_a_failed_write_leaves_memory_as_redis_has_it() -> None:
+    svc, store, _ = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1]), {0: 1})
+    store.fail_writes = True
+    with pytest.raises(ConnectionError):
+        await svc.apply(clicks("u1", [2, 3], first_offset=1), {0: 3})
+    assert svc.users.get("u1") is None  # dropped: read again from the store
+    assert svc.applied == {0: 1}  # where the retry starts
+    store.fail_writes = False
+    await svc.apply(clicks("u1", [2, 3], first_offset=1), {0: 3})
+    state = UserState.from_bytes(store.users["u1"], DIM)
+    assert [c[0] for c in state.clicks] == ["i1", "i2", "i3"]  # each once
+
+
+async def test_revoked_partitions_forget_their_users_and_offsets() -> None:
+    svc, store, _ = service()
+    store.offsets = {0: 40, 1: 7}
+    assert await svc.take_partitions([0, 1]) == {0: 40, 1: 7}
+    await svc.apply(clicks("u1", [1], partition=1, first_offset=7), {1: 8})
+    svc.drop_partitions([1])
+    assert svc.users.get("u1") is None and svc.applied == {0: 40}
+
+
+async def test_users_in_memory_never_wait_for_redis_the_others_get_an_error_in_time() -> None:
+    import asyncio
+    import time
+
+    svc, store, _ = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1, 2]), {0: 2})
+
+    async def stalled(uids: Sequence[str]) -> dict[str, bytes | None]:
+        await asyncio.sleep(60)  # Redis does not answer
+        return {}
+
+    store.get_users = stalled  # type: ignore[method-assign]
+    ready, waiting = svc.answer_from_memory([Ask(Request("a", "u1"), 0),
+                                             Ask(Request("b", "cold"), 0, time.time())])
+    assert [a.key for _, a in ready] == [b"a"] and orjson.loads(ready[0][1].value)["status"] == "ok"
+    t0 = time.perf_counter()
+    ((_, late),) = await svc.answer_after_load(waiting)
+    assert time.perf_counter() - t0 < svc.settings.request_deadline_ms / 1000 + 0.5
+    value = orjson.loads(late.value)
+    assert value["status"] == "error" and "redis" in value["error"]
