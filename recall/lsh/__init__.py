@@ -3,11 +3,13 @@
 - :mod:`recall.lsh.params`  :class:`LSHParams` and :func:`normalize`
 - :mod:`recall.lsh.hashing` :class:`Hasher`: bucket keys and multi-probe keys
 - :mod:`recall.lsh.buckets` :class:`SortedBuckets`: the CSR bucket table
-- :mod:`recall.lsh.index`   :class:`LSHIndex`: ``search(queries, k, exclude=None)``
+- :mod:`recall.lsh.index`   :class:`LSHIndex`: the index, its writes and merges
+- :mod:`recall.lsh.search`  its reads: ``search(queries, k, exclude=None, *, exact=False)``
 """
 
 from recall.lsh.hashing import Hasher
-from recall.lsh.index import LSHIndex, QueryResult
+from recall.lsh.index import LSHIndex
 from recall.lsh.params import FAMILIES, LSHParams, normalize
+from recall.lsh.search import QueryResult
 
 __all__ = ["FAMILIES", "Hasher", "LSHIndex", "LSHParams", "QueryResult", "normalize"]

@@ -5,14 +5,9 @@ Layout: normalised float32 vectors in slots of a growable matrix, an id -> slot 
 free-list, and one sorted bucket table over all tables (:class:`SortedBuckets`; keys are
 salted per table, so one lookup serves every probe). Small upserts go to a pending dict
 (key -> slots) merged into the sorted table in amortised batches; updated or removed
-slots are masked out of the sorted table until the next merge. A search gathers the
-probed buckets (at most ``cap`` items each), dedupes, keeps the candidates found in at
-least ``vote`` tables, re-ranks them by exact cosine and returns the top k: scores are
-exact, only recall is approximate. Searches run as compiled kernels
-(:mod:`recall.kernels`, batched over the queries of a call); ``compiled = False`` runs
-the numpy implementation they are tested against (same ids, scores and candidate counts;
-equal scores rank by slot). Scores are float64 sums of the float32 products, rounded to
-float32, on both paths.
+slots are masked out of the sorted table until the next merge. Searches (the reads:
+:mod:`recall.lsh.search`) gather the probed buckets and re-rank the candidates by exact
+cosine.
 
 Threads: one thread owns the index (adds, removes and searches run there). In
 ``merge="deferred"`` mode the heavy part of a merge runs in another thread
@@ -25,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -35,18 +30,12 @@ from recall import kernels
 from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
 from recall.lsh.params import LSHParams, normalize
+from recall.lsh.search import SearchMixin
 
 MergeMode = Literal["inline", "deferred"]
 
 
-@dataclass
-class QueryResult:
-    ids: list[str]  # best first
-    scores: np.ndarray  # float32 cosine, best first
-    candidates: int  # distinct candidates re-ranked
-
-
-class LSHIndex:
+class LSHIndex(SearchMixin):
     """Incremental LSH index over normalised float32 vectors, keyed by string ids.
 
     ``merge``: ``"inline"`` merges pending items inside :meth:`add` / :meth:`remove`
@@ -64,8 +53,6 @@ class LSHIndex:
     #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
     MERGE_MIN = 4096
     MERGE_RATIO = 16
-    #: search with the compiled kernels (False: the numpy reference implementation)
-    compiled = True
 
     def __init__(self, params: LSHParams, *, merge: MergeMode = "inline") -> None:
         if merge not in ("inline", "deferred"):
@@ -414,224 +401,6 @@ class LSHIndex:
         self._pending_slots.clear()
         self._stale = 0
         self.merges += 1
-
-    # ------------------------------------------------------------------ reads
-    def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised vectors (zeros where missing) and a "present" mask."""
-        ids = self._check_ids(ids)
-        slots = np.fromiter((self._id2slot.get(i, -1) for i in ids), dtype=np.int64,
-                            count=len(ids))
-        present = slots >= 0
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        out[present] = self._vecs[slots[present]]
-        return out, present
-
-    def search(self, queries: np.ndarray, k: int | Sequence[int],
-               exclude: Sequence[Collection[str]] | None = None, *,
-               exact: bool = False) -> list[QueryResult]:
-        """The top k items of each query, best first, by exact cosine.
-
-        ``queries``: (n, D), or one query (D,) (then n = 1); any norm (normalised here).
-        ``k``: one int for all, or one per query. ``exclude``: None, or one collection of
-        item ids per query, left out of its results. The n queries are hashed and looked
-        up together (one set of numpy calls; from 4 queries on ~25% less work per query
-        than one at a time), then each query's candidates are re-ranked.
-
-        ``exact=True`` scores every item instead (brute force over the same vectors, so
-        the same scores): a mode rather than another class because it reads this index's
-        slots, vectors and ids; the worker uses it on small catalogues, where it is as
-        fast as LSH, and checks use it as the truth.
-        """
-        qn, ks = self._prepare(queries, k)
-        n = len(ks)
-        if exclude is not None and len(exclude) != n:
-            raise ValueError(f"{n} queries but {len(exclude)} exclude sets")
-        excluded = [self._excluded_slots(exclude[i] if exclude is not None else ())
-                    for i in range(n)]
-        if exact:
-            return [self._exact(qn[i], ks[i], excluded[i]) for i in range(n)]
-        if n == 0:
-            return []
-        if self.compiled:
-            return self._search_compiled(qn, ks, excluded)
-        probes = self.hasher.probe_keys(qn, self.params.T)  # (n, L, T')
-        per_query = probes.shape[1] * probes.shape[2]
-        flat = probes.reshape(-1)
-        lo, hi = self._ranges(flat)
-        out = []
-        for i in range(n):
-            a, b = i * per_query, (i + 1) * per_query
-            cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
-            out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
-        return out
-
-    def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
-                         ) -> list[QueryResult]:
-        """:meth:`search` through :func:`recall.kernels.search`: hashing, probing, lookup,
-        gather, dedupe, vote, re-rank and top k of the whole batch in two compiled calls
-        (the pending buckets, a dict, are read here)."""
-        p, h = self.params, self.hasher
-        n = len(ks)
-        probes = kernels.probe_keys(qn, h.proj, h.offset, float(p.w), p.family == "pstable",
-                                    h.mult, h.salt, h.template(p.T),
-                                    h.probes_per_table(p.T) - 1)
-        extra_ptr, extra = self._pending_candidates(probes)
-        excl_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
-        excl = np.concatenate(excluded) if excl_ptr[-1] else np.zeros(0, dtype=np.int64)
-        b = self._buckets
-        top_slots, top_scores, n_cand = kernels.search(
-            qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
-            b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
-            p.vote, extra_ptr, extra, excl_ptr, excl, self._mark)
-        slot_ids = self._slot_ids
-        out = []
-        for i, row in enumerate(top_slots.tolist()):
-            m = ks[i] if row[-1] >= 0 else sum(1 for s in row if s >= 0)
-            out.append(QueryResult(ids=[slot_ids[s] for s in row[:m]],
-                                   scores=top_scores[i, :m].copy(),
-                                   candidates=int(n_cand[i])))
-        return out
-
-    def _pending_candidates(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (ptr (n+1,), slots) of each query's candidates in pending buckets (capped
-        as the sorted ones)."""
-        n = probes.shape[0]
-        ptr = np.zeros(n + 1, dtype=np.int64)
-        if not self._pending:
-            return ptr, np.zeros(0, dtype=np.int64)
-        get = self._pending.get
-        cap = self.params.cap or None
-        parts: list[int] = []
-        for i, keys in enumerate(probes.reshape(n, -1).tolist()):
-            for key in keys:
-                bucket = get(key)
-                if bucket:
-                    parts.extend(bucket[:cap])
-            ptr[i + 1] = len(parts)
-        return ptr, np.asarray(parts, dtype=np.int64)
-
-    def _prepare(self, queries: np.ndarray, k: int | Sequence[int]
-                 ) -> tuple[np.ndarray, list[int]]:
-        arr = np.asarray(queries)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"expected queries of dimension {self.dim}, got shape "
-                             f"{np.shape(queries)}")
-        n = arr.shape[0]
-        ks = list(k) if isinstance(k, (Sequence, np.ndarray)) else [k] * n
-        if len(ks) != n:
-            raise ValueError(f"{n} queries but {len(ks)} k values")
-        for kk in ks:
-            if isinstance(kk, bool) or not isinstance(kk, (int, np.integer)) or kk < 1:
-                raise ValueError(f"k must be an integer >= 1, got {kk!r}")
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32), []
-        try:
-            qn = normalize(arr)
-        except ValueError as exc:
-            raise ValueError(f"unusable query: {str(exc).replace('vector ', 'query ', 1)}"
-                             ) from None
-        return qn, [int(kk) for kk in ks]
-
-    def _excluded_slots(self, exclude: Collection[str]) -> np.ndarray:
-        if not exclude:
-            return np.zeros(0, dtype=np.int64)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        get = self._id2slot.get
-        slots = [s for s in map(get, exclude) if s is not None]
-        return np.asarray(slots, dtype=np.int64)
-
-    def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) of each probe key in the sorted table, capped (empty if none)."""
-        buckets = self._buckets
-        if not buckets.size:
-            zero = np.zeros(len(probes), dtype=np.int64)
-            return zero, zero
-        lo, hi = buckets.lookup(probes)
-        if self.params.cap:
-            np.minimum(hi, lo + self.params.cap, out=hi)
-        return lo, hi
-
-    def _gather(self, probes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Distinct slots of one query's probes, given their sorted-table ranges."""
-        parts = []
-        counts = hi - lo
-        total = int(counts.sum())
-        if total:
-            buckets = self._buckets
-            ends = np.cumsum(counts)
-            idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
-            slots = buckets.slots[idx]
-            if self._stale:
-                slots = slots[self._in_main[slots]]
-            parts.append(slots)
-        if self._pending:
-            get = self._pending.get
-            cap = self.params.cap or None  # the cap holds for pending buckets too
-            extra = [s for key in probes.tolist() if (b := get(key)) for s in b[:cap]]
-            if extra:
-                parts.append(np.asarray(extra, dtype=np.int32))
-        if not parts:
-            return np.zeros(0, dtype=np.int32)
-        cand = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if self.params.vote > 1:  # found in at least `vote` tables (one entry per table)
-            uniq, counts = np.unique(cand, return_counts=True)
-            return uniq[counts >= self.params.vote]
-        order = np.arange(len(cand), dtype=np.int32)
-        stamp = self._stamp
-        stamp[cand] = order
-        return cand[stamp[cand] == order]
-
-    def _rerank(self, cand: np.ndarray, qn: np.ndarray, k: int,
-                excluded: np.ndarray) -> QueryResult:
-        """Exact cosine of the candidate slots, top k not excluded. The top k + (excluded
-        items present) are ranked and the excluded ones dropped after: the same items as
-        removing them from the candidates first, without an isin over every candidate."""
-        return self._top(cand, _scores(self._vecs, cand, qn), k, len(cand), excluded)
-
-    def _top(self, slots: np.ndarray, scores: np.ndarray, k: int, n_cand: int,
-             excluded: np.ndarray) -> QueryResult:
-        want = k + len(excluded)
-        if len(scores) > want:  # the best `want`, and everything tied with the last
-            kth = np.partition(-scores, want - 1)[want - 1]
-            top = np.flatnonzero(-scores <= kth)
-        else:
-            top = np.arange(len(scores))
-        top = top[np.lexsort((slots[top], -scores[top]))][:want]  # equal scores: by slot
-        if len(excluded):
-            top = top[~np.isin(slots[top], excluded)][:k]
-        ids = [self._slot_ids[s] for s in slots[top].tolist()]
-        return QueryResult(ids=ids, scores=scores[top].astype(np.float32), candidates=n_cand)
-
-    def _exact(self, qn: np.ndarray, k: int, excluded: np.ndarray) -> QueryResult:
-        """Brute force over all live items: float32 scores pick a shortlist (ties at
-        its end included), which is scored as the search scores and ranked."""
-        high = self._high
-        scores = self._vecs[:high] @ qn
-        dead = ~self._alive[:high]
-        if len(excluded):
-            dead[excluded] = True
-        live = np.flatnonzero(~dead)
-        want = min(len(live), k + 16)  # margin: float32 and float64 sums can swap near-ties
-        short = live
-        if len(live) > want:
-            s = scores[live]
-            kth = np.partition(-s, want - 1)[want - 1]
-            short = live[-s <= kth + 1e-5]
-        no_excl = np.zeros(0, dtype=np.int64)
-        res = self._top(short, _scores(self._vecs, short, qn), k, len(live), no_excl)
-        return res
-
-
-def _scores(vectors: np.ndarray, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Exact cosine of unit rows: float64 sums of the float32 products, rounded to
-    float32 (what the compiled search computes, whatever the summation order)."""
-    rows = np.take(vectors, slots, axis=0).astype(np.float64)
-    return (rows @ q.astype(np.float64)).astype(np.float32)
-
 
 #: rows normalised at once by add(): normalize() works in float64, so a block bounds its
 #: temporaries (~3 x 16 MB) where a 250k-row batch made ~380 MB of them
