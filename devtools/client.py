@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from recall.config import Settings
+from recall.config import Settings, kafka_client_kwargs
 
 
 @dataclass
@@ -60,7 +60,8 @@ class ResponseReader:
         s = self.settings
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=max(1, self.fetch_max_wait_ms), auto_offset_reset="latest")
+            fetch_max_wait_ms=max(1, self.fetch_max_wait_ms), auto_offset_reset="latest",
+            **kafka_client_kwargs(s))
         await self._consumer.start()
         parts: list[TopicPartition] = []
         for topic in self.topics:
@@ -115,7 +116,8 @@ class RecallClient:
     async def start(self, read_dlq: bool = False) -> None:
         s = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=0,
-                                          acks=1, max_batch_size=1 << 20)
+                                          acks=1, max_batch_size=1 << 20,
+                                          **kafka_client_kwargs(s))
         await self._producer.start()
         topics = [s.topic_responses] + ([s.topic_dlq] if read_dlq else [])
         self._reader = ResponseReader(s, topics, self._on_records, self.fetch_max_wait_ms)

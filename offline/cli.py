@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from offline.errors import OfflineError
-from recall.config import Settings
+from recall.config import Settings, redacted_url
 
 
 def _quiet_gensim(args: argparse.Namespace) -> None:
@@ -244,18 +244,6 @@ async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     return out
 
 
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def cmd_load(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -267,7 +255,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     try:
         out = asyncio.run(_load(args, settings))
     except RedisError as exc:
-        raise OfflineError(f"redis {_safe_url(args.redis_url or settings.redis_url)}: "
+        raise OfflineError(f"redis {redacted_url(args.redis_url or settings.redis_url)}: "
                            f"{exc}") from None
     except KafkaError as exc:
         raise OfflineError(f"kafka {settings.kafka_bootstrap}: {exc}") from None

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from offline.clicklog import ClickLog
+from recall.config import kafka_client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,8 @@ async def publish_items(settings: Any, ids: list[str], vectors: np.ndarray,
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
-    extra: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
-        extra.update(sasl_mechanism=settings.kafka_sasl_mechanism,
-                     sasl_plain_username=settings.kafka_sasl_username,
-                     sasl_plain_password=settings.kafka_sasl_password)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024, **extra)
+                                max_batch_size=256 * 1024, **kafka_client_kwargs(settings))
     try:
         await producer.start()
     except BaseException:

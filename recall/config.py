@@ -8,8 +8,11 @@ the README lists every variable.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
@@ -236,3 +239,30 @@ def user_vector_settings(settings: Settings, stored: Mapping[str, object] | None
     if explicit & set(USER_VECTOR_KEYS.values()):
         source = "environment over index version" if stored else "environment"
     return values, source
+
+
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Security keyword arguments of an aiokafka client (producer, consumer or admin),
+    from KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_*: the one builder, so the worker, the
+    offline loader and the dev tools' clients all get the same TLS context and SASL
+    credentials (no client connects differently, e.g. without a TLS context)."""
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": proto}
+    if "SSL" in proto:
+        kwargs["ssl_context"] = ssl.create_default_context()
+    if proto.startswith("SASL"):
+        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+                      sasl_plain_username=settings.kafka_sasl_username,
+                      sasl_plain_password=settings.kafka_sasl_password)
+    return kwargs
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))

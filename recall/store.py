@@ -225,6 +225,13 @@ class Store:
 
     async def close(self) -> None:
         await self.r.aclose()
+
+    async def ping(self) -> None:
+        """PING: raises redis-py's error when Redis refuses the credentials
+        (``AuthenticationError``, or a ``ResponseError`` NOAUTH / WRONGPASS) or does not
+        answer (the worker's start-up check, stream.preflight)."""
+        await self.r.ping()
+
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send raw ``(COMMAND, *args)`` in pipelines of PIPELINE_CHUNK; return the replies."""
         replies: list[Any] = []

@@ -18,8 +18,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from faust.worker import Worker
 
-    from recall.config import Settings
-    from stream.kafka import client_kwargs, create_topics
+    from recall.config import Settings, kafka_client_kwargs, redacted_url
+    from stream.kafka import create_topics
     from stream.preflight import preflight
     from stream.worker import build_worker
 
@@ -29,16 +29,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # faust does not declare topics here (topic_allow_declare off) and Tansu would
         # auto-create them with 4 partitions: make them with RECALL_TOPIC_PARTITIONS
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
-                                  settings.topic_partitions, **client_kwargs(settings)))
+                                  settings.topic_partitions, **kafka_client_kwargs(settings)))
     except Exception as exc:  # e.g. no CreateTopics ACL: the topics may exist already
         log.warning("could not create topics (%s); checking they exist", exc)
     # fail here, with the reason (StartupError: exit 2), not log Ready and answer nothing
-    asyncio.run(preflight(settings, client_kwargs(settings)))
+    asyncio.run(preflight(settings, kafka_client_kwargs(settings)))
     app, metrics = build_worker(settings)
     metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info("metrics on %s:%d/metrics; kafka %s; redis %s", settings.metrics_host,
              settings.metrics_port,
-             settings.kafka_bootstrap, settings.redis_url.split("@")[-1])
+             settings.kafka_bootstrap, redacted_url(settings.redis_url))
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     redirect_stdouts=False)
     worker.execute_from_commandline()

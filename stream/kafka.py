@@ -1,40 +1,25 @@
-"""Kafka client settings and topic creation: the one place that knows the broker's security.
+"""faust's view of the broker's security, and topic creation.
 
 Every Kafka client of the worker (its aiokafka consumers, faust's producer, the topic
-admin client) is built with :func:`client_kwargs`, so TLS and SASL are configured once and
-the same way for all of them.
+admin client) is built with :func:`recall.config.kafka_client_kwargs`, so TLS and SASL
+are configured once and the same way for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import Iterable
 from typing import Any
 
-from recall.config import Settings
-
-
-def client_kwargs(settings: Settings) -> dict[str, Any]:
-    """Security keyword arguments of an aiokafka client (producer, consumer or admin)."""
-    proto = settings.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return {}
-    kwargs: dict[str, Any] = {"security_protocol": proto}
-    if "SSL" in proto:
-        kwargs["ssl_context"] = ssl.create_default_context()
-    if proto.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-                      sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=settings.kafka_sasl_password)
-    return kwargs
+from recall.config import Settings, kafka_client_kwargs
 
 
 def faust_credentials(settings: Settings) -> Any:
-    """The same security as :func:`client_kwargs`, as faust's ``broker_credentials``."""
+    """The same security as :func:`~recall.config.kafka_client_kwargs`, as faust's
+    ``broker_credentials``."""
     import faust
 
-    kwargs = client_kwargs(settings)
+    kwargs = kafka_client_kwargs(settings)
     if not kwargs:
         return None
     ctx = kwargs.get("ssl_context")
@@ -48,7 +33,8 @@ def faust_credentials(settings: Settings) -> Any:
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int,
                         **kwargs: Any) -> None:
     """Create the topics that do not exist yet (Tansu would auto-create them with 4
-    partitions); ``kwargs``: client settings such as :func:`client_kwargs`."""
+    partitions); ``kwargs``: client settings such as
+    :func:`~recall.config.kafka_client_kwargs`."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 

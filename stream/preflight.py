@@ -1,9 +1,8 @@
 """The worker's start-up check: Redis and the broker answer, and the topics exist.
 
 Run before the worker starts (``recall worker``), so that a worker that cannot work says
-so and exits non-zero instead of logging Ready, serving /metrics and answering nothing.
-Before this check a wrong Redis password showed only after SIGTERM, as the
-``AuthenticationError`` of a task that had retried it the whole time.
+so and exits non-zero instead of logging Ready, serving /metrics and answering nothing
+(a wrong Redis password would otherwise show only as the error of a task retrying it).
 
 - a refused password (wrong, or missing where Redis requires one) fails at once: waiting
   cannot fix it;
@@ -23,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from recall.config import ENV_NAMES, Settings
+from recall.config import ENV_NAMES, Settings, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +34,19 @@ class StartupError(RuntimeError):
     """The worker cannot start; the message says what is wrong and which setting."""
 
 
-def _redis_where(url: str) -> str:
-    """The URL without its credentials (never log a password)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('@')[-1]}"
-
-
 async def check_redis(settings: Settings) -> None:
     """PING Redis with the configured URL; StartupError when it refuses or never answers."""
-    import redis.asyncio as aioredis
     from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-    where = _redis_where(settings.redis_url)
+    from recall.store import Store
+
+    where = redacted_url(settings.redis_url)
     per_try = min(settings.redis_timeout, settings.startup_timeout)
     deadline = time.monotonic() + settings.startup_timeout
     while True:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=per_try,
-                                         socket_connect_timeout=per_try)
+        store = Store.from_url(settings.redis_url, settings.redis_prefix, timeout=per_try)
         try:
-            await client.ping()
+            await store.ping()
             return
         except (AuthenticationError, ResponseError) as exc:
             text = str(exc)
@@ -72,7 +65,7 @@ async def check_redis(settings: Settings) -> None:
                     f"{type(exc).__name__}: {exc}") from None
             log.info("waiting for Redis at %s (%s)", where, type(exc).__name__)
         finally:
-            await client.aclose()
+            await store.close()
         await asyncio.sleep(RETRY_EVERY)
 
 

@@ -25,11 +25,10 @@ import time
 from typing import Any
 
 from recall import kernels
-from recall.config import Settings
+from recall.config import Settings, kafka_client_kwargs
 from recall.store import Store
 from stream.clicks import ClicksConsumer
 from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
-from stream.kafka import client_kwargs
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, Send
 from stream.requests import RequestsConsumer
@@ -142,7 +141,7 @@ class Worker:
                  time.perf_counter() - t0)
         slot = IndexSlot(index, version, (await store.get_meta(version) or {}).get("user"))
         dead_letters = DeadLetters(s, metrics, send)
-        kwargs = client_kwargs(s)
+        kwargs = kafka_client_kwargs(s)
         follower = ItemsFollower(s, slot, metrics, kwargs, writer=ItemsWriter(store, s, metrics),
                                  dead_letters=dead_letters)
         watch = start_watch(s, slot, metrics, store, follower.positions)

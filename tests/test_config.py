@@ -45,3 +45,50 @@ def test_bad_interest_settings_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: value})
     assert Settings.from_env({}).user_interests == 1  # default: one vector, as before
+
+
+def test_every_kafka_client_gets_the_same_security_settings(monkeypatch):
+    """One builder (recall.config.kafka_client_kwargs): the offline loader's producer too
+    connects with TLS verification and SASL, as the worker does."""
+    import asyncio
+    import ssl
+
+    import aiokafka
+    import numpy as np
+
+    from offline.load import publish_items
+    from recall.config import kafka_client_kwargs
+
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+                           "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"})
+    want = kafka_client_kwargs(s)
+    assert isinstance(want["ssl_context"], ssl.SSLContext)
+    assert want["sasl_mechanism"] == "SCRAM-SHA-256" and want["sasl_plain_username"] == "u"
+    assert kafka_client_kwargs(Settings.from_env({})) == {}
+    seen = {}
+
+    class Producer:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        async def start(self):
+            raise ConnectionError("no broker in a unit test")
+
+        async def stop(self):
+            pass
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", Producer)
+    with pytest.raises(ConnectionError):
+        asyncio.run(publish_items(s, ["a"], np.zeros((1, s.dim), np.float32), progress=False))
+    assert isinstance(seen.get("ssl_context"), ssl.SSLContext)
+    assert {k: seen[k] for k in want if k != "ssl_context"} == {
+        k: v for k, v in want.items() if k != "ssl_context"}
+
+
+def test_urls_in_messages_hide_the_password():
+    from recall.config import redacted_url
+
+    assert redacted_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redacted_url("redis://user:pw@host/0") == "redis://user:***@host/0"
+    assert redacted_url("redis://host:6379/0") == "redis://host:6379/0"
