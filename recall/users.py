@@ -214,9 +214,6 @@ class UserState:
         """Item ids in the window."""
         return {c[ITEM] for c in self.clicks}
 
-    def event_ids(self) -> set[str]:
-        return {c[EVENT] for c in self.clicks if c[EVENT] is not None}
-
     @property
     def window(self) -> list[WindowClick]:
         """The window's clicks, oldest first (a copy, for reading)."""

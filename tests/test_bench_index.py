@@ -36,8 +36,6 @@ def test_bench_index_prints_one_final_json_line(capsys):
 
 
 def test_bench_index_with_params_hnsw_and_plot(tmp_path, capsys):
-    pytest.importorskip("hnswlib")
-    pytest.importorskip("matplotlib")
     plot = tmp_path / "index.png"
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"params": {"family": "simhash", "k": 8, "L": 8, "T": 4}}))

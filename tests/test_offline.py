@@ -260,7 +260,6 @@ def test_eval_cli_prints_table_json_and_plot(tmp_path, capsys):
         assert json.loads(f.readline()).keys() >= {"user_id", "item_id", "ts", "event_id"}
     capsys.readouterr()
     plot = tmp_path / "eval.png"
-    pytest.importorskip("recall.tuner")
     assert main(["eval", str(log), "--plot", str(plot), "-q", "--epochs", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["method", "HitRate@10"]
@@ -316,7 +315,6 @@ def test_recall_with_exclusion_leaves_window_items_out(gen, trained):
 
 
 def test_tune_params_meet_the_target_with_exclude_seen(gen, trained):
-    pytest.importorskip("recall.tuner")
     from offline.tune import log_queries, recall_with_exclusion, tune_params
     from recall.lsh import LSHIndex
 

@@ -152,7 +152,6 @@ async def test_load_to_topic_publishes_contract_messages(files, stack, redis_pre
 
 
 def test_tune_writes_params_next_to_vectors(files, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("recall.tuner")
     log, vectors, _ = files
     monkeypatch.setenv("RECALL_USER_WINDOW", "20")
     out = tmp_path / "p.lsh.json"
