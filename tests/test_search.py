@@ -252,10 +252,11 @@ def test_the_cli_trains_with_the_documented_defaults():
     for) and the user settings it writes = DEFAULT_USER."""
     import argparse
 
-    from offline.cli import _train_params, add_parser
+    from offline.cli import add_parser
+    from offline.cli.common import train_params
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     add_parser(sub, None)
     args = parser.parse_args(["train", "log.jsonl", "--out", "x.npz"])
-    assert _train_params(args, 64) == TrainParams(dim=64)
+    assert train_params(args, 64) == TrainParams(dim=64)
