@@ -38,9 +38,8 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devtools.client import RecallClient
+from devtools.client import RecallClient, ResponseReader
 from devtools.localstack import (
     LocalStack,
     Service,
@@ -53,8 +52,8 @@ from devtools.localstack import (
 )
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.users import RollingUserVectors, UserState
-from tests.support import eventually, isolated_settings, metric
+from recall.users import RollingUserVectors
+from tests.support import eventually, isolated_settings, metric, stored_user
 
 pytestmark = pytest.mark.integration
 
@@ -103,45 +102,25 @@ class Sent:
     cold: bool  # a user never seen: the answer needs Redis
 
 
-@dataclass
 class Responses:
-    """Every response on the responses topic, from its start: rid -> [(value, when)]."""
+    """Every response on the responses topic since :meth:`start`: rid -> [(value, when)]
+    (read by :class:`devtools.client.ResponseReader`, the client's own reader)."""
 
-    settings: Settings
-    seen: dict[str, list[tuple[dict[str, Any], float]]] = field(
-        default_factory=lambda: defaultdict(list))
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task | None = None
+    def __init__(self, settings: Settings) -> None:
+        self.seen: dict[str, list[tuple[dict[str, Any], float]]] = defaultdict(list)
+        self._reader = ResponseReader(settings, [settings.topic_responses], self._on_records)
 
     async def start(self) -> None:
-        s = self.settings
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
-                                          fetch_max_wait_ms=5, auto_offset_reset="earliest")
-        await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(s.topic_responses)
-        if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(s.topic_responses)
-        self._consumer.assign([TopicPartition(s.topic_responses, p) for p in sorted(parts)])
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=500)
-            now = time.monotonic()
-            for records in batches.values():
-                for rec in records:
-                    value = orjson.loads(rec.value)
-                    self.seen[value["request_id"]].append((value, now))
+        await self._reader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._reader.stop()
+
+    def _on_records(self, records: list[Any]) -> None:
+        now = time.monotonic()
+        for rec in records:
+            value = orjson.loads(rec.value)
+            self.seen[value["request_id"]].append((value, now))
 
     def first(self, rid: str) -> tuple[dict[str, Any], float] | None:
         got = self.seen.get(rid)
@@ -230,9 +209,8 @@ class World:
             for c in clicks:
                 policy.apply(want, c["item_id"], c["ts"], 1.0, table[c["item_id"]],
                              c.get("event_id"))
-            raw = self.r.get(f"{self.settings.redis_prefix}:user:{uid}")
-            assert raw is not None, f"user {uid}: no state stored"
-            got = UserState.from_bytes(raw, DIM)
+            got = stored_user(self.r, self.settings, uid)
+            assert got is not None, f"user {uid}: no state stored"
             assert [(c.item_id, c.event_id) for c in got.window] == [
                 (c.item_id, c.event_id) for c in want.window], uid
             np.testing.assert_allclose(got.vector(), want.vector(), rtol=1e-5, atol=1e-6)

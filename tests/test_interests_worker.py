@@ -7,20 +7,18 @@ merged by score (with one vector, their mean points between the interests).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
 from devtools.client import RecallClient
-from devtools.localstack import LocalStack, Service, create_topics, start_worker
+from devtools.localstack import LocalStack, Service
 from offline.generate import cluster_vectors
 from recall.config import Settings
 from recall.users import UserState
-from tests.support import eventually, isolated_settings, metric
+from tests.support import eventually, isolated_settings, ready_client, running_worker, stored_user
 
 pytestmark = pytest.mark.integration
 
@@ -43,27 +41,16 @@ def settings(stack: LocalStack) -> Settings:
 
 @pytest.fixture(scope="module")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
-                              settings.topic_partitions))
-    log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
-    svc = start_worker(settings.environ(), log, settings.metrics_port)
-    yield svc
-    svc.stop()
-    print(log.read_text()[-3000:])
+    yield from running_worker(settings, tmp_path_factory.mktemp("worker"), log_tail=3000)
 
 
 @pytest.fixture(scope="module")
 async def client(settings: Settings, worker: Service,
                  catalogue: tuple[list[str], np.ndarray, np.ndarray],
                  ) -> AsyncIterator[RecallClient]:
-    c = RecallClient(settings)
-    await c.start()
-    await c.wait_ready(60)
     ids, vectors, _ = catalogue
-    await c.upsert_items(ids, vectors)
-    await eventually(lambda: metric(settings.metrics_port, "recall_index_items") >= N_ITEMS, 30)
-    yield c
-    await c.stop()
+    async with ready_client(settings, ids, vectors) as c:
+        yield c
 
 
 async def test_a_user_with_two_interests_gets_items_near_both(
@@ -84,8 +71,7 @@ async def test_a_user_with_two_interests_gets_items_near_both(
     r = redis.Redis.from_url(settings.redis_url)
     try:
         def stored() -> UserState | None:
-            raw = r.get(f"{settings.redis_prefix}:user:{uid}")
-            return None if raw is None else UserState.from_bytes(raw, DIM)
+            return stored_user(r, settings, uid)
 
         await eventually(lambda: (s := stored()) is not None and len(s) == 8)
         assert stored().starts == [0, 4]  # two sessions, two interest vectors

@@ -17,17 +17,11 @@ from offline.load import load_index
 from recall.config import ENV_NAMES, USER_VECTOR_KEYS
 from recall.lsh import LSHParams
 from recall.store import Store
-from recall.users import UserState
-from tests.support import eventually, isolated_settings, metric
+from tests.support import eventually, isolated_settings, metric, stored_user
 
 pytestmark = pytest.mark.integration
 
 DIM = 64
-
-
-def _state(r: redis.Redis, prefix: str, uid: str) -> UserState | None:
-    raw = r.get(f"{prefix}:user:{uid}")
-    return None if raw is None else UserState.from_bytes(raw, DIM)
 
 
 async def test_the_worker_applies_the_user_window_of_the_loaded_version(
@@ -59,7 +53,7 @@ async def test_the_worker_applies_the_user_window_of_the_loaded_version(
                                  for j in range(n)])
             # every click applied: the newest one is in the stored window
             state = await eventually(
-                lambda: (s := _state(r, settings.redis_prefix, uid)) is not None
+                lambda: (s := stored_user(r, settings, uid)) is not None
                 and s.window[-1].item_id == ids[n - 1] and s, 30)
             return len(state)
 

@@ -13,17 +13,16 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from devtools.client import RecallClient
-from devtools.localstack import LocalStack, Service, create_topics, start_worker
+from devtools.localstack import LocalStack, Service
 from devtools.scrape import metric_value, metrics_url, scrape
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from tests.support import eventually, isolated_settings, metric
+from tests.support import eventually, isolated_settings, metric, ready_client, running_worker
 
 pytestmark = pytest.mark.integration
 
@@ -54,22 +53,13 @@ def settings(stack: LocalStack) -> Settings:
 
 @pytest.fixture(scope="module")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
-                              settings.topic_partitions))
-    log = Path(tmp_path_factory.mktemp("watch")) / "worker.log"
-    svc = start_worker(settings.environ(), log, settings.metrics_port)
-    yield svc
-    svc.stop()
-    print(log.read_text()[-4000:])
+    yield from running_worker(settings, tmp_path_factory.mktemp("watch"))
 
 
 @pytest.fixture(scope="module")
 async def client(settings: Settings, worker: Service) -> AsyncIterator[RecallClient]:
-    c = RecallClient(settings)
-    await c.start()
-    await c.wait_ready(60)
-    yield c
-    await c.stop()
+    async with ready_client(settings) as c:
+        yield c
 
 
 def user_clicks(seed: int = 0) -> dict[str, list[int]]:

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -20,12 +19,18 @@ import pytest
 import redis
 
 from devtools.client import RecallClient
-from devtools.localstack import LocalStack, Service, create_topics, start_worker
+from devtools.localstack import LocalStack, Service, start_worker
 from offline.generate import cluster_vectors
 from recall.config import Settings
 from recall.lsh import normalize
-from recall.users import UserState
-from tests.support import eventually, isolated_settings, metric
+from tests.support import (
+    eventually,
+    isolated_settings,
+    metric,
+    ready_client,
+    running_worker,
+    stored_user,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,26 +53,16 @@ def settings(stack: LocalStack) -> Settings:
 
 @pytest.fixture(scope="module")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
-                              settings.topic_partitions))
-    log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
-    svc = start_worker(settings.environ(), log, settings.metrics_port)
-    yield svc
-    svc.stop()  # the restart test swaps in its new process
-    print(log.read_text()[-5000:])
+    # the restart tests swap in their new process; the fixture stops whichever runs
+    yield from running_worker(settings, tmp_path_factory.mktemp("worker"), log_tail=5000)
 
 
 @pytest.fixture(scope="module")
 async def client(settings: Settings, worker: Service,
                  catalogue: tuple[list[str], np.ndarray]) -> AsyncIterator[RecallClient]:
-    c = RecallClient(settings)
-    await c.start(read_dlq=True)
-    await c.wait_ready(60)
     ids, vectors = catalogue
-    await c.upsert_items(ids, vectors)
-    await eventually(lambda: metric(settings.metrics_port, "recall_index_items") >= N_ITEMS, 30)
-    yield c
-    await c.stop()
+    async with ready_client(settings, ids, vectors, read_dlq=True) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +70,6 @@ def r(settings: Settings) -> Iterator[redis.Redis]:
     conn = redis.Redis.from_url(settings.redis_url)
     yield conn
     conn.close()
-
-
-def user_state(r: redis.Redis, settings: Settings, uid: str) -> UserState | None:
-    raw = r.get(f"{settings.redis_prefix}:user:{uid}")
-    return None if raw is None else UserState.from_bytes(raw, settings.dim)
 
 
 def exact_top(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int,
@@ -93,7 +83,7 @@ async def click_and_wait(client: RecallClient, r: redis.Redis, settings: Setting
                          uid: str, items: list[str]) -> None:
     await client.clicks([{"user_id": uid, "item_id": i, "ts": 1000.0 + n}
                          for n, i in enumerate(items)])
-    await eventually(lambda: (s := user_state(r, settings, uid)) is not None
+    await eventually(lambda: (s := stored_user(r, settings, uid)) is not None
                      and len(s) == len(items))
 
 
@@ -173,12 +163,12 @@ async def test_a_duplicate_event_id_applies_once(
     other = {"user_id": "user-dup", "item_id": ids[22], "ts": 12.0, "event_id": "ev-2"}
     await client.clicks([first, first, again])
     await client.clicks([other])
-    state = await eventually(lambda: (s := user_state(r, settings, "user-dup")) is not None
+    state = await eventually(lambda: (s := stored_user(r, settings, "user-dup")) is not None
                              and any(c.event_id == "ev-2" for c in s.window) and s)
     assert [c.item_id for c in state.window] == [ids[20], ids[22]]
     await client.clicks([first])  # later, after it was applied
     await client.clicks([{"user_id": "user-dup", "item_id": ids[23], "ts": 13.0}])
-    state = await eventually(lambda: (s := user_state(r, settings, "user-dup")) is not None
+    state = await eventually(lambda: (s := stored_user(r, settings, "user-dup")) is not None
                              and len(s) == 3 and s)
     assert [c.item_id for c in state.window] == [ids[20], ids[22], ids[23]]
 
@@ -249,7 +239,7 @@ async def test_a_message_too_big_for_the_dlq_blocks_nothing(
         {"item_id": "after-pill", "vector": [1.0] * DIM}))
     resp = await client.recall("user-pill", k=3)
     assert resp.value["status"] == "ok"
-    await eventually(lambda: (s := user_state(r, settings, "user-pill")) is not None
+    await eventually(lambda: (s := stored_user(r, settings, "user-pill")) is not None
                      and [c.item_id for c in s.window] == [ids[5]], 20)
     live = int(r.get(f"{settings.redis_prefix}:index:live"))
     await eventually(lambda: r.hexists(f"{settings.redis_prefix}:index:{live}:vectors",
