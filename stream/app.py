@@ -1,22 +1,18 @@
-"""The faust application: the worker's process, services and producer (no agents: see below).
+"""The faust application: the worker's process, services and producer (no agents).
 
 faust runs the worker (``faust.worker.Worker``: signals, logging, the service tree that
-starts and stops :class:`stream.worker.Recaller`) and owns the Kafka producer of
-responses and DLQ records. Its own group consumer is turned off: the topics are read by
-plain aiokafka consumers in the same event loop (stream.requests, stream.clicks,
-stream.items). Why, from measurements with ``recall bench e2e``:
+starts and stops :class:`stream.worker.Worker`) and owns the Kafka producer of responses
+and DLQ records. Its own group consumer is turned off: the topics are read by plain
+aiokafka consumers in the same event loop (stream.requests, stream.clicks, stream.items),
+because faust's consumer reads in a thread and passes each record through a stream, an
+event and an ack: at the design load that costs as much CPU as the recall itself, and the
+two threads fight over the GIL (measurements: docs/design.md, "Why no faust agents").
+A fetch's requests are answered together instead.
 
-- a default faust agent answered a request in ~750 ms on a local broker: its consumer has
-  a hardcoded ``fetch_max_wait_ms=1500`` and Tansu answers a waiting fetch only on its
-  re-check timer (about half the wait). Wrapping ``_create_worker_consumer`` to wait 5 ms
-  brought a lone request to ~10 ms;
-- but faust reads in a consumer *thread* and passes each record through a stream, an event
-  and an ack: at 500 requests/s with 5,000 clicks/s that path cost as much CPU as the
-  recall itself, the threads fought over the GIL, and requests queued for seconds (e2e
-  p50 8.2 s at 1M items). Read in the loop, a fetch's requests are answered together;
-- producer linger 0 (a lone response is sent at once); ``stream_publish_on_commit`` off
-  (on, responses waited for the next commit, ~2.8 s). Values are decoded by
-  recall.messages from raw bytes, so a bad value goes to the DLQ instead of crashing.
+- producer linger 0: a lone response is sent at once;
+- ``stream_publish_on_commit`` off: a response does not wait for the next commit;
+- values are decoded by recall.messages from raw bytes, so a bad value goes to the DLQ
+  instead of crashing.
 """
 
 from __future__ import annotations

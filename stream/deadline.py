@@ -5,8 +5,7 @@ A request whose user is in the worker's memory never waits for Redis. One whose 
 must be read gets the time left of its deadline, counted from its Kafka timestamp (so
 requests queued behind a slow batch do not wait twice), less a margin for answering,
 and never less than :data:`REDIS_MIN_WAIT`: a worker running late must not turn a
-healthy Redis into errors. Before this, a request waited for Redis without end -- in a
-10 s outage, a late ``ok`` after up to 10 s, even for users held in memory.
+healthy Redis into errors.
 """
 
 from __future__ import annotations

@@ -7,10 +7,8 @@ the responses handed to the producer in one go (they leave as one produce reques
 partition). A lone request is never held back: the fetch returns as soon as it arrives.
 
 Why not a faust agent: faust reads in a consumer *thread* and hands each record to the
-event loop, through a stream, one event and ack at a time. At 500 requests/s with 5,000
-clicks/s flowing that path cost as much CPU as the recall work itself, the two threads
-fought over the GIL, and requests queued for hundreds of ms before a 1 ms answer
-(``recall bench e2e``, see the README).
+event loop one event and ack at a time, which costs as much CPU as the recall work
+itself (stream.app; figures in docs/design.md).
 
 The group's assignment drives everything else a worker owns: on every rebalance the
 ``on_assignment`` callback (the worker's) moves the ``clicks`` partitions (and the
