@@ -30,7 +30,10 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
     {p}:index:{v}:buckets        hash    item_id -> L int64 little-endian (8*L bytes): the
                                          item's bucket key in each table, as returned
                                          by Hasher.keys (bucket membership, per item)
-    {p}:index:{v}:offsets        hash    items partition -> next offset written to v
+    {p}:index:{v}:offsets        hash    items partition -> next offset written to v: v
+                                         holds every change before it (a streaming
+                                         write that would leave a gap is refused,
+                                         Store.write_items)
     {p}:index:init               string  SET NX lock of the worker creating version 1
     {p}:index:repick             string  SET NX lock of the worker copying the live version
                                          to a new hash layout (stream.watch)
@@ -58,6 +61,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -109,6 +113,65 @@ for i = 1, ne do redis.call('SET', KEYS[2 + nu + i], '1', 'EX', ttl) end
 for j = 1, np do redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 2]); a = a + 3 end
 return nu
 """
+#: the streaming write of item changes (Store.write_items); KEYS = meta, vectors, buckets,
+#: offsets of one version; ARGV = number of partitions, then per partition (partition,
+#: start, next, upserts, deletes), then per partition its upserts (id, vector, keys)... and
+#: deletes (id)... A partition's part is written only if the stored offset is absent or in
+#: [start, next]: below start, writing it would record ``next`` over a gap of changes the
+#: version never got (they went to the version live before, or were not written by anyone
+#: while the partition changed hands); above next, the version already holds newer
+#: changes. Replies the refused partitions as (partition, stored offset)..., or 'gone'
+#: when the version no longer exists.
+ITEMS_WRITE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+local np = tonumber(ARGV[1])
+local a = 2 + 5 * np
+local refused = {}
+for j = 0, np - 1 do
+  local b = 2 + 5 * j
+  local p, s, n = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local nu, nd = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local cur = redis.call('HGET', KEYS[4], p)
+  if cur == false or (tonumber(cur) >= s and tonumber(cur) <= n) then
+    for i = 1, nu do
+      redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
+      redis.call('HSET', KEYS[3], ARGV[a], ARGV[a + 2])
+      a = a + 3
+    end
+    for i = 1, nd do
+      redis.call('HDEL', KEYS[2], ARGV[a])
+      redis.call('HDEL', KEYS[3], ARGV[a])
+      a = a + 1
+    end
+    redis.call('HSET', KEYS[4], p, n)
+  else
+    a = a + 3 * nu + nd
+    refused[#refused + 1] = p
+    refused[#refused + 1] = cur
+  end
+end
+return refused
+"""
+
+
+@dataclass(frozen=True)
+class PartitionWrite:
+    """One items partition's net change in a fetch, for :meth:`Store.write_items`:
+    the writer's position before it (``start``) and after it (``next``)."""
+
+    partition: int
+    start: int
+    next: int
+    ids: Sequence[str] = ()
+    vectors: np.ndarray | None = None  # (len(ids), D) L2-normalised
+    keys: np.ndarray | None = None  # (len(ids), L) from Hasher.keys
+    deleted: Sequence[str] = ()
+
+
+class VersionGone(RuntimeError):
+    """The version written to was deleted (another became live): write to the live one."""
+
+
 #: CLICKS_WRITE_LUA's replies besides the number of users written
 BATCH_ALREADY_WRITTEN, BATCH_CONFLICT = -1, -2
 
@@ -201,6 +264,7 @@ class Store:
         self.keys = Keys(prefix)
         self._clicks_script = redis.register_script(CLICKS_WRITE_LUA)
         self._popular_script = redis.register_script(POPULAR_TOP_LUA)
+        self._items_script = redis.register_script(ITEMS_WRITE_LUA)
         self._until_written = client_retry(retries=-1, cap=2.0, errors=(RedisError, OSError))
 
     @classmethod
@@ -339,32 +403,39 @@ class Store:
             *_hset_rows(self.keys.buckets(version), ids, new_keys),
         ])
 
-    async def write_items(self, version: int, ids: Sequence[str], vectors: np.ndarray,
-                          keys: np.ndarray, deleted: Sequence[str] = (),
-                          offsets: Mapping[int, int] | None = None) -> None:
-        """Upserts, deletes and the items partitions' next offsets in ONE MULTI/EXEC
-        round trip: the streaming writer's path, where a batch is small. Idempotent (whole
-        values and offsets), so the client may retry it."""
-        commands: list[tuple[Any, ...]] = []
-        if len(ids):
-            vectors = np.ascontiguousarray(vectors, dtype="<f4")
-            keys = np.ascontiguousarray(keys, dtype="<i8")
-            if vectors.shape[0] != len(ids) or keys.shape[0] != len(ids):
-                raise ValueError("ids, vectors and keys must have the same number of rows")
-            commands += _hset_rows(self.keys.vectors(version), ids, vectors)
-            commands += _hset_rows(self.keys.buckets(version), ids, keys)
-        if len(deleted):
-            commands += [("HDEL", self.keys.vectors(version), *deleted),
-                         ("HDEL", self.keys.buckets(version), *deleted)]
-        if offsets:
-            commands.append(("HSET", self.keys.item_offsets(version),
-                             *(x for kv in offsets.items() for x in kv)))
-        if not commands:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        for command in commands:
-            pipe.execute_command(*command)
-        await pipe.execute()
+    async def write_items(self, version: int,
+                          writes: Sequence[PartitionWrite]) -> dict[int, int]:
+        """The streaming writer's path: each partition's upserts, deletes and next offset,
+        all in ONE script (atomic, one round trip). A partition is written only where
+        that keeps ``version`` complete up to its recorded offset (:data:`ITEMS_WRITE_LUA`);
+        returns the refused ones, partition -> stored offset (the writer rewinds to it
+        when it is behind the batch). Safe to repeat (whole values, offsets checked).
+        VersionGone: ``version`` no longer exists."""
+        head: list[Any] = [len(writes)]
+        body: list[Any] = []
+        for w in writes:
+            n = len(w.ids)
+            if n:
+                if w.vectors is None or w.keys is None:
+                    raise ValueError("upserts need their vectors and keys")
+                vecs = np.ascontiguousarray(w.vectors, dtype="<f4")
+                keys = np.ascontiguousarray(w.keys, dtype="<i8")
+                if vecs.shape[0] != n or keys.shape[0] != n:
+                    raise ValueError("ids, vectors and keys must have the same number of rows")
+                vb, kb = vecs.tobytes(), keys.tobytes()
+                vw, kw = len(vb) // n, len(kb) // n
+                for i, item in enumerate(w.ids):
+                    body += (item, vb[i * vw:(i + 1) * vw], kb[i * kw:(i + 1) * kw])
+            body += w.deleted
+            head += (int(w.partition), int(w.start), int(w.next), n, len(w.deleted))
+        if not writes:
+            return {}
+        keys = [self.keys.meta(version), self.keys.vectors(version),
+                self.keys.buckets(version), self.keys.item_offsets(version)]
+        reply = await self._items_script(keys=keys, args=[*head, *body])
+        if reply == b"gone":
+            raise VersionGone(f"index version {version} no longer exists")
+        return {int(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
     async def items_count(self, version: int) -> int:
         return int(await self.r.hlen(self.keys.vectors(version)))

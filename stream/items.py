@@ -9,8 +9,12 @@ How item changes reach every worker (several workers share one consumer group):
   worker owns -- by the numbers of its request partitions, so each has one writer): sends
   unusable messages to the DLQ and writes vectors + LSH bucket membership of the *live*
   version to Redis, with ``{p}:index:{v}:offsets`` (partition -> next offset) in the same
-  MULTI. Redis thus always holds every change before the recorded offsets; a new owner
-  rewinds the partition to them (:meth:`ItemsFollower.own`).
+  atomic script. Redis thus always holds every change before the recorded offsets: the
+  script refuses a partition's batch when the version's offset is behind the batch's
+  start (a gap: changes that went to a version live before, e.g. during a re-pick's
+  copy, or that nobody wrote while the partition changed hands), and the follower then
+  rewinds that partition to the recorded offset and applies it again. A new owner
+  rewinds the partition to the live version's offset at once (:meth:`ItemsFollower.own`).
 - **rebuild** (:func:`load_index`): reads a version's offsets first, then its items
   (HSCAN), builds a new index aside, then the follower seeks to those offsets and the
   index is swapped in one assignment. Replaying from offsets that are older than the
@@ -36,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_item
-from recall.store import Store
+from recall.store import PartitionWrite, Store, VersionGone
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, batch_starts, fetch, rewind
 from stream.state import IndexSlot
@@ -139,25 +143,37 @@ class ItemsWriter:
             h = self._hashers[version] = Hasher(LSHParams.from_dict(meta["params"]))
         return h
 
-    async def write(self, batch: ItemBatch, next_offsets: dict[int, int]) -> None:
-        """Two round trips whatever the batch: the live version, then one MULTI with the
-        vectors, bucket keys, deletes and the partitions' next offsets. (Membership is
-        stored per item, so an upsert needs no read of the old buckets.)"""
+    async def write(self, batches: dict[int, ItemBatch],
+                    spans: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Each owned partition's net change of a fetch (``spans``: partition -> its
+        offsets before and after it) into the live version: two round trips whatever the
+        batch (the live version, then one script). Returns the partitions the version
+        refused, partition -> its recorded offset (:meth:`Store.write_items`)."""
         store = self.store
         t0 = time.perf_counter()
-        version = await store.live_version()
-        if version is None:
-            raise RuntimeError("no live index version in Redis")
-        hasher = await self._hasher(version)
-        ids = list(batch.upserts)
-        if ids:
-            vecs = np.stack(list(batch.upserts.values())).astype(np.float32)
-            keys = hasher.keys(vecs)
-        else:
-            vecs = np.zeros((0, self.settings.dim), dtype=np.float32)
-            keys = np.zeros((0, hasher.params.L), dtype=np.int64)
-        await store.write_items(version, ids, vecs, keys, sorted(batch.deletes), next_offsets)
-        self.metrics.redis_duration.labels("items").observe(time.perf_counter() - t0)
+        for attempt in range(3):
+            version = await store.live_version()
+            if version is None:
+                raise RuntimeError("no live index version in Redis")
+            hasher = await self._hasher(version)
+            writes = []
+            for p, (start, nxt) in spans.items():
+                b = batches.get(p) or ItemBatch()
+                ids = list(b.upserts)
+                vecs = keys = None
+                if ids:
+                    vecs = np.stack(list(b.upserts.values())).astype(np.float32)
+                    keys = hasher.keys(vecs)
+                writes.append(PartitionWrite(p, start, nxt, ids, vecs, keys, sorted(b.deletes)))
+            try:
+                refused = await store.write_items(version, writes)
+            except VersionGone:  # switched and deleted since we read it: the new one
+                if attempt == 2:
+                    raise
+                continue
+            self.metrics.redis_duration.labels("items").observe(time.perf_counter() - t0)
+            return refused
+        raise AssertionError("unreachable")
 
 
 #: most item messages applied together: the event loop is held while a batch goes into
@@ -186,6 +202,10 @@ class ItemsFollower:
             max_poll_records=ITEM_BATCH,
             **(consumer_kwargs or {}))
         self.partitions: list[TopicPartition] = []
+        #: partition -> the offset its next fetched batch starts from (what the writer
+        #: tells Redis), and how often it was sought (records fetched before are stale)
+        self.cursor: dict[int, int] = {}
+        self._seeks: dict[int, int] = {}
         self._task: asyncio.Task | None = None
         self.applied = 0  # messages handled (tests / readiness)
 
@@ -203,8 +223,7 @@ class ItemsFollower:
         self.partitions = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(self.partitions)
         ends = await self.consumer.end_offsets(self.partitions)
-        for tp in self.partitions:
-            self.consumer.seek(tp, offsets.get(tp.partition, ends[tp]))
+        self.seek({tp.partition: offsets.get(tp.partition, ends[tp]) for tp in self.partitions})
         self._task = asyncio.create_task(self._run(), name="items-follower")
 
     async def own(self, partitions: set[int]) -> None:
@@ -216,12 +235,12 @@ class ItemsFollower:
             return
         async with self.lock:
             new = set(partitions) - self.owned
-            if new and self.partitions:
-                stored = await self.writer.store.item_offsets(self.slot.version)
-                for tp in self.partitions:
-                    if (tp.partition in new and tp.partition in stored
-                            and stored[tp.partition] < await self.consumer.position(tp)):
-                        self.consumer.seek(tp, stored[tp.partition])
+            live = await self.writer.store.live_version() if new else None
+            if self.partitions and live is not None:
+                # the version the writer writes to (the one served may be an older one)
+                stored = await self.writer.store.item_offsets(live)
+                self.seek({p: o for p, o in stored.items()
+                           if p in new and o < self.cursor.get(p, o + 1)})
             self.owned = set(partitions)
 
     async def positions(self) -> dict[int, int]:
@@ -231,6 +250,8 @@ class ItemsFollower:
         for tp in self.partitions:
             if tp.partition in offsets:
                 self.consumer.seek(tp, offsets[tp.partition])
+                self.cursor[tp.partition] = offsets[tp.partition]
+                self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -244,7 +265,12 @@ class ItemsFollower:
             records = await fetch(self.consumer, "items", timeout_ms=1000)
             if not records:
                 continue
+            seeks = dict(self._seeks)
             async with self.lock:
+                # a partition sought meanwhile (a new owner's rewind, a rebuild) is read
+                # again from there: what was fetched before is not this batch
+                records = {tp: ms for tp, ms in records.items()
+                           if self._seeks.get(tp.partition) == seeks.get(tp.partition)}
                 try:
                     await self._apply(records)
                 except Exception:  # Redis down, a bug: apply and write the batch again
@@ -255,13 +281,17 @@ class ItemsFollower:
         """One fetch: every message into the in-memory index (the last per item wins),
         the owned partitions' net change into Redis with their next offsets."""
         dim, limit = self.settings.dim, self.settings.max_message_bytes
-        batch, mine = ItemBatch(), ItemBatch()
-        next_offsets: dict[int, int] = {}
+        batch, mine = ItemBatch(), {}
+        spans: dict[int, tuple[int, int]] = {}
         n = 0
         for tp, msgs in records.items():
-            owned = tp.partition in self.owned
+            if not msgs:
+                continue
+            p = tp.partition
+            owned = p in self.owned
             if owned:
-                next_offsets[tp.partition] = msgs[-1].offset + 1
+                mine[p] = ItemBatch()
+                spans[p] = (self.cursor.get(p, msgs[0].offset), msgs[-1].offset + 1)
             for m in msgs:
                 n += 1
                 try:
@@ -272,7 +302,7 @@ class ItemsFollower:
                     continue
                 batch.add(op)
                 if owned:
-                    mine.add(op)
+                    mine[p].add(op)
             hw = self.consumer.highwater(tp)
             if hw is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
@@ -283,8 +313,17 @@ class ItemsFollower:
         t0 = time.perf_counter()
         if await index.merge_off_loop():
             log.info("index merge off the event loop: %.0f ms", (time.perf_counter() - t0) * 1e3)
-        if next_offsets and self.writer is not None:
-            await self.writer.write(mine, next_offsets)
+        refused: dict[int, int] = {}
+        if spans and self.writer is not None:
+            refused = await self.writer.write(mine, spans)
+        for tp, msgs in records.items():
+            if msgs:
+                self.cursor[tp.partition] = msgs[-1].offset + 1
+        behind = {p: o for p, o in refused.items() if o < spans[p][0]}
+        if behind:  # the live version misses changes before this batch: write them again
+            log.warning("items partitions %s: the live version is complete only up to %s; "
+                        "applying them again from there", sorted(behind), behind)
+            self.seek(behind)
         self.metrics.batch_size.labels("items").observe(n)
         self.applied += n
         self.metrics.items.labels("upsert").inc(ups)

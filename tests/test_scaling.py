@@ -31,13 +31,10 @@ USERS = 24
 
 @pytest.fixture(scope="module")
 def settings(stack: LocalStack) -> Settings:
-    # retune_items=0: no growth re-pick of LSH parameters here. One that ran while the
-    # second worker was still joining copied a version without the items partitions
-    # nobody owned yet (the second worker rebuilt 963 of 2,000 items), and users kept
-    # getting popular answers (a fresh-clone CI run): a known bug, open in issue 13's
-    # note. This test is about splitting users between workers.
-    return isolated_settings(stack, "sc", dim=DIM, topic_partitions=4, user_window=4,
-                             retune_items=0)
+    # the growth re-pick is on (the default): 2,000 items pass the exact-search size, so
+    # one worker copies the live version to a new hash layout while items still arrive
+    # and the second worker joins, and both rebuild from the copy
+    return isolated_settings(stack, "sc", dim=DIM, topic_partitions=4, user_window=4)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +69,13 @@ async def test_two_workers_split_the_users_and_both_serve_every_item(
     rng = np.random.default_rng(3)
     vectors = cluster_vectors(rng.integers(0, 40, size=N_ITEMS), DIM, seed=3)
     ids = [f"it-{i}" for i in range(N_ITEMS)]
-    await client.upsert_items(ids, vectors)
+    for lo in range(0, N_ITEMS, 250):  # a catalogue arriving over a few seconds: the
+        await client.upsert_items(ids[lo:lo + 250], vectors[lo:lo + 250])  # re-pick
+        await asyncio.sleep(0.3)  # (past 1,000 items) copies a version still growing
+    # every worker serves the re-picked version, with every item (seen: 963 of 2,000,
+    # when item changes written to the old version during the copy were skipped over)
+    for svc in workers:
+        await eventually(lambda s=svc: metric(s.port, "recall_index_version") >= 2, 30)
     for svc in workers:  # every worker's index follows every items partition
         await eventually(lambda s=svc: metric(s.port, "recall_index_items") >= N_ITEMS, 30)
 

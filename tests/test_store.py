@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from recall.store import Keys, Store
+from recall.store import Keys, PartitionWrite, Store, VersionGone
 from recall.users import RollingUserVectors, UserState
 
 pytestmark = pytest.mark.integration
@@ -115,8 +115,10 @@ async def test_the_streaming_write_moves_and_deletes_items_with_their_offsets(
     new_vecs = -vecs[:10]  # opposite signs: every table changes bucket
     new_keys = fake_keys(new_vecs)
     gone = ids[15:30]
-    await store.write_items(v, ids[:10], new_vecs, new_keys, [*gone, "never-there"],
-                            offsets={0: 12, 3: 40})
+    refused = await store.write_items(v, [
+        PartitionWrite(0, 0, 12, ids[:10], new_vecs, new_keys, [*gone, "never-there"]),
+        PartitionWrite(3, 0, 40)])
+    assert refused == {}
     assert await store.item_offsets(v) == {0: 12, 3: 40}
     assert await store.items_count(v) == 15
     got = await all_items(store, v)
@@ -205,3 +207,33 @@ def test_keys_layout_is_documented() -> None:
     assert k.item_offsets(3) == "p*x:index:3:offsets"
     assert k.click_offsets == "p*x:clicks:offsets"
     assert k.version_pattern(3) == "p\\*x:index:3:*"  # glob characters escaped
+
+
+async def test_a_streaming_write_never_leaves_a_gap_before_the_recorded_offset(
+        store: Store) -> None:
+    """The offsets say "every change before them is here": a partition's batch is refused
+    when the version's offset is behind its start (changes in between were never written
+    to this version) or past its end (newer changes are there); an overlap is written."""
+    rng = np.random.default_rng(3)
+    v = await store.create_version({"L": L}, DIM)
+    vecs = unit(rng, 4)
+    keys = fake_keys(vecs)
+
+    def w(p: int, start: int, nxt: int, i: int) -> PartitionWrite:
+        return PartitionWrite(p, start, nxt, [f"i{i}"], vecs[i:i + 1], keys[i:i + 1])
+
+    assert await store.write_items(v, [w(0, 0, 10, 0)]) == {}  # no offset yet: taken
+    # a gap (10..20 never written) and a batch wholly behind: refused, nothing written
+    await store.set_item_offsets(v, {1: 12})
+    assert await store.write_items(v, [w(0, 20, 30, 1), w(1, 5, 9, 2)]) == {0: 10, 1: 12}
+    assert await store.item_offsets(v) == {0: 10, 1: 12}
+    assert set(await all_items(store, v)) == {"i0"}
+    # an overlap (10 inside 5..15): written, the offset moves on
+    assert await store.write_items(v, [w(0, 5, 15, 3)]) == {}
+    assert await store.item_offsets(v) == {0: 15, 1: 12}
+    assert set(await all_items(store, v)) == {"i0", "i3"}
+    # a version deleted meanwhile is not written again
+    await store.delete_version(v)
+    with pytest.raises(VersionGone):
+        await store.write_items(v, [w(0, 15, 20, 1)])
+    assert not await store.r.exists(store.keys.vectors(v), store.keys.item_offsets(v))
