@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from devtools.procinfo import loadavg, peak_rss_mb
+
 
 def add_parser(sub: Any, bench_sub: Any) -> None:
     p = bench_sub.add_parser("store", help="Redis store: upsert/rebuild rates, memory per item")
@@ -115,6 +117,8 @@ async def _bench(args: argparse.Namespace, url: str) -> int:
         "vectors_hash_bytes_per_item": round(vec_mem / n, 1),
         "used_memory_per_1M_items_mb": round(per_item * 1e6 / 2**20, 1),
         "keys_removed": removed,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "loadavg": loadavg(),
     }
     print(f"hash {n} x {dim} into L={args.tables} tables: {hash_s:.2f} s "
           f"({buckets} buckets, {result['items_per_bucket']} items per bucket)")
@@ -126,6 +130,8 @@ async def _bench(args: argparse.Namespace, url: str) -> int:
     print(f"rebuild (iter_items): {result['rebuild_items_per_s']:.0f} items/s")
     print(f"Redis used_memory: {per_item:.0f} B/item (vectors hash {vec_mem / n:.0f} B/item) "
           f"-> {result['used_memory_per_1M_items_mb']} MiB per 1M items")
+    print(f"peak RSS of this process {result['peak_rss_mb']} MiB; load average "
+          f"{result['loadavg']}")
     print(json.dumps(result))
     return 0
 
