@@ -44,6 +44,24 @@ def make_table(n_items: int, missing: set[int], seed: int = 0) -> Table:
     return Table({f"i{j}": vecs[j] for j in range(n_items) if j not in missing})
 
 
+def replay(roll: RollingUserVectors, clicks: list[tuple[str, float, float, str | None]],
+           table: Table) -> UserState:
+    """A new state after ``clicks`` (item, ts, weight, event_id) applied in order."""
+    state = roll.new_state()
+    for item, ts, weight, event_id in clicks:
+        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    return state
+
+
+def assert_mean(got: np.ndarray | None, want: np.ndarray | None) -> None:
+    """The state's vector is the reference mean (None when it has none), finite."""
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
 def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
               half_life: float, table: Table) -> tuple[list[tuple], np.ndarray | None]:
     """The window (last N by ts, ties by arrival, duplicates of kept event ids skipped)
@@ -89,17 +107,10 @@ click_st = st.tuples(
 def test_vector_equals_from_scratch_mean(clicks, window, half_life, missing) -> None:
     table = make_table(12, missing)
     roll = RollingUserVectors(DIM, window, half_life, lookup=table)
-    state = roll.new_state()
-    for item, ts, weight, event_id in clicks:
-        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    state = replay(roll, clicks, table)
     want_window, want = reference(clicks, window, half_life, table)
     assert [(c.item_id, c.ts, c.event_id) for c in state.window] == want_window
-    got = state.vector()
-    if want is None:
-        assert got is None
-    else:
-        assert got is not None
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert_mean(state.vector(), want)
     # the encoding round-trips exactly
     back = UserState.from_bytes(state.to_bytes(), DIM)
     assert back.window == state.window
@@ -128,16 +139,9 @@ def test_extreme_weights_keep_the_mean(clicks, window, half_life) -> None:
     them to a zero vector, and the user fell back to popular items)."""
     table = make_table(12, {11})
     roll = RollingUserVectors(DIM, window, half_life, lookup=table)
-    state = roll.new_state()
-    for item, ts, weight, event_id in clicks:
-        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    state = replay(roll, clicks, table)
     _, want = reference(clicks, window, half_life, table)
-    got = state.vector()
-    if want is None:
-        assert got is None
-    else:
-        assert got is not None and np.isfinite(got).all()
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert_mean(state.vector(), want)
 
 
 def test_huge_and_tiny_weights_give_the_items_mean() -> None:
@@ -333,19 +337,14 @@ def test_interests_equal_from_scratch_sessions(clicks, window, half_life, missin
     table = make_table(12, missing)
     roll = RollingUserVectors(DIM, window, half_life, lookup=table, interests=interests,
                               session_gap=gap)
-    state = roll.new_state()
-    for item, ts, weight, event_id in clicks:
-        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    state = replay(roll, clicks, table)
     want = reference_interests(clicks, window, half_life, table, interests, gap)
     got = state.interests()
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
     _, whole = reference(clicks, window, half_life, table)
-    if whole is None:
-        assert state.vector() is None
-    else:
-        np.testing.assert_allclose(state.vector(), whole, rtol=RTOL, atol=ATOL)
+    assert_mean(state.vector(), whole)
     back = UserState.from_bytes(state.to_bytes(), DIM)
     assert back.window == state.window and back.starts == state.starts
     np.testing.assert_array_equal(back.seg_vsum, state.seg_vsum)
@@ -368,9 +367,7 @@ def test_extreme_weights_keep_each_interest(clicks, window, half_life, interests
     table = make_table(12, {11})
     roll = RollingUserVectors(DIM, window, half_life, lookup=table, interests=interests,
                               session_gap=50.0)
-    state = roll.new_state()
-    for item, ts, weight, event_id in clicks:
-        roll.apply(state, item, ts, weight, table.get(item), event_id)
+    state = replay(roll, clicks, table)
     want = reference_interests(clicks, window, half_life, table, interests, 50.0)
     got = state.interests()
     assert len(got) == len(want)
@@ -378,12 +375,7 @@ def test_extreme_weights_keep_each_interest(clicks, window, half_life, interests
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
     _, whole = reference(clicks, window, half_life, table)
-    vec = state.vector()
-    if whole is None:
-        assert vec is None
-    else:
-        assert vec is not None and np.isfinite(vec).all()
-        np.testing.assert_allclose(vec, whole, rtol=RTOL, atol=ATOL)
+    assert_mean(state.vector(), whole)
 
 
 def test_interests_update_in_order_looks_up_only_the_evicted_item() -> None:
