@@ -62,20 +62,27 @@ def assert_mean(got: np.ndarray | None, want: np.ndarray | None) -> None:
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
-              half_life: float, table: Table) -> tuple[list[tuple], np.ndarray | None]:
-    """The window (last N by ts, ties by arrival, duplicates of kept event ids skipped)
-    and its mean recomputed from scratch."""
-    kept: list[tuple[float, int, str, float, str | None]] = []
+Kept = list[tuple[float, int, str, float, "str | None"]]  # (ts, arrival, item, weight, event)
+
+
+def reference_window(clicks: list[tuple[str, float, float, str | None]], window: int) -> Kept:
+    """The window from scratch: the last N clicks by ts (ties by arrival), duplicates of
+    kept event ids skipped."""
+    kept: Kept = []
     for arrival, (item, ts, weight, event_id) in enumerate(clicks):
         if event_id is not None and any(k[4] == event_id for k in kept):
             continue
         kept.append((ts, arrival, item, weight, event_id))
         kept.sort(key=lambda k: (k[0], k[1]))
         kept = kept[-window:]
+    return kept
+
+
+def reference_mean(kept: Kept, half_life: float, table: Table, t_now: float
+                   ) -> np.ndarray | None:
+    """The weighted, decayed mean of the clicks' vectors (None when none has one)."""
     num = np.zeros(DIM)
     den = 0.0
-    t_now = max((k[0] for k in kept), default=0.0)
     # weights relative to the heaviest: the same mean, and no overflow at 1e308
     heaviest = max((k[3] for k in kept if table.get(k[2]) is not None), default=1.0)
     for ts, _, item, weight, _ in kept:
@@ -86,7 +93,16 @@ def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
                                      if half_life > 0 else 1.0)
         num += share * v.astype(np.float64)
         den += share
-    return [(k[2], k[0], k[4]) for k in kept], (num / den if den > 0 else None)
+    return num / den if den > 0 else None
+
+
+def reference(clicks: list[tuple[str, float, float, str | None]], window: int,
+              half_life: float, table: Table) -> tuple[list[tuple], np.ndarray | None]:
+    """The window (last N by ts, ties by arrival, duplicates of kept event ids skipped)
+    and its mean recomputed from scratch."""
+    kept = reference_window(clicks, window)
+    t_now = max((k[0] for k in kept), default=0.0)
+    return [(k[2], k[0], k[4]) for k in kept], reference_mean(kept, half_life, table, t_now)
 
 
 click_st = st.tuples(
@@ -123,13 +139,15 @@ def test_vector_equals_from_scratch_mean(clicks, window, half_life, missing) -> 
 extreme_weight_st = st.one_of(
     st.sampled_from([1e308, 1.7976931348623157e308, 5e-324, 1e-300, 1.0, 3.0]),
     st.floats(min_value=5e-324, max_value=1.7976931348623157e308))
+#: up to 40 clicks on 12 items with extreme weights and no event ids
+extreme_clicks_st = st.lists(st.tuples(st.integers(0, 11).map(lambda j: f"i{j}"),
+                                       st.integers(0, 400).map(float), extreme_weight_st,
+                                       st.none()), max_size=40)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    clicks=st.lists(st.tuples(st.integers(0, 11).map(lambda j: f"i{j}"),
-                              st.integers(0, 400).map(float), extreme_weight_st,
-                              st.none()), max_size=40),
+    clicks=extreme_clicks_st,
     window=st.integers(1, 6),
     half_life=st.sampled_from([0.0, 0.0, 500.0]),
 )
@@ -293,31 +311,13 @@ def reference_interests(clicks: list[tuple[str, float, float, str | None]], wind
     """The window's interest vectors from scratch, newest first: the window cut at its
     last ``interests - 1`` gaps longer than ``gap``, each segment's weighted mean
     (segments without an item vector left out)."""
-    kept: list[tuple[float, int, str, float, str | None]] = []
-    for arrival, (item, ts, weight, event_id) in enumerate(clicks):
-        if event_id is not None and any(k[4] == event_id for k in kept):
-            continue
-        kept.append((ts, arrival, item, weight, event_id))
-        kept.sort(key=lambda k: (k[0], k[1]))
-        kept = kept[-window:]
+    kept = reference_window(clicks, window)
     gaps = [i for i in range(1, len(kept)) if kept[i][0] - kept[i - 1][0] > gap]
     cuts = gaps[max(0, len(gaps) - (interests - 1)):] if interests > 1 else []
     edges = [0, *cuts, len(kept)]
     t_now = max((k[0] for k in kept), default=0.0)
-    out = []
-    for a, b in pairwise(edges):
-        num, den = np.zeros(DIM), 0.0
-        heaviest = max((k[3] for k in kept[a:b] if table.get(k[2]) is not None), default=1.0)
-        for ts, _, item, weight, _ in kept[a:b]:
-            v = table.get(item)
-            if v is None:
-                continue
-            share = weight / heaviest * (2.0 ** (-(t_now - ts) / half_life)
-                                         if half_life > 0 else 1.0)
-            num += share * v.astype(np.float64)
-            den += share
-        if den > 0:
-            out.append(num / den)
+    means = [reference_mean(kept[a:b], half_life, table, t_now) for a, b in pairwise(edges)]
+    out = [m for m in means if m is not None]
     return out[::-1]
 
 
@@ -354,9 +354,7 @@ def test_interests_equal_from_scratch_sessions(clicks, window, half_life, missin
 
 @settings(max_examples=200, deadline=None)
 @given(
-    clicks=st.lists(st.tuples(st.integers(0, 11).map(lambda j: f"i{j}"),
-                              st.integers(0, 400).map(float), extreme_weight_st,
-                              st.none()), max_size=40),
+    clicks=extreme_clicks_st,
     window=st.integers(1, 6),
     half_life=st.sampled_from([0.0, 0.0, 500.0]),
     interests=st.integers(2, 3),
