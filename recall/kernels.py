@@ -39,12 +39,49 @@ return (one per thread: concurrent searches must not share it).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: ``mark`` of a slot during a search: its sightings in the low 7 bits (stopping at 127),
 #: the top bit set when the query excludes it
 _EXCLUDED = 128
 _COUNT = 127
+#: rows re-ranked ahead of the one being scored whose cache lines are prefetched
+_PREFETCH_AHEAD = 8
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """Hint the CPU to load the cache line of ``arr.flat[idx]`` (LLVM's prefetch
+    intrinsic; numba has no call for it). Re-ranking reads candidate rows at random
+    places in a matrix far bigger than the caches: without hints the core waits on one
+    or two rows at a time; with the next rows' lines requested early it overlaps ~8
+    (measured at 1M x 64: 296 -> 172 us for 4,352 random rows). A hint only: results
+    are the same bits."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # read, high temporal locality, data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(flat: np.ndarray, row: int, dim: int) -> None:
+    """Prefetch every cache line (16 float32) of one row of a C-contiguous matrix."""
+    base = row * dim
+    for c in range(0, dim, 16):
+        _prefetch(flat, base + c)
 
 
 @njit(cache=True, nogil=True)
@@ -58,6 +95,20 @@ def _project(q: np.ndarray, proj: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _argsort_small(values: np.ndarray, n: int, order: np.ndarray) -> None:
+    """order[:n] = indices of values[:n] ascending (stable): an insertion sort in place,
+    for the 2k boundary distances and the few template scores of a table, where
+    np.argsort's allocation and call cost more than the sort."""
+    for j in range(n):
+        v = values[j]
+        p = j
+        while p > 0 and values[order[p - 1]] > v:
+            order[p] = order[p - 1]
+            p -= 1
+        order[p] = j
+
+
+@njit(cache=True, nogil=True)
 def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: float,
                pstable: bool, mult: np.ndarray, salt: np.ndarray, template: np.ndarray,
                n_sets: int) -> np.ndarray:
@@ -65,7 +116,7 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
 
     proj (D, L*k) float64, offset (L*k,), mult (L, k) int64 (odd), salt (L,) int64,
     template (S, maxlen) perturbation sets over sorted positions padded with the
-    position count (``recall.lsh._perturbation_template``); n_sets <= S sets per table.
+    position count (``recall.lsh.hashing._perturbation_template``); n_sets <= S sets per table.
     """
     n = queries.shape[0]
     L, k = mult.shape
@@ -78,6 +129,8 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
     d2 = np.zeros(npos + 1, dtype=np.float64)  # last entry 0: the template's padding
     contrib = np.zeros(npos + 1, dtype=np.int64)
     scores = np.empty(n_tmpl, dtype=np.float64)
+    order = np.empty(npos, dtype=np.int64)
+    chosen = np.arange(max(n_tmpl, 1))  # the template's order unless scores re-sort it
     for i in range(n):
         _project(queries[i], proj, t)
         for tb in range(L):
@@ -100,7 +153,7 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
             out[i, tb, 0] = home
             if n_sets == 0:
                 continue
-            order = np.argsort(dist)
+            _argsort_small(dist, npos, order)
             for p in range(npos):
                 d2[p] = dist[order[p]] ** 2
                 contrib[p] = step[order[p]]
@@ -110,9 +163,7 @@ def probe_keys(queries: np.ndarray, proj: np.ndarray, offset: np.ndarray, w: flo
                     for m in range(template.shape[1]):
                         acc += d2[template[s, m]]
                     scores[s] = acc
-                chosen = np.argsort(scores)[:n_sets]
-            else:
-                chosen = np.arange(n_tmpl)
+                _argsort_small(scores, n_tmpl, chosen)
             for j in range(n_sets):
                 s = chosen[j]
                 key = home
@@ -130,7 +181,12 @@ def _scores(vectors: np.ndarray, slots: np.ndarray, m: int, q: np.ndarray,
     64 dependent adds took ~2x longer); that moves a sum by a few float64 ulps, far
     below the float32 rounding of the score, so the scores equal numpy's float64 ones."""
     dim = vectors.shape[1]
+    flat = vectors.reshape(-1)
+    for j in range(min(_PREFETCH_AHEAD, m)):
+        _prefetch_row(flat, slots[j], dim)
     for j in range(m):
+        if j + _PREFETCH_AHEAD < m:
+            _prefetch_row(flat, slots[j + _PREFETCH_AHEAD], dim)
         s = slots[j]
         acc = 0.0
         for d in range(dim):
@@ -202,7 +258,7 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
 
     queries (n, D) float32 normalised; probes (n, L, P) int64; ks (n,) int64. CSR table:
     ukeys (B,) sorted int64, starts (B+1,), slots (E,) int32, directory/shift its radix
-    directory on the keys' top bits (``recall.lsh._SortedBuckets``). vectors (S, D)
+    directory on the keys' top bits (``recall.lsh.buckets.SortedBuckets``). vectors (S, D)
     float32 by slot; in_main (S,) bool (entries of slots not in main are stale, skipped
     when check_stale); cap: entries read per bucket (0 = all); vote: keep candidates
     found in at least that many of the L tables (1 = all). extra_ptr/extra_slots: CSR of
@@ -264,6 +320,23 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     return out_slots, out_scores, n_cand
 
 
+@njit(cache=True, nogil=True)
+def unit_rows(x: np.ndarray, tol: float) -> bool:
+    """Whether every row of x (n, D) float32 is finite with |norm - 1| <= tol (float64
+    sums). Lets a search skip normalize()'s dozen numpy calls (~10 us, a fifth of a
+    small search) for queries that are unit already, which normalize() returns as they
+    are; callers pass half normalize()'s tolerance, so a different summation order
+    cannot change the decision."""
+    for i in range(x.shape[0]):
+        acc = 0.0
+        for d in range(x.shape[1]):
+            v = np.float64(x[i, d])
+            acc += v * v
+        if not abs(np.sqrt(acc) - 1.0) <= tol:  # NaN and infinities fail too
+            return False
+    return True
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel on tiny inputs, so the first real
     call does not pay it."""
@@ -273,6 +346,7 @@ def warm_up() -> None:
     proj = rng.standard_normal((dim, L * k))
     mult = np.ones((L, k), dtype=np.int64)
     template = np.array([[0, 4], [1, 4]], dtype=np.intp)
+    unit_rows(q, 1e-6)
     for pstable in (True, False):
         probes = probe_keys(q, proj, np.zeros(L * k), 1.0, pstable, mult,
                             np.zeros(L, dtype=np.int64), template, 1)

@@ -190,3 +190,33 @@ def test_a_staged_bulk_load_builds_the_same_table_as_add(family):
     assert staged.stats()["capacity"] == 5000  # reserved exactly: no growth spare
     with pytest.raises(RuntimeError):
         staged.stage(["new"], x[:1])
+
+
+def test_unit_rows_accepts_only_what_normalize_leaves_unchanged():
+    """The search skips normalize() for rows unit_rows() accepts: every accepted row must
+    be one normalize() returns bit for bit, and rows it would rescale, NaN or infinite
+    ones must be refused (then normalize() runs and reports them)."""
+    rng = np.random.default_rng(5)
+    q = unit(rng, 50, 16)
+    assert kernels.unit_rows(q, 0.5e-5)
+    np.testing.assert_array_equal(normalize(q), q)
+    for bad in (q * np.float32(1.001), q * np.float32(3.0), q * np.float32(0.5)):
+        assert not kernels.unit_rows(bad, 0.5e-5)
+    for value in (np.nan, np.inf):
+        row = q[:1].copy()
+        row[0, 3] = value
+        assert not kernels.unit_rows(row, 0.5e-5)
+
+
+def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
+    from recall.lsh import LSHIndex
+
+    rng = np.random.default_rng(6)
+    index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=4, w=1.0))
+    x = unit(rng, 800, 16)
+    index.add([f"i{j}" for j in range(800)], x)
+    q = unit(rng, 10, 16)
+    for scale in (1.0, 1.01, 7.0):
+        got = index.search(q * np.float32(scale), 5)
+        ref = index.search(normalize(q * np.float32(scale)), 5)
+        assert_same_rows(got, ref)

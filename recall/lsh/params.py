@@ -12,7 +12,7 @@ import numpy as np
 FAMILIES = ("pstable", "simhash")
 #: rows whose norm is this close to 1 are taken as already normalised (keeps normalize
 #: idempotent, so hashing a re-normalised vector gives the same keys)
-_UNIT_TOL = 1e-5
+UNIT_TOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def normalize(vectors: Any) -> np.ndarray:
         norms = np.sqrt(np.einsum("...i,...i->...", y, y)) * peak
     else:
         norms = np.sqrt(sq)
-    off = np.abs(norms - 1.0) > _UNIT_TOL
+    off = np.abs(norms - 1.0) > UNIT_TOL
     if not off.any():
         return arr.astype(np.float32, copy=True)
     scale = np.where(off, 1.0 / norms, 1.0)

@@ -20,7 +20,7 @@ import numpy as np
 from recall import kernels
 from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
-from recall.lsh.params import LSHParams, normalize
+from recall.lsh.params import UNIT_TOL, LSHParams, normalize
 
 
 @dataclass
@@ -28,6 +28,11 @@ class QueryResult:
     ids: list[str]  # best first
     scores: np.ndarray  # float32 cosine, best first
     candidates: int  # distinct candidates re-ranked
+
+
+#: an empty slot array, shared by searches without exclusions (empty: nothing to write;
+#: left writeable, so the kernels see the array type they were compiled and warmed for)
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
 
 
 class SearchMixin:
@@ -113,8 +118,11 @@ class SearchMixin:
                                     h.probes_per_table(p.T) - 1)
         extra_ptr, extra = self._pending_candidates(probes)
         excl_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
-        excl = np.concatenate(excluded) if excl_ptr[-1] else np.zeros(0, dtype=np.int64)
+        if any(len(e) for e in excluded):
+            np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
+            excl = np.concatenate(excluded)
+        else:
+            excl = _NO_SLOTS
         b = self._buckets
         top_slots, top_scores, n_cand = kernels.search(
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
@@ -164,6 +172,9 @@ class SearchMixin:
                 raise ValueError(f"k must be an integer >= 1, got {kk!r}")
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32), []
+        if (arr.dtype == np.float32 and arr.flags.c_contiguous
+                and kernels.unit_rows(arr, 0.5 * UNIT_TOL)):
+            return arr.copy(), [int(kk) for kk in ks]  # what normalize() returns for them
         try:
             qn = normalize(arr)
         except ValueError as exc:
