@@ -108,8 +108,9 @@ def test_compiled_search_equals_the_reference_with_cap_vote_and_probes(params):
         index.params = plain
 
 
-def test_compiled_search_excludes_like_the_reference():
-    index, rng = built("pending")
+@pytest.mark.parametrize("vote", [1, 2])  # two dedupe paths: a bitset, a count per slot
+def test_compiled_search_excludes_like_the_reference(vote):
+    index, rng = built("pending", vote=vote, L=6 * vote, T=4 * vote)
     q = unit(rng, 30, 16)
     first = index.search(q, 8)
     # exclude some of each query's own results, ids not in the index, and nothing
@@ -146,10 +147,12 @@ def test_equal_scores_rank_by_slot_on_both_paths():
     assert got[0].ids[:4] == ["d0", "d1", "d2", "d3"]
 
 
-def test_the_mark_scratch_is_left_clean():
-    index, rng = built("stale")
+@pytest.mark.parametrize("vote", [1, 2])
+def test_the_scratch_arrays_are_left_clean(vote):
+    index, rng = built("stale", vote=vote)
     index.search(unit(rng, 20, 16), 10, [{"i1", "i2"}] * 20)
     assert not index._mark.any()
+    assert not index._seen.any()
 
 
 def test_warm_up_compiles_every_kernel():

@@ -67,6 +67,7 @@ class LSHIndex(SearchMixin):
         self._in_main = np.zeros(0, dtype=bool)
         self._stamp = np.zeros(0, dtype=np.int32)
         self._mark = np.zeros(0, dtype=np.uint8)  # the kernels' per-slot scratch (zeros)
+        self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
         self._slot_ids: list[str | None] = []
         self._id2slot: dict[str, int] = {}
         self._free: list[int] = []
@@ -129,7 +130,8 @@ class LSHIndex(SearchMixin):
 
     def nbytes(self) -> int:
         """Bytes held in numpy arrays (vectors, sorted bucket table, masks)."""
-        arrays = (self._vecs, self._alive, self._in_main, self._stamp, self._mark)
+        arrays = (self._vecs, self._alive, self._in_main, self._stamp, self._mark,
+                  self._seen)
         return int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
@@ -164,6 +166,7 @@ class LSHIndex(SearchMixin):
             arr = np.zeros(new, dtype=dtype)
             arr[: self._capacity] = getattr(self, name)
             setattr(self, name, arr)
+        self._seen = np.zeros((new + 63) // 64, dtype=np.uint64)  # zeros between searches
         self._slot_ids.extend([None] * (new - self._capacity))
         self._capacity = new
 

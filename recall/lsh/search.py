@@ -50,6 +50,7 @@ class SearchMixin:
     _in_main: np.ndarray
     _stamp: np.ndarray
     _mark: np.ndarray
+    _seen: np.ndarray
     _slot_ids: list[str | None]
     _id2slot: dict[str, int]
     _high: int
@@ -127,7 +128,7 @@ class SearchMixin:
         top_slots, top_scores, n_cand = kernels.search(
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
             b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
-            p.vote, extra_ptr, extra, excl_ptr, excl, self._mark)
+            p.vote, extra_ptr, extra, excl_ptr, excl, self._mark, self._seen)
         slot_ids = self._slot_ids
         out = []
         for i, row in enumerate(top_slots.tolist()):
