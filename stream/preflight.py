@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from recall.config import ENV_NAMES, Settings, redacted_url
 
@@ -29,9 +30,31 @@ log = logging.getLogger(__name__)
 #: seconds between attempts while a service is unreachable
 RETRY_EVERY = 0.5
 
+T = TypeVar("T")
+
 
 class StartupError(RuntimeError):
     """The worker cannot start; the message says what is wrong and which setting."""
+
+
+async def _until_up(service: str, setting: str, settings: Settings,
+                    attempt: Callable[[], Awaitable[T]],
+                    transient: tuple[type[BaseException], ...]) -> T:
+    """``attempt()`` until it succeeds; a ``transient`` error (unreachable, timed out) is
+    retried every :data:`RETRY_EVERY` s for ``RECALL_STARTUP_TIMEOUT``, then becomes a
+    StartupError naming ``setting``. Other errors pass through at once."""
+    deadline = time.monotonic() + settings.startup_timeout
+    while True:
+        try:
+            return await attempt()
+        except transient as exc:
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"{service} ({ENV_NAMES[setting]}) did not answer within "
+                    f"{settings.startup_timeout:g}s ({ENV_NAMES['startup_timeout']}): "
+                    f"{type(exc).__name__}: {exc}") from None
+            log.info("waiting for %s (%s)", service, type(exc).__name__)
+        await asyncio.sleep(RETRY_EVERY)
 
 
 async def check_redis(settings: Settings) -> None:
@@ -42,13 +65,12 @@ async def check_redis(settings: Settings) -> None:
 
     where = redacted_url(settings.redis_url)
     per_try = min(settings.redis_timeout, settings.startup_timeout)
-    deadline = time.monotonic() + settings.startup_timeout
-    while True:
+
+    async def ping() -> None:
         store = Store.from_url(settings.redis_url, settings.redis_prefix, timeout=per_try)
         try:
             await store.ping()
-            return
-        except (AuthenticationError, ResponseError) as exc:
+        except (AuthenticationError, ResponseError) as exc:  # waiting cannot fix these
             text = str(exc)
             if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
                 raise StartupError(
@@ -57,16 +79,10 @@ async def check_redis(settings: Settings) -> None:
                     "e.g. redis://:PASSWORD@host:6379/0") from None
             raise StartupError(f"Redis at {where} answered PING with an error: {text}"
                                ) from None
-        except (RedisError, OSError) as exc:
-            if time.monotonic() >= deadline:
-                raise StartupError(
-                    f"Redis at {where} ({ENV_NAMES['redis_url']}) did not answer within "
-                    f"{settings.startup_timeout:g}s ({ENV_NAMES['startup_timeout']}): "
-                    f"{type(exc).__name__}: {exc}") from None
-            log.info("waiting for Redis at %s (%s)", where, type(exc).__name__)
         finally:
             await store.close()
-        await asyncio.sleep(RETRY_EVERY)
+
+    await _until_up(f"Redis at {where}", "redis_url", settings, ping, (RedisError, OSError))
 
 
 async def check_kafka(settings: Settings, client_kwargs: dict[str, Any] | None = None) -> None:
@@ -75,8 +91,7 @@ async def check_kafka(settings: Settings, client_kwargs: dict[str, Any] | None =
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    deadline = time.monotonic() + settings.startup_timeout
-    while True:
+    async def metadata() -> tuple[set[str], dict[str, Any]]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None,
             request_timeout_ms=max(1000, int(settings.startup_timeout * 1000)),
@@ -84,19 +99,13 @@ async def check_kafka(settings: Settings, client_kwargs: dict[str, Any] | None =
         try:
             await consumer.start()
             found = await consumer.topics()
-            partitions = {t: consumer.partitions_for_topic(t) for t in settings.topics.values()}
-            break
-        except (KafkaError, OSError) as exc:
-            if time.monotonic() >= deadline:
-                raise StartupError(
-                    f"Kafka broker {settings.kafka_bootstrap} ({ENV_NAMES['kafka_bootstrap']}) "
-                    f"did not answer within {settings.startup_timeout:g}s "
-                    f"({ENV_NAMES['startup_timeout']}): {type(exc).__name__}: {exc}") from None
-            log.info("waiting for the Kafka broker %s (%s)", settings.kafka_bootstrap,
-                     type(exc).__name__)
+            return found, {t: consumer.partitions_for_topic(t) for t in settings.topics.values()}
         finally:
             await consumer.stop()
-        await asyncio.sleep(RETRY_EVERY)
+
+    found, partitions = await _until_up(f"the Kafka broker {settings.kafka_bootstrap}",
+                                        "kafka_bootstrap", settings, metadata,
+                                        (KafkaError, OSError))
     missing = [(role, name) for role, name in settings.topics.items() if name not in found]
     if missing:
         names = ", ".join(f"{name!r} ({ENV_NAMES['topic_' + role]})" for role, name in missing)
