@@ -28,7 +28,9 @@ USER_ERRORS = (SettingsError, OfflineError, DevtoolsError, StartupError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recall", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="recall", description="Streaming real-time candidate recall: the worker, "
+        "the offline jobs, the local stack and the benchmarks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     bench = sub.add_parser("bench", help="benchmarks (print figures, end with one JSON line)")
