@@ -419,8 +419,9 @@ def warm_up() -> None:
     ukeys = np.sort(probes.reshape(-1))[:1].copy()
     empty = np.zeros(0, dtype=np.int64)
     zero1 = np.zeros(2, dtype=np.int64)
-    search(q, probes, np.ones(1, dtype=np.int64), ukeys, np.array([0, 1], dtype=np.int64),
-           np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int64), 63, q,
+    # int32 offsets: what SortedBuckets holds below 2**31 entries
+    search(q, probes, np.ones(1, dtype=np.int64), ukeys, np.array([0, 1], dtype=np.int32),
+           np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int32), 63, q,
            np.ones(1, dtype=bool), True, 0, 1, zero1[:2], empty, zero1[:2], empty,
            np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
     keys = probes[:, :, 0]
@@ -431,7 +432,8 @@ def warm_up() -> None:
     out_k = np.empty(keys.size, dtype=np.int64)
     out_s = np.empty(keys.size, dtype=np.int32)
     scatter_cells(keys, np.zeros(1, dtype=np.int64), 63, starts[:-1].copy(), out_k, out_s)
-    finish_cells(out_k, out_s, starts)
+    csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
+    unique_csr(out_k, csr)
 
 
 @njit(cache=True, nogil=True)
@@ -461,12 +463,11 @@ def scatter_cells(keys: np.ndarray, slots: np.ndarray, shift: int, pos: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def finish_cells(keys: np.ndarray, slots: np.ndarray, cell_starts: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def finish_cells(keys: np.ndarray, slots: np.ndarray, cell_starts: np.ndarray) -> int:
     """Bulk build, pass 3: sort each cell's entries by key, stably (entries keep their
     order within a bucket): insertion sort in small cells, a merge sort where a big
-    bucket of skewed data fills one; then the CSR table: (unique keys, starts (B+1,)).
-    keys/slots are sorted in place."""
+    bucket of skewed data fills one. keys/slots are sorted in place; returns the number
+    of distinct keys."""
     n_unique = 0
     for c in range(cell_starts.shape[0] - 1):
         lo, hi = cell_starts[c], cell_starts[c + 1]
@@ -488,13 +489,19 @@ def finish_cells(keys: np.ndarray, slots: np.ndarray, cell_starts: np.ndarray
         for j in range(lo, hi):
             if j == lo or keys[j] != keys[j - 1]:
                 n_unique += 1
-    ukeys = np.empty(n_unique, dtype=np.int64)
-    starts = np.empty(n_unique + 1, dtype=np.int64)
+    return n_unique
+
+
+@njit(cache=True, nogil=True)
+def unique_csr(keys: np.ndarray, starts: np.ndarray) -> None:
+    """Bulk build, pass 4: the CSR table of sorted entry keys, in place: the distinct keys
+    move to keys[:B] (a key is written at or before where it was read), starts (B+1,)
+    gets where each one's entries begin and the total."""
     b = 0
-    for j in range(keys.shape[0]):
-        if j == 0 or keys[j] != keys[j - 1]:
-            ukeys[b] = keys[j]
+    n = keys.shape[0]
+    for j in range(n):
+        if j == 0 or keys[j] != keys[b - 1]:
+            keys[b] = keys[j]
             starts[b] = j
             b += 1
-    starts[n_unique] = keys.shape[0]
-    return ukeys, starts
+    starts[b] = n

@@ -158,8 +158,27 @@ def test_the_scratch_arrays_are_left_clean(vote):
 def test_warm_up_compiles_every_kernel():
     kernels.warm_up()
     for fn in (kernels.probe_keys, kernels.search, kernels.count_cells,
-               kernels.scatter_cells, kernels.finish_cells):
+               kernels.scatter_cells, kernels.finish_cells, kernels.unique_csr,
+               kernels.unit_rows):
         assert fn.signatures, fn
+
+
+def test_warm_up_compiles_the_types_a_real_index_searches_with():
+    """A worker warms up before taking traffic: its first search must not compile
+    (seconds) because the index passes other array types (offsets int32, scratch)."""
+    from recall.lsh import LSHIndex
+
+    kernels.warm_up()
+    index, rng = built("merged")
+    staged = LSHIndex(index.params)
+    staged.stage([f"s{j}" for j in range(300)], unit(rng, 300, 16))
+    staged.build()
+    before = {fn: len(fn.signatures) for fn in (kernels.probe_keys, kernels.search,
+                                                kernels.unit_rows)}
+    for idx in (index, staged):
+        idx.search(unit(rng, 3, 16), 5)
+        idx.search(unit(rng, 1, 16)[0], 5, [{"i1"}])
+    assert {fn: len(fn.signatures) for fn in before} == before
 
 
 @pytest.mark.parametrize("family", ["pstable", "simhash"])

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from recall import kernels
-from recall.lsh.buckets import SortedBuckets
+from recall.lsh.buckets import SortedBuckets, offset_dtype
 from recall.lsh.hashing import Hasher
 from recall.lsh.params import LSHParams, normalize
 from recall.lsh.search import SearchMixin
@@ -285,9 +285,14 @@ class LSHIndex(SearchMixin):
             kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, pos,
                                   keys, table_slots)
         del pos
-        ukeys, starts = kernels.finish_cells(keys, table_slots, cell_starts)
-        del keys, cell_starts
-        self._buckets = SortedBuckets.from_csr(ukeys, starts, table_slots)
+        n_keys = kernels.finish_cells(keys, table_slots, cell_starts)
+        del cell_starts
+        # the unique keys are compacted to the front of the entry keys, which then shrink
+        # in place (realloc): no second key array next to the 8 bytes per entry
+        starts = np.empty(n_keys + 1, dtype=offset_dtype(entries))
+        kernels.unique_csr(keys, starts)
+        keys.resize(n_keys, refcheck=False)
+        self._buckets = SortedBuckets.from_csr(keys, starts, table_slots)
         self._in_main[slots] = True
         self.merges += 1
 
