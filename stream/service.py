@@ -32,6 +32,7 @@ from recall.interests import merge_results
 from recall.lsh import LSHIndex, QueryResult
 from recall.messages import Click, Invalid, Request, response_record
 from recall.store import ClickOffsetsConflict
+from recall.userbatch import apply_batch
 from recall.users import RollingUserVectors, UserState
 from stream import deadline
 from stream.metrics import Metrics
@@ -332,27 +333,35 @@ class RecallService:
             raws, claimed = await self.store.get_users_and_events(missing, eids)
             m.redis_duration.labels("clicks_read").observe(time.perf_counter() - t0)
             self._keep_users(raws, {c.click.user_id: c.partition for c in clicks})
-        index = self.slot.index
         changed: dict[str, UserState] = {}
         popular: Counter[str] = Counter()
         new_events: list[str] = []
         applied = dupes = 0
-        # the vectors of the whole batch in one lookup (not one per click)
-        if clicks:
-            mat, present = index.vectors_of([c.click.item_id for c in clicks])
-            has = present.tolist()
-        for row, c in enumerate(clicks):
+        todo: list[tuple[UserState, str, float, float, str | None]] = []
+        todo_clicks: list[Click] = []
+        pending: set[str] = set()  # event ids of this batch already passed on
+        for c in clicks:
             click = c.click
+            eid = click.event_id
             if (c.offset < self.applied.get(c.partition, 0)
-                    or (click.event_id and click.event_id in claimed)):
+                    or (eid and (eid in claimed or eid in pending))):
                 dupes += 1
                 continue
             state = self.users.get(click.user_id)
             if state is None:  # revoked meanwhile: load again next time
                 continue
-            vec = mat[row] if has[row] else None
-            if not self.policy.apply(state, click.item_id, click.ts, click.weight, vec,
-                                     click.event_id, lookup=self.slot.lookup):
+            todo.append((state, click.item_id, click.ts, click.weight, eid))
+            todo_clicks.append(click)
+            if eid:
+                pending.add(eid)
+        # the batch's arithmetic in compiled calls (recall.userbatch: why)
+        try:
+            done = apply_batch(self.policy, todo, self.slot.lookup) if todo else []
+        except BaseException:
+            self.users.drop(c.user_id for c in todo_clicks)  # half-applied: read again
+            raise
+        for (state, *_), click, ok in zip(todo, todo_clicks, done, strict=True):
+            if not ok:
                 dupes += 1
                 continue
             applied += 1

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from recall import kernels
+from recall import kernels, userkernels
 from recall.config import Settings, kafka_client_kwargs
 from recall.store import Store
 from stream.clicks import ClicksConsumer
@@ -129,6 +129,7 @@ class Worker:
         # the compiled search kernels: loaded from numba's cache (compiled on a first
         # run), before any request can wait for them
         await asyncio.to_thread(kernels.warm_up)
+        await asyncio.to_thread(userkernels.warm_up)  # click application's
         _return_big_frees()
         version = await ensure_live_version(store, s, s.topic_partitions)
         t0 = time.perf_counter()

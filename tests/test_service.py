@@ -165,6 +165,28 @@ async def test_a_failed_write_leaves_memory_as_redis_has_it() -> None:
     assert [c[0] for c in state.clicks] == ["i1", "i2", "i3"]  # each once
 
 
+async def test_a_batch_failing_half_applied_leaves_memory_as_redis_has_it(monkeypatch) -> None:
+    """Clicks without event ids (nothing dedupes them but the offsets): a batch that
+    fails after changing some windows in memory is applied once when retried."""
+    svc, store, _ = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1], event=False), {0: 1})
+
+    def half(policy, todo, lookup):
+        state = todo[0][0]
+        state.clicks = [*state.clicks, (todo[0][1], todo[0][2], 1.0, None, True)]
+        raise RuntimeError("a bug half way")
+
+    monkeypatch.setattr("stream.service.apply_batch", half)
+    with pytest.raises(RuntimeError):
+        await svc.apply(clicks("u1", [2], first_offset=1, event=False), {0: 2})
+    assert svc.users.get("u1") is None  # dropped: read again from the store
+    monkeypatch.undo()
+    await svc.apply(clicks("u1", [2], first_offset=1, event=False), {0: 2})
+    state = UserState.from_bytes(store.users["u1"], DIM)
+    assert [c[0] for c in state.clicks] == ["i1", "i2"]  # each once
+
+
 async def test_revoked_partitions_forget_their_users_and_offsets() -> None:
     svc, store, _ = service()
     store.offsets = {0: 40, 1: 7}
