@@ -21,13 +21,14 @@ implementation as the reference the tests compare against, row by row.
 - :func:`search` looks each query's probes up in the sorted bucket table (radix
   directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, stale
   entries skipped), adds extra candidates given per query (pending buckets), dedupes
-  with a per-slot mark array, keeps candidates found in at least ``vote`` of the
-  probes' tables, re-ranks them by exact inner product (float64 sums, rounded to float32)
-  and keeps the top k; excluded slots count as candidates (as in the reference) but are
-  never scored or returned.
-- :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`: the bucket table of a
-  bulk load as a counting sort by the keys' top bits, then a sort within each small cell:
-  no argsort of all entries (its index array and sorted copies were ~400 MB at 1M x 16).
+  (a bit per slot with vote = 1, a count per slot otherwise), keeps candidates found in
+  at least ``vote`` of the probes' tables, re-ranks them by exact inner product (float64
+  sums, rounded to float32; the rows prefetched ahead) and keeps the top k; excluded
+  slots count as candidates (as in the reference) but are never scored or returned.
+- :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`:
+  the bucket table of a bulk load as a counting sort by the keys' top bits, then a sort
+  within each small cell, then the unique keys compacted in place: no argsort of all
+  entries (its index array and sorted copies were ~400 MB at 1M x 16).
 
 Compile time: every kernel is compiled on first call and cached on disk
 (``cache=True``, in ``__pycache__``), so a worker pays it once per machine; :func:`warm_up`
