@@ -84,6 +84,9 @@ class Settings:
     target_recall: float = 0.95
     #: LSH answers compared with exact search per second (0 = monitor off)
     recall_sample_per_s: float = 2.0
+    #: fraction of one core the monitor's exact searches may take: the sampling rate is
+    #: lowered to fit it at the measured cost per sample (0 = monitor off)
+    recall_sample_cpu: float = 0.05
     #: most probes per table the controller may use
     lsh_max_probes: int = 64
     #: items sampled to re-tune LSH parameters (0 = never re-tune or re-pick parameters)
@@ -132,6 +135,7 @@ class Settings:
             (self.user_session_gap >= 0, "user_session_gap", "must be >= 0"),
             (0 < self.target_recall <= 1, "target_recall", "must be in (0, 1]"),
             (self.recall_sample_per_s >= 0, "recall_sample_per_s", "must be >= 0"),
+            (0 <= self.recall_sample_cpu <= 1, "recall_sample_cpu", "must be in [0, 1]"),
             (self.lsh_max_probes >= 1, "lsh_max_probes", "must be >= 1"),
             (self.retune_items >= 0, "retune_items", "must be >= 0"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
@@ -197,6 +201,7 @@ ENV_NAMES: dict[str, str] = {
     "user_session_gap": "RECALL_USER_SESSION_GAP",
     "target_recall": "RECALL_TARGET_RECALL",
     "recall_sample_per_s": "RECALL_RECALL_SAMPLE_PER_S",
+    "recall_sample_cpu": "RECALL_RECALL_SAMPLE_CPU",
     "lsh_max_probes": "RECALL_LSH_MAX_PROBES",
     "retune_items": "RECALL_RETUNE_ITEMS",
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",

@@ -43,6 +43,13 @@ class SampleBudget:
         self._tokens = float(burst)
         self._last: float | None = None
 
+    def set_rate(self, per_second: float) -> None:
+        """A new average rate; the burst follows it (at least 1), so a lowered rate is not
+        outrun by the tokens saved up at the old one."""
+        self.per_second = max(0.0, float(per_second))
+        self.burst = max(1.0, self.per_second)
+        self._tokens = min(self._tokens, self.burst)
+
     def take(self, now: float) -> bool:
         if self.per_second <= 0:
             return False

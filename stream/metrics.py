@@ -69,6 +69,19 @@ class Metrics:
         self.lsh_recall_low = Gauge(
             "recall_lsh_recall_low", "lower end of recall_lsh_recall's 95% interval",
             registry=r)
+        self.lsh_recall_high = Gauge(
+            "recall_lsh_recall_high", "upper end of recall_lsh_recall's 95% interval",
+            registry=r)
+        self.lsh_recall_samples = Gauge(
+            "recall_lsh_recall_samples", "samples behind recall_lsh_recall (its interval "
+            "narrows as 1/sqrt of this)", registry=r)
+        self.lsh_sample_rate = Gauge(
+            "recall_lsh_recall_sample_rate", "LSH answers a second the monitor compares: "
+            "RECALL_RECALL_SAMPLE_PER_S, lowered to fit RECALL_RECALL_SAMPLE_CPU",
+            registry=r)
+        self.lsh_exact_seconds = Counter(
+            "recall_lsh_recall_exact_seconds", "CPU seconds of the monitor's exact searches "
+            "(in a thread; its rate is the fraction of a core they use)", registry=r)
         self.lsh_recall_queries = Counter(
             "recall_lsh_recall_queries", "LSH answers compared with exact search", registry=r)
         self.lsh_recall_found = Counter(
@@ -83,6 +96,7 @@ class Metrics:
             ["reason"], registry=r)
         self.lsh_recall.set(float("nan"))
         self.lsh_recall_low.set(float("nan"))
+        self.lsh_recall_high.set(float("nan"))
         for reason in ("size", "recall"):
             self.lsh_retunes.labels(reason)
         for status in ("ok", "invalid", "error"):

@@ -7,10 +7,21 @@ wiring, on the worker's event loop:
 - :meth:`RecallWatch.offer` is called with every LSH answer (cheap: a token bucket of
   ``RECALL_RECALL_SAMPLE_PER_S``); a granted sample (the query vector, k, the excluded
   items, the ids answered, the probes) goes to a small queue (full = dropped).
-- :meth:`RecallWatch.run` takes samples in batches and computes their exact top-k in a
-  thread (``LSHIndex.exact``: O(items), numpy, off the event loop), then counts each
-  query's recall. A sample whose index changed meanwhile (items applied, another index
-  swapped in) is dropped: the exact answer would describe another catalogue.
+- :meth:`RecallWatch.run` gathers samples for up to ``GATHER`` seconds (or ``BATCH`` of
+  them) and computes their exact top-k in a thread, as one batch
+  (``search(..., exact=True)``: one matrix product per block of items for all of them,
+  so the vectors are read once per batch, not once per sample: 256 MB per read at 1M x
+  64; numpy releases the GIL meanwhile), then counts each query's recall. A sample whose
+  index changed meanwhile (items applied, another index swapped in) is dropped: the
+  exact answer would describe another catalogue. The controller still looks at the
+  index every ``ACT_EVERY`` second while samples gather (a grown catalogue is re-picked
+  as soon as before).
+- **CPU budget**: the CPU time that thread takes per sample is measured (a moving
+  average; BLAS limited to one thread, which runs in it), and the sampling rate is
+  lowered to fit ``RECALL_RECALL_SAMPLE_CPU`` (a fraction of one core). The rate in use is exported
+  (``recall_lsh_recall_sample_rate``) with the seconds spent (``_exact_seconds_total``)
+  and the number of samples behind the estimate (``recall_lsh_recall_samples``), so the
+  interval's width can be read off with the estimate.
 - The controller's decisions are applied on the loop: ``LSHIndex.probes = T`` (the
   buckets do not change, only how many are read); a re-tune is :meth:`_rebuild`.
 
@@ -54,6 +65,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
@@ -66,8 +78,17 @@ log = logging.getLogger(__name__)
 
 #: samples waiting for their exact answer (more are dropped: the budget is exceeded)
 QUEUE = 512
-#: samples whose exact answers are computed in one thread call
+#: samples whose exact answers are computed in one thread call (one matrix product per
+#: block of items for all of them)
 BATCH = 32
+#: seconds the monitor waits for a batch to fill before measuring what it has (a longer
+#: wait batches more, but a sample whose catalogue changed meanwhile is dropped)
+GATHER = 4.0
+#: seconds between the controller's looks at the index (probes, growth re-pick), whether
+#: or not samples are measured
+ACT_EVERY = 1.0
+#: weight of the newest batch in the moving average of the exact-search time per sample
+COST_WEIGHT = 0.3
 #: per-query recalls kept, and needed before the controller acts
 WINDOW, MIN_SAMPLES = 200, 100
 #: size trigger: parameters are re-picked when the catalogue grows by this factor
@@ -99,15 +120,28 @@ def index_token(index: LSHIndex) -> tuple[int, ...]:
     return (id(index), s["items"], s["pending_items"], s["stale_items"], s["merges"])
 
 
-def _exact(samples: Sequence[Sample]) -> list[list[str] | None]:
-    """The exact top-k of each sample on its index (run in a thread)."""
-    out: list[list[str] | None] = []
-    for s in samples:
-        try:
-            out.append(s.index.search(s.vector, s.k, [s.exclude], exact=True)[0].ids)
-        except Exception:  # an index changed under us: the token check drops it anyway
-            out.append(None)
-    return out
+def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
+    """The exact top-k of each sample on its index, one batched search per index (run
+    in a thread), and the CPU seconds it took (this thread's: BLAS runs in it)."""
+    t0 = time.thread_time()
+    out: list[list[str] | None] = [None] * len(samples)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(id(s.index), []).append(i)
+    # one BLAS thread: the worker is sized per core, and OpenBLAS's threads spinning on a
+    # busy (or pinned) core made the same product ~3x dearer in CPU time
+    with threadpool_limits(1, user_api="blas"):
+        for members in groups.values():
+            batch = [samples[i] for i in members]
+            try:
+                results = batch[0].index.search(
+                    np.stack([s.vector for s in batch]), [s.k for s in batch],
+                    [s.exclude for s in batch], exact=True)
+            except Exception:  # an index changed under us: the token check drops it
+                continue
+            for i, r in zip(members, results, strict=True):
+                out[i] = r.ids
+    return out, time.thread_time() - t0
 
 
 def _tune(vectors: np.ndarray, target: float, seed: int) -> dict[str, Any]:
@@ -153,9 +187,14 @@ class RecallWatch:
         self.positions = positions  # the items follower's positions (copy_version)
         self.exact_max_items = exact_max_items
         self.clock = clock
-        self.budget = SampleBudget(settings.recall_sample_per_s,
-                                   burst=max(1.0, settings.recall_sample_per_s))
+        wanted = settings.recall_sample_per_s if settings.recall_sample_cpu > 0 else 0.0
+        self.budget = SampleBudget(wanted, burst=max(1.0, wanted))
+        self._told = -math.inf  # when the rate was last logged
+        #: seconds of exact search per sample (moving average; None: none measured yet)
+        self.cost: float | None = None
         self.queue: asyncio.Queue[Sample] = asyncio.Queue(QUEUE)
+        self._full = asyncio.Event()  # a batch is waiting
+        self._oldest = 0.0  # when the oldest sample waiting was queued (clock)
         self.controller = ProbeController(settings.target_recall, slot.index.params.T,
                                           settings.lsh_max_probes, window=WINDOW,
                                           min_samples=MIN_SAMPLES)
@@ -168,6 +207,7 @@ class RecallWatch:
         self.dropped = 0
         self._task: asyncio.Task | None = None
         metrics.lsh_target.set(settings.target_recall)
+        metrics.lsh_sample_rate.set(wanted)
         metrics.lsh_probes.set(slot.index.params.T)
 
     # --- on the request path ---------------------------------------------------------
@@ -183,6 +223,10 @@ class RecallWatch:
                 index.params.T, index, index_token(index)))
         except asyncio.QueueFull:
             self.dropped += 1
+        if self.queue.qsize() == 1:
+            self._oldest = self.clock()
+        if self.queue.qsize() >= BATCH:
+            self._full.set()
 
     # --- the background task -----------------------------------------------------------
 
@@ -198,7 +242,17 @@ class RecallWatch:
     async def run(self) -> None:
         while True:
             try:
-                await self.step()
+                if self.queue.qsize() < BATCH:  # else measure the next batch at once
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), ACT_EVERY)
+                self._full.clear()
+                n = self.queue.qsize()
+                if n >= BATCH or (n and self.clock() - self._oldest >= GATHER):
+                    await self.step(timeout=0.0)
+                    self._oldest = self.clock()  # (what is left waits a whole GATHER)
+                else:  # gathering: the index may still have changed or grown
+                    self._follow_slot()
+                    await self.act()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -206,17 +260,37 @@ class RecallWatch:
                 await asyncio.sleep(1.0)
 
     async def step(self, timeout: float = 1.0) -> None:
-        """Wait up to ``timeout`` for samples, measure them, act on the result."""
+        """Measure the samples waiting (up to BATCH; none waiting: wait up to
+        ``timeout`` for one), act on the result."""
         batch: list[Sample] = []
-        with contextlib.suppress(asyncio.TimeoutError):
-            batch.append(await asyncio.wait_for(self.queue.get(), timeout))
-        while batch and len(batch) < BATCH and not self.queue.empty():
+        if self.queue.empty() and timeout > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+        while len(batch) < BATCH and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         self._follow_slot()
         if batch:
-            truths = await asyncio.to_thread(_exact, batch)
+            truths, seconds = await asyncio.to_thread(_exact, batch)
+            self.metrics.lsh_exact_seconds.inc(seconds)
+            self._fit_budget(seconds / len(batch))
             self.record(batch, truths)
         await self.act()
+
+    def _fit_budget(self, per_sample: float) -> None:
+        """The sampling rate that keeps exact search within RECALL_RECALL_SAMPLE_CPU of a
+        core at the measured cost per sample (never above RECALL_RECALL_SAMPLE_PER_S)."""
+        w = COST_WEIGHT
+        self.cost = per_sample if self.cost is None else (1 - w) * self.cost + w * per_sample
+        wanted, cpu = self.settings.recall_sample_per_s, self.settings.recall_sample_cpu
+        rate = min(wanted, cpu / self.cost) if self.cost > 0 else wanted
+        now = self.clock()
+        if now - self._told >= 60 or (rate < wanted) != (self.budget.per_second < wanted):
+            self._told = now
+            log.info("recall monitor: exact search %.1f ms a sample: %.2f samples/s "
+                     "(RECALL_RECALL_SAMPLE_CPU=%g of a core, RECALL_RECALL_SAMPLE_PER_S=%g)",
+                     self.cost * 1e3, rate, cpu, wanted)
+        self.budget.set_rate(rate)
+        self.metrics.lsh_sample_rate.set(rate)
 
     def _follow_slot(self) -> None:
         """Another index is served (a version rebuilt from Redis): start afresh on it."""
@@ -250,6 +324,8 @@ class RecallWatch:
         est = self.controller.estimate()
         self.metrics.lsh_recall.set(est.mean if est is not None else math.nan)
         self.metrics.lsh_recall_low.set(est.low if est is not None else math.nan)
+        self.metrics.lsh_recall_high.set(est.high if est is not None else math.nan)
+        self.metrics.lsh_recall_samples.set(est.n if est is not None else 0)
 
     async def act(self) -> None:
         """Apply the controller's decision; re-pick parameters when due."""

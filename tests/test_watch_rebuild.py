@@ -222,3 +222,25 @@ async def test_item_changes_written_during_a_repick_reach_the_new_version(store:
     replayed = {f"i{i}" for i in range(offsets[0], 30)}
     assert set(index.ids()) | replayed == {f"i{i}" for i in range(30)}
     assert refused == {0: 10}  # the writer is told where to apply the partition again
+
+
+async def test_the_sampling_rate_is_lowered_to_fit_the_cpu_budget(store: Store) -> None:
+    """RECALL_RECALL_SAMPLE_CPU bounds the time exact search takes: after a batch, the
+    rate is the budget over the measured cost per sample, exported, and the samples
+    granted follow it (none saved up at the old rate)."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3), retune_items=0,
+                    recall_sample_cpu=0.001)
+    await serve(w, 1)
+    cost = w.watch.cost
+    assert cost is not None and cost > 0
+    rate = w.watch.budget.per_second
+    assert rate == pytest.approx(0.001 / cost) and rate < 10_000
+    assert w.metrics.lsh_sample_rate._value.get() == rate
+    assert w.metrics.lsh_exact_seconds._value.get() > 0
+    assert w.metrics.lsh_recall_samples._value.get() == w.watch.controller.estimate().n
+    index, waiting, t0 = w.slot.index, w.watch.queue.qsize(), w.watch.clock()
+    res = index.search(w.q[0], 10)[0]
+    for _ in range(1000):
+        w.watch.offer(w.q[0], 10, (), res.ids, index)
+    granted = w.watch.queue.qsize() - waiting
+    assert 1 <= granted <= max(1.0, rate) + rate * (w.watch.clock() - t0)  # burst: 1 s

@@ -1,0 +1,34 @@
+"""The recall watch's truth: exact search of a batch of queries (one matrix product per
+block of items for all of them) gives what exact search of each query alone gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offline.synthetic import clustered_catalogue
+from recall.lsh import LSHIndex, LSHParams
+from recall.lsh import search as lsh_search
+
+
+@pytest.mark.parametrize("block", [64, 1000, 32_768])
+def test_a_batch_of_exact_searches_answers_as_each_alone(
+        monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    monkeypatch.setattr(lsh_search, "EXACT_BLOCK", block)
+    x, _ = clustered_catalogue(3000, 16, seed=1)
+    x[100:140] = x[99]  # ties: 41 equal vectors
+    index = LSHIndex(LSHParams(dim=16, k=6, L=4, T=2, seed=3))
+    ids = [f"i{i}" for i in range(len(x))]
+    index.add(ids, x)
+    index.remove(ids[5:300:7])  # holes in the slots
+    rng = np.random.default_rng(2)
+    q = np.concatenate([x[rng.choice(len(x), 20)] + 0.1 * rng.normal(size=(20, 16)),
+                        x[[99, 120]]])  # queries on the ties
+    ks = [int(k) for k in rng.integers(1, 60, size=len(q))]
+    excl = [set(rng.choice(ids, 30).tolist()) | {ids[99], ids[101]} for _ in q]
+    together = index.search(q, ks, excl, exact=True)
+    for i in range(len(q)):
+        alone = index.search(q[i], ks[i], [excl[i]], exact=True)[0]
+        assert together[i].ids == alone.ids
+        np.testing.assert_array_equal(together[i].scores, alone.scores)
+        assert together[i].candidates == alone.candidates
