@@ -2,10 +2,13 @@
 
 On the local stack (Tansu + redis-server): a catalogue of ``--items`` loaded into Redis,
 one worker, a few users warmed up; then ``--kills`` times: SIGKILL the worker, start a
-new one at once, and send a request every 50 ms until one is answered. For each restart
-it prints, in seconds after the kill: the new process's /metrics port up, its "Ready"
-(index loaded), its partitions assigned, and the first answer -- so the wait for the
-consumer group (the dead member's session) is told apart from the process's own start.
+new one at once (as a supervisor -- docker's restart policy, systemd -- would), and send
+a request every 50 ms until one is answered. For each restart it prints, in seconds after
+the kill, the steps the new process logged (:data:`STEPS`: command line up, modules
+imported, start-up check done, faust ready, group join begun, kernels ready, index
+loaded, partitions assigned), its /metrics port up, and the first answer -- so the
+process's own start, the index load and the wait for the consumer group (the dead
+member's session) are told apart.
 ``--session`` sets RECALL_KAFKA_SESSION_TIMEOUT (the trade-off is in the README).
 Ends with one JSON line; prints the load average (the machine may be shared) and the
 worker's peak memory.
@@ -42,21 +45,35 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[(\d+)\] (.*)$")
+_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? (.*)$")
+
+#: the restart's steps, in order: (name, what the worker logs then)
+STEPS = (
+    ("cli_s", "start-up: interpreter and command line ready"),
+    ("imported_s", "start-up: modules imported"),
+    ("checked_s", "start-up: topics, broker and redis checked"),
+    ("faust_ready_s", "[^Worker]: Ready"),
+    ("joining_s", "(Re-)joining group"),
+    ("kernels_s", "start-up: kernels ready"),
+    ("index_s", "items loaded in"),
+    ("assigned_s", "recall-requests partitions assigned"),
+)
 
 
-def _events(log: Path, pid: int) -> dict[str, float]:
-    """Epoch seconds of the first Ready and first assignment logged by process ``pid``."""
+def _events(log: Path, start: int) -> dict[str, float]:
+    """Epoch seconds of the first line of each of :data:`STEPS` the worker logged after
+    byte ``start`` of its log (the restarted process's part)."""
     found: dict[str, float] = {}
-    for line in log.read_text(errors="replace").splitlines():
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
         m = _STAMP.match(line)
-        if not m or int(m.group(2)) != pid:
+        if not m:
             continue
-        when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if "[^Worker]: Ready" in m.group(3):
-            found.setdefault("ready", when)
-        elif "recall-requests partitions assigned" in m.group(3):
-            found.setdefault("assigned", when)
+        for name, marker in STEPS:
+            if name not in found and marker in m.group(2):
+                found[name] = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return found
 
 
@@ -93,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 for n in range(args.kills):
                     await asyncio.sleep(2.0)
                     peak = max(peak, RssWatch(worker.proc.pid).peak())
+                    log_start = log.stat().st_size
                     t_kill = time.time()
                     worker.proc.kill()
                     worker.proc.wait(10)
@@ -115,13 +133,13 @@ def run(args: argparse.Namespace) -> int:
                             pass
                     thread.join()
                     worker = started["svc"]
-                    ev = _events(log, worker.proc.pid)
-                    row = {"metrics_up_s": started["port_up"] - t_kill,
-                           "ready_s": ev.get("ready", float("nan")) - t_kill,
-                           "assigned_s": ev.get("assigned", float("nan")) - t_kill,
-                           "first_answer_s": answered - t_kill}
+                    ev = _events(log, log_start)
+                    row = {name: ev.get(name, float("nan")) - t_kill for name, _ in STEPS}
+                    row["metrics_up_s"] = started["port_up"] - t_kill
+                    row["first_answer_s"] = answered - t_kill
                     rows.append(row)
-                    print(f"kill {n + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
+                    order = sorted(row, key=lambda k: (row[k] != row[k], row[k]))
+                    print(f"kill {n + 1}: " + ", ".join(f"{k} {row[k]:.2f}" for k in order),
                           flush=True)
                 peak = max(peak, RssWatch(worker.proc.pid).peak())
             finally:
@@ -136,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {"bench": "restart", "items": args.items, "session_s": args.session,
                "kills": len(rows), "first_answer_s": [round(x, 2) for x in firsts],
                "median_first_answer_s": round(statistics.median(firsts), 2) if firsts else None,
-               "median_ready_s": round(statistics.median(r["ready_s"] for r in rows), 2)
-               if rows else None,
+               "median_steps_s": {k: round(statistics.median(r[k] for r in rows), 2)
+                                  for k in rows[0]} if rows else None,
                "worker_peak_rss_mb": round(peak / 2**20), "loadavg": loadavg()}
     print(f"kill -9 -> serving again: median {summary['median_first_answer_s']} s "
           f"(session timeout {args.session} s, {args.items} items, load average "

@@ -13,9 +13,13 @@ log = logging.getLogger(__name__)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run the faust worker until SIGINT/SIGTERM (settings from the environment)."""
+    """Run the faust worker until SIGINT/SIGTERM (settings from the environment).
+
+    Logs the start-up's steps ("start-up: ..."): ``recall bench restart`` reads their
+    times to split a restart into the process's own start and the wait for the group."""
     import asyncio
 
+    log.info("start-up: interpreter and command line ready")
     from faust.worker import Worker
 
     from recall.config import Settings, kafka_client_kwargs, redacted_url
@@ -25,6 +29,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level.upper())
+    log.info("start-up: modules imported")
     try:
         # faust does not declare topics here (topic_allow_declare off) and Tansu would
         # auto-create them with 4 partitions: make them with RECALL_TOPIC_PARTITIONS
@@ -34,6 +39,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("could not create topics (%s); checking they exist", exc)
     # fail here, with the reason (StartupError: exit 2), not log Ready and answer nothing
     asyncio.run(preflight(settings, kafka_client_kwargs(settings)))
+    log.info("start-up: topics, broker and redis checked")
     app, metrics = build_worker(settings)
     metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info("metrics on %s:%d/metrics; kafka %s; redis %s", settings.metrics_host,
