@@ -58,15 +58,55 @@ class Answered:
     deliveries: list[asyncio.Future] = field(default_factory=list)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, owner: RequestsConsumer) -> None:
+def group_consumer(settings: Settings, client_kwargs: dict | None = None) -> AIOKafkaConsumer:
+    """The workers' group consumer of ``recall-requests`` (not started)."""
+    session_ms = int(settings.kafka_session_timeout * 1000)
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms),
+        max_poll_records=REQUEST_BATCH, session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(100, session_ms // 5),
+        rebalance_timeout_ms=max(session_ms, 2000),
+        **(client_kwargs or {}))
+
+
+class Membership(ConsumerRebalanceListener):
+    """The worker's membership of the group, and the rebalances it hands to the
+    :class:`RequestsConsumer` once that is attached.
+
+    :meth:`join` can be called before the worker can answer (Worker.start joins while a
+    small index loads: the broker's join takes about a second anyway). Until
+    :meth:`attach`, an assignment is only kept by the consumer: nothing is fetched,
+    answered or owned, and the callback returns at once (aiokafka sends no heartbeats
+    while it runs)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.owner: RequestsConsumer | None = None
+        self.started = False
+
+    async def join(self) -> None:
+        """Start the consumer and subscribe: the join goes on in the background."""
+        await self.consumer.start()
+        self.started = True
+        self.consumer.subscribe([self.topic], listener=self)
+
+    async def attach(self, owner: RequestsConsumer) -> None:
+        """From now on rebalances go to ``owner``; the partitions assigned so far too."""
         self.owner = owner
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        if assigned:
+            await owner.on_assigned(assigned)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.owner.on_revoked({tp.partition for tp in revoked})
+        if self.owner is not None:
+            await self.owner.on_revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.owner.on_assigned({tp.partition for tp in assigned})
+        if self.owner is not None:
+            await self.owner.on_assigned({tp.partition for tp in assigned})
 
 
 class RequestsConsumer:
@@ -75,7 +115,10 @@ class RequestsConsumer:
     def __init__(self, settings: Settings, service: RecallService, dead_letters: DeadLetters,
                  send: Send, metrics: Metrics,
                  on_assignment: Callable[[set[int]], Awaitable[None]],
-                 client_kwargs: dict | None = None) -> None:
+                 client_kwargs: dict | None = None, membership: Membership | None = None
+                 ) -> None:
+        """``membership``: the group, if already joined (:class:`Membership`); else
+        :meth:`start` joins it."""
         self.settings = settings
         self.service = service
         self.dead_letters = dead_letters
@@ -83,15 +126,9 @@ class RequestsConsumer:
         self.metrics = metrics
         self.on_assignment = on_assignment
         self.topic = settings.topic_requests
-        session_ms = int(settings.kafka_session_timeout * 1000)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms),
-            max_poll_records=REQUEST_BATCH, session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 5),
-            rebalance_timeout_ms=max(session_ms, 2000),
-            **(client_kwargs or {}))
+        self.membership = membership or Membership(group_consumer(settings, client_kwargs),
+                                                   self.topic)
+        self.consumer = self.membership.consumer
         self.owned: set[int] = set()
         #: partition -> answered batches not committed yet, oldest first
         self.answered: dict[int, list[Answered]] = {}
@@ -102,12 +139,12 @@ class RequestsConsumer:
         self.expected: dict[int, int] = {}
         self.lock = asyncio.Lock()  # held while a batch is answered and while committing
         self._tasks: list[asyncio.Task] = []
-        self._started = False
 
     async def start(self) -> None:
-        await self.consumer.start()
-        self._started = True
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        """Join the group (unless joined already), take what it assigned, answer."""
+        if not self.membership.started:
+            await self.membership.join()
+        await self.membership.attach(self)
         self._tasks = [asyncio.create_task(self._run(), name="requests-consumer"),
                        asyncio.create_task(self._commit_loop(), name="requests-commit")]
 
@@ -118,7 +155,7 @@ class RequestsConsumer:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._started:
+        if self.membership.started:
             async with self.lock:
                 await self._commit(set(self.answered) | set(self.delivered))
             await self.consumer.stop()

@@ -12,8 +12,11 @@ Parts, each in its own module:
 - :class:`recall.store.Store` is the only way to Redis; :class:`stream.policy.DeadLetters`
   the only way to the DLQ.
 
-:meth:`Worker.start` returns a worker whose parts all exist (loading the index first,
-joining the group last, once requests can be answered).
+:meth:`Worker.start` returns a worker whose parts all exist. A small index (at most
+``EARLY_JOIN_MAX_ITEMS``) loads while the group is joined: the broker takes about a second
+to hand partitions over (its join wait), so a restarted worker serves that much sooner; a
+big one loads first and the group is joined last, so the partitions stay with the other
+workers (after the session timeout) while it loads, rather than waiting unserved on it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from stream.clicks import ClicksConsumer
 from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, Send
-from stream.requests import RequestsConsumer
+from stream.requests import Membership, RequestsConsumer, group_consumer
 from stream.service import EXACT_MAX_ITEMS, RecallService
 from stream.state import IndexSlot
 from stream.watch import RecallWatch
@@ -42,6 +45,10 @@ log = logging.getLogger(__name__)
 VERSION_POLL = 1.0
 #: seconds between event-loop lag samples
 LOOP_LAG_EVERY = 0.1
+#: the largest index loaded while the group is joined (module docstring): about as long
+#: to load as the broker's ~1 s join wait (200,000 items took 3-5 s on a shared 2-core
+#: machine at load average ~4.5)
+EARLY_JOIN_MAX_ITEMS = 50_000
 
 
 #: glibc's M_MMAP_THRESHOLD option of mallopt()
@@ -70,6 +77,16 @@ def _release_load_memory() -> None:
     gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _warm_up() -> None:
+    try:
+        kernels.warm_up()
+        userkernels.warm_up()  # click application's
+    except Exception:  # the kernel's own call will raise it where it matters
+        log.exception("loading the compiled kernels failed")
+    else:
+        log.info("start-up: kernels ready")
 
 
 class Ownership:
@@ -122,17 +139,36 @@ class Worker:
     @classmethod
     async def start(cls, settings: Settings, metrics: Metrics, send: Send,
                     store: Store | None = None) -> Worker:
-        """Load the live index, start the items follower and the clicks consumer, then
-        join the group. ``send``: the producer's (responses and DLQ records)."""
+        """Load the live index, start the items follower and the clicks consumer, and
+        join the group (during the load when the index is small: module docstring).
+        ``send``: the producer's (responses and DLQ records)."""
         s = settings
         store = store or Store.from_settings(s)
-        # the compiled search kernels: loaded from numba's cache (compiled on a first
-        # run), before any request can wait for them
-        await asyncio.to_thread(kernels.warm_up)
-        await asyncio.to_thread(userkernels.warm_up)  # click application's
-        _return_big_frees()
+        kwargs = kafka_client_kwargs(s)
         version = await ensure_live_version(store, s, s.topic_partitions)
+        n_items = await store.items_count(version)
+        membership = None
+        if n_items <= EARLY_JOIN_MAX_ITEMS:
+            membership = Membership(group_consumer(s, kwargs), s.topic_requests)
+            await membership.join()
+            log.info("start-up: joining the group while the index (%d items) loads", n_items)
+        try:
+            return await cls._start(s, metrics, send, store, version, membership)
+        except BaseException:  # failed or cancelled: leave the group we joined
+            if membership is not None:
+                await membership.consumer.stop()
+            raise
+
+    @classmethod
+    async def _start(cls, s: Settings, metrics: Metrics, send: Send, store: Store,
+                     version: int, membership: Membership | None) -> Worker:
+        _return_big_frees()
         t0 = time.perf_counter()
+        # the compiled kernels, from numba's cache (compiled on a first run), in a thread
+        # while the index is read. Not awaited: a kernel called before it is loaded
+        # waits for it (numba's lock), as the index build does. Most of the time is
+        # numba's own first-use set-up (~0.4 s on an idle host, 1.5-2.5 s on a loaded one)
+        warming = asyncio.create_task(asyncio.to_thread(_warm_up), name="kernels-warm-up")
         index, offsets = await load_index(store, version, s.dim)
         _release_load_memory()
         metrics.index_rebuild.set(time.perf_counter() - t0)
@@ -151,14 +187,17 @@ class Worker:
         clicks = ClicksConsumer(s, service, dead_letters, metrics, kwargs)
         ownership = Ownership(s, clicks, follower)
         requests = RequestsConsumer(s, service, dead_letters, send, metrics, ownership.own,
-                                    kwargs)
+                                    kwargs, membership=membership)
         worker = cls(s, metrics, store, service, follower, clicks, requests, watch)
         await follower.start(offsets)
         await service.refresh_popular()
         await clicks.start()
         worker._tasks = [asyncio.create_task(worker._watch(), name="recall-watch"),
-                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag")]
-        await requests.start()  # last: join the group once requests can be answered
+                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag"),
+                         warming]
+        # last, once requests can be answered: take the assignment (joining now if the
+        # group was not joined yet) and fetch
+        await requests.start()
         return worker
 
     async def stop(self) -> None:

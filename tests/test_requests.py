@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from recall.config import Settings
 from stream.metrics import Metrics
 from stream.policy import DeadLetters
-from stream.requests import RequestsConsumer
+from stream.requests import Membership, RequestsConsumer
 from stream.service import Answer, Ask
 
 
@@ -147,3 +147,57 @@ async def test_revoked_partitions_are_committed_and_their_clicks_given_up() -> N
     assert fake.commits == [{TopicPartition(rc.topic, 0): 5}]
     assert set(rc.answered) == {2}  # a partition still owned waits for the periodic commit
     assert owned == [{0, 1, 2}, {2}]
+
+
+class JoiningConsumer(FakeConsumer):
+    """A consumer of the group, whose assignment the test sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assigned: set[TopicPartition] = set()
+        self.subscribed: Any = None
+
+    async def start(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.subscribed = listener
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+
+async def test_partitions_assigned_while_the_worker_loads_are_owned_once_it_can_answer(
+) -> None:
+    """A restarting worker joins the group while its index loads (Worker.start): an
+    assignment that comes first must be taken when the consumer starts answering, and
+    nothing owned before (its clicks consumer and items follower do not exist yet)."""
+    settings, metrics = Settings(), Metrics()
+    producer = Deliveries()
+    owned: list[set[int]] = []
+
+    async def on_assignment(partitions: set[int]) -> None:
+        owned.append(set(partitions))
+
+    fake = JoiningConsumer()
+    membership = Membership(fake, settings.topic_requests)  # type: ignore[arg-type]
+    await membership.join()
+    tps = {TopicPartition(settings.topic_requests, p) for p in (0, 2)}
+    fake.assigned = tps
+    await fake.subscribed.on_partitions_assigned(tps)
+    assert owned == []  # not before the worker can answer
+    rc = RequestsConsumer(settings, FakeService(), DeadLetters(settings, metrics, producer.send),
+                          producer.send, metrics, on_assignment,  # type: ignore[arg-type]
+                          membership=membership)
+
+    async def idle() -> None:  # no fetching or committing in this test
+        await asyncio.sleep(3600)
+
+    rc._run = rc._commit_loop = idle  # type: ignore[method-assign]
+    await rc.start()
+    assert owned == [{0, 2}] and rc.owned == {0, 2}
+    # later rebalances reach it directly
+    await fake.subscribed.on_partitions_revoked({TopicPartition(settings.topic_requests, 2)})
+    assert owned[-1] == {0}
+    fake.stop = fake.start  # type: ignore[method-assign]
+    await rc.stop()
