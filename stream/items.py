@@ -94,9 +94,16 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
     # pass builds the bucket table (LSHIndex.stage/build: at 1M items the peak RSS of
     # the load was twice the index's, from batch merges and growth copies)
     index.reserve(await store.items_count(version))
+    # each batch staged in a thread (normalising is numpy work that releases the GIL:
+    # the event loop keeps serving) while the next one is read from Redis; one at a
+    # time, in order (an id read twice by HSCAN keeps its last vector)
+    staging: asyncio.Future | None = None
     async for ids, mat in store.iter_items(version, LOAD_BATCH, dim=dim):
-        # normalising is numpy work that releases the GIL: keep the event loop serving
-        await asyncio.to_thread(index.stage, ids, mat)
+        if staging is not None:
+            await staging
+        staging = asyncio.ensure_future(asyncio.to_thread(index.stage, ids, mat))
+    if staging is not None:
+        await staging
     await asyncio.to_thread(index.build)
     return index, offsets
 
