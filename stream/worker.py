@@ -165,9 +165,11 @@ class Worker:
         _return_big_frees()
         t0 = time.perf_counter()
         # the compiled kernels, from numba's cache (compiled on a first run), in a thread
-        # while the index is read. Not awaited: a kernel called before it is loaded
-        # waits for it (numba's lock), as the index build does. Most of the time is
-        # numba's own first-use set-up (~0.4 s on an idle host, 1.5-2.5 s on a loaded one)
+        # while the index is read: a kernel called before it is loaded waits for it
+        # (numba's lock), as the index build does. Most of the time is numba's own
+        # first-use set-up (~0.4 s on an idle host, 1.5-3 s on a loaded one). Awaited
+        # before answering only when searches use them (more than EXACT_MAX_ITEMS):
+        # a search waiting on the lock would hold up the event loop
         warming = asyncio.create_task(asyncio.to_thread(_warm_up), name="kernels-warm-up")
         index, offsets = await load_index(store, version, s.dim)
         _release_load_memory()
@@ -195,6 +197,8 @@ class Worker:
         worker._tasks = [asyncio.create_task(worker._watch(), name="recall-watch"),
                          asyncio.create_task(worker._loop_lag(), name="recall-loop-lag"),
                          warming]
+        if len(index) > EXACT_MAX_ITEMS:
+            await asyncio.shield(warming)
         # last, once requests can be answered: take the assignment (joining now if the
         # group was not joined yet) and fetch
         await requests.start()
