@@ -165,11 +165,10 @@ class Worker:
         _return_big_frees()
         t0 = time.perf_counter()
         # the compiled kernels, from numba's cache (compiled on a first run), in a thread
-        # while the index is read: a kernel called before it is loaded waits for it
-        # (numba's lock), as the index build does. Most of the time is numba's own
-        # first-use set-up (~0.4 s on an idle host, 1.5-3 s on a loaded one). Awaited
-        # before answering only when searches use them (more than EXACT_MAX_ITEMS):
-        # a search waiting on the lock would hold up the event loop
+        # while the index is read (the build waits for its own on numba's lock). Most of
+        # it is numba's first-use set-up (~0.4 s on an idle host, 1.5-3 s on a loaded
+        # one). Awaited before any consumer starts: a click batch or a search waiting on
+        # the lock would hold up the event loop
         warming = asyncio.create_task(asyncio.to_thread(_warm_up), name="kernels-warm-up")
         index, offsets = await load_index(store, version, s.dim)
         _release_load_memory()
@@ -191,14 +190,12 @@ class Worker:
         requests = RequestsConsumer(s, service, dead_letters, send, metrics, ownership.own,
                                     kwargs, membership=membership)
         worker = cls(s, metrics, store, service, follower, clicks, requests, watch)
+        await warming
         await follower.start(offsets)
         await service.refresh_popular()
         await clicks.start()
         worker._tasks = [asyncio.create_task(worker._watch(), name="recall-watch"),
-                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag"),
-                         warming]
-        if len(index) > EXACT_MAX_ITEMS:
-            await asyncio.shield(warming)
+                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag")]
         # last, once requests can be answered: take the assignment (joining now if the
         # group was not joined yet) and fetch
         await requests.start()
