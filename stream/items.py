@@ -47,6 +47,8 @@ from stream.state import IndexSlot
 
 log = logging.getLogger(__name__)
 
+#: longest a rebuilt version waits to catch up before it is served anyway (s)
+STAGE_TIMEOUT = 10.0
 #: items read per HSCAN batch when rebuilding
 LOAD_BATCH = 20_000
 
@@ -215,6 +217,9 @@ class ItemsFollower:
         self._seeks: dict[int, int] = {}
         self._task: asyncio.Task | None = None
         self.applied = 0  # messages handled (tests / readiness)
+        #: a rebuilt version catching up aside: (index, version, user, partition ->
+        #: position it must reach, monotonic deadline); the served one stays until then
+        self.staged: tuple[LSHIndex, int, dict | None, dict[int, int], float] | None = None
 
     async def start(self, offsets: dict[int, int]) -> None:
         await self.consumer.start()
@@ -270,10 +275,11 @@ class ItemsFollower:
     async def _run(self) -> None:
         while True:
             records = await fetch(self.consumer, "items", timeout_ms=1000)
-            if not records:
-                continue
             seeks = dict(self._seeks)
             async with self.lock:
+                if not records:
+                    self._swap_if_caught_up()
+                    continue
                 # a partition sought meanwhile (a new owner's rewind, a rebuild) is read
                 # again from there: what was fetched before is not this batch
                 records = {tp: ms for tp, ms in records.items()
@@ -283,6 +289,8 @@ class ItemsFollower:
                 except Exception:  # Redis down, a bug: apply and write the batch again
                     await rewind(self.consumer, batch_starts(records), "items",
                                  sum(len(rs) for rs in records.values()))
+                    continue
+                self._swap_if_caught_up()
 
     async def _apply(self, records: dict[TopicPartition, list[Any]]) -> None:
         """One fetch: every message into the in-memory index (the last per item wins),
@@ -314,7 +322,7 @@ class ItemsFollower:
             if hw is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, hw - msgs[-1].offset - 1))
-        index = self.slot.index
+        index = self.staged[0] if self.staged is not None else self.slot.index
         ups, dels = batch.apply_to(index)
         # ~0.45 s at 1M items in place: in a thread, requests keep being answered
         t0 = time.perf_counter()
@@ -337,17 +345,40 @@ class ItemsFollower:
         self.metrics.items.labels("delete").inc(dels)
         self.metrics.index_items.set(len(self.slot.index))
 
+    def _swap_if_caught_up(self) -> None:
+        """Serve the staged version once every partition reached the position the
+        served index had when the rebuild began (or, should that never come, e.g. the
+        records were compacted away, after STAGE_TIMEOUT)."""
+        if self.staged is None:
+            return
+        index, version, user, target, deadline = self.staged
+        behind = {p: o for p, o in target.items() if self.cursor.get(p, o) < o}
+        if behind and time.monotonic() < deadline:
+            return
+        if behind:
+            log.warning("index version %d served before catching up on %s", version, behind)
+        self.staged = None
+        self.slot.swap(index, version, user)
+        self.metrics.index_version.set(version)
+        self.metrics.index_items.set(len(index))
+        log.info("index version %d served: %d items", version, len(index))
+
     async def rebuild(self, store: Store, version: int) -> None:
-        """Build ``version`` from Redis aside, then seek and swap (no half-loaded index)."""
+        """Build ``version`` from Redis aside, replay the items topic into it from the
+        version's offsets, and serve it once it has caught up with the served index: a
+        version read from Redis lacks the changes after its offsets (a re-pick's copy
+        does, by design), and served at once it answers, and looks up clicked items,
+        without them until the replay arrives (seen: a click's item missing, the user's
+        vector off)."""
         t0 = time.perf_counter()
-        before = await self.positions()
         index, offsets = await load_index(store, version, self.settings.dim)
         user = (await store.get_meta(version) or {}).get("user")
         async with self.lock:
+            before = await self.positions()
+            target = {p: o for p, o in before.items() if offsets.get(p, o) < o}
             self.seek({**before, **offsets})
-            self.slot.swap(index, version, user)
+            self.staged = (index, version, user, target, time.monotonic() + STAGE_TIMEOUT)
+            self._swap_if_caught_up()
         self.metrics.index_rebuild.set(time.perf_counter() - t0)
-        self.metrics.index_version.set(version)
-        self.metrics.index_items.set(len(index))
-        log.info("index version %d live in memory: %d items in %.1fs", version, len(index),
-                 time.perf_counter() - t0)
+        log.info("index version %d loaded: %d items in %.1fs%s", version, len(index),
+                 time.perf_counter() - t0, f"; catching up on {target}" if target else "")

@@ -1,6 +1,6 @@
-"""stream.watch.RecallWatch on a real index and a real redis-server, without a broker: what
-it measures, when it moves the index to new parameters (a new Redis version), and that
-every item and every worker's restart follow."""
+"""stream.watch.RecallWatch on a real index and a real redis-server (a broker only for the
+items follower's catch-up): what it measures, when it moves the index to new parameters
+(a new Redis version), and that every item and every worker's restart follow."""
 
 from __future__ import annotations
 
@@ -10,16 +10,20 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from devtools.client import RecallClient
+from devtools.localstack import LocalStack
 from offline.synthetic import clustered_catalogue
 from recall.config import Settings
 from recall.lsh import Hasher, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
 from recall.tuner import exact_topk, user_like_queries
-from stream.items import ItemBatch, ItemsWriter, load_index
+from stream.items import ItemBatch, ItemsFollower, ItemsWriter, load_index
+from stream.kafka import create_topics
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 from stream.watch import RecallWatch, copy_version
+from tests.support import eventually, isolated_settings
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +248,41 @@ async def test_the_sampling_rate_is_lowered_to_fit_the_cpu_budget(store: Store) 
         w.watch.offer(w.q[0], 10, (), res.ids, index)
     granted = w.watch.queue.qsize() - waiting
     assert 1 <= granted <= max(1.0, rate) + rate * (w.watch.clock() - t0)  # burst: 1 s
+
+
+async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
+        store: Store, stack: LocalStack) -> None:
+    """A version read from Redis lacks the items topic's changes after its offsets (a
+    re-pick's copy always does). Served at once, it answered and looked clicked items up
+    without them until the replay arrived (seen: a clicked item missing, the user's vector
+    off). The served index must never lose items the one before it had."""
+    n = 40
+    settings = isolated_settings(stack, "stage", dim=DIM, topic_partitions=1,
+                                 redis_prefix=store.keys.prefix)
+    await create_topics(settings.kafka_bootstrap,
+                        [settings.topic_items, settings.topic_responses], 1)
+    x, _ = clustered_catalogue(n, DIM, seed=1)
+    ids = [f"i{i}" for i in range(n)]
+    params = LSHParams(dim=DIM, k=4, L=4, T=2, seed=3)
+    v1 = await store.create_version(params.to_dict(), DIM)
+    await store.set_item_offsets(v1, {0: 0})
+    index, _ = await load_index(store, v1, DIM)
+    slot = IndexSlot(index, v1)
+    follower = ItemsFollower(settings, slot, Metrics())
+    client = RecallClient(settings)
+    await client.start()
+    await follower.start({0: 0})
+    try:
+        await client.upsert_items(ids, x)  # item i is the message at offset i
+        await eventually(lambda: len(slot.index) == n, 30)
+        half = n // 2  # v2 holds the first half, its offset says so
+        v2 = await store.create_version(params.to_dict(), DIM)
+        await store.upsert_items(v2, ids[:half], x[:half], Hasher(params).keys(x[:half]))
+        await store.set_item_offsets(v2, {0: half})
+        await follower.rebuild(store, v2)
+        assert len(slot.index) == n  # the old one still, or the new one caught up
+        await eventually(lambda: slot.version == v2, 30)
+        assert sorted(slot.index.ids()) == sorted(ids)
+    finally:
+        await follower.stop()
+        await client.stop()
