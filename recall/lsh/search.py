@@ -309,11 +309,7 @@ class SearchMixin:
         for i in range(n):
             ex = np.unique(excluded[i])
             live = alive - (int(np.count_nonzero(self._alive[ex])) if len(ex) else 0)
-            sl, sc, w = slots[i], scores[i], min(live, ks[i] + 16)
-            if len(sc) > w > 0:  # _exact's shortlist: the best w and those within 1e-5
-                kth = np.partition(-sc, w - 1)[w - 1]
-                sl = sl[-sc <= kth + 1e-5]
-            sl = np.sort(sl)
+            sl = np.sort(_shortlist(slots[i], scores[i], min(live, ks[i] + 16)))
             out.append(self._top(sl, _scores(self._vecs, sl, qn[i]), ks[i], live, no_excl))
         return out
 
@@ -327,11 +323,7 @@ class SearchMixin:
             dead[excluded] = True
         live = np.flatnonzero(~dead)
         want = min(len(live), k + 16)  # margin: float32 and float64 sums can swap near-ties
-        short = live
-        if len(live) > want:
-            s = scores[live]
-            kth = np.partition(-s, want - 1)[want - 1]
-            short = live[-s <= kth + 1e-5]
+        short = _shortlist(live, scores[live], want)
         no_excl = np.zeros(0, dtype=np.int64)
         res = self._top(short, _scores(self._vecs, short, qn), k, len(live), no_excl)
         return res
@@ -340,6 +332,16 @@ class SearchMixin:
 #: items scored per matrix product by the batched exact search (its (queries x block)
 #: float32 scores: 4 MB at 32 queries)
 EXACT_BLOCK = 32_768
+
+
+def _shortlist(slots: np.ndarray, scores: np.ndarray, want: int) -> np.ndarray:
+    """The slots of the best ``want`` float32 scores and of every score within 1e-5 of
+    the want-th (ties and near-ties, which the exact float64 scores may reorder): the
+    one rule both exact searches use, so batched and single answers are the same."""
+    if not 0 < want < len(scores):
+        return slots
+    kth = np.partition(-scores, want - 1)[want - 1]
+    return slots[-scores <= kth + 1e-5]
 
 
 def _scores(vectors: np.ndarray, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
