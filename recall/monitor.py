@@ -11,11 +11,15 @@ threads: the wiring lives in ``stream/watch.py``.
   the parameters now served; its :class:`Estimate` is the mean with a normal-approximation
   95% interval (the query is the unit: its found items are not independent).
 - :class:`ProbeController` holds a target recall by moving the probes per table T along a
-  geometric ladder: up as soon as the mean is below the target, down only when the interval
-  is wholly above target + ``margin`` and the lower T was not already seen to fall short
-  (hysteresis: no oscillation between two neighbours). When T is at its maximum and the
-  interval is wholly below the target, it asks for a re-tune of the hash layout. Each
-  change empties the window: samples taken with other probes say nothing about the new T.
+  geometric ladder: up once ``min_samples`` samples put the mean below the target, or
+  sooner, after ``early_samples``, when the whole interval is below it (a recall far
+  below target is plain from a few samples, and the sampling rate is bounded: waiting for
+  ``min_samples`` at each step kept a 1M catalogue below target for minutes); down only
+  when the interval is wholly above target + ``margin`` and the lower T was not already
+  seen to fall short (hysteresis: no oscillation between two neighbours). When T is at its
+  maximum and the interval is wholly below the target, it asks for a re-tune of the hash
+  layout. Each change empties the window: samples taken with other probes say nothing
+  about the new T.
 """
 
 from __future__ import annotations
@@ -140,14 +144,20 @@ class ProbeController:
     """
 
     def __init__(self, target: float, probes: int, max_probes: int, *,
-                 window: int = 200, min_samples: int = 40, margin: float = 0.02) -> None:
+                 window: int = 200, min_samples: int = 40, margin: float = 0.02,
+                 early_samples: int | None = None) -> None:
         if not 0 < target <= 1:
             raise ValueError(f"target must be in (0, 1], got {target!r}")
         if min_samples < 2 or min_samples > window:
             raise ValueError(f"min_samples must be in 2..window, got {min_samples}")
+        early = min_samples if early_samples is None else early_samples
+        if not 2 <= early <= min_samples:
+            raise ValueError(f"early_samples must be in 2..min_samples, got {early}")
         self.target = float(target)
         self.margin = float(margin)
         self.min_samples = int(min_samples)
+        #: samples after which an interval wholly below the target raises T
+        self.early_samples = int(early)
         self.max_probes = max(int(max_probes), int(probes))
         self.ladder = probe_ladder(self.max_probes)
         self.window = RecallWindow(window)
@@ -174,9 +184,12 @@ class ProbeController:
         return lower[-1] if lower else None
 
     def decide(self) -> Decision | None:
-        """A change when the window holds enough samples and calls for one, else None."""
+        """A change when the window holds enough samples and calls for one, else None:
+        ``min_samples``, or ``early_samples`` when the interval is wholly below target."""
         est = self.window.estimate()
-        if est is None or est.n < self.min_samples:
+        if est is None or est.n < min(self.early_samples, self.min_samples):
+            return None
+        if est.n < self.min_samples and not est.high < self.target:
             return None
         if est.mean < self.target:
             self.short.add(self.probes)

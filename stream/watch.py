@@ -91,6 +91,10 @@ ACT_EVERY = 1.0
 COST_WEIGHT = 0.3
 #: per-query recalls kept, and needed before the controller acts
 WINDOW, MIN_SAMPLES = 200, 100
+#: samples after which the controller raises T when the whole 95% interval is below the
+#: target: at 1M items the CPU budget allows ~8 samples a second, so 100 samples per
+#: step made each step of T take 12-50 s; a recall far below target shows in 30
+EARLY_SAMPLES = 30
 #: size trigger: parameters are re-picked when the catalogue grows by this factor
 GROWTH = 4.0
 #: k of the tuner's recall@k when re-tuning
@@ -197,7 +201,8 @@ class RecallWatch:
         self._oldest = 0.0  # when the oldest sample waiting was queued (clock)
         self.controller = ProbeController(settings.target_recall, slot.index.params.T,
                                           settings.lsh_max_probes, window=WINDOW,
-                                          min_samples=MIN_SAMPLES)
+                                          min_samples=MIN_SAMPLES,
+                                          early_samples=EARLY_SAMPLES)
         self.repick = settings.retune_items > 0 and not explicit_params
         self._index = slot.index
         #: catalogue size the served parameters were chosen for (None: at load time)

@@ -170,3 +170,24 @@ def test_a_mean_just_below_the_target_raises_probes():
     est = ctl.estimate()
     assert est is not None and est.mean < 0.95 < est.high
     assert ctl.decide().probes == 6
+
+
+def test_a_recall_far_below_the_target_raises_probes_before_min_samples():
+    """A recall plainly below target (the whole interval below it) is acted on after
+    ``early_samples``; one near the target still waits for ``min_samples``."""
+    ctl = ProbeController(0.95, probes=5, max_probes=64, min_samples=100, early_samples=30)
+    feed(ctl, lambda t: 0.85, 30)
+    est = ctl.estimate()
+    assert est is not None and est.n == 30 and est.high < 0.95
+    d = ctl.decide()
+    assert d is not None and d.probes == 6, d
+    ctl.applied(6)
+    for v in [0.8] * 3 + [1.0] * 27:  # mean 0.98 at 30 samples: not early
+        ctl.observe(v, 6)
+    for v in [0.8] * 9:  # mean 0.935: below target, interval reaching above it
+        ctl.observe(v, 6)
+    est = ctl.estimate()
+    assert est is not None and est.mean < 0.95 < est.high and est.n < 100
+    assert ctl.decide() is None
+    with pytest.raises(ValueError):
+        ProbeController(0.95, probes=5, max_probes=64, min_samples=40, early_samples=50)

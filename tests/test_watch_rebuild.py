@@ -196,6 +196,7 @@ async def test_the_gauge_describes_the_probes_served(store: Store) -> None:
     assert w.slot.index.params.T < 32
     assert np.isnan(w.metrics.lsh_recall._value.get())
     w.watch.controller.min_samples = 10**6  # no further change
+    w.watch.controller.early_samples = 10**6
     await serve(w, 20)  # (the queue holds samples taken before the change, dropped)
     assert w.metrics.lsh_recall._value.get() > 0.9
 
@@ -236,7 +237,7 @@ async def test_the_sampling_rate_is_lowered_to_fit_the_cpu_budget(store: Store) 
     rate is the budget over the measured cost per sample, exported, and the samples
     granted follow it (none saved up at the old rate)."""
     w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3), retune_items=0,
-                    recall_sample_cpu=0.001)
+                    recall_sample_cpu=0.001, lsh_max_probes=2)  # (T stays: one window)
     await serve(w, 1)
     cost = w.watch.cost
     assert cost is not None and cost > 0
@@ -251,6 +252,33 @@ async def test_the_sampling_rate_is_lowered_to_fit_the_cpu_budget(store: Store) 
         w.watch.offer(w.q[0], 10, (), res.ids, index)
     granted = w.watch.queue.qsize() - waiting
     assert 1 <= granted <= max(1.0, rate) + rate * (w.watch.clock() - t0)  # burst: 1 s
+
+
+async def test_a_recall_far_below_target_raises_probes_within_a_few_dozen_samples(
+        store: Store) -> None:
+    """At 1M items the CPU budget allows ~8 samples a second: a worker that waited for
+    100 samples per step of T stayed below target for minutes (0.873 after 59 samples in
+    a 30 s run). With the worker's own thresholds, 40 answers far below target move T."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=1, seed=3), retune_items=0)
+    index = w.slot.index
+    assert served_recall(w) < 0.85  # (the setting: far below target at T=1)
+    for qi in w.q[:40]:
+        w.watch.offer(qi, 10, (), index.search(qi, 10)[0].ids, index)
+    await w.watch.step(timeout=0.01)
+    assert index.params.T > 1, w.watch.controller.estimate()
+
+
+async def test_by_default_the_cpu_budget_sets_the_sampling_rate_at_1m_items(
+        store: Store) -> None:
+    """At 1M x 64 an exact search costs ~6 ms of CPU a sample in batches of 32: the
+    default RECALL_RECALL_SAMPLE_CPU (0.05 of a core) then allows ~8 samples a second,
+    and the default RECALL_RECALL_SAMPLE_PER_S must not hold the rate below that (at 2 a
+    second, 100 samples took 50 s)."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3), retune_items=0)
+    defaults = Settings(dim=DIM)
+    w.watch.settings = defaults
+    w.watch._fit_budget(0.006)
+    assert w.watch.budget.per_second == pytest.approx(defaults.recall_sample_cpu / 0.006)
 
 
 async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
