@@ -60,6 +60,9 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
                    help="run the worker alone on this CPU, the broker, Redis and the load "
                         "on the others (figures per worker core)")
+    p.add_argument("--py-spy", default="", metavar="FILE",
+                   help="record the worker with py-spy (200 Hz, not pausing it) during the "
+                        "measured phase into this speedscope JSON file (local stack only)")
     p.set_defaults(func=cmd_bench_e2e)
 
     bench_index.add_parser(sub, bench_sub)

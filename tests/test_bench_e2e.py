@@ -28,13 +28,14 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     # a metrics port of its own, whatever the environment says
     monkeypatch.delenv("RECALL_METRICS_PORT", raising=False)
     plot = tmp_path / "latency.png"
+    profile = tmp_path / "worker.speedscope.json"
     import os
 
     mine = sorted(os.sched_getaffinity(0))
     pin = ["--pin-worker", str(mine[-1])] if len(mine) >= 2 else []
     status = main(["bench", "e2e", "--items", "2000", "--users", "200", "--rate", "50",
                    "--click-rate", "100", "--seconds", "3", "--freshness", "5",
-                   "--plot", str(plot), *pin])
+                   "--plot", str(plot), "--py-spy", str(profile), *pin])
     assert status == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     figures = json.loads(lines[-1])
@@ -55,6 +56,16 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     # the broker's own floor is measured on the local stack, and a recall costs more
     assert 0 < figures["broker_rtt_p50_ms"] < figures["e2e_p50_ms"]
     assert plot.stat().st_size > 0
+    # the worker was profiled during the measured phase: a speedscope file with samples
+    assert figures["py_spy"] == str(profile)
+    speedscope = json.loads(profile.read_text())
+    assert sum(len(p["samples"]) for p in speedscope["profiles"]) > 0
+    # CPU per process over the phase (fractions of a core) and per CPU
+    share = figures["cpu_share"]
+    assert set(share) >= {"worker", "broker", "redis", "bench", "load_requests", "load_clicks"}
+    assert share["worker"] > 0 and share["load_requests"] > 0
+    assert len(figures["cpu_busy"]) == os.cpu_count()
+    assert all(0 <= b <= 1.01 for b in figures["cpu_busy"])
 
 
 def test_pin_worker_refuses_cpus_it_cannot_use() -> None:

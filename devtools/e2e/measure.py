@@ -8,6 +8,7 @@ import math
 import time
 from typing import Any
 
+from devtools.e2e.phase import PhaseWatch
 from devtools.e2e.probes import DRAIN, freshness_probes
 from devtools.e2e.report import TIMEOUT, ms, pct
 from devtools.e2e.responses import BenchResponses
@@ -29,7 +30,10 @@ def scrape_all(ports: int | list[int] | None) -> str:
 
 
 async def measure(settings: Any, args: argparse.Namespace, run: str,
-                  port: int | list[int] | None, rss: RssWatch) -> dict[str, Any]:
+                  port: int | list[int] | None, rss: RssWatch,
+                  phase: PhaseWatch | None = None) -> dict[str, Any]:
+    """The measured phase and its figures; ``phase``: CPU use (and a py-spy profile)
+    over it, from its start to its last request's send."""
     import multiprocessing as mp
 
     import numpy as np
@@ -55,6 +59,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     probes = None
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        if phase is not None:
+            phase.start(args.seconds)
         if args.freshness > 0:
             probes = asyncio.create_task(freshness_probes(
                 settings, reader, args.freshness, args.items, run, args.seed, stop_at))
@@ -70,6 +76,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
                   f"e2e {figures}; worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
         req = req_out.get(timeout=30)
         clicks = click_out.get(timeout=30) if args.click_rate > 0 else {"sent": 0}
+        used = phase.stop() if phase is not None else {}
         for p in procs:
             p.join(10)
         # the outstanding responses
@@ -92,6 +99,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     worker_req = histogram_delta(before, after, "recall_request_duration_seconds")
     worker_e2e = histogram_delta(before, after, "recall_end_to_end_seconds")
     cand = histogram_delta(before, after, "recall_candidates")
+    lag = histogram_delta(before, after, "recall_event_loop_lag_seconds")
     clicks_applied = (metric_value(after, "recall_clicks_total")
                       - metric_value(before, "recall_clicks_total")) if after else None
     out = {
@@ -120,12 +128,14 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         "worker_e2e_p50_ms": ms(worker_e2e["p50"]),
         "worker_e2e_p95_ms": ms(worker_e2e["p95"]),
         "worker_e2e_p99_ms": ms(worker_e2e["p99"]),
+        "worker_loop_lag_p50_ms": ms(lag["p50"]), "worker_loop_lag_p99_ms": ms(lag["p99"]),
         "candidates_mean": None if cand["mean"] is None else round(cand["mean"], 1),
         "freshness_probes": args.freshness, "freshness_done": len(fresh) + missed,
         "freshness_missed": missed,
         "freshness_p50_ms": ms(pct(fresh, 50)), "freshness_p99_ms": ms(pct(fresh, 99)),
         "freshness_max_ms": ms(max(fresh) if fresh else None),
         **lsh_recall_figures(before, after),
+        **load_cpu(used, req, clicks, duration),
     }
     out["_latencies"] = lat
     out["_fresh"] = fresh
@@ -149,3 +159,17 @@ def lsh_recall_figures(before: str, after: str) -> dict[str, Any]:
             "lsh_recall_samples": int(queries),
             "lsh_recall_gauge": None if gauge is None else round(gauge, 4),
             "lsh_probes": value(after, "recall_lsh_probes")}
+
+
+def load_cpu(used: dict[str, Any], req: dict[str, Any], clicks: dict[str, Any],
+             duration: float) -> dict[str, Any]:
+    """The phase's CPU figures with the load generators' own (each reports its CPU
+    seconds while sending) as fractions of a core."""
+    if not used:
+        return {}
+    share = dict(used["cpu_share"])
+    for name, r in (("load_requests", req), ("load_clicks", clicks)):
+        if "cpu_seconds" in r:
+            share[name] = round(r["cpu_seconds"] / max(1e-9, duration), 3)
+    return {"cpu_share": share, "cpu_busy": used["cpu_busy"],
+            **({"py_spy": used["py_spy"]} if "py_spy" in used else {})}

@@ -64,7 +64,9 @@ def summary(o: dict[str, Any]) -> None:
           f"{o['send_errors']}; sources {o['sources']}", flush=True)
     print(f"worker: request p50 {f(o['worker_request_p50_ms'])} / p99 "
           f"{f(o['worker_request_p99_ms'])} ms; kafka-timestamp-to-sent p50 "
-          f"{f(o['worker_e2e_p50_ms'])} / p99 {f(o['worker_e2e_p99_ms'])} ms; candidates "
+          f"{f(o['worker_e2e_p50_ms'])} / p99 {f(o['worker_e2e_p99_ms'])} ms; event-loop lag "
+          f"p50 {f(o.get('worker_loop_lag_p50_ms'))} / p99 {f(o.get('worker_loop_lag_p99_ms'))}"
+          f" ms; candidates "
           f"mean {o['candidates_mean']}; clicks sent {o['clicks_sent']} "
           f"({o['click_rate_achieved']}/s), applied {o['clicks_applied']}", flush=True)
     print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "
@@ -75,6 +77,11 @@ def summary(o: dict[str, Any]) -> None:
     print(f"LSH recall sampled by the worker against exact search: {o.get('lsh_recall_sampled')}"
           f" over {o.get('lsh_recall_samples')} answers; gauge at the end "
           f"{o.get('lsh_recall_gauge')} at T={o.get('lsh_probes')}", flush=True)
+    if o.get("cpu_share"):
+        used = ", ".join(f"{k} {v:.2f}" for k, v in o["cpu_share"].items() if v is not None)
+        print(f"CPU over the measured phase, cores: {used}; each CPU busy "
+              f"{o.get('cpu_busy')}" + (f"; py-spy profile {o['py_spy']}"
+                                        if o.get("py_spy") else ""), flush=True)
     if o.get("pin_worker") is not None:
         print(f"worker pinned alone on CPU {o['pin_worker']} of {o.get('cpus')}; load average "
               f"{o.get('loadavg_start')} -> {o.get('loadavg_end')}", flush=True)

@@ -49,6 +49,7 @@ from typing import Any
 
 from devtools.e2e.catalogue import load_catalogue
 from devtools.e2e.measure import measure
+from devtools.e2e.phase import PhaseWatch
 from devtools.e2e.probes import broker_round_trip, trace_lost
 from devtools.e2e.report import ms, plot, summary
 from devtools.e2e.traffic import warm_users
@@ -65,7 +66,8 @@ async def wait_ready(settings: Any, timeout: float) -> float:
 
 
 async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | None,
-                 rss: RssWatch, external: bool) -> dict[str, Any]:
+                 rss: RssWatch, external: bool, phase: PhaseWatch | None = None
+                 ) -> dict[str, Any]:
     if external:
         # the running worker rebuilds when it sees the new live version
         await load_catalogue(settings, args, keep_old=True)
@@ -88,7 +90,7 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
           flush=True)
     print(f"measuring {args.seconds:g}s: {args.rate:g} requests/s, {args.click_rate:g} "
           f"clicks/s, {args.freshness} freshness probes", flush=True)
-    out = await measure(settings, args, run, port, rss)
+    out = await measure(settings, args, run, port, rss, phase)
     if out["lost"] and not external:
         out["lost_trace"] = await trace_lost(settings, run, out["lost_seqs"])
         print(f"lost requests {out['lost_seqs']}: {out['lost_trace']}", flush=True)
@@ -158,13 +160,16 @@ def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[i
 
     with worker_stack(settings, workdir=workdir, before_worker=load,
                       worker_timeout=120, kafka_session_timeout=3.0,
-                      worker_cpus=worker_cpus) as (settings, _, worker):
+                      worker_cpus=worker_cpus) as (settings, stack, worker):
         print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
               f":{settings.metrics_port}", flush=True)
         rss = RssWatch(worker.proc.pid)
         cpus = sorted(os.sched_getaffinity(worker.proc.pid))
+        phase = PhaseWatch({"worker": worker.proc.pid, "broker": stack.kafka.proc.pid,
+                            "redis": stack.redis.proc.pid, "bench": os.getpid()},
+                           py_spy=getattr(args, "py_spy", ""), profile_pid=worker.proc.pid)
         out = asyncio.run(_bench(settings, args, run, settings.metrics_port, rss,
-                                 external=False))
+                                 external=False, phase=phase))
         memory = memory_figures(rss)  # the peak is the kernel's while the worker lives
         if worker.proc.poll() is not None:
             print(f"warning: the worker exited with {worker.proc.returncode}", flush=True)

@@ -23,11 +23,13 @@ def producer(bootstrap: str, linger_ms: int) -> Any:
 
 
 async def _paced(rate: float, seconds: float, start_at: float, tick: float,
-                 emit: Any) -> tuple[int, float, float]:
+                 emit: Any) -> tuple[int, float, float, float]:
     """Call ``emit(n)`` so that ``rate`` per second are emitted on schedule from the wall
-    time ``start_at`` for ``seconds``; returns (emitted, first, last emit time)."""
+    time ``start_at`` for ``seconds``; returns (emitted, first, last emit time, this
+    process's CPU seconds meanwhile)."""
     await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
+    cpu0 = time.process_time()
     sent = 0
     total = int(rate * seconds)
     first = last = t0
@@ -40,7 +42,7 @@ async def _paced(rate: float, seconds: float, start_at: float, tick: float,
             last = time.time()
         next_at = t0 + sent / rate
         await asyncio.sleep(max(0.0, min(tick, next_at - time.time())))
-    return sent, first, last
+    return sent, first, last, time.process_time() - cpu0
 
 
 def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: float,
@@ -76,11 +78,12 @@ def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: 
             counter.value = seq
 
         try:
-            sent, first, last = await _paced(rate, seconds, start_at, 0.002, emit)
+            sent, first, last, cpu = await _paced(rate, seconds, start_at, 0.002, emit)
             await prod.flush()
         finally:
             await prod.stop()
-        return {"sent": sent, "first": first, "last": last, "send_errors": errors}
+        return {"sent": sent, "first": first, "last": last, "send_errors": errors,
+                "cpu_seconds": cpu}
 
     out.put(asyncio.run(main()))
 
@@ -118,11 +121,11 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
                 futures.clear()
 
         try:
-            sent, first, last = await _paced(rate, seconds, start_at, 0.01, emit)
+            sent, first, last, cpu = await _paced(rate, seconds, start_at, 0.01, emit)
             await asyncio.gather(*futures, return_exceptions=True)
         finally:
             await prod.stop()
-        return {"sent": sent, "first": first, "last": last}
+        return {"sent": sent, "first": first, "last": last, "cpu_seconds": cpu}
 
     out.put(asyncio.run(main()))
 

@@ -1,0 +1,102 @@
+"""What the machine did during the e2e benchmark's measured phase: CPU per process and
+per CPU, and (``--py-spy FILE``) a py-spy profile of the worker.
+
+Why: the worker's latency depends on the processes it talks to. With ``--pin-worker`` the
+broker, Redis, the load generators and this process share the other CPUs; when those are
+saturated, records wait before the worker even sees them. The figures say which process
+used how much of a core over the phase, and how busy each CPU was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its threads so far; None once gone."""
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except Exception:
+        return None
+    return float(t.user + t.system)
+
+
+def _busy_per_cpu() -> list[tuple[float, float]]:
+    """(busy, total) seconds per CPU since boot (busy: all but idle and iowait)."""
+    import psutil
+
+    out = []
+    for t in psutil.cpu_times(percpu=True):
+        total = sum(t)
+        out.append((total - t.idle - getattr(t, "iowait", 0.0), total))
+    return out
+
+
+def py_spy_binary() -> str | None:
+    """py-spy from this interpreter's environment, else from PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+class PhaseWatch:
+    """CPU of named processes (``{name: pid}``) and of each CPU between :meth:`start` and
+    :meth:`stop`; with ``py_spy``, the worker (``profile_pid``) is recorded meanwhile
+    (sampling without pausing it: ``--nonblocking``), to a speedscope JSON file."""
+
+    def __init__(self, pids: dict[str, int], py_spy: str = "", profile_pid: int | None = None,
+                 rate: int = 200) -> None:
+        self.pids = dict(pids)
+        self.py_spy = py_spy
+        self.profile_pid = profile_pid
+        self.rate = rate
+        self._t0 = 0.0
+        self._cpu0: dict[str, float | None] = {}
+        self._busy0: list[tuple[float, float]] = []
+        self._spy: subprocess.Popen | None = None
+
+    def start(self, seconds: float) -> None:
+        """The phase begins now and lasts about ``seconds`` (the profile's duration)."""
+        self._t0 = time.monotonic()
+        self._cpu0 = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._busy0 = _busy_per_cpu()
+        if self.py_spy and self.profile_pid is not None:
+            exe = py_spy_binary()
+            if exe is None:
+                print("warning: --py-spy: no py-spy found (pip install py-spy)", flush=True)
+                return
+            self._spy = subprocess.Popen(
+                [exe, "record", "--pid", str(self.profile_pid), "--duration",
+                 str(max(1, int(seconds))), "--rate", str(self.rate), "--nonblocking",
+                 "--format", "speedscope", "-o", self.py_spy],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> dict[str, Any]:
+        """Figures since :meth:`start`: each process's CPU as a fraction of one core, each
+        CPU's busy fraction, the profile written (or why not)."""
+        wall = max(1e-9, time.monotonic() - self._t0)
+        share = {}
+        for name, pid in self.pids.items():
+            now, then = _cpu_seconds(pid), self._cpu0.get(name)
+            share[name] = None if now is None or then is None else round((now - then) / wall, 3)
+        busy = [round((b1 - b0) / max(1e-9, t1 - t0), 3)
+                for (b0, t0), (b1, t1) in zip(self._busy0, _busy_per_cpu(), strict=False)]
+        out: dict[str, Any] = {"cpu_share": share, "cpu_busy": busy}
+        if self._spy is not None:
+            try:
+                _, err = self._spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+                _, err = self._spy.communicate()
+            ok = self._spy.returncode == 0 and Path(self.py_spy).exists()
+            out["py_spy"] = self.py_spy if ok else None
+            if not ok:
+                print(f"warning: py-spy failed ({self._spy.returncode}): "
+                      f"{err.decode(errors='replace')[-500:]}", flush=True)
+        return out
