@@ -29,6 +29,7 @@ from typing import Any
 
 from recall import kernels, userkernels
 from recall.config import Settings, kafka_client_kwargs
+from recall.lsh import ids
 from recall.store import Store
 from stream.clicks import ClicksConsumer
 from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
@@ -83,6 +84,7 @@ def _warm_up() -> None:
     try:
         kernels.warm_up()
         userkernels.warm_up()  # click application's
+        ids.warm_up()  # the index's id store
     except Exception:  # the kernel's own call will raise it where it matters
         log.exception("loading the compiled kernels failed")
     else:

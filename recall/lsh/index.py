@@ -1,9 +1,10 @@
 """The incremental in-memory LSH index: upserts and deletes without rebuilds, batched
 search with exact re-rank.
 
-Layout: normalised float32 vectors in slots of a growable matrix, an id -> slot dict, a
-free-list, and one sorted bucket table over all tables (:class:`SortedBuckets`; keys are
-salted per table, so one lookup serves every probe). Small upserts go to a pending dict
+Layout: normalised float32 vectors in slots of a growable matrix, ids <-> slots in a
+compact store that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted
+bucket table over all tables (:class:`SortedBuckets`; keys are salted per table, so one
+lookup serves every probe). Small upserts go to a pending dict
 (key -> slots) merged into the sorted table in amortised batches; updated or removed
 slots are masked out of the sorted table until the next merge. Searches (the reads:
 :mod:`recall.lsh.search`) gather the probed buckets and re-rank the candidates by exact
@@ -29,6 +30,7 @@ import numpy as np
 from recall import kernels
 from recall.lsh.buckets import SortedBuckets, offset_dtype
 from recall.lsh.hashing import Hasher
+from recall.lsh.ids import IdStore
 from recall.lsh.params import LSHParams, normalize
 from recall.lsh.search import SearchMixin
 
@@ -68,10 +70,7 @@ class LSHIndex(SearchMixin):
         self._stamp = np.zeros(0, dtype=np.int32)
         self._mark = np.zeros(0, dtype=np.uint8)  # the kernels' per-slot scratch (zeros)
         self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
-        self._slot_ids: list[str | None] = []
-        self._id2slot: dict[str, int] = {}
-        self._free: list[int] = []
-        self._high = 0  # slots ever handed out (high-water mark)
+        self._ids = IdStore()  # ids <-> slots, and which slots are free
         self._buckets = SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
         self._pending: dict[int, list[int]] = {}  # bucket key -> slots
         self._pending_slots: dict[int, list[int]] = {}  # slot -> its L bucket keys
@@ -108,14 +107,19 @@ class LSHIndex(SearchMixin):
         self.params = replace(self.params, cap=value)
 
     def __len__(self) -> int:
-        return len(self._id2slot)
+        return len(self._ids)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._id2slot
+        return item_id in self._ids
+
+    @property
+    def _high(self) -> int:
+        """Slots ever handed out (high-water mark): every item's slot is below it."""
+        return self._ids.high
 
     def ids(self) -> list[str]:
         """Every item id (the recall monitor samples them to re-tune and copies them)."""
-        return list(self._id2slot)
+        return self._ids.ids()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -129,10 +133,11 @@ class LSHIndex(SearchMixin):
         }
 
     def nbytes(self) -> int:
-        """Bytes held in numpy arrays (vectors, sorted bucket table, masks)."""
+        """Bytes held in numpy arrays (vectors, sorted bucket table, masks, ids)."""
         arrays = (self._vecs, self._alive, self._in_main, self._stamp, self._mark,
                   self._seen)
-        return int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
+        return (int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
+                + self._ids.nbytes())
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
         if isinstance(ids, (str, bytes)):
@@ -167,7 +172,7 @@ class LSHIndex(SearchMixin):
             arr[: self._capacity] = getattr(self, name)
             setattr(self, name, arr)
         self._seen = np.zeros((new + 63) // 64, dtype=np.uint64)  # zeros between searches
-        self._slot_ids.extend([None] * (new - self._capacity))
+        self._ids.reserve(new)
         self._capacity = new
 
     # ------------------------------------------------------------------ writes
@@ -190,22 +195,10 @@ class LSHIndex(SearchMixin):
             rows = np.fromiter(last.values(), dtype=np.intp, count=len(last))
             ids, vn = list(last), vn[rows]
         n = len(ids)
-        free_needed = max(0, n - len(self._free))
-        self._grow(self._high + free_needed)
-        slots = np.empty(n, dtype=np.int64)
-        moved: list[int] = []
-        id2slot = self._id2slot
-        for i, item_id in enumerate(ids):
-            slot = id2slot.get(item_id)
-            if slot is None:
-                slot = self._free.pop() if self._free else self._next_new_slot()
-                id2slot[item_id] = slot
-                self._slot_ids[slot] = item_id
-            else:
-                moved.append(slot)
-            slots[i] = slot
-        if moved:
-            self._unindex(np.asarray(moved, dtype=np.int64))
+        slots, new = self._ids.add(ids)
+        self._grow(self._high)
+        if not new.all():
+            self._unindex(slots[~new])
         self._vecs[slots] = vn
         self._alive[slots] = True
         keys = self.hasher.keys(vn)
@@ -242,16 +235,8 @@ class LSHIndex(SearchMixin):
         if not ids:
             return
         vn = _normalize_blocks(vecs)
-        known = self._id2slot
-        self._grow(self._high + len({i for i in ids if i not in known}))
-        get, slot_ids = known.get, self._slot_ids
-        slots = np.empty(len(ids), dtype=np.int64)
-        for i, item_id in enumerate(ids):
-            slot = get(item_id)
-            if slot is None:
-                slot = self._id2slot[item_id] = self._next_new_slot()
-                slot_ids[slot] = item_id
-            slots[i] = slot
+        slots, _ = self._ids.add(ids)  # a repeated id: the same slot
+        self._grow(self._high)
         self._vecs[slots] = vn  # a repeated id: the last row wins (numpy assigns in order)
         self._alive[slots] = True
 
@@ -300,30 +285,18 @@ class LSHIndex(SearchMixin):
         """Remove items by id; returns how many were present. Unknown ids are ignored."""
         self._check_writable()
         ids = self._check_ids(list(ids) if not isinstance(ids, (str, bytes)) else ids)
-        slots = []
-        for item_id in dict.fromkeys(ids):
-            slot = self._id2slot.pop(item_id, None)
-            if slot is not None:
-                slots.append(slot)
-                self._slot_ids[slot] = None
-        if not slots:
+        arr = self._ids.remove(ids)  # their slots, now free
+        if not len(arr):
             return 0
-        arr = np.asarray(slots, dtype=np.int64)
         self._unindex(arr)
         self._alive[arr] = False
         self._vecs[arr] = 0.0
-        self._free.extend(slots)
         if self.merge_mode == "inline" and self._stale >= self._merge_threshold():
             self._merge_now()
-        return len(slots)
-
-    def _next_new_slot(self) -> int:
-        slot = self._high
-        self._high += 1
-        return slot
+        return len(arr)
 
     def _merge_threshold(self) -> int:
-        return max(self.MERGE_MIN, len(self._id2slot) // self.MERGE_RATIO)
+        return max(self.MERGE_MIN, len(self._ids) // self.MERGE_RATIO)
 
     def _unindex(self, slots: np.ndarray) -> None:
         """Take slots out of the bucket structures (before an update or a removal)."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import pairwise
 
 import numpy as np
 
 from recall import kernels
 from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
+from recall.lsh.ids import IdStore
 from recall.lsh.params import UNIT_TOL, LSHParams, normalize
 
 
@@ -52,8 +53,7 @@ class SearchMixin:
     _stamp: np.ndarray
     _mark: np.ndarray
     _seen: np.ndarray
-    _slot_ids: list[str | None]
-    _id2slot: dict[str, int]
+    _ids: IdStore
     _high: int
     _buckets: SortedBuckets
     _pending: dict[int, list[int]]
@@ -62,9 +62,7 @@ class SearchMixin:
     def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors (zeros where missing) and a "present" mask."""
         ids = self._check_ids(ids)
-        # map(): C-level iteration (the worker looks up every clicked user's window)
-        slots = np.fromiter(map(self._id2slot.get, ids, repeat(-1)), dtype=np.int64,
-                            count=len(ids))
+        slots = self._ids.slots(ids)  # one compiled lookup (every clicked user's window)
         present = slots >= 0
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         out[present] = self._vecs[slots[present]]
@@ -90,8 +88,7 @@ class SearchMixin:
         n = len(ks)
         if exclude is not None and len(exclude) != n:
             raise ValueError(f"{n} queries but {len(exclude)} exclude sets")
-        excluded = [self._excluded_slots(exclude[i] if exclude is not None else ())
-                    for i in range(n)]
+        excluded = self._excluded_slots(exclude, n)
         if exact:
             return self._exact_many(qn, ks, excluded)
         if n == 0:
@@ -131,12 +128,13 @@ class SearchMixin:
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
             b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
             p.vote, extra_ptr, extra, excl_ptr, excl, self._mark, self._seen)
-        slot_ids = self._slot_ids
+        found = top_slots >= 0  # each row's results first, then -1s
+        names = self._ids.ids_of(top_slots[found])  # the batch's ids in one call
+        ends = np.cumsum(found.sum(axis=1)).tolist()
         out = []
-        for i, row in enumerate(top_slots.tolist()):
-            m = ks[i] if row[-1] >= 0 else sum(1 for s in row if s >= 0)
-            out.append(QueryResult(ids=[slot_ids[s] for s in row[:m]],
-                                   scores=top_scores[i, :m].copy(),
+        for i, end in enumerate(ends):
+            m = end - (ends[i - 1] if i else 0)
+            out.append(QueryResult(ids=names[end - m:end], scores=top_scores[i, :m].copy(),
                                    candidates=int(n_cand[i])))
         return out
 
@@ -185,14 +183,17 @@ class SearchMixin:
                              ) from None
         return qn, [int(kk) for kk in ks]
 
-    def _excluded_slots(self, exclude: Collection[str]) -> np.ndarray:
-        if not exclude:
-            return np.zeros(0, dtype=np.int64)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        get = self._id2slot.get
-        slots = [s for s in map(get, exclude) if s is not None]
-        return np.asarray(slots, dtype=np.int64)
+    def _excluded_slots(self, exclude: Sequence[Collection[str]] | None, n: int
+                        ) -> list[np.ndarray]:
+        """The slots of each query's excluded ids (unknown ids left out), looked up in
+        one call for the batch."""
+        if exclude is None:
+            return [np.zeros(0, dtype=np.int64) for _ in range(n)]
+        sets = [(e,) if isinstance(e, str) else e for e in exclude]
+        flat = [item_id for e in sets for item_id in e]
+        slots = self._ids.slots(flat)
+        bounds = np.cumsum([0] + [len(e) for e in sets]).tolist()
+        return [(s := slots[a:b])[s >= 0] for a, b in pairwise(bounds)]
 
     def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) of each probe key in the sorted table, capped (empty if none)."""
@@ -253,7 +254,7 @@ class SearchMixin:
         top = top[np.lexsort((slots[top], -scores[top]))][:want]  # equal scores: by slot
         if len(excluded):
             top = top[~np.isin(slots[top], excluded)][:k]
-        ids = [self._slot_ids[s] for s in slots[top].tolist()]
+        ids = self._ids.ids_of(slots[top])
         return QueryResult(ids=ids, scores=scores[top].astype(np.float32), candidates=n_cand)
 
     def _exact_many(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
