@@ -369,7 +369,11 @@ class ItemsFollower:
         version read from Redis lacks the changes after its offsets (a re-pick's copy
         does, by design), and served at once it answers, and looks up clicked items,
         without them until the replay arrives (seen: a click's item missing, the user's
-        vector off)."""
+        vector off). A version already staged is left to catch up: the worker polls the
+        live version every second and, loading it again each time, restarted the replay
+        (4 loads of one re-picked version while a catalogue streamed in)."""
+        if self.staged is not None and self.staged[1] == version:
+            return
         t0 = time.perf_counter()
         index, offsets = await load_index(store, version, self.settings.dim)
         user = (await store.get_meta(version) or {}).get("user")

@@ -207,6 +207,8 @@ class RecallWatch:
         self._index = slot.index
         #: catalogue size the served parameters were chosen for (None: at load time)
         self.chosen_for = len(slot.index) if chosen_for is None else chosen_for
+        #: catalogue size each version this worker re-picked was chosen for
+        self._picked_for: dict[int, int] = {}
         self.rebuilding = False
         self.quiet_until = 0.0  # no re-pick before (clock): one was just made or refused
         self.dropped = 0
@@ -305,7 +307,12 @@ class RecallWatch:
             self.controller.reset(index.params.T)
             self.metrics.lsh_probes.set(index.params.T)
             self._publish()
-            self.chosen_for = len(index)
+            # the size its parameters were chosen for: a catalogue arriving on the topic
+            # keeps growing while the copy is made and loaded (from the size of the
+            # index served then, a re-pick at 3,000 items counted as chosen for 76,000
+            # and the next came only at 4x that: 1M items served with a 3,000-item
+            # layout); a version another worker picked: its size now
+            self.chosen_for = self._picked_for.pop(self.slot.version, len(index))
             self.quiet_until = 0.0
 
     def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
@@ -368,6 +375,7 @@ class RecallWatch:
         t0 = time.perf_counter()
         store, version = self.store, self.slot.version
         lock = store.keys.repick_lock
+        size = len(self.slot.index)
         # whatever happens, not again before the workers (this one too) loaded a new
         # version, or the lock holder is done
         self.quiet_until = self.clock() + REPICK_QUIET
@@ -382,6 +390,7 @@ class RecallWatch:
                     return False
                 new = await copy_version(store, version, params, self.settings.dim,
                                          await self.positions())
+                self._picked_for[new] = size
                 await store.switch_live(new)
             finally:
                 await store.release(lock)

@@ -4,6 +4,7 @@ items follower's catch-up): what it measures, when it moves the index to new par
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -146,6 +147,31 @@ async def test_a_catalogue_outgrowing_its_parameters_gets_a_new_version(store: S
     await w.watch.step(timeout=0.01)  # not again until it grows 4x
     assert w.metrics.lsh_retunes.labels("size")._value.get() == 1
     assert w.slot.version == v0 + 1
+
+
+async def test_a_catalogue_still_growing_during_a_repick_is_repicked_again_at_4x(
+        store: Store) -> None:
+    """Parameters re-picked at n items count as chosen for n, even when the new version
+    is served with more (items kept arriving during the copy and the load): seen from the
+    items topic, a re-pick at 3,000 counted as chosen for 76,000, and a 100,000-item
+    catalogue kept a layout for 3,000."""
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.chosen_for = 0  # a version the worker created empty
+    await w.watch.step(timeout=0.01)
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 1
+    new = await store.live_version()
+    params = LSHParams.from_dict((await store.get_meta(new))["params"])
+    more, _ = clustered_catalogue(3000, DIM, seed=5)  # arrive before the worker loads it
+    await store.upsert_items(new, [f"m{i}" for i in range(3000)], more,
+                             Hasher(params).keys(more))
+    assert await w.follow()
+    assert len(w.slot.index) == 4500
+    await w.watch.step(timeout=0.01)
+    assert w.watch.chosen_for == 1500
+    w.slot.index.add([f"n{i}" for i in range(1500)], clustered_catalogue(1500, DIM, seed=6)[0])
+    w.watch.quiet_until = 0.0  # (the pause between re-picks is not what is tested)
+    await w.watch.step(timeout=0.01)  # 6,000 items: 4x what the layout was chosen for
+    assert w.metrics.lsh_retunes.labels("size")._value.get() == 2
 
 
 async def test_a_probe_change_is_stored_with_the_version(store: Store) -> None:
@@ -310,7 +336,15 @@ async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
         v2 = await store.create_version(params.to_dict(), DIM)
         await store.upsert_items(v2, ids[:half], x[:half], Hasher(params).keys(x[:half]))
         await store.set_item_offsets(v2, {0: half})
+        follower._task.cancel()  # a replay that takes a while (a catalogue streaming in)
         await follower.rebuild(store, v2)
+        staged, seeks = follower.staged, dict(follower._seeks)
+        assert staged is not None and staged[1] == v2 and slot.version == v1
+        # the worker polls the live version every second: the same version again is
+        # left to catch up, neither loaded again nor its replay restarted
+        await follower.rebuild(store, v2)
+        assert follower.staged is staged and follower._seeks == seeks
+        follower._task = asyncio.create_task(follower._run())
         assert len(slot.index) == n  # the old one still, or the new one caught up
         await eventually(lambda: slot.version == v2, 30)
         assert sorted(slot.index.ids()) == sorted(ids)
