@@ -1,4 +1,4 @@
-"""The dev tools' subcommands: ``recall demo``, ``recall bench e2e | index | store``.
+"""The dev tools' subcommands: ``recall demo``, ``recall bench e2e | index | store | ...``.
 
 Only the standard library at module level (``recall --help`` stays fast).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devtools import bench_index, bench_restart, bench_store, realdata
+from devtools import bench_index, bench_restart, bench_store, bench_watch_live, realdata
 from devtools.e2e import capacity
 
 
@@ -69,5 +69,6 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     bench_store.add_parser(sub, bench_sub)
     bench_restart.add_parser(sub, bench_sub)
     capacity.add_parser(sub, bench_sub)
+    bench_watch_live.add_parser(sub, bench_sub)
 
     realdata.add_parser(sub)

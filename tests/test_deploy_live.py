@@ -332,7 +332,11 @@ def live(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     timings: dict[str, float] = {}
     workdir = Path(tmp_path_factory.mktemp("deploy-live"))
     # the contract's topic names, so labels in the picture read as in production
-    settings = isolated_settings(stack, "dl", own_topics=False, dim=DIM, topic_partitions=4)
+    # few recall samples a second, so the probes seldom move within the test: right after
+    # a probe change the recall_lsh_recall gauge is NaN (nothing measured at the new T)
+    # for up to 4 s, which an instant query of the panel can hit
+    settings = isolated_settings(stack, "dl", own_topics=False, dim=DIM, topic_partitions=4,
+                                 recall_sample_per_s=2.0)
     asyncio.run(create_topics(settings.kafka_bootstrap, settings.topics.values(),
                               settings.topic_partitions))
     worker_log = workdir / "worker.log"
