@@ -4,8 +4,9 @@ search with exact re-rank.
 Layout: normalised float32 vectors in slots of a growable matrix, ids <-> slots in a
 compact store that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted
 bucket table over all tables (:class:`SortedBuckets`; keys are salted per table, so one
-lookup serves every probe). Small upserts go to a pending dict
-(key -> slots) merged into the sorted table in amortised batches; updated or removed
+lookup serves every probe). Small upserts go to the pending buckets
+(:class:`PendingBuckets`: key -> slots in arrays the compiled search reads) merged into
+the sorted table in amortised batches; updated or removed
 slots are masked out of the sorted table until the next merge. Searches (the reads:
 :mod:`recall.lsh.search`) gather the probed buckets and re-rank the candidates by exact
 cosine.
@@ -32,6 +33,7 @@ from recall.lsh.buckets import SortedBuckets, offset_dtype
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
 from recall.lsh.params import LSHParams, normalize
+from recall.lsh.pending import PendingBuckets
 from recall.lsh.search import SearchMixin
 
 MergeMode = Literal["inline", "deferred"]
@@ -72,8 +74,8 @@ class LSHIndex(SearchMixin):
         self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
         self._ids = IdStore()  # ids <-> slots, and which slots are free
         self._buckets = SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
-        self._pending: dict[int, list[int]] = {}  # bucket key -> slots
-        self._pending_slots: dict[int, list[int]] = {}  # slot -> its L bucket keys
+        self._pending = PendingBuckets()  # bucket key -> slots, since the last merge
+        self._pending_slots: dict[int, np.ndarray] = {}  # slot -> its L bucket keys
         self._stale = 0  # slots whose entries in the sorted table are out of date
         self._merging = False  # a deferred merge is being built in another thread
         self.merges = 0
@@ -137,7 +139,7 @@ class LSHIndex(SearchMixin):
         arrays = (self._vecs, self._alive, self._in_main, self._stamp, self._mark,
                   self._seen)
         return (int(sum(a.nbytes for a in arrays)) + self._buckets.nbytes()
-                + self._ids.nbytes())
+                + self._ids.nbytes() + self._pending.nbytes())
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
         if isinstance(ids, (str, bytes)):
@@ -206,16 +208,8 @@ class LSHIndex(SearchMixin):
         if n >= self._merge_threshold():
             self._merge_now(slots, keys)
             return
-        pending = self._pending
-        pending_slots = self._pending_slots
-        for slot, row in zip(slots.tolist(), keys.tolist(), strict=True):
-            for key in row:
-                bucket = pending.get(key)
-                if bucket is None:
-                    pending[key] = [slot]
-                else:
-                    bucket.append(slot)
-            pending_slots[slot] = row
+        self._pending.add(slots, keys)
+        self._pending_slots.update(zip(slots.tolist(), keys, strict=True))
         if inline and self.merge_due():
             self._merge_now()
 
@@ -305,15 +299,11 @@ class LSHIndex(SearchMixin):
             self._in_main[slots[in_main]] = False
             self._stale += int(in_main.sum())
         if self._pending_slots:
-            for slot in slots.tolist():
-                row = self._pending_slots.pop(slot, None)
-                if row is None:
-                    continue
-                for key in row:
-                    bucket = self._pending[key]
-                    bucket.remove(slot)
-                    if not bucket:
-                        del self._pending[key]
+            rows = [(slot, row) for slot in slots.tolist()
+                    if (row := self._pending_slots.pop(slot, None)) is not None]
+            if rows:
+                self._pending.remove(np.array([s for s, _ in rows], dtype=np.int64),
+                                     np.stack([r for _, r in rows]))
 
     def merge_due(self) -> bool:
         """Enough pending items or stale entries that a merge is due."""
@@ -351,7 +341,7 @@ class LSHIndex(SearchMixin):
             if pending_slots:
                 parts_s.append(np.fromiter(pending_slots, dtype=np.int64,
                                            count=len(pending_slots)))
-                parts_k.append(np.array(list(pending_slots.values()), dtype=np.int64))
+                parts_k.append(np.stack(list(pending_slots.values())).astype(np.int64))
             if slots is not None and keys is not None:
                 parts_s.append(slots)
                 parts_k.append(keys)

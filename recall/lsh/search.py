@@ -23,6 +23,7 @@ from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
 from recall.lsh.params import UNIT_TOL, LSHParams, normalize
+from recall.lsh.pending import PendingBuckets
 
 
 @dataclass
@@ -56,7 +57,7 @@ class SearchMixin:
     _ids: IdStore
     _high: int
     _buckets: SortedBuckets
-    _pending: dict[int, list[int]]
+    _pending: PendingBuckets
     _stale: int
 
     def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,13 +111,13 @@ class SearchMixin:
                          ) -> list[QueryResult]:
         """:meth:`search` through :func:`recall.kernels.search`: hashing, probing, lookup,
         gather, dedupe, vote, re-rank and top k of the whole batch in two compiled calls
-        (the pending buckets, a dict, are read here)."""
+        (the pending buckets included)."""
         p, h = self.params, self.hasher
         n = len(ks)
         probes = kernels.probe_keys(qn, h.proj, h.offset, float(p.w), p.family == "pstable",
                                     h.mult, h.salt, h.template(p.T),
                                     h.probes_per_table(p.T) - 1)
-        extra_ptr, extra = self._pending_candidates(probes)
+        pend = self._pending
         excl_ptr = np.zeros(n + 1, dtype=np.int64)
         if any(len(e) for e in excluded):
             np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
@@ -127,7 +128,8 @@ class SearchMixin:
         top_slots, top_scores, n_cand = kernels.search(
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
             b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
-            p.vote, extra_ptr, extra, excl_ptr, excl, self._mark, self._seen)
+            p.vote, pend.keys, pend.head, pend.next, pend.slots, excl_ptr, excl, self._mark,
+            self._seen)
         found = top_slots >= 0  # each row's results first, then -1s
         names = self._ids.ids_of(top_slots[found])  # the batch's ids in one call
         ends = np.cumsum(found.sum(axis=1)).tolist()
@@ -137,24 +139,6 @@ class SearchMixin:
             out.append(QueryResult(ids=names[end - m:end], scores=top_scores[i, :m].copy(),
                                    candidates=int(n_cand[i])))
         return out
-
-    def _pending_candidates(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (ptr (n+1,), slots) of each query's candidates in pending buckets (capped
-        as the sorted ones)."""
-        n = probes.shape[0]
-        ptr = np.zeros(n + 1, dtype=np.int64)
-        if not self._pending:
-            return ptr, np.zeros(0, dtype=np.int64)
-        get = self._pending.get
-        cap = self.params.cap or None
-        parts: list[int] = []
-        for i, keys in enumerate(probes.reshape(n, -1).tolist()):
-            for key in keys:
-                bucket = get(key)
-                if bucket:
-                    parts.extend(bucket[:cap])
-            ptr[i + 1] = len(parts)
-        return ptr, np.asarray(parts, dtype=np.int64)
 
     def _prepare(self, queries: np.ndarray, k: int | Sequence[int]
                  ) -> tuple[np.ndarray, list[int]]:
@@ -220,9 +204,9 @@ class SearchMixin:
                 slots = slots[self._in_main[slots]]
             parts.append(slots)
         if self._pending:
-            get = self._pending.get
+            bucket = self._pending.bucket
             cap = self.params.cap or None  # the cap holds for pending buckets too
-            extra = [s for key in probes.tolist() if (b := get(key)) for s in b[:cap]]
+            extra = [s for key in probes.tolist() for s in bucket(key)[:cap]]
             if extra:
                 parts.append(np.asarray(extra, dtype=np.int32))
         if not parts:
