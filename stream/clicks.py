@@ -29,7 +29,7 @@ from recall.config import Settings
 from recall.messages import Invalid, parse_click
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, fetch, rewind
-from stream.service import ClickAt, RecallService
+from stream.service import CLICK_CHUNK, ClickAt, RecallService, turn
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,13 @@ class ClicksConsumer:
         limit = self.settings.max_message_bytes
         clicks: list[ClickAt] = []
         through: dict[int, int] = {}
+        n = 0
         for tp, rs in records.items():
             through[tp.partition] = rs[-1].offset + 1
             for r in rs:
+                n += 1
+                if not n % CLICK_CHUNK:
+                    await turn()  # waiting requests go first (stream.service)
                 ts = r.timestamp / 1000.0 if r.timestamp else time.time()
                 try:
                     clicks.append(ClickAt(r.partition, r.offset, parse_click(r.value, ts, limit)))

@@ -39,12 +39,15 @@ from recall.config import Settings
 from recall.messages import Invalid, parse_request
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, Send, batch_starts, fetch, rewind
-from stream.service import Answer, Ask, RecallService
+from stream.service import Answer, Ask, RecallService, turn
 
 log = logging.getLogger(__name__)
 
 #: most requests answered together (all that are waiting, up to this many)
 REQUEST_BATCH = 500
+#: requests searched together before their responses are handed to the producer and the
+#: event loop gets a turn (one batched search of 16 costs ~5 ms at 1M items)
+REQUEST_CHUNK = 16
 #: seconds between offset commits (and lag gauge refreshes)
 COMMIT_INTERVAL = 1.0
 
@@ -222,11 +225,18 @@ class RequestsConsumer:
                         answers.append((tp.partition, invalid))
         done = {tp.partition: Answered(rs[0].offset, rs[-1].offset + 1)
                 for tp, rs in batches.items()}
-        # users in memory first: their answers need no Redis, and never wait for it
-        ready, waiting = self.service.answer_from_memory(asks)
-        answers += [(a.partition, ans) for a, ans in ready]
         for partition, ans in answers:
             done[partition].deliveries.append(await self._respond(ans, t0))
+        # users in memory first: their answers need no Redis, and never wait for it; a
+        # chunk at a time, each chunk's responses on their way before the next is searched
+        waiting: list[Ask] = []
+        for start in range(0, len(asks), REQUEST_CHUNK):
+            if start:
+                await turn()  # the producer sends the chunk's responses meanwhile
+            ready, later = self.service.answer_from_memory(asks[start:start + REQUEST_CHUNK])
+            waiting += later
+            for a, ans in ready:
+                done[a.partition].deliveries.append(await self._respond(ans, t0))
         for a, ans in await self.service.answer_after_load(waiting):
             done[a.partition].deliveries.append(await self._respond(ans, t0))
         for tp, rs in batches.items():

@@ -201,3 +201,39 @@ async def test_partitions_assigned_while_the_worker_loads_are_owned_once_it_can_
     assert owned[-1] == {0}
     fake.stop = fake.start  # type: ignore[method-assign]
     await rc.stop()
+
+
+async def test_a_large_batch_is_answered_a_chunk_at_a_time_with_the_loop_turning_between() -> None:
+    """The first requests of a big fetch do not wait for the last ones to be searched:
+    each chunk's responses are handed to the producer, and the event loop (the producer's
+    sender, other consumers) gets a turn, before the next chunk is searched."""
+    from stream.requests import REQUEST_CHUNK
+
+    rc, _, producer, _ = consumer()
+    searched: list[tuple[int, int, bool]] = []  # (requests, responses sent before, turned)
+    turned = False
+    answer = rc.service.answer_from_memory
+
+    def recorded(asks: list[Ask]) -> tuple[list[tuple[Ask, Answer]], list]:
+        nonlocal turned
+        searched.append((len(asks), len(producer.futures), turned))
+        turned = False
+        return answer(asks)
+
+    rc.service.answer_from_memory = recorded  # type: ignore[method-assign]
+
+    async def watcher() -> None:
+        nonlocal turned
+        while True:
+            turned = True
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(watcher())
+    await asyncio.sleep(0)
+    n = 2 * REQUEST_CHUNK + 3
+    await rc.handle(batch(rc, 0, range(n)))
+    watching.cancel()
+    assert len(producer.futures) == n  # one response per request
+    assert [size for size, _, _ in searched] == [REQUEST_CHUNK, REQUEST_CHUNK, 3]
+    assert [sent for _, sent, _ in searched] == [0, REQUEST_CHUNK, 2 * REQUEST_CHUNK]
+    assert all(t for _, _, t in searched[1:])  # the loop turned before each later chunk

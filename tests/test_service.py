@@ -217,3 +217,60 @@ async def test_users_in_memory_never_wait_for_redis_the_others_get_an_error_in_t
     assert time.perf_counter() - t0 < svc.settings.request_deadline_ms / 1000 + 0.5
     value = orjson.loads(late.value)
     assert value["status"] == "error" and "redis" in value["error"]
+
+
+async def test_a_request_is_answered_between_the_chunks_of_a_large_click_batch() -> None:
+    """A big fetch of clicks must not hold the event loop until it is written: a request
+    arriving meanwhile is answered before the batch's Redis write (even with a store that
+    answers without suspending, as this fake does)."""
+    import asyncio
+
+    from stream.service import CLICK_CHUNK
+
+    svc, store, _ = service()
+    await svc.take_partitions([0])
+    await svc.apply(clicks("u1", [1, 2]), {0: 2})
+    order: list[str] = []
+    write = store.write_clicks
+
+    async def recorded(*args, **kwargs) -> bool:
+        order.append("clicks written")
+        return await write(*args, **kwargs)
+
+    store.write_clicks = recorded  # type: ignore[method-assign]
+    big = [ClickAt(0, 2 + j, Click(f"u{2 + j % 50}", f"i{j % 2000}", 2000.0 + j, 1.0,
+                                   f"big-{j}")) for j in range(4 * CLICK_CHUNK)]
+
+    async def request() -> None:
+        ((_, answer),) = await svc.answer([Ask(Request("r", "u1", k=3), 0)])
+        assert orjson.loads(answer.value)["status"] == "ok"
+        order.append("request answered")
+
+    applying = asyncio.create_task(svc.apply(big, {0: 2 + len(big)}))
+    await asyncio.sleep(0)  # the batch has begun
+    await asyncio.gather(applying, request())
+    assert order == ["request answered", "clicks written"]
+    # and the batch is applied whole, once
+    assert store.offsets == {0: 2 + len(big)} and sum(store.popular.values()) == 2 + len(big)
+
+
+async def test_a_batch_applied_in_chunks_equals_the_clicks_applied_one_by_one() -> None:
+    from stream.service import CLICK_CHUNK
+
+    n = 3 * CLICK_CHUNK + 5
+    batch = [ClickAt(0, j, Click(f"u{j % 3}", f"i{(7 * j) % 2000}", 1000.0 + j, 1.0,
+                                 f"e{j}")) for j in range(n)]
+    whole, whole_store, _ = service()
+    await whole.take_partitions([0])
+    await whole.apply(batch, {0: n})
+    single, single_store, _ = service()
+    await single.take_partitions([0])
+    for c in batch:
+        await single.apply([c], {0: c.offset + 1})
+    assert whole_store.offsets == single_store.offsets == {0: n}
+    assert whole_store.popular == single_store.popular
+    for u in ("u0", "u1", "u2"):
+        a = UserState.from_bytes(whole_store.users[u], DIM)
+        b = UserState.from_bytes(single_store.users[u], DIM)
+        assert a.clicks == b.clicks
+        np.testing.assert_allclose(a.vector(), b.vector(), rtol=1e-5, atol=1e-6)
