@@ -394,6 +394,10 @@ class RecallWatch:
                 await store.switch_live(new)
             finally:
                 await store.release(lock)
+            # not again until this worker serves the new version (_follow_slot): loading
+            # a 500,000-item copy took longer than REPICK_QUIET, and the worker kept
+            # deciding re-picks of the version it still served (each refused)
+            self.quiet_until = self.clock() + REPICK_LOCK_SECONDS
             await store.delete_version(version)
             self.metrics.lsh_retunes.labels(reason).inc()
             log.info("LSH parameters %s (%s): version %d -> %d in %.1fs; workers rebuild "

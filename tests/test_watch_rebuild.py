@@ -174,6 +174,26 @@ async def test_a_catalogue_still_growing_during_a_repick_is_repicked_again_at_4x
     assert w.metrics.lsh_retunes.labels("size")._value.get() == 2
 
 
+async def test_no_repick_is_decided_while_the_new_version_loads(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Loading a big copy takes a while (29 s at 470,000 items): until the worker serves
+    it, the catalogue it serves still looks outgrown, and deciding again only logs
+    re-picks that are refused."""
+    now = [0.0]
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.clock = lambda: now[0]
+    w.watch.chosen_for = 0
+    caplog.set_level("INFO", logger="stream.watch")
+    await w.watch.step(timeout=0.01)
+    now[0] += 120.0  # the copy is slow to load
+    await w.watch.step(timeout=0.01)
+    decided = [r for r in caplog.records if "chosen for" in r.getMessage()]
+    assert len(decided) == 1, [r.getMessage() for r in decided]
+    assert await w.follow()
+    await w.watch.step(timeout=0.01)
+    assert w.watch.quiet_until == 0.0 and w.watch.chosen_for == 1500
+
+
 async def test_a_probe_change_is_stored_with_the_version(store: Store) -> None:
     """A restarted worker (or a new one) starts from the probes the controller chose."""
     w = await world(store, 3000, LSHParams(dim=DIM, k=4, L=8, T=32, seed=3), retune_items=0)
