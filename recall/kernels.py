@@ -500,6 +500,7 @@ def warm_up() -> None:
     scatter_cells(keys, np.zeros(1, dtype=np.int64), 63, starts[:-1].copy(), out_k, out_s)
     csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
     unique_csr(out_k, csr)
+    radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
 
 
 @njit(cache=True, nogil=True)
@@ -571,3 +572,29 @@ def unique_csr(keys: np.ndarray, starts: np.ndarray) -> None:
             starts[b] = j
             b += 1
     starts[b] = n
+
+
+@njit(cache=True, nogil=True)
+def radix_directory(ukeys: np.ndarray, shift: int, directory: np.ndarray) -> int:
+    """The bucket table's radix directory of sorted keys: directory[d] = the first key
+    whose top bits (``>> shift``, in signed order) are >= d, for every d (the last
+    entry: the number of keys). One pass over the keys, where numpy needed the top bits
+    of every key and a bincount beside them (~70 MB at 1M x 16). Returns the most keys
+    under one d."""
+    n = ukeys.shape[0]
+    d = 0
+    widest = 0
+    for j in range(n):
+        top = np.int64((np.uint64(ukeys[j]) ^ np.uint64(0x8000000000000000))
+                       >> np.uint64(shift))
+        while d <= top:
+            directory[d] = j
+            if d and j - directory[d - 1] > widest:
+                widest = j - directory[d - 1]
+            d += 1
+    while d < directory.shape[0]:
+        directory[d] = n
+        if d and n - directory[d - 1] > widest:
+            widest = n - directory[d - 1]
+        d += 1
+    return widest

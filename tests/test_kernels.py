@@ -159,7 +159,7 @@ def test_warm_up_compiles_every_kernel():
     kernels.warm_up()
     for fn in (kernels.probe_keys, kernels.search, kernels.count_cells,
                kernels.scatter_cells, kernels.finish_cells, kernels.unique_csr,
-               kernels.unit_rows):
+               kernels.unit_rows, kernels.radix_directory):
         assert fn.signatures, fn
 
 
@@ -242,3 +242,29 @@ def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
         got = index.search(q * np.float32(scale), 5)
         ref = index.search(normalize(q * np.float32(scale)), 5)
         assert_same_rows(got, ref)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 12])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_radix_directory_is_the_first_key_at_or_above_each_top_bits_value(bits, dtype):
+    """The bucket table's directory: for every d, the first sorted key whose top bits (in
+    signed order) are >= d, and the most keys under one d; as the counting definition
+    (bincount of the top bits, cumulated) gives it."""
+    rng = np.random.default_rng(bits)
+    keys = np.unique(np.concatenate([
+        rng.integers(-2**63, 2**63 - 1, 3000, dtype=np.int64, endpoint=True),
+        rng.integers(-5, 5, 10, dtype=np.int64),  # clustered around 0: a wide cell
+        np.array([-2**63, 2**63 - 1], dtype=np.int64)]))
+    shift = 64 - bits
+    top = (keys.view(np.uint64) ^ np.uint64(1 << 63)) >> np.uint64(shift)
+    want = np.zeros(2**bits + 1, dtype=np.int64)
+    np.cumsum(np.bincount(top.astype(np.int64), minlength=2**bits), out=want[1:])
+    for part in (keys, keys[:1], keys[len(keys) // 2:]):
+        top_p = (part.view(np.uint64) ^ np.uint64(1 << 63)) >> np.uint64(shift)
+        expect = np.zeros(2**bits + 1, dtype=np.int64)
+        np.cumsum(np.bincount(top_p.astype(np.int64), minlength=2**bits), out=expect[1:])
+        got = np.full(2**bits + 1, -7, dtype=dtype)
+        widest = kernels.radix_directory(part, shift, got)
+        np.testing.assert_array_equal(got, expect)
+        assert widest == np.diff(expect).max()
+    assert want[-1] == len(keys)

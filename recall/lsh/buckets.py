@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from recall import kernels
+
 
 def offset_dtype(n: int) -> type:
     """int32 for offsets into arrays of up to n entries where they fit, else int64."""
@@ -42,15 +44,11 @@ class SortedBuckets:
         n_keys = len(self.ukeys)
         self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 1))
         self.shift = np.uint64(64 - self.bits)
-        # directory[d] = first key whose top bits (in signed order) are >= d: a counting
-        # pass over the sorted keys (their top bits are sorted too)
-        top = self.ukeys.view(np.uint64) ^ np.uint64(1 << 63)
-        top >>= self.shift  # in place, and below 2**30: bincount reads it as int64 as is
+        # directory[d] = first key whose top bits (in signed order) are >= d: one
+        # compiled pass over the sorted keys (their top bits are sorted too)
         self.directory = np.zeros(2**self.bits + 1, dtype=offset_dtype(n_keys))
-        np.cumsum(np.bincount(top.view(np.int64), minlength=2**self.bits),
-                  out=self.directory[1:])
-        del top
-        widest = int(np.diff(self.directory).max()) if n_keys else 0
+        widest = (kernels.radix_directory(self.ukeys, int(self.shift), self.directory)
+                  if n_keys else 0)
         self._ramp = np.arange(max(widest, 1), dtype=np.int64)
 
     def nbytes(self) -> int:

@@ -378,8 +378,9 @@ class LSHIndex(SearchMixin):
 _NORM_BLOCK = 32768
 
 
-#: items hashed at once by build(): bounds the float64 projections (~10 MB)
-_BUILD_BLOCK = 8192
+#: items hashed at once by build(): bounds the hashing temporaries (float64 projections,
+#: their floors and int64 codes: ~10 MB; 8192 held ~40 MB at the peak of the build)
+_BUILD_BLOCK = 2048
 
 
 def _normalize_blocks(vectors: np.ndarray) -> np.ndarray:
