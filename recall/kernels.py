@@ -497,7 +497,8 @@ def warm_up() -> None:
     np.cumsum(counts, out=starts[1:])
     out_k = np.empty(keys.size, dtype=np.int64)
     out_s = np.empty(keys.size, dtype=np.int32)
-    scatter_cells(keys, np.zeros(1, dtype=np.int64), 63, starts[:-1].copy(), out_k, out_s)
+    scatter_cells(keys, np.zeros(1, dtype=np.int64), 63, 0, 2, starts[:-1].copy(), out_k,
+                  out_s)
     csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
     unique_csr(out_k, csr)
     radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
@@ -514,19 +515,22 @@ def count_cells(keys: np.ndarray, shift: int, counts: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def scatter_cells(keys: np.ndarray, slots: np.ndarray, shift: int, pos: np.ndarray,
-                  out_keys: np.ndarray, out_slots: np.ndarray) -> None:
-    """Bulk build, pass 2: each entry (keys[i, t], slots[i]) to the next free position of
-    its cell (pos: running offsets, advanced here), in the order given."""
+def scatter_cells(keys: np.ndarray, slots: np.ndarray, shift: int, first: int, end: int,
+                  pos: np.ndarray, out_keys: np.ndarray, out_slots: np.ndarray) -> None:
+    """Bulk build, pass 2: each entry (keys[i, t], slots[i]) whose cell c is in [first,
+    end) to the next free position of its cell (pos[c - first]: running offsets,
+    advanced here), in the order given; the other entries are skipped."""
     for i in range(keys.shape[0]):
         for t in range(keys.shape[1]):
             key = keys[i, t]
             u = np.uint64(key) ^ np.uint64(0x8000000000000000)
             c = np.int64(u >> np.uint64(shift))
-            p = pos[c]
+            if c < first or c >= end:
+                continue
+            p = pos[c - first]
             out_keys[p] = key
             out_slots[p] = slots[i]
-            pos[c] = p + 1
+            pos[c - first] = p + 1
 
 
 @njit(cache=True, nogil=True)

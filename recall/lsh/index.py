@@ -24,6 +24,7 @@ import asyncio
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
@@ -235,11 +236,13 @@ class LSHIndex(SearchMixin):
         self._alive[slots] = True
 
     def build(self) -> None:
-        """Bulk load, part 2: index every staged item. Keys are hashed twice, block by
-        block (count per cell of the keys' top bits, then scatter), and each small cell
-        sorted (:mod:`recall.kernels`): the memory is the final table plus one int64 per
-        entry, where add() of a big batch sorted all entries with an index array and
-        copies, and merged each batch into a copy of the table."""
+        """Bulk load, part 2: index every staged item. Keys are hashed block by block:
+        once to count the entries per cell of the keys' top bits, then once per range of
+        cells (:data:`_BUILD_PARTS` of them) to scatter that range's entries, whose small
+        cells are then sorted and their unique keys taken (:mod:`recall.kernels`). The
+        memory is the final table plus one int64 per entry of one range, where add() of a
+        big batch sorted all entries with an index array and copies, and merged each
+        batch into a copy of the table."""
         self._check_writable()
         if self._buckets.size or self._pending_slots:
             raise RuntimeError("build() indexes a staged load of an empty index")
@@ -257,21 +260,39 @@ class LSHIndex(SearchMixin):
         cell_starts = np.zeros(2**bits + 1, dtype=np.int64)
         np.cumsum(counts, out=cell_starts[1:])
         del counts
-        pos = cell_starts[:-1].copy()
-        keys = np.empty(entries, dtype=np.int64)
+        # ranges of cells holding about entries / _BUILD_PARTS entries each
+        cuts = np.searchsorted(cell_starts, entries * np.arange(1, _BUILD_PARTS) // _BUILD_PARTS)
+        edges = np.unique(np.concatenate([[0], cuts, [2**bits]])).tolist()
+        bounds = cell_starts[edges].tolist()  # their first entries (and the total)
         table_slots = np.empty(entries, dtype=np.int32)
-        for block in blocks:
-            kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, pos,
-                                  keys, table_slots)
-        del pos
-        n_keys = kernels.finish_cells(keys, table_slots, cell_starts)
-        del cell_starts
-        # the unique keys are compacted to the front of the entry keys, which then shrink
-        # in place (realloc): no second key array next to the 8 bytes per entry
-        starts = np.empty(n_keys + 1, dtype=offset_dtype(entries))
-        kernels.unique_csr(keys, starts)
-        keys.resize(n_keys, refcheck=False)
-        self._buckets = SortedBuckets.from_csr(keys, starts, table_slots)
+        buffer = np.empty(int(np.diff(bounds).max()), dtype=np.int64)  # one range's keys
+        odt = offset_dtype(entries)
+        part_keys: list[np.ndarray] = []
+        part_starts: list[np.ndarray] = []
+        for (c0, c1), (e0, e1) in zip(pairwise(edges), pairwise(bounds), strict=True):
+            keys, out = buffer[: e1 - e0], table_slots[e0:e1]
+            cells = cell_starts[c0 : c1 + 1] - e0
+            pos = cells[:-1].copy()
+            for block in blocks:
+                kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, c0,
+                                      c1, pos, keys, out)
+            n_keys = kernels.finish_cells(keys, out, cells)
+            starts = np.empty(n_keys + 1, dtype=odt)
+            kernels.unique_csr(keys, starts)  # the range's unique keys to keys[:n_keys]
+            starts += odt(e0)
+            part_starts.append(starts[:-1])
+            if e1 < entries:
+                part_keys.append(keys[:n_keys].copy())
+            else:  # the last range: its unique keys stay in the buffer, shrunk in place
+                del keys
+                buffer.resize(n_keys, refcheck=False)
+                part_keys.append(buffer)
+        del cell_starts, buffer
+        ukeys = part_keys[0] if len(part_keys) == 1 else np.concatenate(part_keys)
+        del part_keys
+        part_starts.append(np.array([entries], dtype=odt))
+        self._buckets = SortedBuckets.from_csr(ukeys, np.concatenate(part_starts),
+                                               table_slots)
         self._in_main[slots] = True
         self.merges += 1
 
@@ -381,6 +402,11 @@ _NORM_BLOCK = 32768
 #: items hashed at once by build(): bounds the hashing temporaries (float64 projections,
 #: their floors and int64 codes: ~10 MB; 8192 held ~40 MB at the peak of the build)
 _BUILD_BLOCK = 2048
+
+#: ranges of cells build() scatters one after the other, hashing every item again for
+#: each: their entry keys (8 bytes per entry: 128 MB at 1M x 16 in one range) are held
+#: one range at a time, for one more hashing pass (~0.2 s per 64k items, quiet)
+_BUILD_PARTS = 2
 
 
 def _normalize_blocks(vectors: np.ndarray) -> np.ndarray:
