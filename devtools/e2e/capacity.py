@@ -205,7 +205,7 @@ async def _wait_joined(settings: Any, port: int, timeout: float = 600) -> None:
 def run_capacity(args: argparse.Namespace) -> int:
     from devtools.e2e.catalogue import load_catalogue
     from devtools.e2e.run import affinity, pinning
-    from devtools.localstack import worker_stack
+    from devtools.localstack import free_port, worker_stack
     from recall.config import Settings
 
     try:
@@ -237,7 +237,8 @@ def run_capacity(args: argparse.Namespace) -> int:
 
     with affinity(pins[1] if pins else None), worker_stack(
             settings, workdir=workdir, before_worker=load, worker_timeout=300,
-            kafka_session_timeout=3.0, worker_cpus=pins[0][0] if pins else None) as (
+            kafka_session_timeout=3.0, worker_cpus=pins[0][0] if pins else None,
+            metrics_port=free_port()) as (
             settings, _, worker):
         res = asyncio.run(_measure_all(settings, args, counts, pins, workdir, worker))
     one = res["best"].get(1)

@@ -148,7 +148,7 @@ def affinity(cpus: set[int] | None) -> Iterator[None]:
 def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[int] | None
            ) -> tuple[dict[str, Any], dict[str, float | None], list[int]]:
     """The run on the local stack: (figures, worker memory, the worker's CPUs)."""
-    from devtools.localstack import worker_stack
+    from devtools.localstack import free_port, worker_stack
 
     # the catalogue goes into Redis before the worker starts, so it loads it
     workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
@@ -160,7 +160,8 @@ def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[i
 
     with worker_stack(settings, workdir=workdir, before_worker=load,
                       worker_timeout=120, kafka_session_timeout=3.0,
-                      worker_cpus=worker_cpus) as (settings, stack, worker):
+                      worker_cpus=worker_cpus, metrics_port=free_port()
+                      ) as (settings, stack, worker):
         print(f"worker pid {worker.proc.pid}, log {worker.log_path}, metrics "
               f":{settings.metrics_port}", flush=True)
         rss = RssWatch(worker.proc.pid)
