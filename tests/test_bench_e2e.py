@@ -142,7 +142,7 @@ def test_bench_capacity_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monk
     plot = tmp_path / "capacity.png"
     status = main(["bench", "capacity", "--items", "1000", "--users", "100", "--workers", "1",
                    "--start", "20", "--step", "20", "--max-rate", "20", "--step-seconds", "2",
-                   "--plot", str(plot)])
+                   "--refine", "0", "--plot", str(plot)])
     assert status == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["bench"] == "capacity"
