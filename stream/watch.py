@@ -411,11 +411,8 @@ class RecallWatch:
         """The tuner's parameters for a sample of the index, computed in a child process."""
         import multiprocessing as mp
 
-        ids = index.ids()
-        n = min(len(ids), self.settings.retune_items)
-        rng = np.random.default_rng()
-        pick = [ids[i] for i in np.sort(rng.choice(len(ids), size=n, replace=False))]
-        vectors, _ = index.vectors_of(pick)
+        vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
+        n = len(vectors)
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             out = await loop.run_in_executor(pool, _tune, vectors, self.settings.target_recall,

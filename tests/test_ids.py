@@ -158,3 +158,20 @@ def test_index_answers_with_the_ids_it_was_given() -> None:
     assert present.tolist() == [True, False, True]
     unit = vecs[[60, 0]] / np.linalg.norm(vecs[[60, 0]], axis=1, keepdims=True)
     assert np.allclose(got[[0, 2]], unit, atol=1e-6) and not got[1].any()
+
+
+def test_a_sample_of_vectors_is_of_distinct_live_items() -> None:
+    rng = np.random.default_rng(5)
+    index = LSHIndex(LSHParams(dim=8, k=3, L=4, T=2, seed=1))
+    assert index.sample_vectors(5, rng).shape == (0, 8)
+    ids = [f"i{k}" for k in range(100)]
+    index.add(ids, rng.standard_normal((100, 8)).astype(np.float32))
+    index.remove(ids[:60])
+    live, _ = index.vectors_of(ids[60:])
+    got = index.sample_vectors(25, rng)
+    assert got.shape == (25, 8) and got.dtype == np.float32
+    rows = {tuple(r) for r in live.tolist()}
+    assert all(tuple(r) in rows for r in got.tolist())  # live items only
+    assert len({tuple(r) for r in got.tolist()}) == 25  # without replacement
+    every = index.sample_vectors(1000, rng)  # more than there are: all of them
+    assert sorted(map(tuple, every.tolist())) == sorted(rows)
