@@ -12,8 +12,10 @@ wiring, on the worker's event loop:
   (``search(..., exact=True)``: one matrix product per block of items for all of them,
   so the vectors are read once per batch, not once per sample: 256 MB per read at 1M x
   64; numpy releases the GIL meanwhile), then counts each query's recall. A sample whose
-  index changed meanwhile (items applied, another index swapped in) is dropped: the
-  exact answer would describe another catalogue. The controller still looks at the
+  index changed meanwhile by more than ``DRIFT`` of its items (items applied, another
+  index swapped in, a merge) is dropped: the exact answer would describe another
+  catalogue. A few changes are tolerated: a catalogue changing every few seconds
+  otherwise left no sample. The controller still looks at the
   index every ``ACT_EVERY`` second while samples gather (a grown catalogue is re-picked
   as soon as before).
 - **CPU budget**: the CPU time that thread takes per sample is measured (a moving
@@ -84,6 +86,12 @@ BATCH = 32
 #: seconds the monitor waits for a batch to fill before measuring what it has (a longer
 #: wait batches more, but a sample whose catalogue changed meanwhile is dropped)
 GATHER = 4.0
+#: a sample still counts when the catalogue changed by at most this fraction of its items
+#: (as :func:`drift` counts) before its exact answer was computed: items arriving all the
+#: time (one every few seconds is enough) otherwise dropped every batch, and the monitor
+#: saw nothing. A changed item lands in a query's exact top-k with probability ~k/items
+#: and costs it 1/k: the estimate moves by at most ~DRIFT
+DRIFT = 0.002
 #: seconds between the controller's looks at the index (probes, growth re-pick), whether
 #: or not samples are measured
 ACT_EVERY = 1.0
@@ -122,6 +130,15 @@ def index_token(index: LSHIndex) -> tuple[int, ...]:
     """Changes whenever items are added, updated or removed (or another index serves)."""
     s = index.stats()
     return (id(index), s["items"], s["pending_items"], s["stale_items"], s["merges"])
+
+
+def drift(then: tuple[int, ...], now: tuple[int, ...]) -> float:
+    """How far the catalogue moved between two tokens of one index: the changes in its
+    item, pending and stale counts (an added item counts twice: an upper bound of the
+    items changed); infinite across another index or a merge (not counted through)."""
+    if then[0] != now[0] or then[4] != now[4]:
+        return math.inf
+    return float(sum(abs(a - b) for a, b in zip(then[1:4], now[1:4], strict=True)))
 
 
 def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
@@ -319,7 +336,8 @@ class RecallWatch:
         """Count the samples still describing the served index; returns how many."""
         m, counted = self.metrics, 0
         for s, truth in zip(batch, truths, strict=True):
-            if truth is None or s.index is not self.slot.index or index_token(s.index) != s.token:
+            if (truth is None or s.index is not self.slot.index
+                    or drift(s.token, index_token(s.index)) > DRIFT * len(s.index)):
                 continue
             r = query_recall(s.found, truth)
             if r is None:
