@@ -85,6 +85,24 @@ def test_pin_worker_refuses_cpus_it_cannot_use() -> None:
         assert workers == [{mine[0]}] and others == set(mine[1:])
 
 
+async def test_the_bench_stops_waiting_for_a_worker_that_exited(stack) -> None:
+    """A local worker that died at start (e.g. its port taken) ends the bench with an
+    error at once, instead of a 600 s wait for an answer that cannot come."""
+    import subprocess
+
+    from devtools.e2e.run import wait_ready
+    from devtools.errors import DevtoolsError
+    from devtools.localstack import create_topics
+    from tests.support import isolated_settings
+
+    s = isolated_settings(stack, "wr", topic_partitions=1)
+    await create_topics(s.kafka_bootstrap, s.topics.values(), 1)
+    dead = subprocess.Popen(["false"])
+    dead.wait()
+    with pytest.raises(DevtoolsError, match="exited with status 1"):
+        await wait_ready(s, 600, dead)  # (waiting out the 600 s would raise TimeoutError)
+
+
 async def test_trace_lost_tells_requests_never_answered_from_responses_not_read(stack) -> None:
     import orjson
 

@@ -58,16 +58,25 @@ from devtools.procinfo import RssWatch, loadavg
 from devtools.scrape import metric_value, metrics_url, scrape
 
 
-async def wait_ready(settings: Any, timeout: float) -> float:
+async def wait_ready(settings: Any, timeout: float, proc: Any = None) -> float:
+    """Seconds until the worker answers; DevtoolsError at once if ``proc`` (the local
+    worker's process) exits meanwhile, rather than after ``timeout``."""
     from devtools.client import RecallClient
 
     async with RecallClient(settings) as client:
-        return await client.wait_ready(timeout)
+        waiting = asyncio.ensure_future(client.wait_ready(timeout))
+        while proc is not None and not waiting.done():
+            if proc.poll() is not None:
+                waiting.cancel()
+                raise DevtoolsError(f"the worker exited with status {proc.returncode} "
+                                    "before answering (see its log)")
+            await asyncio.wait({waiting}, timeout=1.0)
+        return await waiting
 
 
 async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | None,
-                 rss: RssWatch, external: bool, phase: PhaseWatch | None = None
-                 ) -> dict[str, Any]:
+                 rss: RssWatch, external: bool, phase: PhaseWatch | None = None,
+                 proc: Any = None) -> dict[str, Any]:
     if external:
         # the running worker rebuilds when it sees the new live version
         await load_catalogue(settings, args, keep_old=True)
@@ -77,7 +86,7 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
                 if metric_value(scrape(metrics_url(port)), "recall_index_items") >= args.items:
                     break
                 await asyncio.sleep(0.5)
-    took = await wait_ready(settings, 600)
+    took = await wait_ready(settings, 600, proc)
     print(f"worker answers ({took:.1f}s); worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
     rtt = None
     if not external:  # measured with the worker idle
@@ -170,7 +179,7 @@ def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[i
                             "redis": stack.redis.proc.pid, "bench": os.getpid()},
                            py_spy=getattr(args, "py_spy", ""), profile_pid=worker.proc.pid)
         out = asyncio.run(_bench(settings, args, run, settings.metrics_port, rss,
-                                 external=False, phase=phase))
+                                 external=False, phase=phase, proc=worker.proc))
         memory = memory_figures(rss)  # the peak is the kernel's while the worker lives
         if worker.proc.poll() is not None:
             print(f"warning: the worker exited with {worker.proc.returncode}", flush=True)
