@@ -157,7 +157,8 @@ def test_index_answers_with_the_ids_it_was_given() -> None:
     got, present = index.vectors_of(["é60", "é0", "новый"])
     assert present.tolist() == [True, False, True]
     unit = vecs[[60, 0]] / np.linalg.norm(vecs[[60, 0]], axis=1, keepdims=True)
-    assert np.allclose(got[[0, 2]], unit, atol=1e-6) and not got[1].any()
+    # stored in half precision (recall.lsh.params.VECTOR_DTYPE)
+    assert np.allclose(got[[0, 2]], unit, atol=3e-4) and not got[1].any()
 
 
 def test_a_sample_of_vectors_is_of_distinct_live_items() -> None:

@@ -1,7 +1,8 @@
 """The incremental in-memory LSH index: upserts and deletes without rebuilds, batched
 search with exact re-rank.
 
-Layout: normalised float32 vectors in slots of a growable matrix, ids <-> slots in a
+Layout: normalised vectors, stored as float16 (:data:`VECTOR_DTYPE`), in slots of a
+growable matrix, ids <-> slots in a
 compact store that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted
 bucket table over all tables (:class:`SortedBuckets`; keys are salted per table, so one
 lookup serves every probe). Small upserts go to the pending buckets
@@ -33,7 +34,7 @@ from recall import kernels
 from recall.lsh.buckets import SortedBuckets, offset_dtype
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
-from recall.lsh.params import LSHParams, normalize
+from recall.lsh.params import VECTOR_DTYPE, LSHParams, normalize
 from recall.lsh.pending import PendingBuckets
 from recall.lsh.search import SearchMixin
 
@@ -67,7 +68,7 @@ class LSHIndex(SearchMixin):
         self.hasher = Hasher(params)
         self.dim = params.dim
         self._capacity = 0
-        self._vecs = np.zeros((0, self.dim), dtype=np.float32)
+        self._vecs = np.zeros((0, self.dim), dtype=VECTOR_DTYPE)
         self._alive = np.zeros(0, dtype=bool)
         self._in_main = np.zeros(0, dtype=bool)
         self._stamp = np.zeros(0, dtype=np.int32)
@@ -174,7 +175,7 @@ class LSHIndex(SearchMixin):
         if needed <= self._capacity:
             return
         new = max(needed, self._capacity + self._capacity // 4, 1024) if spare else needed
-        vecs = np.zeros((new, self.dim), dtype=np.float32)
+        vecs = np.zeros((new, self.dim), dtype=VECTOR_DTYPE)
         vecs[: self._capacity] = self._vecs
         self._vecs = vecs
         for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32),
@@ -212,7 +213,7 @@ class LSHIndex(SearchMixin):
             self._unindex(slots[~new])
         self._vecs[slots] = vn
         self._alive[slots] = True
-        keys = self.hasher.keys(vn)
+        keys = self.hasher.keys(self._vecs[slots])  # what build() hashes: the stored rows
         inline = self.merge_mode == "inline"
         if n >= self._merge_threshold():
             self._merge_now(slots, keys)

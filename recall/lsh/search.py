@@ -6,8 +6,9 @@ candidates found in at least ``vote`` tables, re-ranks them by exact cosine and 
 the top k: scores are exact, only recall is approximate. Searches run as compiled
 kernels (:mod:`recall.kernels`, batched over the queries of a call); ``compiled = False``
 runs the numpy implementation here that they are tested against (same ids, scores and
-candidate counts; equal scores rank by slot). Scores are float64 sums of the float32
-products, rounded to float32, on both paths.
+candidate counts; equal scores rank by slot). Scores are float64 sums of the products
+of the stored (float16) item vectors and the float32 query, rounded to float32, on both
+paths.
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ class SearchMixin:
         b = self._buckets
         top_slots, top_scores, n_cand = kernels.search(
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
-            b.directory, int(b.shift), self._vecs, self._in_main, self._stale > 0, p.cap,
-            p.vote, pend.keys, pend.head, pend.next, pend.slots, excl_ptr, excl, self._mark,
-            self._seen)
+            b.directory, int(b.shift), self._vecs.view(np.uint16), self._in_main,
+            self._stale > 0, p.cap, p.vote, pend.keys, pend.head, pend.next, pend.slots,
+            excl_ptr, excl, self._mark, self._seen)
         found = top_slots >= 0  # each row's results first, then -1s
         names = self._ids.ids_of(top_slots[found])  # the batch's ids in one call
         ends = np.cumsum(found.sum(axis=1)).tolist()
@@ -261,7 +262,9 @@ class SearchMixin:
         scores: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * n
         for lo in range(0, high, EXACT_BLOCK):
             hi = min(high, lo + EXACT_BLOCK)
-            s = self._vecs[lo:hi] @ q.T  # (rows, n): twice as fast as (n, rows) here
+            # (rows, n): twice as fast as (n, rows) here; the block converted first (numpy
+            # has no half-precision matrix product)
+            s = self._vecs[lo:hi].astype(np.float32) @ q.T
             dead = np.flatnonzero(~self._alive[lo:hi])
             if len(dead):
                 s[dead] = -np.inf
@@ -302,7 +305,10 @@ class SearchMixin:
         """Brute force over all live items: float32 scores pick a shortlist (ties at
         its end included), which is scored as the search scores and ranked."""
         high = self._high
-        scores = self._vecs[:high] @ qn
+        scores = np.empty(high, dtype=np.float32)
+        for lo in range(0, high, EXACT_BLOCK):  # converted by blocks: no float32 copy of all
+            hi = min(high, lo + EXACT_BLOCK)
+            np.matmul(self._vecs[lo:hi].astype(np.float32), qn, out=scores[lo:hi])
         dead = ~self._alive[:high]
         if len(excluded):
             dead[excluded] = True
@@ -330,8 +336,9 @@ def _shortlist(slots: np.ndarray, scores: np.ndarray, want: int) -> np.ndarray:
 
 
 def _scores(vectors: np.ndarray, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Exact cosine of unit rows: float64 sums of the float32 products, rounded to
-    float32 (what the compiled search computes, whatever the summation order)."""
+    """Exact cosine of unit rows (float16) and a query: float64 sums of the products,
+    rounded to float32 (what the compiled search computes, whatever the summation
+    order)."""
     rows = np.take(vectors, slots, axis=0).astype(np.float64)
     return (rows @ q.astype(np.float64)).astype(np.float32)
 
