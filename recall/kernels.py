@@ -261,7 +261,7 @@ def pending_lookup(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
 @njit(cache=True, nogil=True)
 def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: np.ndarray,
             shift: int, slots: np.ndarray, pkeys: np.ndarray, phead: np.ndarray,
-            lo: np.ndarray, hi: np.ndarray, first: np.ndarray) -> None:
+            pent: np.ndarray, lo: np.ndarray, hi: np.ndarray, first: np.ndarray) -> None:
     """For each probe key: [lo, hi) of its entries in the CSR table (empty when absent)
     and ``first``, the first entry of its pending bucket (-1: none). Each of the lookup's
     dependent reads (directory cell, keys, offsets, entries) is a likely cache miss at
@@ -296,6 +296,8 @@ def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: 
         while phead[cell] != EMPTY_CELL and pkeys[cell] != key:
             cell = (cell + 1) & pmask
         first[j] = phead[cell] if phead[cell] != EMPTY_CELL else -1
+        if first[j] >= 0:
+            _prefetch(pent, 2 * first[j])  # (C-contiguous (E, 2): flat index)
     for j in range(n):
         pos = lo[j]
         if pos >= 0:
@@ -343,7 +345,7 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
            ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
            directory: np.ndarray, shift: int, vectors: np.ndarray,
            in_main: np.ndarray, check_stale: bool, cap: int, vote: int,
-           pkeys: np.ndarray, phead: np.ndarray, pnext: np.ndarray, pslots: np.ndarray,
+           pkeys: np.ndarray, phead: np.ndarray, pent: np.ndarray,
            excl_ptr: np.ndarray, excl_slots: np.ndarray,
            mark: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ks[i] slots and scores of each query among its probes' bucket entries.
@@ -354,9 +356,9 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     float16 by slot, as their uint16 bits; in_main (S,) bool (entries of slots not in
     main are stale, skipped when check_stale); cap: entries read per bucket (0 = all), in
     the sorted and in the pending bucket of a key each; vote: keep candidates found in at
-    least that many of the L tables (1 = all). pkeys/phead/pnext/pslots: the pending buckets
+    least that many of the L tables (1 = all). pkeys/phead/pent: the pending buckets
     (``recall.lsh.pending.PendingBuckets``: a hash table of keys, each cell the head of
-    a list of entries); excl_ptr/excl_slots: CSR of slots each query must not return.
+    a list of (slot, next) entries); excl_ptr/excl_slots: CSR of slots each query must not return.
     mark (S,) uint8 zeros: sightings per slot (stopping at 127, so vote <= 127). seen
     (ceil(S / 64),) uint64 zeros: with vote = 1 only a bit per slot is needed, and this
     bitset (125 KB at 1M slots) stays in the core's cache where the mark array (1 MB)
@@ -383,10 +385,10 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     first = np.empty(n_probes, dtype=np.int64)
     for i in range(n):
         _locate(probes[i].reshape(-1), ukeys, starts, directory, shift, slots, pkeys,
-                phead, lo, hi, first)
+                phead, pent, lo, hi, first)
         if vote == 1:
             cand, ranked, n_cand[i] = _gather_seen(lo, hi, first, slots, in_main,
-                                                   check_stale, cap, pnext, pslots,
+                                                   check_stale, cap, pent,
                                                    excl_slots[excl_ptr[i]:excl_ptr[i + 1]],
                                                    seen, cand)
         else:
@@ -401,8 +403,8 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
                         cand, m = _visit(s, mark, cand, m)
                 e, taken = first[j], 0
                 while e >= 0 and (cap == 0 or taken < cap):
-                    cand, m = _visit(pslots[e], mark, cand, m)
-                    e, taken = pnext[e], taken + 1
+                    cand, m = _visit(pent[e, 0], mark, cand, m)
+                    e, taken = pent[e, 1], taken + 1
             # the candidates with enough votes (excluded ones count, as in the
             # reference, but are not scored)
             voted = 0
@@ -447,8 +449,8 @@ def unit_rows(x: np.ndarray, tol: float) -> bool:
 
 @njit(cache=True, nogil=True)
 def _gather_seen(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
-                 in_main: np.ndarray, check_stale: bool, cap: int, pnext: np.ndarray,
-                 pslots: np.ndarray, excluded: np.ndarray, seen: np.ndarray,
+                 in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
+                 excluded: np.ndarray, seen: np.ndarray,
                  cand: np.ndarray) -> tuple[np.ndarray, int, int]:
     """:func:`search`'s candidates of one query when vote = 1 (its probes located by
     :func:`_locate`), deduped with the ``seen`` bitset: (cand, ranked, distinct) where
@@ -464,8 +466,8 @@ def _gather_seen(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.nd
                 cand, m = _see(s, seen, cand, m)
         e, taken = first[j], 0
         while e >= 0 and (cap == 0 or taken < cap):
-            cand, m = _see(pslots[e], seen, cand, m)
-            e, taken = pnext[e], taken + 1
+            cand, m = _see(pent[e, 0], seen, cand, m)
+            e, taken = pent[e, 1], taken + 1
     for s in excluded:
         seen[s >> 6] &= ~(np.uint64(1) << np.uint64(s & 63))
     ranked = 0
@@ -500,8 +502,8 @@ def warm_up() -> None:
            np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int32), 63,
            q.astype(np.float16).view(np.uint16), np.ones(1, dtype=bool), True, 0, 1,
            np.zeros(2, dtype=np.int64),
-           np.full(2, EMPTY_CELL, dtype=np.int32), np.zeros(1, dtype=np.int32),
-           np.zeros(1, dtype=np.int32), zero1[:2], empty,
+           np.full(2, EMPTY_CELL, dtype=np.int32), np.zeros((1, 2), dtype=np.int32),
+           zero1[:2], empty,
            np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
     from recall.lsh import pending  # imported here: recall.lsh imports this module
 

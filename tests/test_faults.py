@@ -52,6 +52,7 @@ from devtools.localstack import (
 )
 from offline.generate import cluster_vectors
 from recall.config import Settings
+from recall.lsh.params import VECTOR_DTYPE
 from recall.users import RollingUserVectors
 from tests.support import eventually, isolated_settings, metric, stored_user
 
@@ -194,7 +195,10 @@ class World:
     def check_users_exactly_once(self) -> int:
         """Every user's stored window and vector = an exactly-once replay; returns the
         number of users checked."""
-        table = {i: v for i, v in zip(self.ids, self.vectors, strict=True)}
+        # the item vectors as the worker's index holds them (half precision,
+        # recall.lsh.params.VECTOR_DTYPE): what its user vectors are made of
+        table = {i: np.asarray(v, np.float32).astype(VECTOR_DTYPE).astype(np.float32)
+                 for i, v in zip(self.ids, self.vectors, strict=True)}
 
         def lookup(items: Any) -> tuple[np.ndarray, np.ndarray]:
             mat = np.stack([table[i] for i in items]) if items else np.zeros((0, DIM))

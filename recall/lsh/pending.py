@@ -44,8 +44,7 @@ class PendingBuckets:
         self.keys = np.zeros(n, dtype=np.int64)
         self.head = np.full(n, EMPTY_CELL, dtype=np.int32)  # first entry, -1: none
         self.tail = np.full(n, -1, dtype=np.int32)
-        self.next = np.zeros(n, dtype=np.int32)  # entry -> next entry, -1: end
-        self.slots = np.zeros(n, dtype=np.int32)  # entry -> slot
+        self._entries(np.zeros((n, 2), dtype=np.int32))
         # [cells taken, entries handed out, live entries, free-list head]
         self.meta = np.array([0, 0, 0, -1], dtype=np.int64)
 
@@ -57,8 +56,14 @@ class PendingBuckets:
         return bool(self.meta[2])
 
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.keys, self.head, self.tail, self.next,
-                                          self.slots)))
+        return int(sum(a.nbytes for a in (self.keys, self.head, self.tail, self.entries)))
+
+    def _entries(self, entries: np.ndarray) -> None:
+        """Entries as (slot, next entry) pairs, next -1 at a list's end: a list walk
+        misses the cache once per entry, not once per array (pending entries of a bucket
+        are scattered, added at different times). ``slots`` and ``next`` are views."""
+        self.entries = entries
+        self.slots, self.next = entries[:, 0], entries[:, 1]
 
     def add(self, slots: np.ndarray, keys: np.ndarray) -> None:
         """Append slots[i] to the buckets keys[i, :] (keys (m, L) int64)."""
@@ -113,10 +118,9 @@ class PendingBuckets:
             size = len(self.slots)
             while handed + new - free > size:
                 size *= 2
-            for name in ("next", "slots"):
-                arr = np.zeros(size, dtype=np.int32)
-                arr[:handed] = getattr(self, name)[:handed]
-                setattr(self, name, arr)
+            entries = np.zeros((size, 2), dtype=np.int32)
+            entries[:handed] = self.entries[:handed]
+            self._entries(entries)
 
 
 @njit(cache=True, nogil=True)

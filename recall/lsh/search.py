@@ -129,7 +129,7 @@ class SearchMixin:
         top_slots, top_scores, n_cand = kernels.search(
             qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
             b.directory, int(b.shift), self._vecs.view(np.uint16), self._in_main,
-            self._stale > 0, p.cap, p.vote, pend.keys, pend.head, pend.next, pend.slots,
+            self._stale > 0, p.cap, p.vote, pend.keys, pend.head, pend.entries,
             excl_ptr, excl, self._mark, self._seen)
         found = top_slots >= 0  # each row's results first, then -1s
         names = self._ids.ids_of(top_slots[found])  # the batch's ids in one call
