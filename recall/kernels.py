@@ -431,6 +431,28 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
+def search_queries(queries: np.ndarray, ks: np.ndarray, proj: np.ndarray,
+                   offset: np.ndarray, mult: np.ndarray, salt: np.ndarray,
+                   template: np.ndarray, opts_f: np.ndarray, opts: np.ndarray,
+                   ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+                   directory: np.ndarray, vectors: np.ndarray, in_main: np.ndarray,
+                   pkeys: np.ndarray, phead: np.ndarray, pent: np.ndarray,
+                   excl_ptr: np.ndarray, excl_slots: np.ndarray, mark: np.ndarray,
+                   seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`probe_keys` then :func:`search`, in one call from Python: the index's
+    per-query path. The scalars come packed, opts_f = [w], opts = [pstable, n_sets,
+    shift, check_stale, cap, vote]: numba's dispatcher types each argument of a call,
+    a Python scalar costing more than an array, and a query at 1M items paid ~20 us
+    between and around two calls (the kernels evict the interpreter's data from the
+    caches, so every Python step after them is slow)."""
+    probes = probe_keys(queries, proj, offset, opts_f[0], opts[0] != 0, mult, salt,
+                        template, opts[1])
+    return search(queries, probes, ks, ukeys, starts, slots, directory, opts[2], vectors,
+                  in_main, opts[3] != 0, opts[4], opts[5], pkeys, phead, pent, excl_ptr,
+                  excl_slots, mark, seen)
+
+
+@njit(cache=True, nogil=True)
 def unit_rows(x: np.ndarray, tol: float) -> bool:
     """Whether every row of x (n, D) float32 is finite with |norm - 1| <= tol (float64
     sums). Lets a search skip normalize()'s dozen numpy calls (~10 us, a fifth of a
@@ -495,16 +517,16 @@ def warm_up() -> None:
         probes = probe_keys(q, proj, np.zeros(L * k), 1.0, pstable, mult,
                             np.zeros(L, dtype=np.int64), template, 1)
     ukeys = np.sort(probes.reshape(-1))[:1].copy()
-    empty = np.zeros(0, dtype=np.int64)
-    zero1 = np.zeros(2, dtype=np.int64)
-    # int32 offsets: what SortedBuckets holds below 2**31 entries
-    search(q, probes, np.ones(1, dtype=np.int64), ukeys, np.array([0, 1], dtype=np.int32),
-           np.zeros(1, dtype=np.int32), np.array([0, 1, 1], dtype=np.int32), 63,
-           q.astype(np.float16).view(np.uint16), np.ones(1, dtype=bool), True, 0, 1,
-           np.zeros(2, dtype=np.int64),
-           np.full(2, EMPTY_CELL, dtype=np.int32), np.zeros((1, 2), dtype=np.int32),
-           zero1[:2], empty,
-           np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
+    # int32 offsets: what SortedBuckets holds below 2**31 entries; float16 vectors as bits
+    search_queries(q, np.ones(1, dtype=np.int64), proj, np.zeros(L * k), mult,
+                   np.zeros(L, dtype=np.int64), template, np.ones(1),
+                   np.array([1, 1, 63, 1, 0, 1], dtype=np.int64), ukeys,
+                   np.array([0, 1], dtype=np.int32), np.zeros(1, dtype=np.int32),
+                   np.array([0, 1, 1], dtype=np.int32), q.astype(np.float16).view(np.uint16),
+                   np.ones(1, dtype=bool), np.zeros(2, dtype=np.int64),
+                   np.full(2, EMPTY_CELL, dtype=np.int32), np.zeros((1, 2), dtype=np.int32),
+                   np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                   np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
     from recall.lsh import pending  # imported here: recall.lsh imports this module
 
     pending.warm_up()

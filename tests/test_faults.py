@@ -52,7 +52,7 @@ from devtools.localstack import (
 )
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.lsh.params import VECTOR_DTYPE
+from recall.lsh.params import VECTOR_ATOL
 from recall.users import RollingUserVectors
 from tests.support import eventually, isolated_settings, metric, stored_user
 
@@ -195,10 +195,7 @@ class World:
     def check_users_exactly_once(self) -> int:
         """Every user's stored window and vector = an exactly-once replay; returns the
         number of users checked."""
-        # the item vectors as the worker's index holds them (half precision,
-        # recall.lsh.params.VECTOR_DTYPE): what its user vectors are made of
-        table = {i: np.asarray(v, np.float32).astype(VECTOR_DTYPE).astype(np.float32)
-                 for i, v in zip(self.ids, self.vectors, strict=True)}
+        table = {i: v for i, v in zip(self.ids, self.vectors, strict=True)}
 
         def lookup(items: Any) -> tuple[np.ndarray, np.ndarray]:
             mat = np.stack([table[i] for i in items]) if items else np.zeros((0, DIM))
@@ -217,7 +214,9 @@ class World:
             assert got is not None, f"user {uid}: no state stored"
             assert [(c.item_id, c.event_id) for c in got.window] == [
                 (c.item_id, c.event_id) for c in want.window], uid
-            np.testing.assert_allclose(got.vector(), want.vector(), rtol=1e-5, atol=1e-6)
+            # the worker's item vectors are half precision (VECTOR_DTYPE)
+            np.testing.assert_allclose(got.vector(), want.vector(), rtol=1e-5,
+                                       atol=VECTOR_ATOL)
         return len(by_user)
 
     async def all_answered(self, timeout: float = 30.0) -> None:

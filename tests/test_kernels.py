@@ -157,7 +157,7 @@ def test_the_scratch_arrays_are_left_clean(vote):
 
 def test_warm_up_compiles_every_kernel():
     kernels.warm_up()
-    for fn in (kernels.probe_keys, kernels.search, kernels.count_cells,
+    for fn in (kernels.probe_keys, kernels.search_queries, kernels.count_cells,
                kernels.scatter_cells, kernels.finish_cells, kernels.unique_csr,
                kernels.unit_rows, kernels.radix_directory):
         assert fn.signatures, fn
@@ -173,7 +173,7 @@ def test_warm_up_compiles_the_types_a_real_index_searches_with():
     staged = LSHIndex(index.params)
     staged.stage([f"s{j}" for j in range(300)], unit(rng, 300, 16))
     staged.build()
-    before = {fn: len(fn.signatures) for fn in (kernels.probe_keys, kernels.search,
+    before = {fn: len(fn.signatures) for fn in (kernels.probe_keys, kernels.search_queries,
                                                 kernels.unit_rows)}
     for idx in (index, staged):
         idx.search(unit(rng, 3, 16), 5)

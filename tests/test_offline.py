@@ -303,10 +303,11 @@ def test_recall_with_exclusion_leaves_window_items_out(gen, trained):
 
     ids, vectors = trained
     q = log_queries(gen.log, ids, vectors, window=10, limit=100, seed=1)
-    # one bit per table, both buckets probed: every item is a candidate -> exact
+    # one bit per table, both buckets probed: every item is a candidate -> exact, up to
+    # near-ties that the index's half-precision vectors (VECTOR_DTYPE) may swap
     full = LSHIndex(LSHParams(family="simhash", dim=64, k=1, L=2, T=2))
     full.add(ids, vectors)
-    assert recall_with_exclusion(full, ids, vectors, q, 10) == pytest.approx(1.0)
+    assert recall_with_exclusion(full, ids, vectors, q, 10) >= 0.99
     for vec, seen in zip(q.vectors[:20], q.seen[:20], strict=True):
         assert not set(full.search(vec, 10, [seen])[0].ids) & set(seen)
     narrow = LSHIndex(LSHParams(family="simhash", dim=64, k=16, L=1, T=1))

@@ -113,7 +113,8 @@ async def test_items_then_clicks_give_the_exact_top_k(
         qn = normalize(mean)
         for item in resp.value["items"]:
             cos = float(vectors[ids.index(item["item_id"])] @ qn)
-            assert item["score"] == pytest.approx(cos, abs=1e-4)
+            # item vectors held in half precision (VECTOR_DTYPE): cosines within 3e-4
+            assert item["score"] == pytest.approx(cos, abs=3e-4)
     assert np.mean(found) >= 0.9, found
 
 

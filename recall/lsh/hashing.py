@@ -100,6 +100,7 @@ class Hasher:
         rng = np.random.Generator(np.random.PCG64(p.seed))
         self.proj = rng.standard_normal((p.dim, p.L * p.k))  # float64
         self.offset = rng.uniform(0.0, 1.0, p.L * p.k) * p.w
+        self.w_array = np.array([p.w], dtype=np.float64)  # for the compiled search
         self.mult = rng.integers(_INT64_MIN, _INT64_MAX, size=(p.L, p.k), dtype=np.int64) | 1
         self.salt = rng.integers(_INT64_MIN, _INT64_MAX, size=p.L, dtype=np.int64)
         self._npos = 2 * p.k if p.family == "pstable" else p.k

@@ -18,6 +18,9 @@ FAMILIES = ("pstable", "simhash")
 #: float32 search at 1M: 0.9655 -> see README). Scores, hashes and exact search all read
 #: the stored rows, so they agree with each other.
 VECTOR_DTYPE = np.float16
+#: how far a stored component of a unit vector may be from its float32 value (half an
+#: ulp of float16 at 1), and so a vector made of stored ones (a user's mean)
+VECTOR_ATOL = 2.0**-12
 #: rows whose norm is this close to 1 are taken as already normalised (keeps normalize
 #: idempotent, so hashing a re-normalised vector gives the same keys)
 UNIT_TOL = 1e-5

@@ -37,6 +37,8 @@ class QueryResult:
 #: an empty slot array, shared by searches without exclusions (empty: nothing to write;
 #: left writeable, so the kernels see the array type they were compiled and warmed for)
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
+#: the exclusion offsets of one query without exclusions (read-only to the kernels)
+_EXCL_PTR_ONE = np.zeros(2, dtype=np.int64)
 
 
 class SearchMixin:
@@ -110,27 +112,33 @@ class SearchMixin:
 
     def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
                          ) -> list[QueryResult]:
-        """:meth:`search` through :func:`recall.kernels.search`: hashing, probing, lookup,
-        gather, dedupe, vote, re-rank and top k of the whole batch in two compiled calls
-        (the pending buckets included)."""
-        p, h = self.params, self.hasher
+        """:meth:`search` through :func:`recall.kernels.search_queries`: hashing, probing,
+        lookup, gather, dedupe, vote, re-rank and top k of the whole batch in one compiled
+        call (the pending buckets included)."""
+        p, h, b, pend = self.params, self.hasher, self._buckets, self._pending
         n = len(ks)
-        probes = kernels.probe_keys(qn, h.proj, h.offset, float(p.w), p.family == "pstable",
-                                    h.mult, h.salt, h.template(p.T),
-                                    h.probes_per_table(p.T) - 1)
-        pend = self._pending
-        excl_ptr = np.zeros(n + 1, dtype=np.int64)
-        if any(len(e) for e in excluded):
-            np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
-            excl = np.concatenate(excluded)
+        if n == 1:
+            excl_ptr = _EXCL_PTR_ONE if not len(excluded[0]) else np.array(
+                [0, len(excluded[0])], dtype=np.int64)
+            excl = excluded[0] if len(excluded[0]) else _NO_SLOTS
+            ks_arr = np.array(ks, dtype=np.int64)
         else:
-            excl = _NO_SLOTS
-        b = self._buckets
-        top_slots, top_scores, n_cand = kernels.search(
-            qn, probes, np.asarray(ks, dtype=np.int64), b.ukeys, b.starts, b.slots,
-            b.directory, int(b.shift), self._vecs.view(np.uint16), self._in_main,
-            self._stale > 0, p.cap, p.vote, pend.keys, pend.head, pend.entries,
-            excl_ptr, excl, self._mark, self._seen)
+            excl_ptr = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
+            excl = np.concatenate(excluded) if excl_ptr[-1] else _NO_SLOTS
+            ks_arr = np.asarray(ks, dtype=np.int64)
+        opts = np.array([p.family == "pstable", h.probes_per_table(p.T) - 1, b.shift,
+                         self._stale > 0, p.cap, p.vote], dtype=np.int64)
+        top_slots, top_scores, n_cand = kernels.search_queries(
+            qn, ks_arr, h.proj, h.offset, h.mult, h.salt, h.template(p.T), h.w_array, opts,
+            b.ukeys, b.starts, b.slots, b.directory, self._vecs.view(np.uint16),
+            self._in_main, pend.keys, pend.head, pend.entries, excl_ptr, excl, self._mark,
+            self._seen)
+        if n == 1:  # the worker's usual call: no copies, one id lookup
+            row = top_slots[0]
+            m = ks[0] if row[-1] >= 0 else int(np.count_nonzero(row >= 0))
+            return [QueryResult(ids=self._ids.ids_of(row[:m]), scores=top_scores[0, :m],
+                                candidates=int(n_cand[0]))]
         found = top_slots >= 0  # each row's results first, then -1s
         names = self._ids.ids_of(top_slots[found])  # the batch's ids in one call
         ends = np.cumsum(found.sum(axis=1)).tolist()
