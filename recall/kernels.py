@@ -25,10 +25,9 @@ implementation as the reference the tests compare against, row by row.
   at least ``vote`` of the probes' tables, re-ranks them by exact inner product (float64
   sums, rounded to float32; the rows prefetched ahead) and keeps the top k; excluded
   slots count as candidates (as in the reference) but are never scored or returned.
-- :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`:
-  the bucket table of a bulk load as a counting sort by the keys' top bits, then a sort
-  within each small cell, then the unique keys compacted in place: no argsort of all
-  entries (its index array and sorted copies were ~400 MB at 1M x 16).
+- :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`,
+  :func:`radix_directory`: the bucket table of a bulk load, in :mod:`recall.buildkernels`
+  (re-exported here).
 
 Compile time: every kernel is compiled on first call and cached on disk
 (``cache=True``, in ``__pycache__``), so a worker pays it once per machine; :func:`warm_up`
@@ -44,6 +43,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from recall.buildkernels import (  # re-exported: the index calls them as kernels.*
+    count_cells,
+    finish_cells,
+    radix_directory,
+    scatter_cells,
+    unique_csr,
+)
 
 #: ``mark`` of a slot during a search: its sightings in the low 7 bits (stopping at 127),
 #: the top bit set when the query excludes it
@@ -542,103 +549,3 @@ def warm_up() -> None:
     csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
     unique_csr(out_k, csr)
     radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
-
-
-@njit(cache=True, nogil=True)
-def count_cells(keys: np.ndarray, shift: int, counts: np.ndarray) -> None:
-    """Bulk build, pass 1: counts[cell] += 1 for each key of keys (m, L), the cell being
-    the key's top bits in signed order (as the bucket table's radix directory)."""
-    for i in range(keys.shape[0]):
-        for t in range(keys.shape[1]):
-            u = np.uint64(keys[i, t]) ^ np.uint64(0x8000000000000000)
-            counts[np.int64(u >> np.uint64(shift))] += 1
-
-
-@njit(cache=True, nogil=True)
-def scatter_cells(keys: np.ndarray, slots: np.ndarray, shift: int, first: int, end: int,
-                  pos: np.ndarray, out_keys: np.ndarray, out_slots: np.ndarray) -> None:
-    """Bulk build, pass 2: each entry (keys[i, t], slots[i]) whose cell c is in [first,
-    end) to the next free position of its cell (pos[c - first]: running offsets,
-    advanced here), in the order given; the other entries are skipped."""
-    for i in range(keys.shape[0]):
-        for t in range(keys.shape[1]):
-            key = keys[i, t]
-            u = np.uint64(key) ^ np.uint64(0x8000000000000000)
-            c = np.int64(u >> np.uint64(shift))
-            if c < first or c >= end:
-                continue
-            p = pos[c - first]
-            out_keys[p] = key
-            out_slots[p] = slots[i]
-            pos[c - first] = p + 1
-
-
-@njit(cache=True, nogil=True)
-def finish_cells(keys: np.ndarray, slots: np.ndarray, cell_starts: np.ndarray) -> int:
-    """Bulk build, pass 3: sort each cell's entries by key, stably (entries keep their
-    order within a bucket): insertion sort in small cells, a merge sort where a big
-    bucket of skewed data fills one. keys/slots are sorted in place; returns the number
-    of distinct keys."""
-    n_unique = 0
-    for c in range(cell_starts.shape[0] - 1):
-        lo, hi = cell_starts[c], cell_starts[c + 1]
-        if hi - lo > 32:  # a big bucket (skewed data) shares the cell: a stable merge sort
-            order = np.argsort(keys[lo:hi], kind="mergesort")
-            k_cell, s_cell = keys[lo:hi][order], slots[lo:hi][order]
-            keys[lo:hi] = k_cell
-            slots[lo:hi] = s_cell
-        else:
-            for j in range(lo + 1, hi):
-                key, slot = keys[j], slots[j]
-                p = j
-                while p > lo and keys[p - 1] > key:
-                    keys[p] = keys[p - 1]
-                    slots[p] = slots[p - 1]
-                    p -= 1
-                keys[p] = key
-                slots[p] = slot
-        for j in range(lo, hi):
-            if j == lo or keys[j] != keys[j - 1]:
-                n_unique += 1
-    return n_unique
-
-
-@njit(cache=True, nogil=True)
-def unique_csr(keys: np.ndarray, starts: np.ndarray) -> None:
-    """Bulk build, pass 4: the CSR table of sorted entry keys, in place: the distinct keys
-    move to keys[:B] (a key is written at or before where it was read), starts (B+1,)
-    gets where each one's entries begin and the total."""
-    b = 0
-    n = keys.shape[0]
-    for j in range(n):
-        if j == 0 or keys[j] != keys[b - 1]:
-            keys[b] = keys[j]
-            starts[b] = j
-            b += 1
-    starts[b] = n
-
-
-@njit(cache=True, nogil=True)
-def radix_directory(ukeys: np.ndarray, shift: int, directory: np.ndarray) -> int:
-    """The bucket table's radix directory of sorted keys: directory[d] = the first key
-    whose top bits (``>> shift``, in signed order) are >= d, for every d (the last
-    entry: the number of keys). One pass over the keys, where numpy needed the top bits
-    of every key and a bincount beside them (~70 MB at 1M x 16). Returns the most keys
-    under one d."""
-    n = ukeys.shape[0]
-    d = 0
-    widest = 0
-    for j in range(n):
-        top = np.int64((np.uint64(ukeys[j]) ^ np.uint64(0x8000000000000000))
-                       >> np.uint64(shift))
-        while d <= top:
-            directory[d] = j
-            if d and j - directory[d - 1] > widest:
-                widest = j - directory[d - 1]
-            d += 1
-    while d < directory.shape[0]:
-        directory[d] = n
-        if d and n - directory[d - 1] > widest:
-            widest = n - directory[d - 1]
-        d += 1
-    return widest
