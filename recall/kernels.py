@@ -254,15 +254,22 @@ def pending_home(key: np.int64, mask: int) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def pending_lookup(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
-    """The cell of ``key`` in a pending-bucket table, -1 if it has none."""
+def pending_probe(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
+    """The cell of ``key`` in a pending-bucket table, or the empty cell where its
+    linear probe ends (the one place the probe sequence is written: the read below and
+    the table's insert both take it)."""
     mask = keys.shape[0] - 1
     cell = pending_home(key, mask)
-    while head[cell] != EMPTY_CELL:
-        if keys[cell] == key:
-            return cell
+    while head[cell] != EMPTY_CELL and keys[cell] != key:
         cell = (cell + 1) & mask
-    return -1
+    return cell
+
+
+@njit(cache=True, nogil=True, inline="always")
+def pending_lookup(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
+    """The cell of ``key`` in a pending-bucket table, -1 if it has none."""
+    cell = pending_probe(key, keys, head)
+    return -1 if head[cell] == EMPTY_CELL else cell
 
 
 @njit(cache=True, nogil=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from recall.kernels import EMPTY_CELL, pending_home, pending_lookup
+from recall.kernels import EMPTY_CELL, pending_home, pending_lookup, pending_probe
 
 #: cells of a fresh table (grows by doubling; a merge clears back to this)
 _MIN_CELLS = 1024
@@ -126,12 +126,9 @@ class PendingBuckets:
 @njit(cache=True, nogil=True)
 def _cell(key: np.int64, keys: np.ndarray, head: np.ndarray, meta: np.ndarray) -> int:
     """The cell of ``key``, taken (an empty list) if the key has none."""
-    mask = keys.shape[0] - 1
-    cell = pending_home(key, mask)
-    while head[cell] != EMPTY_CELL:
-        if keys[cell] == key:
-            return cell
-        cell = (cell + 1) & mask
+    cell = pending_probe(key, keys, head)
+    if head[cell] != EMPTY_CELL:
+        return cell
     keys[cell] = key
     head[cell] = -1
     meta[0] += 1
