@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
+
 
 @njit(cache=True, nogil=True)
 def count_cells(keys: np.ndarray, shift: int, counts: np.ndarray) -> None:

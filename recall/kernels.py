@@ -44,6 +44,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
 from recall.buildkernels import (  # re-exported: the index calls them as kernels.*
     count_cells,
     finish_cells,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
+
 
 @njit(cache=True, nogil=True)
 def window_sums(ptr: np.ndarray, ts: np.ndarray, weight: np.ndarray, present: np.ndarray,

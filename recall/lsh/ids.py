@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
+
 #: table cells: no slot, and a removed one (probing goes on past it)
 _EMPTY = -1
 _GONE = -2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
 from recall.kernels import EMPTY_CELL, pending_home, pending_lookup, pending_probe
 
 #: cells of a fresh table (grows by doubling; a merge clears back to this)
