@@ -60,6 +60,7 @@ class PhaseWatch:
         self._cpu0: dict[str, float | None] = {}
         self._busy0: list[tuple[float, float]] = []
         self._spy: subprocess.Popen | None = None
+        self._missing = False  # --py-spy asked for, no py-spy to run
 
     def start(self, seconds: float) -> None:
         """The phase begins now and lasts about ``seconds`` (the profile's duration)."""
@@ -70,6 +71,7 @@ class PhaseWatch:
             exe = py_spy_binary()
             if exe is None:
                 print("warning: --py-spy: no py-spy found (pip install py-spy)", flush=True)
+                self._missing = True
                 return
             self._spy = subprocess.Popen(
                 [exe, "record", "--pid", str(self.profile_pid), "--duration",
@@ -88,6 +90,8 @@ class PhaseWatch:
         busy = [round((b1 - b0) / max(1e-9, t1 - t0), 3)
                 for (b0, t0), (b1, t1) in zip(self._busy0, _busy_per_cpu(), strict=False)]
         out: dict[str, Any] = {"cpu_share": share, "cpu_busy": busy}
+        if self._missing:
+            out["py_spy"] = None
         if self._spy is not None:
             try:
                 _, err = self._spy.communicate(timeout=60)
