@@ -323,17 +323,23 @@ def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: 
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _append(s: int, cand: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+    """cand[:m] + [s], cand doubled when full."""
+    if m == cand.shape[0]:
+        bigger = np.empty(2 * m, dtype=np.int64)
+        bigger[:m] = cand
+        cand = bigger
+    cand[m] = s
+    return cand, m + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _visit(s: int, mark: np.ndarray, cand: np.ndarray, m: int) -> tuple[np.ndarray, int]:
     """Count one sighting of slot s; a first sighting appends it to cand[:m]."""
     c = mark[s]
     count = c & _COUNT
     if count == 0:
-        if m == cand.shape[0]:
-            bigger = np.empty(2 * m, dtype=np.int64)
-            bigger[:m] = cand
-            cand = bigger
-        cand[m] = s
-        m += 1
+        cand, m = _append(s, cand, m)
     if count < _COUNT:
         mark[s] = c + 1
     return cand, m
@@ -346,12 +352,35 @@ def _see(s: int, seen: np.ndarray, cand: np.ndarray, m: int) -> tuple[np.ndarray
     bit = np.uint64(1) << np.uint64(s & 63)
     if seen[word] & bit == 0:
         seen[word] |= bit
-        if m == cand.shape[0]:
-            bigger = np.empty(2 * m, dtype=np.int64)
-            bigger[:m] = cand
-            cand = bigger
-        cand[m] = s
-        m += 1
+        cand, m = _append(s, cand, m)
+    return cand, m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
+            in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
+            bitset: bool, seen: np.ndarray, mark: np.ndarray,
+            cand: np.ndarray) -> tuple[np.ndarray, int]:
+    """Every sighting in one query's located probes (at most ``cap`` per bucket, sorted
+    entries then pending ones): :func:`_see` when ``bitset`` (vote = 1), else
+    :func:`_visit` (vote counts). (cand, m): the distinct slots in cand[:m]."""
+    m = 0
+    for j in range(lo.shape[0]):
+        end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
+        for e in range(lo[j], end):
+            s = slots[e]
+            if not check_stale or in_main[s]:
+                if bitset:
+                    cand, m = _see(s, seen, cand, m)
+                else:
+                    cand, m = _visit(s, mark, cand, m)
+        e, taken = first[j], 0
+        while e >= 0 and (cap == 0 or taken < cap):
+            if bitset:
+                cand, m = _see(pent[e, 0], seen, cand, m)
+            else:
+                cand, m = _visit(pent[e, 0], mark, cand, m)
+            e, taken = pent[e, 1], taken + 1
     return cand, m
 
 
@@ -405,21 +434,12 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
             cand, ranked, n_cand[i] = _gather_seen(lo, hi, first, slots, in_main,
                                                    check_stale, cap, pent,
                                                    excl_slots[excl_ptr[i]:excl_ptr[i + 1]],
-                                                   seen, cand)
+                                                   seen, mark, cand)
         else:
             for e in range(excl_ptr[i], excl_ptr[i + 1]):
                 mark[excl_slots[e]] = _EXCLUDED
-            m = 0
-            for j in range(n_probes):
-                end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
-                for e in range(lo[j], end):
-                    s = slots[e]
-                    if not check_stale or in_main[s]:
-                        cand, m = _visit(s, mark, cand, m)
-                e, taken = first[j], 0
-                while e >= 0 and (cap == 0 or taken < cap):
-                    cand, m = _visit(pent[e, 0], mark, cand, m)
-                    e, taken = pent[e, 1], taken + 1
+            cand, m = _gather(lo, hi, first, slots, in_main, check_stale, cap, pent,
+                              False, seen, mark, cand)
             # the candidates with enough votes (excluded ones count, as in the
             # reference, but are not scored)
             voted = 0
@@ -487,24 +507,16 @@ def unit_rows(x: np.ndarray, tol: float) -> bool:
 @njit(cache=True, nogil=True)
 def _gather_seen(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
                  in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
-                 excluded: np.ndarray, seen: np.ndarray,
+                 excluded: np.ndarray, seen: np.ndarray, mark: np.ndarray,
                  cand: np.ndarray) -> tuple[np.ndarray, int, int]:
     """:func:`search`'s candidates of one query when vote = 1 (its probes located by
     :func:`_locate`), deduped with the ``seen`` bitset: (cand, ranked, distinct) where
     cand[:ranked] are the distinct candidates that are not excluded. Excluded slots count
     as candidates (as in the reference): their bits are cleared after the gather, so the
-    pass that keeps the bit-set candidates (clearing every bit again) drops them."""
-    m = 0
-    for j in range(lo.shape[0]):
-        end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
-        for e in range(lo[j], end):
-            s = slots[e]
-            if not check_stale or in_main[s]:
-                cand, m = _see(s, seen, cand, m)
-        e, taken = first[j], 0
-        while e >= 0 and (cap == 0 or taken < cap):
-            cand, m = _see(pent[e, 0], seen, cand, m)
-            e, taken = pent[e, 1], taken + 1
+    pass that keeps the bit-set candidates (clearing every bit again) drops them.
+    ``mark`` is only handed to the shared gather, which does not touch it here."""
+    cand, m = _gather(lo, hi, first, slots, in_main, check_stale, cap, pent, True, seen,
+                      mark, cand)
     for s in excluded:
         seen[s >> 6] &= ~(np.uint64(1) << np.uint64(s & 63))
     ranked = 0
