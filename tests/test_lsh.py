@@ -352,6 +352,29 @@ def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays()
     assert index.nbytes() > x.nbytes
 
 
+def test_a_bulk_build_hashes_its_blocks_on_one_blas_thread(monkeypatch):
+    """The items' projections are small products (a block of rows by 64 x L*k): a BLAS
+    pool's threads doubled the CPU of a 1M build's hashing on a shared 2-core machine, so
+    item hashing holds BLAS to one thread, whatever the pool was set to."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    codes = Hasher._codes
+
+    def watched(self, x):
+        seen.extend(i["num_threads"] for i in threadpool_info()  # numpy's own BLAS
+                    if i["user_api"] == "blas" and "numpy" in i["filepath"])
+        return codes(self, x)
+
+    monkeypatch.setattr(Hasher, "_codes", watched)
+    index = LSHIndex(LSHParams(dim=16, k=4, L=4))
+    index.stage([f"i{j}" for j in range(3000)], unit(np.random.default_rng(2), 3000, 16))
+    with threadpool_limits(2, user_api="blas"):
+        index.build()
+        index.add([f"n{j}" for j in range(500)], unit(np.random.default_rng(3), 500, 16))
+    assert seen and set(seen) == {1}
+
+
 # ------------------------------------------------------------------ batched queries
 
 

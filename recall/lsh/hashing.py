@@ -22,9 +22,11 @@ queries (one or many) go through it.
 from __future__ import annotations
 
 import heapq
+from contextlib import AbstractContextManager
 from statistics import NormalDist
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from recall.lsh.params import LSHParams
 
@@ -32,6 +34,20 @@ _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
 #: rows hashed per block (bounds the float64 projection buffer)
 _HASH_BLOCK = 32768
+#: rows from which :meth:`Hasher.keys` holds BLAS to one thread (smaller products run on
+#: one thread anyway)
+_ONE_THREAD_ROWS = 64
+_blas: list[ThreadpoolController] = []  # made on first use (scanning the libraries: ~0.3 ms)
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """A context holding BLAS (OpenBLAS) to one thread. Item blocks are products of
+    ~2k x 64 by 64 x 160: a pool thread's hand-off and spinning cost more CPU than it
+    saves (about twice the CPU of a bulk build's hashing), the keys are the same.
+    Process-wide while held (BLAS has one setting)."""
+    if not _blas:
+        _blas.append(ThreadpoolController())
+    return _blas[0].limit(limits=1, user_api="blas")
 
 
 def _perturbation_template(family: str, k: int, size: int) -> np.ndarray:
@@ -155,6 +171,12 @@ class Hasher:
     def keys(self, vectors: np.ndarray) -> np.ndarray:
         """One bucket key per table: (n, L) int64 for (n, D) normalised vectors."""
         x = self._rows(vectors, "vectors")
+        if x.shape[0] >= _ONE_THREAD_ROWS:
+            with _one_blas_thread():
+                return self._keys(x)
+        return self._keys(x)
+
+    def _keys(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] <= _HASH_BLOCK:
             return self._fold(self._codes(x)[0])
         out = np.empty((x.shape[0], self.params.L), dtype=np.int64)
