@@ -13,6 +13,9 @@ from devtools.scrape import metric_value, metrics_url, scrape
 
 #: clicks per warm user before the measured phase
 WARM_CLICKS = 3
+#: seconds between two sends of the click generator (each one produce request per
+#: partition: fewer, bigger requests cost the shared broker less than 100 a second)
+CLICK_TICK = 0.02
 
 
 def producer(bootstrap: str, linger_ms: int) -> Any:
@@ -51,9 +54,11 @@ def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: 
     """Child process: recall requests at ``rate`` (ids ``{run}.{seq}.{send time in us}``)."""
     import random
 
-    import orjson
-
     rng = random.Random(seed)
+    # the users' keys and JSON made once: the request's own JSON is then one format
+    # (this process shares its core with the broker and Redis under --pin-worker)
+    keys = [f"u{u}".encode() for u in range(users)]
+    run_b = run.encode()
 
     async def main() -> dict[str, Any]:
         prod = producer(bootstrap, 0)
@@ -69,10 +74,10 @@ def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: 
         async def emit(n: int) -> None:
             nonlocal seq
             for _ in range(n):
-                uid = f"u{rng.randrange(users)}"
-                rid = f"{run}.{seq}.{time.time_ns() // 1000}"
-                fut = await prod.send(topic, orjson.dumps(
-                    {"request_id": rid, "user_id": uid, "k": k}), key=uid.encode())
+                u = rng.randrange(users)
+                value = b'{"request_id":"%s.%d.%d","user_id":"u%d","k":%d}' % (
+                    run_b, seq, time.time_ns() // 1000, u, k)
+                fut = await prod.send(topic, value, key=keys[u])
                 fut.add_done_callback(done)
                 seq += 1
             counter.value = seq
@@ -88,43 +93,60 @@ def request_process(bootstrap: str, topic: str, run: str, rate: float, seconds: 
     out.put(asyncio.run(main()))
 
 
+def click_heads(total: int, users: int, n_items: int, seed: int,
+                partitions: list[int]) -> list[tuple[int, bytes, bytes]]:
+    """The ``total`` clicks of the measured phase, made before it starts: (partition,
+    key, the JSON value up to its ``ts``). Built during the phase, the ids, items and
+    JSON of each click cost this process (which shares its core with the broker and Redis
+    under --pin-worker) more than handing the records to the producer."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    rng = random.Random(seed + 1)
+    part = DefaultPartitioner()
+    partition_of: dict[int, tuple[int, bytes]] = {}
+    out = []
+    for _ in range(total):
+        u = rng.randrange(users)
+        pk = partition_of.get(u)
+        if pk is None:
+            key = f"u{u}".encode()
+            # the partition send(key=) would pick (the default partitioner's)
+            pk = partition_of[u] = (part(key, partitions, partitions), key)
+        item = item_of(user_cluster(u, n_items, seed), rng.randrange(1 << 30), n_items)
+        out.append((pk[0], pk[1], b'{"user_id":"u%d","item_id":"%s","ts":' % (
+            u, item.encode())))
+    return out
+
+
+def click_value(head: bytes, ts: bytes, event_prefix: bytes, seq: int) -> bytes:
+    """A click's JSON from :func:`click_heads`' head: its time and event id appended."""
+    return b'%s%s,"event_id":"%s%d"}' % (head, ts, event_prefix, seq)
+
+
 def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: float,
                   users: int, n_items: int, seed: int, start_at: float, counter: Any,
                   out: Any) -> None:
-    """Child process: clicks of warm users on items of their cluster, at ``rate``."""
-    import random
-
-    import orjson
-
-    rng = random.Random(seed + 1)
+    """Child process: clicks of warm users on items of their cluster, at ``rate``, sent
+    every CLICK_TICK as one batch per partition (clicks carry no latency figure; the
+    worker's fetches batch them anyway)."""
 
     async def main() -> dict[str, Any]:
-        from aiokafka.partitioner import DefaultPartitioner
-
         prod = producer(bootstrap, 2)  # the load generator may batch; the worker may not
         await prod.start()
-        # records go into one batch per partition per tick, on the partition send(key=)
-        # would pick (the default partitioner's): a send() per click cost ~40 us of this
-        # process's CPU, which shares its core with the broker and Redis (--pin-worker)
         partitions = sorted(await prod.partitions_for(topic))
-        partition_of: dict[str, int] = {}
+        heads = click_heads(int(rate * seconds), users, n_items, seed, partitions)
+        event_prefix = f"{run}c".encode()
         seq = 0
         futures: list[asyncio.Future] = []
 
         async def emit(n: int) -> None:
             nonlocal seq
-            now = time.time()
+            ts = repr(time.time()).encode()
             batches: dict[int, Any] = {}
-            for _ in range(n):
-                u = rng.randrange(users)
-                uid = f"u{u}"
-                key = uid.encode()
-                p = partition_of.get(uid)
-                if p is None:
-                    p = partition_of[uid] = DefaultPartitioner()(key, partitions, partitions)
-                item = item_of(user_cluster(u, n_items, seed), rng.randrange(1 << 30), n_items)
-                value = orjson.dumps({"user_id": uid, "item_id": item, "ts": now,
-                                      "event_id": f"{run}c{seq}"})
+            for p, key, head in heads[seq:seq + n]:
+                value = click_value(head, ts, event_prefix, seq)
                 batch = batches.get(p)
                 if batch is None:
                     batch = batches[p] = prod.create_batch()
@@ -141,7 +163,7 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
                 futures.clear()
 
         try:
-            sent, first, last, cpu = await _paced(rate, seconds, start_at, 0.01, emit)
+            sent, first, last, cpu = await _paced(rate, seconds, start_at, CLICK_TICK, emit)
             await asyncio.gather(*futures, return_exceptions=True)
         finally:
             await prod.stop()
