@@ -169,4 +169,44 @@ def test_bench_capacity_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monk
     assert step["ok"] == (step["why"] == "")
     assert figures["best_rate"] == {"1": 20.0 if step["ok"] else 0.0}
     assert step["clicks_sent"] == 400 and step["lost"] == 0
+    # the worker's own CPU, measured per step, and the line fitted through it
+    assert step["worker_cores"] > 0 and step["worker_cpu_ms_per_request"] > 0
+    assert step["cpu_share"]["broker"] is not None
+    assert figures["worker_cpu"]["1"]["ms_per_request"] > 0
+    assert figures["worker_cpu"]["1"]["rate_per_core_estimate"] > 0
     assert plot.stat().st_size > 0
+
+
+def _cpu_step(workers: int, answered: float, cores: float, shared: float | None = 0.5,
+              ok: bool = True, rate: float | None = None) -> dict:
+    return {"workers": workers, "rate": rate or answered, "ok": ok, "throughput": answered,
+            "worker_cores": cores, "shared_busy": shared}
+
+
+def test_worker_cpu_line_gives_cost_per_request_and_a_per_core_estimate() -> None:
+    """Steps on the line cores = 0.1 + 0.002 x rate: 2 ms per request, 0.1 of a core
+    fixed, one core at 450 requests/s; two workers' figures are per worker."""
+    from devtools.e2e.capacity import worker_cpu_fit
+
+    one = [_cpu_step(1, r, 0.1 + 0.002 * r) for r in (100, 150, 200)]
+    fit = worker_cpu_fit(one, 1)
+    assert fit == {"ms_per_request": 2.0, "fixed_cores": 0.1, "rate_per_core_estimate": 450.0,
+                   "steps": 3}
+    two = [_cpu_step(2, 2 * r, 2 * (0.1 + 0.002 * r)) for r in (100, 200)]
+    assert worker_cpu_fit(one + two, 2)["rate_per_core_estimate"] == 450.0
+    # one rate only: proportional (no fixed part can be told apart)
+    assert worker_cpu_fit([_cpu_step(1, 100, 0.25)], 1)["rate_per_core_estimate"] == 400.0
+    assert worker_cpu_fit([_cpu_step(1, 100, None)], 1) is None
+
+
+@pytest.mark.parametrize("cores,shared,side", [
+    (0.5, 0.99, "shared CPUs"), (0.97, 0.99, "worker core"), (0.97, 0.4, "worker core"),
+    (0.5, 0.6, None), (0.5, None, None),
+])
+def test_the_summary_says_which_side_was_saturated_at_the_limit(cores, shared, side) -> None:
+    from devtools.e2e.capacity import cpu_summary
+
+    steps = [_cpu_step(1, 100, 0.3), _cpu_step(1, 190, cores, shared, ok=False, rate=200)]
+    got = cpu_summary(steps, {1: 100.0})
+    assert got["saturated_at_limit"] == {"1": side}
+    assert got["cpu_at_best"] == {"1": {"worker_cores": 0.3, "shared_busy": 0.5}}

@@ -17,7 +17,15 @@ Between the last good and the first bad rate it bisects ``--refine`` more times.
 starts a second worker (pinned to the next CPU when one is left for the rest, else not
 pinned: said in the output) and does the same: scale-out efficiency is the two-worker
 rate over twice the one-worker rate. Prints a table per step, a summary, exactly one JSON
-line, and with ``--plot`` the p99 latencies against the offered rate.
+line, and with ``--plot`` the p99 latencies and the CPU used against the offered rate.
+
+Each step also measures the CPU of every process (:class:`devtools.e2e.phase.PhaseWatch`):
+the workers' own, and how busy the other CPUs (broker, Redis, load) were. On a machine
+with too few cores the other CPUs saturate first, and the largest sustainable rate is
+theirs, not the worker's: so the summary says which side was busy, and gives the worker's
+CPU per request (a line fitted through the steps: CPU = fixed + per request x rate) and,
+from it, an *estimate* of the rate one fully busy worker core would carry, labelled as
+such: a linear extrapolation of the worker's own CPU, not a measured latency limit.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -94,10 +103,78 @@ def rates_to_try(start: float, step: float, top: float) -> list[float]:
     return out
 
 
+def step_cpu(fig: dict[str, Any], shared: set[int] | None) -> dict[str, Any]:
+    """A step's CPU: the workers' together (cores), per request answered (ms), and the
+    busy fraction of the CPUs the broker, Redis and load share (None when not pinned)."""
+    share = fig.get("cpu_share") or {}
+    mine = [v for k, v in share.items() if k.startswith("worker")]
+    if not mine or any(v is None for v in mine):
+        return {"worker_cores": None, "worker_cpu_ms_per_request": None, "shared_busy": None,
+                "cpu_share": share or None}
+    cores = float(sum(mine))
+    busy = fig.get("cpu_busy") or []
+    shared_busy = (round(max(busy[c] for c in shared), 3)
+                   if shared and all(c < len(busy) for c in shared) else None)
+    done = fig.get("throughput") or 0.0
+    return {"worker_cores": round(cores, 3),
+            "worker_cpu_ms_per_request": round(1000 * cores / done, 3) if done > 0 else None,
+            "shared_busy": shared_busy, "cpu_share": share}
+
+
+def cpu_note(row: dict[str, Any]) -> str:
+    if row.get("worker_cores") is None:
+        return ""
+    shared = "" if row["shared_busy"] is None else f", other CPUs {row['shared_busy']:.0%} busy"
+    return (f"; worker {row['worker_cores']:.2f} core ({row['worker_cpu_ms_per_request']} "
+            f"ms/request){shared}")
+
+
+def worker_cpu_fit(steps: list[dict[str, Any]], workers: int) -> dict[str, Any] | None:
+    """The workers' CPU against the requests they answered, per worker, over the steps of
+    ``workers`` workers: the least-squares line cores = fixed + per_request x rate (the
+    fixed part: polling, the recall monitor, timers), and the rate where that line reaches
+    one core. An ESTIMATE (linear in the worker's own CPU; latency limits not measured);
+    None without CPU figures. With one distinct rate, fixed is taken as 0."""
+    import numpy as np
+
+    pts = [(s["throughput"] / workers, s["worker_cores"] / workers) for s in steps
+           if s["workers"] == workers and s.get("worker_cores") is not None
+           and s["throughput"] > 0]
+    if not pts:
+        return None
+    x, y = np.array(pts).T
+    if len(set(x.round(1))) >= 2:
+        per_request, fixed = np.polyfit(x, y, 1)
+    else:
+        per_request, fixed = float((y / x).mean()), 0.0
+    if per_request <= 0:
+        return None
+    return {"ms_per_request": round(1000 * float(per_request), 3),
+            "fixed_cores": round(float(fixed), 3),
+            "rate_per_core_estimate": round(float((1.0 - fixed) / per_request), 1),
+            "steps": len(pts)}
+
+
+def limiting_side(step: dict[str, Any] | None) -> str | None:
+    """Which side was busier at a step: "shared CPUs" when the broker/Redis/load CPUs
+    were >= 95% busy while the workers had headroom, "worker core" when the workers were
+    >= 95% busy, else None (neither saturated: latency, not CPU, set the limit)."""
+    if step is None or step.get("worker_cores") is None:
+        return None
+    per_worker = step["worker_cores"] / step["workers"]
+    if per_worker >= 0.95:
+        return "worker core"
+    if step.get("shared_busy") is not None and step["shared_busy"] >= 0.95:
+        return "shared CPUs"
+    return None
+
+
 async def ramp(settings: Any, args: argparse.Namespace, ports: list[int], rss: RssWatch,
-               workers: int) -> tuple[float, str, list[dict[str, Any]]]:
+               workers: int, watch: Callable[[], Any] | None = None,
+               shared: set[int] | None = None) -> tuple[float, str, list[dict[str, Any]]]:
     """Steps up the rate until a step fails, then bisects; (best sustained rate, what
-    limited it, steps)."""
+    limited it, steps). ``watch()``: a fresh PhaseWatch of the workers (``worker...``)
+    and the rest, per step; ``shared``: the CPUs the broker, Redis and load run on."""
     from devtools.e2e.measure import measure
 
     steps: list[dict[str, Any]] = []
@@ -107,7 +184,8 @@ async def ramp(settings: Any, args: argparse.Namespace, ports: list[int], rss: R
             items=args.items, users=args.users, k=args.k, seed=args.seed, rate=rate,
             click_rate=rate * args.click_ratio, seconds=args.step_seconds, freshness=0)
         run = f"c{os.getpid()}w{workers}r{int(rate)}x{int(time.time()) % 100000}"
-        fig = await measure(settings, step_args, run, ports, rss)
+        fig = await measure(settings, step_args, run, ports, rss,
+                            watch() if watch is not None else None)
         fig.pop("_latencies")
         fig.pop("_fresh")
         why = verdict(fig, args.p99_ms, args.lag_ms)
@@ -116,13 +194,14 @@ async def ramp(settings: Any, args: argparse.Namespace, ports: list[int], rss: R
                **{key: fig[key] for key in (
                    "offered_rate", "throughput", "lost", "errors", "timeouts",
                    "worker_request_p50_ms", "worker_request_p99_ms", "e2e_p50_ms",
-                   "e2e_p99_ms", "clicks_sent", "clicks_applied", "candidates_mean")}}
+                   "e2e_p99_ms", "clicks_sent", "clicks_applied", "candidates_mean")},
+               **step_cpu(fig, shared)}
         steps.append(row)
         print(f"  {workers} worker(s) {rate:7.1f} req/s + {row['click_rate']:7.0f} clicks/s: "
               f"in-worker p50/p99 {row['worker_request_p50_ms']}/"
               f"{row['worker_request_p99_ms']} ms, e2e p50/p99 {row['e2e_p50_ms']}/"
               f"{row['e2e_p99_ms']} ms, clicks applied {row['clicks_applied']} of "
-              f"{row['clicks_sent']} -> {why or 'ok'}", flush=True)
+              f"{row['clicks_sent']}{cpu_note(row)} -> {why or 'ok'}", flush=True)
         return not why
 
     good, bad = 0.0, None
@@ -146,7 +225,8 @@ async def ramp(settings: Any, args: argparse.Namespace, ports: list[int], rss: R
 
 
 async def _measure_all(settings: Any, args: argparse.Namespace, counts: list[int],
-                       pins: Any, workdir: Path, first: Any) -> dict[str, Any]:
+                       pins: Any, workdir: Path, first: Any, stack: Any) -> dict[str, Any]:
+    from devtools.e2e.phase import PhaseWatch
     from devtools.e2e.run import wait_ready
     from devtools.e2e.traffic import warm_users
     from devtools.localstack import free_port, start_worker
@@ -173,7 +253,14 @@ async def _measure_all(settings: Any, args: argparse.Namespace, counts: list[int
             pins[0]) >= n
         print(f"{n} worker(s){' pinned' if pinned else ' NOT pinned'}: ramping from "
               f"{args.start:g} req/s by {args.step:g}", flush=True)
-        best, limit, steps = await ramp(settings, args, [w.port for w in workers], rss, n)
+        def watch(ws: list[Any] = workers) -> PhaseWatch:
+            return PhaseWatch({**{("worker" if j == 0 else f"worker_{j + 1}"): w.proc.pid
+                                  for j, w in enumerate(ws)},
+                               "broker": stack.kafka.proc.pid, "redis": stack.redis.proc.pid,
+                               "bench": os.getpid()})
+
+        best, limit, steps = await ramp(settings, args, [w.port for w in workers], rss, n,
+                                        watch, pins[1] if pinned else None)
         out["best"][n] = best
         out["limit"][n] = limit
         out["pinned"][n] = pinned
@@ -239,9 +326,10 @@ def run_capacity(args: argparse.Namespace) -> int:
             settings, workdir=workdir, before_worker=load, worker_timeout=300,
             kafka_session_timeout=3.0, worker_cpus=pins[0][0] if pins else None,
             metrics_port=free_port()) as (
-            settings, _, worker):
-        res = asyncio.run(_measure_all(settings, args, counts, pins, workdir, worker))
+            settings, stack, worker):
+        res = asyncio.run(_measure_all(settings, args, counts, pins, workdir, worker, stack))
     one = res["best"].get(1)
+    cpu = cpu_summary(res["steps"], res["best"])
     summary = {
         "bench": "capacity", "items": args.items, "users": args.users,
         "click_ratio": args.click_ratio, "p99_limit_ms": args.p99_ms,
@@ -254,6 +342,7 @@ def run_capacity(args: argparse.Namespace) -> int:
         "scale_out_efficiency": ({str(n): round(r / (n * one), 3)
                                   for n, r in res["best"].items() if n > 1}
                                  if one else None),
+        **cpu,
         "worker_rss_peak_mb": res["worker_rss_peak_mb"],
         "loadavg_start": load_start, "loadavg_end": loadavg(),
         "wall_seconds": round(time.monotonic() - t0, 1), "steps": res["steps"],
@@ -265,6 +354,7 @@ def run_capacity(args: argparse.Namespace) -> int:
               f"{r / n:g} req/s per worker core"
               + (f"; scale-out efficiency {summary['scale_out_efficiency'][str(n)]:.2f}"
                  if n > 1 and one else "") + f" (next step: {res['limit'][n]})", flush=True)
+        print(cpu_lines(n, cpu), flush=True)
     print(f"limits: in-worker p99 <= {args.p99_ms:g} ms, e2e p99 <= {args.lag_ms:g} ms, "
           f"nothing lost; load average {load_start} -> {summary['loadavg_end']} on "
           f"{os.cpu_count()} CPUs", flush=True)
@@ -276,13 +366,52 @@ def run_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_summary(steps: list[dict[str, Any]], best: dict[int, float]) -> dict[str, Any]:
+    """Per worker count: the workers' CPU line (:func:`worker_cpu_fit`), the CPU at the
+    best rate, and which side was saturated at the step that set the limit."""
+    fits, at_best, side = {}, {}, {}
+    for n, rate in best.items():
+        mine = [s for s in steps if s["workers"] == n]
+        fits[str(n)] = worker_cpu_fit(mine, n)
+        good = [s for s in mine if s["ok"] and s["rate"] == rate]
+        at_best[str(n)] = ({"worker_cores": good[-1]["worker_cores"],
+                            "shared_busy": good[-1]["shared_busy"]} if good else None)
+        failed = [s for s in mine if not s["ok"]]
+        side[str(n)] = limiting_side(failed[-1] if failed else None)
+    return {"worker_cpu": fits, "cpu_at_best": at_best, "saturated_at_limit": side}
+
+
+def cpu_lines(n: int, cpu: dict[str, Any]) -> str:
+    """The summary's CPU lines for ``n`` workers."""
+    fit, best = cpu["worker_cpu"].get(str(n)), cpu["cpu_at_best"].get(str(n))
+    side = cpu["saturated_at_limit"].get(str(n))
+    out = []
+    if best and best["worker_cores"] is not None:
+        shared = ("" if best["shared_busy"] is None
+                  else f"; the CPUs of the broker, Redis and load {best['shared_busy']:.0%} busy")
+        out.append(f"  at that rate: worker(s) {best['worker_cores']:.2f} of a core{shared}")
+    if side:
+        out.append(f"  at the first step over the limit the {side} were saturated"
+                   if side == "shared CPUs" else
+                   f"  at the first step over the limit the {side} was saturated")
+    if fit:
+        out.append(f"  worker CPU: {fit['ms_per_request']} ms per request with its clicks, "
+                   f"plus {fit['fixed_cores']} of a core fixed ({fit['steps']} steps); "
+                   f"ESTIMATE, extrapolated from the worker's own CPU, not measured: "
+                   f"~{fit['rate_per_core_estimate']:g} req/s per fully busy worker core")
+    return "\n".join(out)
+
+
 def plot(path: str, steps: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """p99 latencies against the offered rate and, below, the CPU each side used: the
+    worker(s) per worker core, and the busiest of the CPUs the rest shares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, (ax, cx) = plt.subplots(2, 1, figsize=(7.5, 7.0), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 2]})
     for j, n in enumerate(sorted({s["workers"] for s in steps})):
         pts = sorted((s for s in steps if s["workers"] == n), key=lambda s: s["rate"])
         rates = [s["rate"] for s in pts]
@@ -291,13 +420,24 @@ def plot(path: str, steps: list[dict[str, Any]], args: argparse.Namespace) -> No
                 color=color, label=f"{n} worker(s): in-worker p99")
         ax.plot(rates, [s["e2e_p99_ms"] or float("nan") for s in pts], "s--",
                 color=color, alpha=0.6, label=f"{n} worker(s): end-to-end p99")
+        nan = float("nan")
+        cx.plot(rates, [nan if s.get("worker_cores") is None else s["worker_cores"] / n
+                        for s in pts], "o-", color=color,
+                label=f"{n} worker(s): CPU per worker core")
+        cx.plot(rates, [nan if s.get("shared_busy") is None else s["shared_busy"]
+                        for s in pts], "^:", color=color, alpha=0.6,
+                label=f"{n} worker(s): busiest CPU of broker, Redis, load")
     ax.axhline(args.p99_ms, color="red", linestyle=":", label=f"in-worker limit {args.p99_ms:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel(f"requests/s offered (+ {args.click_ratio:g}x clicks/s)")
     ax.set_ylabel("p99 latency, ms (log)")
     ax.set_title(f"recall bench capacity: {args.items} items")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    cx.set_ylim(0, 1.05)
+    cx.set_ylabel("busy, fraction of a core")
+    cx.set_xlabel(f"requests/s offered (+ {args.click_ratio:g}x clicks/s)")
+    cx.grid(True, alpha=0.3)
+    cx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
