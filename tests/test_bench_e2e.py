@@ -210,3 +210,25 @@ def test_the_summary_says_which_side_was_saturated_at_the_limit(cores, shared, s
     got = cpu_summary(steps, {1: 100.0})
     assert got["saturated_at_limit"] == {"1": side}
     assert got["cpu_at_best"] == {"1": {"worker_cores": 0.3, "shared_busy": 0.5}}
+
+
+def test_the_click_load_leaves_in_one_send_per_tick_and_requests_one_by_one() -> None:
+    """Clicks: everything due goes out once per tick (at 5,000/s the next click is always
+    due 0.2 ms later, so a pacer that sleeps until then sends them one by one); requests:
+    on their own schedule, so the e2e figure is not one of batches. Counts, not times."""
+    import asyncio
+
+    from devtools.e2e.traffic import _paced
+
+    def run(rate: float, every_tick: bool) -> list[int]:
+        calls: list[int] = []
+
+        async def emit(n: int) -> None:
+            calls.append(n)
+
+        sent, *_ = asyncio.run(_paced(rate, 0.3, 0.0, 0.05, emit, every_tick=every_tick))
+        assert sent == int(rate * 0.3) == sum(calls)
+        return calls
+
+    assert len(run(5000, every_tick=True)) <= 0.3 / 0.05 + 2
+    assert len(run(100, every_tick=False)) >= 15  # 30 requests, not a few batches

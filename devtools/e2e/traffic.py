@@ -26,10 +26,13 @@ def producer(bootstrap: str, linger_ms: int) -> Any:
 
 
 async def _paced(rate: float, seconds: float, start_at: float, tick: float,
-                 emit: Any) -> tuple[int, float, float, float]:
+                 emit: Any, every_tick: bool = False) -> tuple[int, float, float, float]:
     """Call ``emit(n)`` so that ``rate`` per second are emitted on schedule from the wall
     time ``start_at`` for ``seconds``; returns (emitted, first, last emit time, this
-    process's CPU seconds meanwhile)."""
+    process's CPU seconds meanwhile). Each one is emitted when due (``tick``: the longest
+    sleep), or with ``every_tick`` all that are due once per ``tick``: without it, at
+    5,000 clicks/s the next click is due 0.2 ms later, so clicks left one to a few per
+    produce request, whatever the tick."""
     await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
     cpu0 = time.process_time()
@@ -43,8 +46,11 @@ async def _paced(rate: float, seconds: float, start_at: float, tick: float,
             await emit(due)
             sent += due
             last = time.time()
-        next_at = t0 + sent / rate
-        await asyncio.sleep(max(0.0, min(tick, next_at - time.time())))
+        if every_tick:
+            await asyncio.sleep(max(0.0, now + tick - time.time()))
+        else:
+            next_at = t0 + sent / rate
+            await asyncio.sleep(max(0.0, min(tick, next_at - time.time())))
     return sent, first, last, time.process_time() - cpu0
 
 
@@ -163,7 +169,8 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
                 futures.clear()
 
         try:
-            sent, first, last, cpu = await _paced(rate, seconds, start_at, CLICK_TICK, emit)
+            sent, first, last, cpu = await _paced(rate, seconds, start_at, CLICK_TICK, emit,
+                                                    every_tick=True)
             await asyncio.gather(*futures, return_exceptions=True)
         finally:
             await prod.stop()
