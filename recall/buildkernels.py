@@ -1,6 +1,7 @@
 """Compiled kernels of the index's bulk build (``LSHIndex.build``, the worker's
-catalogue load) and of the bucket table's radix directory, kept apart from the search
-kernels of :mod:`recall.kernels` (which re-exports them, so callers name one module).
+catalogue load), of item hashing (:func:`fold_keys`) and of the bucket table's radix
+directory, kept apart from the search kernels of :mod:`recall.kernels` (which
+re-exports them, so callers name one module).
 
 The bucket table of a bulk load is a counting sort by the keys' top bits, then a sort
 within each small cell, then the unique keys compacted in place: no argsort of all
@@ -14,6 +15,25 @@ import numpy as np
 from numba import njit
 
 from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
+
+
+@njit(cache=True, nogil=True)
+def fold_keys(t: np.ndarray, offset: np.ndarray, w: float, pstable: bool,
+              mult: np.ndarray, salt: np.ndarray, out: np.ndarray) -> None:
+    """out (n, L) = the bucket keys of items whose projections are t (n, L*k) float64:
+    codes floor((t + offset) / w) (p-stable) or [t > 0] (SimHash), folded per table as
+    salt + sum(code * mult), wrapping in int64. The float64 operations of
+    ``Hasher``'s numpy (its reference), in one read of t: numpy's add, divide, floor,
+    two casts and einsum over it cost as much CPU as the product that made it."""
+    L, k = mult.shape
+    for i in range(t.shape[0]):
+        for tb in range(L):
+            key = salt[tb]
+            for j in range(k):
+                x = t[i, tb * k + j]
+                c = np.floor((x + offset[tb * k + j]) / w) if pstable else (1.0 if x > 0 else 0.0)
+                key += np.int64(c) * mult[tb, j]
+            out[i, tb] = key
 
 
 @njit(cache=True, nogil=True)

@@ -26,8 +26,8 @@ implementation as the reference the tests compare against, row by row.
   sums, rounded to float32; the rows prefetched ahead) and keeps the top k; excluded
   slots count as candidates (as in the reference) but are never scored or returned.
 - :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`,
-  :func:`radix_directory`: the bucket table of a bulk load, in :mod:`recall.buildkernels`
-  (re-exported here).
+  :func:`radix_directory`: the bucket table of a bulk load, and :func:`fold_keys`, item
+  hashing, in :mod:`recall.buildkernels` (re-exported here).
 
 Compile time: every kernel is compiled on first call and cached on disk
 (``cache=True``, in ``__pycache__``), so a worker pays it once per machine; :func:`warm_up`
@@ -48,6 +48,7 @@ from recall import jit  # noqa: F401  (numba's cache directory, before any @njit
 from recall.buildkernels import (  # re-exported: the index calls them as kernels.*
     count_cells,
     finish_cells,
+    fold_keys,
     radix_directory,
     scatter_cells,
     unique_csr,
@@ -560,6 +561,8 @@ def warm_up() -> None:
     keys = probes[:, :, 0]
     counts = np.zeros(2, dtype=np.int64)
     count_cells(keys, 63, counts)
+    fold_keys(q.astype(np.float64) @ proj, np.zeros(L * k), 1.0, True, mult, keys[0].copy(),
+              np.empty((1, L), dtype=np.int64))
     starts = np.zeros(3, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
     out_k = np.empty(keys.size, dtype=np.int64)

@@ -36,6 +36,23 @@ def test_probe_keys_equal_the_numpy_hashers(family, k, T):
         assert (np.sort(got[i], axis=1) == np.sort(h.probe_keys(q[i])[0], axis=1)).all()
 
 
+@pytest.mark.parametrize("family,k,dtype", [
+    ("pstable", 5, np.float32), ("simhash", 5, np.float64), ("pstable", 10, np.float16),
+    ("simhash", 3, np.float16), ("pstable", 1, np.float64)])
+def test_item_keys_equal_the_numpy_hashers(family, k, dtype):
+    """Hasher.keys folds the codes in a compiled pass: each item's L keys must be the
+    numpy reference's (codes of the float64 product, folded with wrapping int64 sums),
+    for stored float16 rows as for float32/64 ones, and for a narrow w where codes span
+    many values."""
+    h = Hasher(LSHParams(dim=16, family=family, k=k, L=6, w=0.3, seed=5))
+    x = unit(np.random.default_rng(7), 300, 16).astype(dtype)
+    got = h.keys(x)
+    ref = h._fold(h._codes(x)[0])
+    assert got.dtype == np.int64 and got.shape == (300, 6)
+    np.testing.assert_array_equal(got, ref)
+    assert len(np.unique(got)) > 40  # many buckets per table, not one for all
+
+
 def twin_search(index, q, ks, exclude=None):
     """The compiled search and the numpy reference on the same index."""
     index.compiled = True

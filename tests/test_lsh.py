@@ -359,14 +359,14 @@ def test_a_bulk_build_hashes_its_blocks_on_one_blas_thread(monkeypatch):
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen: list[int] = []
-    codes = Hasher._codes
+    fold = lsh_hashing.fold_keys  # called after each block's product
 
-    def watched(self, x):
+    def watched(*args):
         seen.extend(i["num_threads"] for i in threadpool_info()  # numpy's own BLAS
                     if i["user_api"] == "blas" and "numpy" in i["filepath"])
-        return codes(self, x)
+        return fold(*args)
 
-    monkeypatch.setattr(Hasher, "_codes", watched)
+    monkeypatch.setattr(lsh_hashing, "fold_keys", watched)
     index = LSHIndex(LSHParams(dim=16, k=4, L=4))
     index.stage([f"i{j}" for j in range(3000)], unit(np.random.default_rng(2), 3000, 16))
     with threadpool_limits(2, user_api="blas"):

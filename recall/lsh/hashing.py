@@ -15,8 +15,10 @@ query-directed multi-probe keys (Lv et al. 2007).
   template over sorted positions, scored per query and chosen for all tables and all
   queries of a batch at once in numpy.
 
-Hashing is written once (:meth:`Hasher._codes`): bucket keys of items and probe keys of
-queries (one or many) go through it.
+Hashing is written once in numpy (:meth:`Hasher._codes`, :meth:`Hasher._fold`): probe
+keys of queries go through it, and it is the reference of the compiled passes that hash
+items (:meth:`Hasher.keys`, :func:`recall.buildkernels.fold_keys`) and queries
+(:func:`recall.kernels.probe_keys`), which do the same float64 arithmetic.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from statistics import NormalDist
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from recall.buildkernels import fold_keys
 from recall.lsh.params import LSHParams
 
 _INT64_MIN = np.iinfo(np.int64).min
@@ -177,12 +180,15 @@ class Hasher:
         return self._keys(x)
 
     def _keys(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] <= _HASH_BLOCK:
-            return self._fold(self._codes(x)[0])
-        out = np.empty((x.shape[0], self.params.L), dtype=np.int64)
+        """The product in numpy (BLAS), then codes and folds in one compiled pass
+        (:func:`recall.buildkernels.fold_keys`; ``_fold(_codes(x)[0])`` is the numpy
+        reference of the same arithmetic)."""
+        p = self.params
+        out = np.empty((x.shape[0], p.L), dtype=np.int64)
         for start in range(0, x.shape[0], _HASH_BLOCK):
-            block = x[start : start + _HASH_BLOCK]
-            out[start : start + len(block)] = self._fold(self._codes(block)[0])
+            t = x[start : start + _HASH_BLOCK].astype(np.float64, copy=False) @ self.proj
+            fold_keys(t, self.offset, float(p.w), p.family == "pstable", self.mult, self.salt,
+                      out[start : start + len(t)])
         return out
 
     def probe_keys(self, queries: np.ndarray, probes: int | None = None) -> np.ndarray:
