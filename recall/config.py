@@ -54,11 +54,13 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     #: recall-requests consumer fetch wait, ms (faust hardcodes 1500; we lower it for
-    #: latency: the broker may hold an empty fetch this long, so a request can wait it)
-    fetch_max_wait_ms: int = 5
+    #: latency: Tansu holds an empty fetch about half of this even when a record arrives,
+    #: so a request can wait that; each idle fetch costs the broker and the worker CPU:
+    #: 5 ms cost ~0.03 of a core more in each than 10, README "Capacity")
+    fetch_max_wait_ms: int = 10
     #: clicks consumer fetch wait, ms (bounds how late a click shows; each idle fetch
     #: costs the broker CPU, so not as short as the requests')
-    clicks_fetch_wait_ms: int = 20
+    clicks_fetch_wait_ms: int = 50
     #: items consumer fetch wait, ms (items need order, not milliseconds)
     items_fetch_wait_ms: int = 100
     #: how long an applied click's event_id is remembered, seconds
