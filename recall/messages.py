@@ -213,9 +213,62 @@ def parse_item(raw: Raw, dim: int, max_bytes: int = DEFAULT_MAX_BYTES) -> ItemUp
     biggest = float(np.abs(v).max()) if dim else 0.0
     if biggest == 0.0:
         raise Invalid("zero_vector", "'vector' is all zeros: it has no direction")
-    v /= biggest  # scaled first, so the norm cannot overflow
-    v /= np.linalg.norm(v)
-    return ItemUpsert(item_id, v.astype(np.float32))  # type: ignore[arg-type]
+    return ItemUpsert(item_id, _unit_rows(v[None, :])[0])  # type: ignore[arg-type]
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    """(n, D) finite, non-zero float64 rows -> L2-normalised float32 rows; each row is
+    scaled by its largest magnitude first, so its norm cannot overflow. Each row gets the
+    same numbers whatever n (parse_item and parse_items agree bit for bit)."""
+    v = v / np.abs(v).max(axis=1, keepdims=True)
+    v /= np.sqrt(np.einsum("ij,ij->i", v, v))[:, None]
+    return v.astype(np.float32)
+
+
+_NUMBER_TYPES = frozenset((float, int))  # bool is not a number
+
+
+def parse_items(raws: Iterable[Raw], dim: int, max_bytes: int = DEFAULT_MAX_BYTES
+                ) -> list[ItemUpsert | ItemDelete | Invalid]:
+    """:func:`parse_item` of each value, in order, an :class:`Invalid` in place of a bad
+    one. The per-message Python is the JSON parse and a type check of the numbers
+    (``map(type, ...)``: no Python call per number); the vectors are converted, checked
+    and normalised as one matrix. A message off that path (a delete, any problem) goes
+    through parse_item itself, so its result or error is parse_item's."""
+    out: list[ItemUpsert | ItemDelete | Invalid | None] = []
+    rows: list[list[Any]] = []
+    fast: list[tuple[int, str, Raw]] = []  # (position in out, item id, value) per row
+    slow: list[tuple[int, Raw]] = []
+    for raw in raws:
+        try:
+            obj = _load(raw, max_bytes)
+            item_id = _id(obj, "item_id")
+        except Invalid as exc:
+            out.append(exc)
+            continue
+        vector = obj.get("vector")
+        if ("deleted" in obj or type(vector) is not list or len(vector) != dim or not dim
+                or not _NUMBER_TYPES.issuperset(map(type, vector))):
+            slow.append((len(out), raw))
+        else:
+            fast.append((len(out), item_id, raw))  # type: ignore[arg-type]
+            rows.append(vector)
+        out.append(None)
+    if rows:
+        v = np.array(rows, dtype=np.float64)
+        good = np.isfinite(v).all(axis=1) & (np.abs(v).max(axis=1) > 0.0)
+        unit = iter(_unit_rows(v[good]))
+        for (i, item_id, raw), ok in zip(fast, good.tolist(), strict=True):
+            if ok:
+                out[i] = ItemUpsert(item_id, next(unit))
+            else:
+                slow.append((i, raw))
+    for i, raw in slow:
+        try:
+            out[i] = parse_item(raw, dim, max_bytes)
+        except Invalid as exc:
+            out[i] = exc
+    return out  # type: ignore[return-value]
 
 
 def parse_request(raw: Raw, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:

@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
-from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_item
+from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_items
 from recall.store import PartitionWrite, Store, VersionGone
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, batch_starts, fetch, rewind
@@ -307,13 +307,13 @@ class ItemsFollower:
             if owned:
                 mine[p] = ItemBatch()
                 spans[p] = (self.cursor.get(p, msgs[0].offset), msgs[-1].offset + 1)
-            for m in msgs:
-                n += 1
-                try:
-                    op = parse_item(m.value, dim, limit)
-                except Invalid as exc:
+            n += len(msgs)
+            # parsed together: the vectors checked and normalised as one matrix
+            for m, op in zip(msgs, parse_items([m.value for m in msgs], dim, limit),
+                             strict=True):
+                if isinstance(op, Invalid):
                     if owned and self.dead_letters is not None:  # the owner reports it, once
-                        await self.dead_letters.send(m, exc)
+                        await self.dead_letters.send(m, op)
                     continue
                 batch.add(op)
                 if owned:

@@ -22,6 +22,7 @@ from recall.messages import (
     dlq_record,
     parse_click,
     parse_item,
+    parse_items,
     parse_request,
     response_record,
 )
@@ -106,7 +107,7 @@ def test_item_delete() -> None:
         "missing_field")
 
 
-@pytest.mark.parametrize(("obj", "reason"), [
+BAD_ITEMS = [
     ({"vector": [1, 0, 0, 0]}, "missing_field"),
     ({"item_id": "a"}, "missing_field"),
     ({"item_id": "a", "vector": "1,2,3,4"}, "wrong_type"),
@@ -117,9 +118,45 @@ def test_item_delete() -> None:
     ({"item_id": "a", "vector": [1, 0, None, 0]}, "wrong_type"),
     ({"item_id": "a", "vector": [0, 0, 0, 0]}, "zero_vector"),
     ({"item_id": "a", "deleted": "yes"}, "wrong_type"),
-])
+]
+
+
+@pytest.mark.parametrize(("obj", "reason"), BAD_ITEMS)
 def test_bad_items(obj, reason) -> None:
     assert reason_of(parse_item, dumps(obj), DIM) == reason
+
+
+def test_items_parsed_together_are_each_parsed_alone() -> None:
+    """The follower parses a fetch's item messages at once: each result must be what
+    parse_item gives for that message alone (the same vector bit for bit, the same
+    reason for a bad one), in order, bad ones among good ones."""
+    rng = np.random.default_rng(3)
+    raws: list = [dumps({"item_id": f"g{j}", "vector": rng.standard_normal(DIM).tolist()})
+                  for j in range(40)]
+    raws += [dumps({"item_id": "i", "vector": [3, 0, 4, 0]}),  # ints
+             dumps({"item_id": "h", "vector": [1e308, -1e308, 0, 0]}),
+             dumps({"item_id": "d", "deleted": True}),
+             dumps({"item_id": "e", "deleted": True, "vector": [1, 2, 3, 4]}),
+             dumps({"item_id": "y", "deleted": "yes", "vector": [1, 2, 3, 4]}),
+             dumps({"item_id": "u", "deleted": False, "vector": [1, 2, 3, 4]}),
+             b'{"item_id": "a", "vector": [1e400, 0, 0, 1]}', b"", None, b"[1]",
+             b'{"item_id": "a", "vector": [0.5, NaN, 0, 1]}', b"{" + b" " * 5000 + b"}"]
+    raws += [dumps(obj) for obj, _ in BAD_ITEMS]
+    order = rng.permutation(len(raws))
+    raws = [raws[i] for i in order]
+    got = parse_items(raws, DIM, 4096)
+    assert len(got) == len(raws)
+    for raw, one in zip(raws, got, strict=True):
+        try:
+            alone = parse_item(raw, DIM, 4096)
+        except Invalid as exc:
+            assert isinstance(one, Invalid) and one.reason == exc.reason, raw
+            continue
+        assert type(one) is type(alone) and one.item_id == alone.item_id, raw
+        if isinstance(alone, ItemUpsert):
+            assert one.vector.dtype == np.float32
+            np.testing.assert_array_equal(one.vector, alone.vector)
+    assert parse_items([], DIM) == []
 
 
 def test_item_with_nan_or_infinity_literal_is_not_finite() -> None:
