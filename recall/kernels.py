@@ -362,10 +362,18 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
             in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
             bitset: bool, seen: np.ndarray, mark: np.ndarray,
             cand: np.ndarray) -> tuple[np.ndarray, int]:
-    """Every sighting in one query's located probes (at most ``cap`` per bucket, sorted
-    entries then pending ones): :func:`_see` when ``bitset`` (vote = 1), else
-    :func:`_visit` (vote counts). (cand, m): the distinct slots in cand[:m]."""
+    """Every sighting in one query's located probes (at most ``cap`` per bucket, the
+    sorted entries of all probes, then the pending ones): :func:`_see` when ``bitset``
+    (vote = 1), else :func:`_visit` (vote counts). (cand, m): the distinct slots in
+    cand[:m], in no particular order (the re-rank and the top k do not depend on it).
+
+    The pending lists are walked one step of every list per round, the next entries
+    prefetched: each step of a list is a dependent read of a scattered entry, and
+    walking the lists one after the other made those misses queue (at 1M items with
+    4% of them pending, ~220 entries in ~80 lists: ~25 us of a ~250 us query).
+    ``first`` becomes the lists' cursors and ``hi`` their taken counts."""
     m = 0
+    live = 0
     for j in range(lo.shape[0]):
         end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
         for e in range(lo[j], end):
@@ -375,13 +383,25 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
                     cand, m = _see(s, seen, cand, m)
                 else:
                     cand, m = _visit(s, mark, cand, m)
-        e, taken = first[j], 0
-        while e >= 0 and (cap == 0 or taken < cap):
+        if first[j] >= 0:
+            first[live] = first[j]
+            hi[live] = 0
+            live += 1
+    while live > 0:
+        still = 0
+        for j in range(live):
+            e = first[j]
             if bitset:
                 cand, m = _see(pent[e, 0], seen, cand, m)
             else:
                 cand, m = _visit(pent[e, 0], mark, cand, m)
-            e, taken = pent[e, 1], taken + 1
+            e, taken = pent[e, 1], hi[j] + 1
+            if e >= 0 and (cap == 0 or taken < cap):
+                _prefetch(pent, 2 * e)
+                first[still] = e
+                hi[still] = taken
+                still += 1
+        live = still
     return cand, m
 
 
