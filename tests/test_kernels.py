@@ -261,6 +261,29 @@ def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
         assert_same_rows(got, ref)
 
 
+def test_a_single_query_of_any_norm_dtype_or_layout_finds_what_its_unit_row_finds():
+    """One 1-D query (the worker's call takes a shorter path when it is unit float32)
+    answers as the same query normalised in a batch; bad k and shapes are refused."""
+    from recall.lsh import LSHIndex
+
+    rng = np.random.default_rng(7)
+    index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=4, w=1.0))
+    x = unit(rng, 800, 16)
+    index.add([f"i{j}" for j in range(800)], x)
+    q = unit(rng, 8, 16)
+    for scale in (1.0, 1.01, 7.0):
+        ref = index.search(normalize(q * np.float32(scale)), 5)
+        for variant in (q * np.float32(scale), (q * scale).astype(np.float64),
+                        np.asfortranarray(np.repeat(q * np.float32(scale), 2, axis=1))[:, ::2]):
+            got = [index.search(row, 5)[0] for row in variant]
+            assert_same_rows(got, ref)
+    for bad_k in (0, True, 2.0):
+        with pytest.raises(ValueError):
+            index.search(q[0], bad_k)
+    with pytest.raises(ValueError):
+        index.search(q[0, :8].copy(), 5)
+
+
 @pytest.mark.parametrize("bits", [1, 3, 12])
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_radix_directory_is_the_first_key_at_or_above_each_top_bits_value(bits, dtype):

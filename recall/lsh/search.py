@@ -39,6 +39,8 @@ class QueryResult:
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
 #: the exclusion offsets of one query without exclusions (read-only to the kernels)
 _EXCL_PTR_ONE = np.zeros(2, dtype=np.int64)
+#: the exclusions of one query that has none
+_NO_EXCLUSIONS = [_NO_SLOTS]
 
 
 class SearchMixin:
@@ -88,6 +90,10 @@ class SearchMixin:
         slots, vectors and ids; the worker uses it on small catalogues, where it is as
         fast as LSH, and checks use it as the truth.
         """
+        if exclude is None and not exact and self.compiled:
+            one = self._search_one(queries, k)
+            if one is not None:
+                return one
         qn, ks = self._prepare(queries, k)
         n = len(ks)
         if exclude is not None and len(exclude) != n:
@@ -109,6 +115,21 @@ class SearchMixin:
             cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
             out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
         return out
+
+    def _search_one(self, query: object, k: object) -> list[QueryResult] | None:
+        """One unit float32 query without exclusions (``recall bench index``, the
+        tuner, single lookups; the worker's batches with exclusions take the general
+        path), with the checks of :meth:`_prepare` cut to what that case needs; None for
+        anything else (the general path then checks, normalises and reports). The
+        generic checks and copies cost such a search ~4 us warm."""
+        if (type(query) is not np.ndarray or type(k) is not int or k < 1
+                or query.shape != (self.dim,) or query.dtype != np.float32
+                or not query.flags.c_contiguous):
+            return None
+        qn = query[None, :]  # read by the kernel before this returns: no copy needed
+        if not kernels.unit_rows(qn, 0.5 * UNIT_TOL):
+            return None
+        return self._search_compiled(qn, [k], _NO_EXCLUSIONS)
 
     def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
                          ) -> list[QueryResult]:
