@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from recall import kernels, userkernels
+from recall import exactkernels, kernels, userkernels
 from recall.config import Settings, kafka_client_kwargs
 from recall.lsh import ids
 from recall.store import Store
@@ -85,6 +85,7 @@ def _warm_up() -> None:
         kernels.warm_up()
         userkernels.warm_up()  # click application's
         ids.warm_up()  # the index's id store
+        exactkernels.warm_up()  # the recall monitor's exact search
     except Exception:  # the kernel's own call will raise it where it matters
         log.exception("loading the compiled kernels failed")
     else:

@@ -19,7 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from recall import kernels
+from recall import exactkernels, kernels
 from recall.lsh.buckets import SortedBuckets
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
@@ -273,60 +273,31 @@ class SearchMixin:
 
     def _exact_many(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
                     ) -> list[QueryResult]:
-        """:meth:`_exact` for a batch, reading the vectors once for all queries: one
-        matrix product per block of EXACT_BLOCK items (a gemv per query re-read all of
-        them: ~256 MB per query at 1M x 64), and a running shortlist per query (the
-        items within 1e-5 of its best k + 16 so far; a block costs one comparison once
-        the first block set the bar). The union holds every item :meth:`_exact`'s
-        shortlist holds, so the answers are the same."""
+        """:meth:`_exact` for a batch, in one compiled call that holds no GIL
+        (:func:`recall.exactkernels.exact_shortlists`: the recall monitor runs it in a
+        thread beside the event loop): each item's vector is read once for all queries, and
+        each query keeps the items within 1e-5 of its best k + 16 so far. The union holds
+        every item :meth:`_exact`'s shortlist holds, so the answers are the same."""
         n, high = len(ks), self._high
         if n == 0:
             return []
         if n == 1:
             return [self._exact(qn[0], ks[0], excluded[0])]
-        q = np.ascontiguousarray(qn, dtype=np.float32)
         want = max(ks) + 16
-        bar = np.full(n, -np.inf, dtype=np.float32)
-        slots: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
-        scores: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * n
-        for lo in range(0, high, EXACT_BLOCK):
-            hi = min(high, lo + EXACT_BLOCK)
-            # (rows, n): twice as fast as (n, rows) here; the block converted first (numpy
-            # has no half-precision matrix product)
-            s = self._vecs[lo:hi].astype(np.float32) @ q.T
-            dead = np.flatnonzero(~self._alive[lo:hi])
-            if len(dead):
-                s[dead] = -np.inf
-            for i, ex in enumerate(excluded):
-                if len(ex):
-                    s[ex[(ex >= lo) & (ex < hi)] - lo, i] = -np.inf
-            if lo == 0 and hi - lo > want:  # the first bar: each query's want-th best here
-                bar = np.partition(s, hi - lo - want, axis=0)[hi - lo - want]
-            keep = s >= bar - 1e-5
-            if np.isneginf(bar).any():  # no bar yet: everything but dead and excluded
-                keep &= s > -np.inf
-            row, qi = np.nonzero(keep)
-            if not len(qi):
-                continue
-            order = np.argsort(qi, kind="stable")
-            row, qi = row[order], qi[order]
-            bounds = np.searchsorted(qi, np.arange(n + 1))
-            for i in np.flatnonzero(np.diff(bounds)).tolist():
-                r = row[bounds[i]:bounds[i + 1]]
-                sl = np.concatenate([slots[i], r + lo])
-                sc = np.concatenate([scores[i], s[r, i]])
-                if len(sc) > want:  # raise the bar, drop what fell below it
-                    bar[i] = np.partition(sc, len(sc) - want)[len(sc) - want]
-                    keep_i = sc >= bar[i] - 1e-5
-                    sl, sc = sl[keep_i], sc[keep_i]
-                slots[i], scores[i] = sl, sc
+        ex = [np.unique(e) for e in excluded]
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in ex], out=ptr[1:])
+        flat = np.concatenate(ex).astype(np.int64) if ptr[-1] else np.zeros(0, dtype=np.int64)
+        slots, scores, fill = exactkernels.exact_shortlists(
+            self._vecs.view(np.uint16), self._alive, high,
+            np.ascontiguousarray(qn.T, dtype=np.float32), want, ptr, flat, EXACT_CAP)
         alive = int(np.count_nonzero(self._alive[:high]))
         no_excl = np.zeros(0, dtype=np.int64)
         out = []
         for i in range(n):
-            ex = np.unique(excluded[i])
-            live = alive - (int(np.count_nonzero(self._alive[ex])) if len(ex) else 0)
-            sl = np.sort(_shortlist(slots[i], scores[i], min(live, ks[i] + 16)))
+            live = alive - (int(np.count_nonzero(self._alive[ex[i]])) if len(ex[i]) else 0)
+            m = int(fill[i])
+            sl = np.sort(_shortlist(slots[i, :m], scores[i, :m], min(live, ks[i] + 16)))
             out.append(self._top(sl, _scores(self._vecs, sl, qn[i]), ks[i], live, no_excl))
         return out
 
@@ -352,6 +323,8 @@ class SearchMixin:
 #: items scored per matrix product by the batched exact search (its (queries x block)
 #: float32 scores: 4 MB at 32 queries)
 EXACT_BLOCK = 32_768
+#: per query, the shortlist buffer of the batched exact search (compacted when full)
+EXACT_CAP = 512
 
 
 def _shortlist(slots: np.ndarray, scores: np.ndarray, want: int) -> np.ndarray:
