@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,8 @@ from stream.state import IndexSlot
 
 log = logging.getLogger(__name__)
 
-#: longest a rebuilt version waits to catch up before it is served anyway (s)
+#: longest a rebuilt version's replay may make no progress before the version is served
+#: anyway (s): a replay that keeps moving is waited for (at 1M items it takes minutes)
 STAGE_TIMEOUT = 10.0
 #: items read per HSCAN batch when rebuilding
 LOAD_BATCH = 20_000
@@ -220,6 +222,8 @@ class ItemsFollower:
         #: a rebuilt version catching up aside: (index, version, user, partition ->
         #: position it must reach, monotonic deadline); the served one stays until then
         self.staged: tuple[LSHIndex, int, dict | None, dict[int, int], float] | None = None
+        #: messages the staged version still had to replay at its last progress
+        self._stage_left = math.inf
 
     async def start(self, offsets: dict[int, int]) -> None:
         await self.consumer.start()
@@ -347,17 +351,29 @@ class ItemsFollower:
 
     def _swap_if_caught_up(self) -> None:
         """Serve the staged version once every partition reached the position the
-        served index had when the rebuild began (or, should that never come, e.g. the
-        records were compacted away, after STAGE_TIMEOUT)."""
+        served index had when the rebuild began, or, should that never come (e.g. the
+        last records before it were compacted away), once its replay made no progress for
+        STAGE_TIMEOUT. A replay still moving is waited for: a 1M-item re-pick served
+        after a fixed 10 s, before it caught up, left out items users had just added (the
+        served index went back in time)."""
         if self.staged is None:
             return
         index, version, user, target, deadline = self.staged
         behind = {p: o for p, o in target.items() if self.cursor.get(p, o) < o}
-        if behind and time.monotonic() < deadline:
+        left = sum(o - self.cursor.get(p, o) for p, o in behind.items())
+        now = time.monotonic()
+        if behind and left < self._stage_left:  # progress: the deadline moves on
+            self._stage_left = left
+            self.staged = (index, version, user, target, now + STAGE_TIMEOUT)
+            return
+        if behind and now < deadline:
             return
         if behind:
-            log.warning("index version %d served before catching up on %s", version, behind)
+            log.warning("index version %d served before catching up: its replay made no "
+                        "progress for %.0f s, still behind on %s", version, STAGE_TIMEOUT,
+                        behind)
         self.staged = None
+        self._stage_left = math.inf
         self.slot.swap(index, version, user)
         self.metrics.index_version.set(version)
         self.metrics.index_items.set(len(index))
@@ -382,6 +398,7 @@ class ItemsFollower:
             target = {p: o for p, o in before.items() if offsets.get(p, o) < o}
             self.seek({**before, **offsets})
             self.staged = (index, version, user, target, time.monotonic() + STAGE_TIMEOUT)
+            self._stage_left = math.inf
             self._swap_if_caught_up()
         self.metrics.index_rebuild.set(time.perf_counter() - t0)
         log.info("index version %d loaded: %d items in %.1fs%s", version, len(index),

@@ -19,6 +19,7 @@ from recall.lsh import Hasher, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
 from recall.tuner import exact_topk, user_like_queries
+from stream import items as items_mod
 from stream.items import ItemBatch, ItemsFollower, ItemsWriter, load_index
 from stream.kafka import create_topics
 from stream.metrics import Metrics
@@ -383,6 +384,55 @@ async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
         follower._task = asyncio.create_task(follower._run())
         assert len(slot.index) == n  # the old one still, or the new one caught up
         await eventually(lambda: slot.version == v2, 30)
+        assert sorted(slot.index.ids()) == sorted(ids)
+    finally:
+        await follower.stop()
+        await client.stop()
+
+
+async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_it_caught_up(
+        store: Store, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1M-item re-pick replays the items topic for minutes (~2,000 items a second). It
+    was served after a fixed STAGE_TIMEOUT, before it caught up: the served index lost the
+    items users had just added until the replay got there. A replay that keeps making
+    progress is waited for, however long it takes."""
+    monkeypatch.setattr(items_mod, "STAGE_TIMEOUT", 0.05)
+    n = 30
+    settings = isolated_settings(stack, "slowstage", dim=DIM, topic_partitions=1,
+                                 redis_prefix=store.keys.prefix)
+    await create_topics(settings.kafka_bootstrap,
+                        [settings.topic_items, settings.topic_responses], 1)
+    x, _ = clustered_catalogue(n, DIM, seed=1)
+    ids = [f"i{i}" for i in range(n)]
+    params = LSHParams(dim=DIM, k=4, L=4, T=2, seed=3)
+    v1 = await store.create_version(params.to_dict(), DIM)
+    await store.set_item_offsets(v1, {0: 0})
+    index, _ = await load_index(store, v1, DIM)
+    slot = IndexSlot(index, v1)
+    follower = ItemsFollower(settings, slot, Metrics())
+    client = RecallClient(settings)
+    await client.start()
+    await follower.start({0: 0})
+    try:
+        await client.upsert_items(ids, x)
+        await eventually(lambda: len(slot.index) == n, 30)
+        v2 = await store.create_version(params.to_dict(), DIM)  # has the first 6 only
+        await store.upsert_items(v2, ids[:6], x[:6], Hasher(params).keys(x[:6]))
+        await store.set_item_offsets(v2, {0: 6})
+        follower._task.cancel()  # the replay below goes a few records at a time
+        await follower.rebuild(store, v2)
+        assert follower.staged is not None and slot.version == v1
+        tp = follower.partitions[0]
+        for _ in range(50):
+            await asyncio.sleep(0.1)  # longer than STAGE_TIMEOUT between two steps
+            records = await follower.consumer.getmany(tp, timeout_ms=1000, max_records=4)
+            async with follower.lock:
+                await follower._apply(records)
+                follower._swap_if_caught_up()
+            if slot.version == v2:
+                break
+            assert len(slot.index) == n  # the old version, whole, until the new caught up
+        assert slot.version == v2
         assert sorted(slot.index.ids()) == sorted(ids)
     finally:
         await follower.stop()
