@@ -76,6 +76,8 @@ SCRAPE = "1s"
 RATE_INTERVAL = "8s"
 #: scrapes of the loaded worker before querying (enough for every [8s] rate window)
 MIN_SCRAPES = 12
+#: longest the fixture waits for the recall monitor's queries to have data (s)
+MONITOR_WAIT = 90
 #: "<query> <op> <threshold>" (checked by test_deploy.py for every rule)
 ALERT_EXPR = re.compile(r"(?s)(?P<query>.+?)\s*(>|<|>=|<=|==|!=)\s*[\d.e+-]+\s*")
 PNG_OUT = os.environ.get("RECALL_DASHBOARD_PNG", "")
@@ -322,7 +324,7 @@ class Live:
     prom: Any  # render_dashboard.Prometheus
     settings: Settings
     load: Load
-    at: float  # query time: the worker under load, scraped MIN_SCRAPES times since
+    at: float  # query time: scraped MIN_SCRAPES times under load, the monitor measuring
     timings: dict[str, float]
 
 
@@ -364,7 +366,18 @@ def live(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             wait_until(lambda: load.phases_done, "the picture's load phases",
                        PNG_SECONDS * 3 + 60, load)
         timings["scraped under load"] = time.monotonic() - t0
-        yield Live(prom, settings, load, time.time(), timings)
+        at = time.time()
+        # the recall monitor's queries have data only once it measured samples (one batch
+        # every few seconds at 2 samples/s; slower on a loaded machine, where instant
+        # queries right after the scrapes above read NaN): a query time where they all
+        # do. Past the deadline the tests query anyway and name what is missing.
+        try:
+            at = wait_until(lambda: monitor_measured(prom, load.started),
+                            "the recall monitor's first measurements", MONITOR_WAIT, load)
+        except TimeoutError as exc:
+            print(f"\n{exc}: the tests query at {at:.0f}")
+        timings["recall monitor measured"] = time.monotonic() - t0
+        yield Live(prom, settings, load, at, timings)
     finally:
         load.join()
         for svc in (prometheus, worker):
@@ -373,6 +386,22 @@ def live(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         print(f"\nload sent: {load.sent}; timings: "
               + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
         print("worker log tail:\n" + worker_log.read_text()[-3000:])
+
+
+def panel_expr(expr: str, at: float, started: float) -> str:
+    """A panel's query as Grafana sends it for the time since the load started."""
+    return rd.promql(expr, rate_interval=RATE_INTERVAL, interval=SCRAPE,
+                     range_=f"{max(1, int(at - started))}s")
+
+
+def monitor_measured(prom: Any, started: float) -> float | None:
+    """A query time (now) at which every panel and alert query on the recall monitor's
+    metrics has a finite value; None if some has not yet."""
+    at = time.time()
+    exprs = ([panel_expr(e, at, started) for _, _, e in dashboard_targets()
+              if "lsh_recall" in e]
+             + [e for _, e in alert_queries() if "lsh_recall" in e])
+    return at if all(finite(prom.query(e, at=at)) for e in exprs) else None
 
 
 def query(live: Live, expr: str) -> list[dict[str, Any]]:
@@ -409,9 +438,7 @@ def test_the_alert_rules_are_loaded_and_evaluate(live: Live) -> None:
                          ids=[f"{p}: {e[:60]}" for _, p, e in dashboard_targets()])
 def test_every_dashboard_query_returns_data(live: Live, dashboard: str, panel: str,
                                             expr: str) -> None:
-    window = f"{max(1, int(live.at - live.load.started))}s"
-    result = query(live, rd.promql(expr, rate_interval=RATE_INTERVAL, interval=SCRAPE,
-                                   range_=window))
+    result = query(live, panel_expr(expr, live.at, live.load.started))
     assert result, f"{dashboard} / {panel}: no data for {expr}"
     assert finite(result), f"{dashboard} / {panel}: only NaN/Inf for {expr}: {result}"
 
