@@ -69,9 +69,11 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from recall.config import Settings
 
@@ -200,6 +202,26 @@ return cjson.encode(r)
 """
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis (C), as redis-py's sync connections do (asyncio ones: in
+    Python). A click batch's write, ONE script call of ~2,700 arguments packed in the event
+    loop in one go: 3.9 -> 1.6 ms with 1 kB user states (6.0 -> 2.6 ms at 1.5 kB)."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
+
+
+def _pack_with_hiredis(client: aioredis.Redis) -> aioredis.Redis:
+    """``client``'s connections (TCP, TLS or unix) pack with hiredis when installed."""
+    pool = client.connection_pool
+    if HIREDIS_AVAILABLE and not issubclass(pool.connection_class, _HiredisPacking):
+        pool.connection_class = type(pool.connection_class.__name__,
+                                     (_HiredisPacking, pool.connection_class), {})
+    return client
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -276,9 +298,9 @@ class Store:
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(aioredis.Redis.from_url(
+        return cls(_pack_with_hiredis(aioredis.Redis.from_url(
             url, decode_responses=False, retry=client_retry(),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError], **kwargs), prefix)
+            retry_on_error=[RedisConnectionError, RedisTimeoutError], **kwargs)), prefix)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

@@ -237,3 +237,28 @@ async def test_a_streaming_write_never_leaves_a_gap_before_the_recorded_offset(
     with pytest.raises(VersionGone):
         await store.write_items(v, [w(0, 15, 20, 1)])
     assert not await store.r.exists(store.keys.vectors(v), store.keys.item_offsets(v))
+
+
+async def test_commands_are_packed_as_redis_py_packs_them(redis_url: str) -> None:
+    """The store's connections pack with hiredis (a click batch's write is one call of
+    thousands of arguments): byte for byte what redis-py's own Python packer sends, for
+    every kind of argument the store passes, and a binary, non-ASCII batch round-trips."""
+    import redis.asyncio as aioredis
+    from redis.utils import HIREDIS_AVAILABLE
+
+    store = Store.from_url(redis_url, "packtest")
+    reference = aioredis.Connection()  # redis-py's asyncio packer, in Python
+    blobs = {f"ü{j}": bytes(range(256)) * (j + 1) for j in range(50)}
+    try:
+        conn = store.r.connection_pool.make_connection()
+        assert HIREDIS_AVAILABLE  # hiredis is a dependency (pyproject.toml)
+        for args in [("SET", "k", b"\x00\xff\r\n"), ("CONFIG GET", "maxmemory"),
+                     (b"CLIENT LIST",), ("EVALSHA", "a" * 40, 3, -7, 0.1, 1733212345.123456,
+                                         1e-7, 10**20, "é-ü", memoryview(b"mv"), bytearray(b"ba"))]:
+            assert b"".join(conn.pack_command(*args)) == b"".join(
+                reference.pack_command(*args)), args
+        await store.put_users(blobs)
+        assert await store.get_users(list(blobs)) == blobs
+    finally:
+        await store.r.delete(*[store.keys.user(u) for u in blobs])
+        await store.close()
