@@ -66,6 +66,8 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert share["worker"] > 0 and share["load_requests"] > 0
     # the profiler runs beside the broker and the load: its own CPU is counted too
     assert share["py_spy"] > 0
+    assert figures["worker_cpu_ms_per_request"] == pytest.approx(
+        1000 * share["worker"] / figures["throughput"], rel=1e-3)
     assert len(figures["cpu_busy"]) == os.cpu_count()
     assert all(0 <= b <= 1.01 for b in figures["cpu_busy"])
 

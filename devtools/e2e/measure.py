@@ -137,6 +137,12 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         **lsh_recall_figures(before, after),
         **load_cpu(used, req, clicks, duration),
     }
+    worker = (out.get("cpu_share") or {}).get("worker")
+    # what a deployment is sized by: the worker's own CPU per request it answered (with
+    # the clicks of the phase), whatever the CPUs of the broker and load did
+    out["worker_cpu_ms_per_request"] = (round(1000 * worker / out["throughput"], 3)
+                                        if worker is not None and out["throughput"] > 0
+                                        else None)
     out["_latencies"] = lat
     out["_fresh"] = fresh
     return out
