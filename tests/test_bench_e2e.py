@@ -184,6 +184,7 @@ def test_bench_capacity_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monk
 def _cpu_step(workers: int, answered: float, cores: float, shared: float | None = 0.5,
               ok: bool = True, rate: float | None = None) -> dict:
     return {"workers": workers, "rate": rate or answered, "ok": ok, "throughput": answered,
+            "offered_rate": answered, "clicks_sent": 10, "clicks_applied": 10.0,
             "worker_cores": cores, "shared_busy": shared}
 
 
@@ -195,7 +196,11 @@ def test_worker_cpu_line_gives_cost_per_request_and_a_per_core_estimate() -> Non
     one = [_cpu_step(1, r, 0.1 + 0.002 * r) for r in (100, 150, 200)]
     fit = worker_cpu_fit(one, 1)
     assert fit == {"ms_per_request": 2.0, "fixed_cores": 0.1, "rate_per_core_estimate": 450.0,
-                   "steps": 3}
+                   "steps": 3, "kept_up": True}
+    # a step whose clicks fell behind did less work than its rate: not on the line
+    behind = {**_cpu_step(1, 300, 0.3), "clicks_applied": 5.0}
+    assert worker_cpu_fit([*one, behind], 1) == fit
+    assert worker_cpu_fit([behind], 1)["kept_up"] is False
     two = [_cpu_step(2, 2 * r, 2 * (0.1 + 0.002 * r)) for r in (100, 200)]
     assert worker_cpu_fit(one + two, 2)["rate_per_core_estimate"] == 450.0
     # one rate only: proportional (no fixed part can be told apart)

@@ -137,9 +137,12 @@ def worker_cpu_fit(steps: list[dict[str, Any]], workers: int) -> dict[str, Any] 
     None without CPU figures. With one distinct rate, fixed is taken as 0."""
     import numpy as np
 
-    pts = [(s["throughput"] / workers, s["worker_cores"] / workers) for s in steps
-           if s["workers"] == workers and s.get("worker_cores") is not None
-           and s["throughput"] > 0]
+    mine = [s for s in steps if s["workers"] == workers and s.get("worker_cores") is not None
+            and s["throughput"] > 0]
+    # a step whose clicks or requests the workers did not keep up with did less work than
+    # its rate says: left out, unless no step kept up (then said: "kept_up": False)
+    kept = [s for s in mine if kept_up(s)]
+    pts = [(s["throughput"] / workers, s["worker_cores"] / workers) for s in kept or mine]
     if not pts:
         return None
     x, y = np.array(pts).T
@@ -152,7 +155,14 @@ def worker_cpu_fit(steps: list[dict[str, Any]], workers: int) -> dict[str, Any] 
     return {"ms_per_request": round(1000 * float(per_request), 3),
             "fixed_cores": round(float(fixed), 3),
             "rate_per_core_estimate": round(float((1.0 - fixed) / per_request), 1),
-            "steps": len(pts)}
+            "steps": len(pts), "kept_up": bool(kept)}
+
+
+def kept_up(step: dict[str, Any]) -> bool:
+    """The workers answered and applied (nearly) all that was sent during the step."""
+    sent, applied = step.get("clicks_sent") or 0, step.get("clicks_applied")
+    return (step["throughput"] >= 0.98 * step.get("offered_rate", step["throughput"])
+            and (not sent or (applied is not None and applied >= 0.98 * sent)))
 
 
 def limiting_side(step: dict[str, Any] | None) -> str | None:
@@ -396,7 +406,8 @@ def cpu_lines(n: int, cpu: dict[str, Any]) -> str:
                    f"  at the first step over the limit the {side} was saturated")
     if fit:
         out.append(f"  worker CPU: {fit['ms_per_request']} ms per request with its clicks, "
-                   f"plus {fit['fixed_cores']} of a core fixed ({fit['steps']} steps); "
+                   f"plus {fit['fixed_cores']} of a core fixed ({fit['steps']} steps"
+                   + ("" if fit["kept_up"] else ", none kept up: an underestimate") + "); "
                    f"ESTIMATE, extrapolated from the worker's own CPU, not measured: "
                    f"~{fit['rate_per_core_estimate']:g} req/s per fully busy worker core")
     return "\n".join(out)
