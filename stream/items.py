@@ -97,7 +97,10 @@ async def load_index(store: Store, version: int, dim: int) -> tuple[LSHIndex, di
     # a bulk load: the vectors straight into a matrix of the catalogue's size, then one
     # pass builds the bucket table (LSHIndex.stage/build: at 1M items the peak RSS of
     # the load was twice the index's, from batch merges and growth copies)
-    index.reserve(await store.items_count(version))
+    # in a thread too: it sizes the id store's table, a numba kernel that waits for
+    # numba's lock while the start-up warm-up holds it; on the event loop that stalled the
+    # group join begun meanwhile (~1.5-2 s at start-up, load ~10)
+    await asyncio.to_thread(index.reserve, await store.items_count(version))
     # each batch staged in a thread (normalising is numpy work that releases the GIL:
     # the event loop keeps serving) while the next one is read from Redis; one at a
     # time, in order (an id read twice by HSCAN keeps its last vector)

@@ -262,3 +262,32 @@ async def test_commands_are_packed_as_redis_py_packs_them(redis_url: str) -> Non
     finally:
         await store.r.delete(*[store.keys.user(u) for u in blobs])
         await store.close()
+
+
+async def test_a_worker_load_runs_the_index_kernels_off_the_event_loop(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_index sizes, stages and builds in threads: each calls numba kernels, and a
+    first call waits for numba's lock, which the start-up warm-up holds for a second or
+    more; on the event loop that wait stalled the group join begun meanwhile."""
+    import threading
+
+    from recall.lsh import Hasher, LSHIndex, LSHParams
+    from stream.items import load_index
+
+    params = LSHParams(dim=DIM, k=3, L=L)
+    v = await store.create_version(params.to_dict(), DIM)
+    vecs = unit(np.random.default_rng(2), 300)
+    await store.upsert_items(v, [f"i{i}" for i in range(300)], vecs, Hasher(params).keys(vecs))
+    loop_thread = threading.current_thread()
+    on_loop: list[str] = []
+    for name in ("reserve", "stage", "build"):
+        method = getattr(LSHIndex, name)
+
+        def watched(self, *args, _method=method, _name=name):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is loop_thread:
+                on_loop.append(_name)
+            return _method(self, *args)
+
+        monkeypatch.setattr(LSHIndex, name, watched)
+    index, _ = await load_index(store, v, DIM)
+    assert len(index) == 300 and on_loop == []
