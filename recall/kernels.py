@@ -358,6 +358,21 @@ def _see(s: int, seen: np.ndarray, cand: np.ndarray, m: int) -> tuple[np.ndarray
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _see_into(s: int, seen: np.ndarray, cand: np.ndarray, m: int) -> int:
+    """:func:`_see` without a branch, for a cand with room: s is written at cand[m]
+    either way and m advances only on a first sighting. Whether a slot was seen is a
+    coin toss to the branch predictor (~80% of a query's entries are new), and each
+    miss waited on the bitset's read: gathering ~5,400 entries at 1M, ~50 -> ~25 us
+    (alternated A/B, same candidates)."""
+    word = s >> 6
+    shift = np.uint64(s & 63)
+    bits = seen[word]
+    seen[word] = bits | (np.uint64(1) << shift)
+    cand[m] = s
+    return m + 1 - np.int64((bits >> shift) & np.uint64(1))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
             in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
             bitset: bool, seen: np.ndarray, mark: np.ndarray,
@@ -371,16 +386,23 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
     prefetched: each step of a list is a dependent read of a scattered entry, and
     walking the lists one after the other made those misses queue (at 1M items with
     4% of them pending, ~220 entries in ~80 lists: ~25 us of a ~250 us query).
-    ``first`` becomes the lists' cursors and ``hi`` their taken counts."""
+    ``first`` becomes the lists' cursors and ``hi`` their taken counts. cand is first
+    made room for every sorted entry, so their loop need not check (see
+    :func:`_see_into`)."""
     m = 0
     live = 0
+    total = 0
+    for j in range(lo.shape[0]):
+        total += hi[j] - lo[j] if cap == 0 or hi[j] - lo[j] <= cap else cap
+    if cand.shape[0] < total:
+        cand = np.empty(max(total, 2 * cand.shape[0]), dtype=np.int64)
     for j in range(lo.shape[0]):
         end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
         for e in range(lo[j], end):
             s = slots[e]
             if not check_stale or in_main[s]:
                 if bitset:
-                    cand, m = _see(s, seen, cand, m)
+                    m = _see_into(s, seen, cand, m)
                 else:
                     cand, m = _visit(s, mark, cand, m)
         if first[j] >= 0:
