@@ -388,12 +388,15 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
     4% of them pending, ~220 entries in ~80 lists: ~25 us of a ~250 us query).
     ``first`` becomes the lists' cursors and ``hi`` their taken counts. cand is first
     made room for every sorted entry, so their loop need not check (see
-    :func:`_see_into`)."""
+    :func:`_see_into`); never more than one per slot and one more (m counts distinct
+    slots), so a catalogue whose probed buckets are huge does not allocate L times
+    its slots."""
     m = 0
     live = 0
     total = 0
     for j in range(lo.shape[0]):
         total += hi[j] - lo[j] if cap == 0 or hi[j] - lo[j] <= cap else cap
+    total = min(total, mark.shape[0] + 1)
     if cand.shape[0] < total:
         cand = np.empty(max(total, 2 * cand.shape[0]), dtype=np.int64)
     for j in range(lo.shape[0]):
