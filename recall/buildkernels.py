@@ -111,6 +111,51 @@ def unique_csr(keys: np.ndarray, starts: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
+def merge_buckets(ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+                  keep: np.ndarray, use_keep: bool, new_keys: np.ndarray,
+                  new_slots: np.ndarray, out_keys: np.ndarray, out_starts: np.ndarray,
+                  out_slots: np.ndarray) -> int:
+    """A merge of the bucket table (CSR: sorted unique ``ukeys``, ``starts``, ``slots``)
+    with sorted new entries (``new_keys``, ``new_slots``), in one pass: each bucket's
+    entries where ``keep`` (all unless ``use_keep``), then its new entries in their order;
+    buckets left empty are dropped. Writes the new CSR into out_keys (>= distinct keys),
+    out_starts (one more) and out_slots (exactly the entries); returns the key count.
+    numpy took ~10 passes over the entries (masks, insert, cumsums, searchsorted): 1.75 s
+    of CPU at 1M items, every 62,500 items a topic-fed catalogue grows."""
+    n_old = ukeys.shape[0]
+    m = new_keys.shape[0]
+    i = 0
+    j = 0
+    nb = 0
+    ne = 0
+    while i < n_old or j < m:
+        if j >= m or (i < n_old and ukeys[i] < new_keys[j]):
+            key, old, new = ukeys[i], True, False
+        elif i >= n_old or new_keys[j] < ukeys[i]:
+            key, old, new = new_keys[j], False, True
+        else:
+            key, old, new = ukeys[i], True, True
+        first = ne
+        if old:
+            for e in range(starts[i], starts[i + 1]):
+                if not use_keep or keep[e]:
+                    out_slots[ne] = slots[e]
+                    ne += 1
+            i += 1
+        if new:
+            while j < m and new_keys[j] == key:
+                out_slots[ne] = new_slots[j]
+                ne += 1
+                j += 1
+        if ne > first:
+            out_keys[nb] = key
+            out_starts[nb] = first
+            nb += 1
+    out_starts[nb] = ne
+    return nb
+
+
+@njit(cache=True, nogil=True)
 def radix_directory(ukeys: np.ndarray, shift: int, directory: np.ndarray) -> int:
     """The bucket table's radix directory of sorted keys: directory[d] = the first key
     whose top bits (``>> shift``, in signed order) are >= d, for every d (the last

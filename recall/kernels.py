@@ -26,8 +26,9 @@ implementation as the reference the tests compare against, row by row.
   sums, rounded to float32; the rows prefetched ahead) and keeps the top k; excluded
   slots count as candidates (as in the reference) but are never scored or returned.
 - :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`,
-  :func:`radix_directory`: the bucket table of a bulk load, and :func:`fold_keys`, item
-  hashing, in :mod:`recall.buildkernels` (re-exported here).
+  :func:`radix_directory`: the bucket table of a bulk load, :func:`merge_buckets`, its
+  merges, and :func:`fold_keys`, item hashing, in :mod:`recall.buildkernels`
+  (re-exported here).
 
 Compile time: every kernel is compiled on first call and cached on disk
 (``cache=True``, in ``__pycache__``), so a worker pays it once per machine; :func:`warm_up`
@@ -49,6 +50,7 @@ from recall.buildkernels import (  # re-exported: the index calls them as kernel
     count_cells,
     finish_cells,
     fold_keys,
+    merge_buckets,
     radix_directory,
     scatter_cells,
     unique_csr,
@@ -617,3 +619,6 @@ def warm_up() -> None:
     csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
     unique_csr(out_k, csr)
     radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
+    merge_buckets(out_k[:1], np.array([0, 1], dtype=np.int32), out_s[:1], np.ones(1, dtype=bool),
+                  True, out_k[:1], out_s[:1], np.empty(2, dtype=np.int64),
+                  np.empty(3, dtype=np.int64), np.empty(2, dtype=np.int32))

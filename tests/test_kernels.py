@@ -308,3 +308,38 @@ def test_radix_directory_is_the_first_key_at_or_above_each_top_bits_value(bits, 
         np.testing.assert_array_equal(got, expect)
         assert widest == np.diff(expect).max()
     assert want[-1] == len(keys)
+
+
+@pytest.mark.parametrize("stale", [0.0, 0.3, 1.0])
+def test_a_merge_equals_a_dict_of_bucket_lists(stale):
+    """SortedBuckets.merged (the compiled one-pass merge) against a dict key -> slots:
+    kept entries in their order, then each new entry at the end of its bucket, buckets
+    left empty dropped, new keys inserted in order; keys collide between old and new,
+    repeat among the new, and fall before, between and after the old ones."""
+    from recall.lsh.buckets import SortedBuckets
+
+    rng = np.random.default_rng(9)
+    keys = np.sort(rng.integers(-50, 50, 400)) * 2**40  # many entries per bucket
+    slots = rng.permutation(400).astype(np.int32)
+    table = SortedBuckets(keys, slots)
+    keep = rng.random(400) >= stale
+    new_keys = np.sort(rng.integers(-70, 70, 150), kind="stable") * 2**40 + 2**40 * (
+        rng.random(150) < 0.2)  # some between the old keys
+    new_keys = np.sort(new_keys, kind="stable")
+    new_slots = (1000 + np.arange(150)).astype(np.int32)
+    ref: dict[int, list[int]] = {}
+    for key, slot, ok in zip(keys.tolist(), slots.tolist(), keep.tolist(), strict=True):
+        if ok:
+            ref.setdefault(key, []).append(slot)
+    for key, slot in zip(new_keys.tolist(), new_slots.tolist(), strict=True):
+        ref.setdefault(key, []).append(slot)
+    for got in (table.merged(keep, new_keys, new_slots),
+                table.merged(None if stale == 0 else keep, new_keys, new_slots)):
+        assert got.ukeys.tolist() == sorted(ref)
+        assert got.starts[-1] == got.size == len(got.slots) == sum(map(len, ref.values()))
+        for b, key in enumerate(got.ukeys.tolist()):
+            assert got.slots[got.starts[b]:got.starts[b + 1]].tolist() == ref[key]
+        lo, hi = got.lookup(np.array(sorted(ref), dtype=np.int64))
+        assert (hi - lo).tolist() == [len(ref[k]) for k in sorted(ref)]
+    empty = table.merged(np.zeros(400, dtype=bool), new_keys[:0], new_slots[:0])
+    assert empty.size == 0 and len(empty.ukeys) == 0

@@ -62,43 +62,20 @@ class SortedBuckets:
     def merged(self, keep: np.ndarray | None, new_keys: np.ndarray,
                new_slots: np.ndarray) -> SortedBuckets:
         """A new table: entries where ``keep`` (None = all) plus sorted new entries, each
-        appended at the end of its bucket. Works on the bucket level (unique keys and
-        counts), so the entry arrays are touched once: no expansion, no re-sort."""
-        ukeys, counts, slots = self.ukeys, np.diff(self.starts), self.slots
-        if keep is not None and not keep.all():
-            gone = np.flatnonzero(~keep)
-            counts = counts - np.bincount(np.searchsorted(self.starts, gone, side="right") - 1,
-                                          minlength=len(ukeys))
-            slots = slots[keep]
-            live = counts > 0
-            ukeys, counts = ukeys[live], counts[live]
-        starts = np.zeros(len(ukeys) + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
+        appended at the end of its bucket; buckets left empty go. One compiled pass over
+        both (:func:`recall.buildkernels.merge_buckets`)."""
+        kept = len(self.slots) if keep is None else int(np.count_nonzero(keep))
         m = len(new_keys)
-        if m == 0:
-            return SortedBuckets.from_csr(ukeys, starts, slots)
-        pos = np.searchsorted(ukeys, new_keys)
-        exists = np.zeros(m, dtype=bool)
-        inside = pos < len(ukeys)
-        exists[inside] = ukeys[pos[inside]] == new_keys[inside]
-        # entry position of each new entry: end of its bucket, or where its bucket goes
-        where = starts[pos + exists] + np.arange(m)
-        out = np.empty(len(slots) + m, dtype=slots.dtype)
-        old = np.ones(len(out), dtype=bool)
-        old[where] = False
-        out[where] = new_slots
-        out[old] = slots
-        # unique keys and counts after the insert
-        add_keys = new_keys[~exists]
-        if len(add_keys):
-            add_keys = add_keys[np.r_[True, add_keys[1:] != add_keys[:-1]]]
-            at = np.searchsorted(ukeys, add_keys)
-            ukeys = np.insert(ukeys, at, add_keys)
-            counts = np.insert(counts, at, 0)
-        counts = counts + np.bincount(np.searchsorted(ukeys, new_keys), minlength=len(ukeys))
-        starts = np.zeros(len(ukeys) + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        return SortedBuckets.from_csr(ukeys, starts, out)
+        out_keys = np.empty(len(self.ukeys) + m, dtype=np.int64)
+        out_starts = np.empty(len(out_keys) + 1, dtype=np.int64)
+        out_slots = np.empty(kept + m, dtype=self.slots.dtype)
+        nb = kernels.merge_buckets(
+            self.ukeys, self.starts, self.slots,
+            keep if keep is not None else np.ones(0, dtype=bool), keep is not None,
+            np.ascontiguousarray(new_keys, dtype=np.int64),
+            np.ascontiguousarray(new_slots, dtype=self.slots.dtype),
+            out_keys, out_starts, out_slots)
+        return SortedBuckets.from_csr(out_keys[:nb], out_starts[: nb + 1], out_slots)
 
     def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) entry ranges of each probe key (empty where the key is absent).
