@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from recall.cli import main
@@ -64,3 +65,38 @@ def test_bench_index_with_params_hnsw_and_plot(tmp_path, capsys):
 def test_bench_index_rejects_bad_input(argv, capsys):
     assert main(["bench", "index", *argv]) == 2
     assert "error" in capsys.readouterr().err
+
+
+
+class _GraphNeedingEf:
+    """A stand-in for an hnswlib index (unit test): query i finds its true top-k only
+    from ``need[i]`` up, else nothing of it."""
+
+    def __init__(self, truth, need):
+        self.truth, self.need, self.ef = truth, need, 0
+        self.rows = {row.tobytes(): i for i, row in enumerate(_QUERIES)}
+
+    def set_ef(self, ef):
+        self.ef = ef
+
+    def knn_query(self, q, k, num_threads=1):
+        i = self.rows[q.tobytes()]
+        labels = self.truth[i] if self.ef >= self.need[i] else -1 - np.arange(k)
+        return np.asarray([labels]), None
+
+
+#: 1,000 distinct query rows
+_QUERIES = np.eye(1000, 8, dtype=np.float32) + np.arange(1000, dtype=np.float32)[:, None]
+
+
+def test_the_hnswlib_reference_reaches_the_lsh_recall_on_all_the_timed_queries():
+    """The ratio users read (LSH p50 / hnswlib p50) means something only at matching
+    recall: the reference's ef must reach the LSH's recall on the queries it is timed on,
+    not on some of them (here the first 300 need ef 10, the rest ef 48)."""
+    from devtools.bench_index import _hnsw_at_recall
+
+    truth = np.arange(10_000).reshape(1000, 10)
+    need = np.where(np.arange(1000) < 300, 10, 48)
+    ef, ref, curve = _hnsw_at_recall(_GraphNeedingEf(truth, need), _QUERIES, truth, 10, 0.95)
+    assert ef == 48 and ref["recall"] == 1.0
+    assert [pt["ef"] for pt in curve] == [10, 16, 24, 32, 48]
