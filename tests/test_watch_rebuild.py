@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,61 +345,12 @@ async def test_by_default_the_cpu_budget_sets_the_sampling_rate_at_1m_items(
     assert w.watch.budget.per_second == pytest.approx(defaults.recall_sample_cpu / 0.006)
 
 
-async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
-        store: Store, stack: LocalStack) -> None:
-    """A version read from Redis lacks the items topic's changes after its offsets (a
-    re-pick's copy always does). Served at once, it answered and looked clicked items up
-    without them until the replay arrived (seen: a clicked item missing, the user's vector
-    off). The served index must never lose items the one before it had."""
-    n = 40
-    settings = isolated_settings(stack, "stage", dim=DIM, topic_partitions=1,
-                                 redis_prefix=store.keys.prefix)
-    await create_topics(settings.kafka_bootstrap,
-                        [settings.topic_items, settings.topic_responses], 1)
-    x, _ = clustered_catalogue(n, DIM, seed=1)
-    ids = [f"i{i}" for i in range(n)]
-    params = LSHParams(dim=DIM, k=4, L=4, T=2, seed=3)
-    v1 = await store.create_version(params.to_dict(), DIM)
-    await store.set_item_offsets(v1, {0: 0})
-    index, _ = await load_index(store, v1, DIM)
-    slot = IndexSlot(index, v1)
-    follower = ItemsFollower(settings, slot, Metrics())
-    client = RecallClient(settings)
-    await client.start()
-    await follower.start({0: 0})
-    try:
-        await client.upsert_items(ids, x)  # item i is the message at offset i
-        await eventually(lambda: len(slot.index) == n, 30)
-        half = n // 2  # v2 holds the first half, its offset says so
-        v2 = await store.create_version(params.to_dict(), DIM)
-        await store.upsert_items(v2, ids[:half], x[:half], Hasher(params).keys(x[:half]))
-        await store.set_item_offsets(v2, {0: half})
-        follower._task.cancel()  # a replay that takes a while (a catalogue streaming in)
-        await follower.rebuild(store, v2)
-        staged, seeks = follower.staged, dict(follower._seeks)
-        assert staged is not None and staged[1] == v2 and slot.version == v1
-        # the worker polls the live version every second: the same version again is
-        # left to catch up, neither loaded again nor its replay restarted
-        await follower.rebuild(store, v2)
-        assert follower.staged is staged and follower._seeks == seeks
-        follower._task = asyncio.create_task(follower._run())
-        assert len(slot.index) == n  # the old one still, or the new one caught up
-        await eventually(lambda: slot.version == v2, 30)
-        assert sorted(slot.index.ids()) == sorted(ids)
-    finally:
-        await follower.stop()
-        await client.stop()
-
-
-async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_it_caught_up(
-        store: Store, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 1M-item re-pick replays the items topic for minutes (~2,000 items a second). It
-    was served after a fixed STAGE_TIMEOUT, before it caught up: the served index lost the
-    items users had just added until the replay got there. A replay that keeps making
-    progress is waited for, however long it takes."""
-    monkeypatch.setattr(items_mod, "STAGE_TIMEOUT", 0.05)
-    n = 30
-    settings = isolated_settings(stack, "slowstage", dim=DIM, topic_partitions=1,
+@asynccontextmanager
+async def following(store: Store, stack: LocalStack, name: str, n: int) -> AsyncIterator[
+        tuple[np.ndarray, list[str], LSHParams, IndexSlot, ItemsFollower]]:
+    """An items follower serving version 1 of a one-partition items topic that holds n
+    items (item i is the message at offset i), all applied."""
+    settings = isolated_settings(stack, name, dim=DIM, topic_partitions=1,
                                  redis_prefix=store.keys.prefix)
     await create_topics(settings.kafka_bootstrap,
                         [settings.topic_items, settings.topic_responses], 1)
@@ -416,6 +368,49 @@ async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_
     try:
         await client.upsert_items(ids, x)
         await eventually(lambda: len(slot.index) == n, 30)
+        yield x, ids, params, slot, follower
+    finally:
+        await follower.stop()
+        await client.stop()
+
+
+async def test_a_rebuilt_version_is_served_only_once_it_caught_up(
+        store: Store, stack: LocalStack) -> None:
+    """A version read from Redis lacks the items topic's changes after its offsets (a
+    re-pick's copy always does). Served at once, it answered and looked clicked items up
+    without them until the replay arrived (seen: a clicked item missing, the user's vector
+    off). The served index must never lose items the one before it had."""
+    n = 40
+    async with following(store, stack, "stage", n) as (x, ids, params, slot, follower):
+        v1 = slot.version
+        half = n // 2  # v2 holds the first half, its offset says so
+        v2 = await store.create_version(params.to_dict(), DIM)
+        await store.upsert_items(v2, ids[:half], x[:half], Hasher(params).keys(x[:half]))
+        await store.set_item_offsets(v2, {0: half})
+        follower._task.cancel()  # a replay that takes a while (a catalogue streaming in)
+        await follower.rebuild(store, v2)
+        staged, seeks = follower.staged, dict(follower._seeks)
+        assert staged is not None and staged[1] == v2 and slot.version == v1
+        # the worker polls the live version every second: the same version again is
+        # left to catch up, neither loaded again nor its replay restarted
+        await follower.rebuild(store, v2)
+        assert follower.staged is staged and follower._seeks == seeks
+        follower._task = asyncio.create_task(follower._run())
+        assert len(slot.index) == n  # the old one still, or the new one caught up
+        await eventually(lambda: slot.version == v2, 30)
+        assert sorted(slot.index.ids()) == sorted(ids)
+
+
+async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_it_caught_up(
+        store: Store, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1M-item re-pick replays the items topic for minutes (~2,000 items a second). It
+    was served after a fixed STAGE_TIMEOUT, before it caught up: the served index lost the
+    items users had just added until the replay got there. A replay that keeps making
+    progress is waited for, however long it takes."""
+    monkeypatch.setattr(items_mod, "STAGE_TIMEOUT", 0.05)
+    n = 30
+    async with following(store, stack, "slowstage", n) as (x, ids, params, slot, follower):
+        v1 = slot.version
         v2 = await store.create_version(params.to_dict(), DIM)  # has the first 6 only
         await store.upsert_items(v2, ids[:6], x[:6], Hasher(params).keys(x[:6]))
         await store.set_item_offsets(v2, {0: 6})
@@ -434,6 +429,3 @@ async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_
             assert len(slot.index) == n  # the old version, whole, until the new caught up
         assert slot.version == v2
         assert sorted(slot.index.ids()) == sorted(ids)
-    finally:
-        await follower.stop()
-        await client.stop()
