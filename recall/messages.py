@@ -192,7 +192,11 @@ def parse_click(raw: Raw, record_ts: float, max_bytes: int = DEFAULT_MAX_BYTES) 
 def parse_item(raw: Raw, dim: int, max_bytes: int = DEFAULT_MAX_BYTES) -> ItemUpsert | ItemDelete:
     """An ``items`` value: an upsert (vector normalised to float32) or a delete."""
     obj = _load(raw, max_bytes)
-    item_id = _id(obj, "item_id")
+    return _item(obj, _id(obj, "item_id"), dim)
+
+
+def _item(obj: dict[str, Any], item_id: str | None, dim: int) -> ItemUpsert | ItemDelete:
+    """:func:`parse_item` of a loaded ``items`` value whose id was read."""
     deleted = obj.get("deleted")
     if deleted is not None and type(deleted) is not bool:
         raise Invalid("wrong_type", "'deleted' must be true or false")
@@ -234,11 +238,12 @@ def parse_items(raws: Iterable[Raw], dim: int, max_bytes: int = DEFAULT_MAX_BYTE
     one. The per-message Python is the JSON parse and a type check of the numbers
     (``map(type, ...)``: no Python call per number); the vectors are converted, checked
     and normalised as one matrix. A message off that path (a delete, any problem) goes
-    through parse_item itself, so its result or error is parse_item's."""
+    through parse_item's own checks (its JSON not parsed again), so its result or error
+    is parse_item's."""
     out: list[ItemUpsert | ItemDelete | Invalid | None] = []
     rows: list[list[Any]] = []
-    fast: list[tuple[int, str, Raw]] = []  # (position in out, item id, value) per row
-    slow: list[tuple[int, Raw]] = []
+    fast: list[tuple[int, str, dict[str, Any]]] = []  # (position in out, id, value) per row
+    slow: list[tuple[int, dict[str, Any], str | None]] = []
     for raw in raws:
         try:
             obj = _load(raw, max_bytes)
@@ -249,23 +254,23 @@ def parse_items(raws: Iterable[Raw], dim: int, max_bytes: int = DEFAULT_MAX_BYTE
         vector = obj.get("vector")
         if ("deleted" in obj or type(vector) is not list or len(vector) != dim or not dim
                 or not _NUMBER_TYPES.issuperset(map(type, vector))):
-            slow.append((len(out), raw))
+            slow.append((len(out), obj, item_id))
         else:
-            fast.append((len(out), item_id, raw))  # type: ignore[arg-type]
+            fast.append((len(out), item_id, obj))  # type: ignore[arg-type]
             rows.append(vector)
         out.append(None)
     if rows:
         v = np.array(rows, dtype=np.float64)
         good = np.isfinite(v).all(axis=1) & (np.abs(v).max(axis=1) > 0.0)
         unit = iter(_unit_rows(v[good]))
-        for (i, item_id, raw), ok in zip(fast, good.tolist(), strict=True):
+        for (i, item_id, obj), ok in zip(fast, good.tolist(), strict=True):
             if ok:
                 out[i] = ItemUpsert(item_id, next(unit))
             else:
-                slow.append((i, raw))
-    for i, raw in slow:
+                slow.append((i, obj, item_id))
+    for i, obj, item_id in slow:
         try:
-            out[i] = parse_item(raw, dim, max_bytes)
+            out[i] = _item(obj, item_id, dim)
         except Invalid as exc:
             out[i] = exc
     return out  # type: ignore[return-value]
