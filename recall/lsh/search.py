@@ -320,8 +320,8 @@ class SearchMixin:
         return res
 
 
-#: items scored per matrix product by the batched exact search (its (queries x block)
-#: float32 scores: 4 MB at 32 queries)
+#: items converted to float32 and scored per matrix product by the single exact search
+#: (a float32 copy of the block, 8 MB at 64 dimensions, instead of the whole catalogue)
 EXACT_BLOCK = 32_768
 #: per query, the shortlist buffer of the batched exact search (compacted when full)
 EXACT_CAP = 512
