@@ -247,13 +247,18 @@ def test_unit_rows_accepts_only_what_normalize_leaves_unchanged():
         assert not kernels.unit_rows(row, 0.5e-5)
 
 
-def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
+def random_unit_index(rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """An index (dim 16, k=4 L=4 T=4) of 800 random unit items i0..i799."""
     from recall.lsh import LSHIndex
 
-    rng = np.random.default_rng(6)
     index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=4, w=1.0))
-    x = unit(rng, 800, 16)
-    index.add([f"i{j}" for j in range(800)], x)
+    index.add([f"i{j}" for j in range(800)], unit(rng, 800, 16))
+    return index
+
+
+def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
+    rng = np.random.default_rng(6)
+    index = random_unit_index(rng)
     q = unit(rng, 10, 16)
     for scale in (1.0, 1.01, 7.0):
         got = index.search(q * np.float32(scale), 5)
@@ -264,12 +269,8 @@ def test_a_query_of_any_norm_finds_what_its_unit_query_finds():
 def test_a_single_query_of_any_norm_dtype_or_layout_finds_what_its_unit_row_finds():
     """One 1-D query (the worker's call takes a shorter path when it is unit float32)
     answers as the same query normalised in a batch; bad k and shapes are refused."""
-    from recall.lsh import LSHIndex
-
     rng = np.random.default_rng(7)
-    index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=4, w=1.0))
-    x = unit(rng, 800, 16)
-    index.add([f"i{j}" for j in range(800)], x)
+    index = random_unit_index(rng)
     q = unit(rng, 8, 16)
     for scale in (1.0, 1.01, 7.0):
         ref = index.search(normalize(q * np.float32(scale)), 5)
