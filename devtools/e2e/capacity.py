@@ -87,9 +87,16 @@ def verdict(fig: dict[str, Any], p99_ms: float, lag_ms: float) -> str:
         return f"in-worker p99 {wp99} ms > {p99_ms:g}"
     if fig["e2e_p99_ms"] is None or fig["e2e_p99_ms"] > lag_ms:
         return f"lag: e2e p99 {fig['e2e_p99_ms']} ms > {lag_ms:g}"
-    if fig["throughput"] < 0.98 * fig["offered_rate"]:
-        return f"lag: {fig['throughput']}/s answered of {fig['offered_rate']}/s"
-    applied, sent = fig["clicks_applied"], fig["clicks_sent"]
+    return fell_behind(fig)
+
+
+def fell_behind(fig: dict[str, Any]) -> str:
+    """"" when the workers answered and applied (nearly: 98%) all that was sent, else
+    what they fell behind on."""
+    offered = fig.get("offered_rate", fig["throughput"])
+    if fig["throughput"] < 0.98 * offered:
+        return f"lag: {fig['throughput']}/s answered of {offered}/s"
+    applied, sent = fig.get("clicks_applied"), fig.get("clicks_sent")
     if sent and (applied is None or applied < 0.98 * sent):
         return f"lag: clicks applied {applied} of {sent}"
     return ""
@@ -160,9 +167,7 @@ def worker_cpu_fit(steps: list[dict[str, Any]], workers: int) -> dict[str, Any] 
 
 def kept_up(step: dict[str, Any]) -> bool:
     """The workers answered and applied (nearly) all that was sent during the step."""
-    sent, applied = step.get("clicks_sent") or 0, step.get("clicks_applied")
-    return (step["throughput"] >= 0.98 * step.get("offered_rate", step["throughput"])
-            and (not sent or (applied is not None and applied >= 0.98 * sent)))
+    return not fell_behind(step)
 
 
 def limiting_side(step: dict[str, Any] | None) -> str | None:
