@@ -146,6 +146,17 @@ def _recall(found: list[Any], truth: Any) -> float:
     return float(np.mean(hits))
 
 
+def _recall_ci(found: list[Any], truth: Any) -> list[float]:
+    """95% interval of the recall, the query as the unit (normal approximation)."""
+    import numpy as np
+
+    hits = np.array([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth,
+                                                                         strict=True)])
+    half = 1.96 * float(hits.std(ddof=1)) / np.sqrt(len(hits)) if len(hits) > 1 else 0.0
+    return [round(max(float(hits.mean()) - half, 0.0), 4),
+            round(min(float(hits.mean()) + half, 1.0), 4)]
+
+
 def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
               progress: bool) -> dict[str, Any]:
     import time
@@ -163,8 +174,8 @@ def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
         found.append(np.fromiter(map(int, res.ids), dtype=np.int64, count=len(res.ids)))
         cands.append(res.candidates)
     p50, p99 = _percentiles(lat)
-    return {"recall": round(_recall(found, truth), 4), "ms_p50": p50, "ms_p99": p99,
-            "ms_mean": round(1e3 * float(np.mean(lat)), 4),
+    return {"recall": round(_recall(found, truth), 4), "recall_ci": _recall_ci(found, truth),
+            "ms_p50": p50, "ms_p99": p99, "ms_mean": round(1e3 * float(np.mean(lat)), 4),
             "cpu_ms_p50": _percentiles(cpu)[0],
             "candidates": round(float(np.mean(cands)), 1)}
 
@@ -250,13 +261,20 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     # --- parameters
     if params is None and args.tune:
         sample = min(n, args.tune_items)
-        print(f"tuning on {sample} items for recall@{k} >= {args.target_recall} ...", flush=True)
+        print(f"tuning on {sample} items for recall@{k} >= {args.target_recall}"
+              + (f", then judging the best layouts on all {n} ..." if sample < n else " ..."),
+              flush=True)
         tuned = tune(x, None, args.target_recall, k, max_items=sample, seed=args.seed,
                      progress=progress)
         print(tuned.summary(), flush=True)
         params = tuned.params
-        res["tuned"] = {"sample_items": sample, "recall": round(tuned.recall, 4),
-                        "seconds": round(tuned.seconds, 1)}
+        base = tuned.baseline
+        res["tuned"] = {
+            "sample_items": sample, "judged_items": tuned.judged_items,
+            "recall": round(tuned.recall, 4),
+            "recall_ci": [round(tuned.recall_low, 4), round(tuned.recall_high, 4)],
+            "candidates": round(tuned.candidates, 1), "seconds": round(tuned.seconds, 1),
+            "default": None if base is None else base.as_dict()}
     if params is None:
         params = suggested_params(n, dim)
     res["params"] = params.to_dict()
@@ -375,7 +393,9 @@ def _print_table(res: dict[str, Any]) -> None:
     for r in rows:
         print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                         for i, c in enumerate(r)))
-    print(f"LSH: {res['speedup_p50']}x faster than exact at p50 (LSH CPU time per query p50 "
+    lo, hi = res["lsh_recall_ci"]
+    print(f"LSH: recall@{res['k']} 95% interval {lo:.3f}-{hi:.3f}; {res['speedup_p50']}x "
+          f"faster than exact at p50 (LSH CPU time per query p50 "
           f"{res['lsh_cpu_ms_p50']} ms); bulk build "
           f"{res['build_seconds']} s ({res['build_items_per_s']:.0f} items/s)")
     for name, what in (("single", "1 item"), ("batch", f"{res['insert_batch']} items")):
