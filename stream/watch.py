@@ -34,11 +34,18 @@ Re-picking parameters. Two triggers, off with ``RECALL_RETUNE_ITEMS=0`` or expli
 - **size**: the catalogue has grown to 4x the size the served parameters were chosen for
   (a version this worker created empty, with the default parameters, counts as chosen
   for 0 items, so this fires once it passes the exact-search size): the new layout is
-  ``recall.tuner.suggested_params(n)``, an instant heuristic; the probe controller then
-  finds T by measurement.
+  ``recall.tuner.suggested_params`` for the size it will serve until the next re-pick
+  (``recall.monitor.served_size``: 2x now), an instant heuristic; the probe controller
+  then finds T by measurement.
 - **recall**: the probes are at ``RECALL_LSH_MAX_PROBES`` and the recall interval is wholly
   below target: ``recall.tuner.tune`` runs on ``RECALL_RETUNE_ITEMS`` sampled items in a
-  child process (its Python loops would hold the worker's GIL).
+  child process (its Python loops would hold the worker's GIL), with k scaled from the
+  sample to the catalogue served (``serve_items``): tuned on 20,000 items and served to
+  1M, the sample's layout would put 50x the sample's items in each bucket. Not to the
+  size it may grow to: this re-tune is for a recall the probes could not reach now. The
+  child gets the sample only (the whole catalogue would be a second copy of the vectors
+  in the worker while it is sent); the live monitor measures the result at full size and
+  sets T.
 
 Parameters live with the index version in Redis, so every worker and every restart serves
 the same ones (and gives the same answers):
@@ -74,7 +81,7 @@ from threadpoolctl import threadpool_limits
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
-from recall.monitor import ProbeController, SampleBudget, grown, query_recall
+from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
 from stream.metrics import Metrics
 from stream.state import IndexSlot
@@ -181,11 +188,13 @@ def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
     return out, time.thread_time() - t0
 
 
-def _tune(vectors: np.ndarray, target: float, seed: int) -> dict[str, Any]:
-    """Child process: the tuner's choice for these vectors, as a dict."""
+def _tune(vectors: np.ndarray, target: float, seed: int, serve_items: int) -> dict[str, Any]:
+    """Child process: the tuner's choice for these vectors, k scaled to ``serve_items``,
+    as a dict."""
     from recall.tuner import tune
 
-    result = tune(vectors, target_recall=target, k=TUNE_K, seed=seed, progress=False)
+    result = tune(vectors, target_recall=target, k=TUNE_K, seed=seed,
+                  serve_items=serve_items, progress=False)
     return {"params": result.params.to_dict(), "recall": result.recall,
             "reached": result.reached, "summary": result.summary()}
 
@@ -402,9 +411,11 @@ class RecallWatch:
             from recall.tuner import suggested_params
 
             p = index.params
-            params = suggested_params(len(index), p.dim, p.seed)
-            log.info("LSH parameters: %d items, chosen for %d: %s -> %s", len(index),
-                     self.chosen_for, p.describe(), params.describe())
+            size = served_size(len(index), GROWTH)
+            params = suggested_params(size, p.dim, p.seed)
+            log.info("LSH parameters: %d items, chosen for %d: %s -> %s (the default for "
+                     "%d items, the middle of the sizes it will serve)", len(index),
+                     self.chosen_for, p.describe(), params.describe(), size)
             await self._repick("size", params)
 
     async def _repick(self, reason: str, params: LSHParams | None) -> bool:
@@ -455,7 +466,7 @@ class RecallWatch:
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             out = await loop.run_in_executor(pool, _tune, vectors, self.settings.target_recall,
-                                             index.params.seed)
+                                             index.params.seed, len(index))
         log.info("LSH re-tune on %d items: %s", n, out["summary"])
         params = LSHParams.from_dict(out["params"])
         return params

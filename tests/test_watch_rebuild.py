@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from recall.config import Settings
 from recall.lsh import Hasher, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
-from recall.tuner import exact_topk, user_like_queries
+from recall.tuner import exact_topk, suggested_params, user_like_queries
 from stream import items as items_mod
 from stream.items import ItemBatch, ItemsFollower, ItemsWriter, load_index
 from stream.kafka import create_topics
@@ -149,6 +149,22 @@ async def test_a_catalogue_outgrowing_its_parameters_gets_a_new_version(store: S
     await w.watch.step(timeout=0.01)  # not again until it grows 4x
     assert w.metrics.lsh_retunes.labels("size")._value.get() == 1
     assert w.slot.version == v0 + 1
+
+
+async def test_a_grown_catalogue_gets_the_layout_for_the_sizes_it_will_serve(
+        store: Store) -> None:
+    """A layout re-picked at n items is served until the catalogue reaches 4n: it is the
+    default for 2n (the middle, as k follows log n), not for n. Picked for n, a layout
+    re-picked at 473,000 items (k=9) served a 1M catalogue with T raised to 9 (k=9 T=8
+    re-ranked 12,408 candidates at 1M, the default for 1M 4,352)."""
+    w = await world(store, 1500, LSHParams(dim=DIM, k=12, L=4, T=1, seed=3))
+    w.watch.chosen_for = 0
+    await w.watch.step(timeout=0.01)
+    assert await w.follow()
+    picked = w.slot.index.params
+    for_now, for_later = suggested_params(1500, DIM, 3), suggested_params(3000, DIM, 3)
+    assert for_now.k < for_later.k  # (the sizes differ enough to tell them apart)
+    assert replace(picked, T=for_later.T) == for_later
 
 
 async def test_a_catalogue_still_growing_during_a_repick_is_repicked_again_at_4x(
