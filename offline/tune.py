@@ -84,8 +84,13 @@ def recall_with_exclusion(index: Any, ids: list[str], vectors: np.ndarray,
 
 def tune_params(vectors: np.ndarray, queries: LogQueries | None, target_recall: float,
                 k: int, seed: int, ids: list[str] | None = None,
-                progress: bool = True) -> tuple[Any, str, dict[str, Any]]:
+                progress: bool = True, sample_items: int | None = None,
+                ) -> tuple[Any, str, dict[str, Any]]:
     """(LSHParams, printable summary, figures) from :func:`recall.tuner.tune`.
+
+    ``sample_items``: the tuner walks its grid on a sample of that many items, then
+    judges the best layouts on all of them (a bigger catalogue: the grid's coarse
+    layouts are slow to measure at full size).
 
     The core tuner measures recall@k without leaving anything out; the worker leaves a
     user's window items out. With log queries (and ``ids``), the chosen parameters are
@@ -94,10 +99,12 @@ def tune_params(vectors: np.ndarray, queries: LogQueries | None, target_recall: 
     from recall.tuner import tune
 
     result = tune(vectors, queries=None if queries is None else queries.vectors,
-                  target_recall=target_recall, k=k, seed=seed, progress=progress)
+                  target_recall=target_recall, k=k, seed=seed, max_items=sample_items,
+                  progress=progress)
     summary = result.summary()
     params = result.params
-    figures: dict[str, Any] = {"tuner_recall": round(float(result.recall), 4)}
+    figures: dict[str, Any] = {"tuner_recall": round(float(result.recall), 4),
+                               "sample_items": result.sample_items}
     if queries is None or ids is None or len(queries) == 0:
         return params, summary, figures
     from recall.lsh import LSHIndex

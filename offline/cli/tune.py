@@ -24,6 +24,9 @@ def add_parser(sub: Any) -> None:
     target_arg(p)
     k_arg(p)
     p.add_argument("--queries", type=int, default=2000, help="queries sampled (2000)")
+    p.add_argument("--sample-items", type=int, default=200_000,
+                   help="items the tuner's grid is walked on; its best layouts are then "
+                        "judged on every item (200000)")
     p.add_argument("--out", help="parameter file (default <vectors stem>.lsh.json)")
     run_args(p)
     p.set_defaults(func=run)
@@ -34,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from offline.tune import log_queries, tune_params, write_params
     from offline.vectors import load_vectors, params_path
 
+    if args.sample_items < 1:
+        raise OfflineError("--sample-items must be >= 1")
     settings = Settings.from_env()
     t0 = time.perf_counter()
     ids, vectors = load_vectors(args.vectors, settings.dim)
@@ -46,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if len(queries) == 0:
             raise OfflineError(f"{args.log}: no user clicked an item of {args.vectors}")
     params, summary, figures = tune_params(vectors, queries, args.target, args.k,
-                                           args.seed, ids=ids, progress=not args.quiet)
+                                           args.seed, ids=ids, progress=not args.quiet,
+                                           sample_items=args.sample_items)
     out = Path(args.out) if args.out else params_path(args.vectors)
     write_params(out, params, target_recall=args.target, k=args.k, items=len(ids),
                  queries=0 if queries is None else len(queries), **figures,
