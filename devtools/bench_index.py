@@ -370,6 +370,18 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         _plot(args.plot, res, sweep, hnsw_curve)
         res["plot"] = args.plot
 
+    if args.tune:  # the simple strong baseline: the default layout on the same queries
+        default = suggested_params(n, dim, params.seed)
+        del index, hnsw
+        base = LSHIndex(default)
+        base.reserve(n)
+        base.stage(ids, x)
+        base.build()
+        res["default_params"] = default.to_dict()
+        res.update({f"default_{key}": value for key, value in
+                    _time_lsh(base, q, truth, k, "default layout", progress).items()})
+        del base
+
     res["loadavg_end"] = loadavg()
     _print_table(res)
     print(json.dumps(res))
@@ -386,6 +398,11 @@ def _print_table(res: dict[str, Any]) -> None:
     rows.append((f"LSH ({p.describe()})", f"{res['lsh_recall']:.3f}",
                  f"{res['lsh_ms_p50']:.3f}", f"{res['lsh_ms_p99']:.3f}",
                  f"{res['lsh_candidates']:.0f}"))
+    if "default_recall" in res:
+        d = LSHParams.from_dict(res["default_params"])
+        rows.append((f"default ({d.describe()})", f"{res['default_recall']:.3f}",
+                     f"{res['default_ms_p50']:.3f}", f"{res['default_ms_p99']:.3f}",
+                     f"{res['default_candidates']:.0f}"))
     if res["hnsw_recall"] is not None:
         rows.append((f"hnswlib (M=16, ef={res['hnsw_ef']})", f"{res['hnsw_recall']:.3f}",
                      f"{res['hnsw_ms_p50']:.3f}", f"{res['hnsw_ms_p99']:.3f}", "-"))
@@ -394,6 +411,9 @@ def _print_table(res: dict[str, Any]) -> None:
         print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                         for i, c in enumerate(r)))
     lo, hi = res["lsh_recall_ci"]
+    if "default_recall_ci" in res:
+        print("default layout: recall@{} 95% interval {:.3f}-{:.3f}".format(
+            res["k"], *res["default_recall_ci"]))
     print(f"LSH: recall@{res['k']} 95% interval {lo:.3f}-{hi:.3f}; {res['speedup_p50']}x "
           f"faster than exact at p50 (LSH CPU time per query p50 "
           f"{res['lsh_cpu_ms_p50']} ms); bulk build "
