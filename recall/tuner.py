@@ -7,8 +7,11 @@ near each other), it computes the exact top-k, then walks a grid of hash layouts
 k, L, w); for each layout it builds one index and, for each vote setting (keep candidates
 found in at least m of the L tables: fewer to re-rank, so more probes may pay), raises the
 probes per table T (1, 2, 4, ...) until recall@k reaches the target. Among the settings
-that reach it, the one with the least work per query wins: candidates re-ranked plus
-buckets probed (``Trial.cost``).
+that reach it, the one with the lowest median time per query wins (measured, not
+modelled from candidates and probes: a vote setting re-ranks few candidates but gathers
+and counts all it finds. At 100k isotropic items, candidates + 10 per probed bucket
+chose a vote-2 layout with 3,156 candidates and 64 probes, 0.332 ms, over one with 5,831
+and 256 probes, twice the modelled work, 0.256 ms: two runs at load ~2.5).
 
 A layout's cost depends on the catalogue's size: a bucket holds n/m times more items at n
 than on an m-item sample, so the layout cheapest on a fifth of a 1M catalogue (k=9, T=8:
@@ -80,28 +83,15 @@ def recall_at_k(found: Sequence[Iterable[int]], truth: np.ndarray) -> float:
 FULL_SIZE_SHAPES = 3
 #: z of a two-sided 95% normal interval
 Z95 = 1.96
-#: what a probed bucket costs a search, in re-ranked candidates: locating one (keys,
-#: directory, offsets) took ~0.3 us at 1M where re-ranking a row took ~0.025 us (80
-#: probes 18-24 us, 4,352 rows 90-117 us, in-process, README). Settings are compared by
-#: this modelled cost and not by their measured time: on a shared machine the time of
-#: 300 queries moved by 2x between runs and picked by noise
-PROBE_COST = 10.0
-
-
 @dataclass
 class Trial:
     params: LSHParams
     recall: float
     candidates: float  # mean per query
-    query_ms: float  # mean per query
+    query_ms: float  # median time of one search (what a lone request waits)
     items: int = 0  # catalogue size the trial was measured on
     recall_low: float = 0.0  # 95% interval of the recall, the query as the unit
     recall_high: float = 1.0
-
-    @property
-    def cost(self) -> float:
-        """Work per query: candidates re-ranked plus buckets probed (PROBE_COST each)."""
-        return self.candidates + PROBE_COST * self.params.L * self.params.T
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.params.to_dict(), "recall": round(self.recall, 4),
@@ -153,10 +143,11 @@ class TuneResult:
             lines.append(f"k scaled for {self.serve_items} items (not measured there: the "
                          "recall monitor sets the probes)")
         ok = sorted((t for t in self.trials if t.recall >= self.target_recall
-                     and t.items == self.judged_items), key=lambda t: t.cost)[1:4]
+                     and t.items == self.judged_items), key=lambda t: t.query_ms)[1:4]
         if ok:
             lines.append("runners-up: " + "; ".join(
-                f"{t.params.describe()} {t.candidates:.0f} cand. r={t.recall:.3f}" for t in ok))
+                f"{t.params.describe()} {t.query_ms:.3f} ms {t.candidates:.0f} cand. "
+                f"r={t.recall:.3f}" for t in ok))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -196,20 +187,23 @@ def default_layouts(n: int, dim: int) -> list[tuple[str, int, int, float]]:
 
 
 def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> Trial:
-    """Recall (with its 95% interval), candidates and mean time of one search per query
-    (the latency a lone request sees)."""
+    """Recall (with its 95% interval), candidates and the median time of one search per
+    query (the latency a lone request sees). The median and not the mean: on a shared
+    machine a few preempted queries moved the mean of 300 by 2x between runs."""
+    index.search(queries[0], k)  # a first call may find cold caches
     found, cands = [], 0
-    t0 = time.perf_counter()
-    for q in queries:
+    lat = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
         res = index.search(q, k)[0]
+        lat[i] = time.perf_counter() - t0
         found.append(res.ids)
         cands += res.candidates
-    elapsed = time.perf_counter() - t0
     hits = np.array([len({int(i) for i in f} & set(t.tolist())) / max(len(t), 1)
                      for f, t in zip(found, truth, strict=True)])
     mean = float(hits.mean()) if len(hits) else 0.0
     half = Z95 * float(hits.std(ddof=1)) / math.sqrt(len(hits)) if len(hits) > 1 else 0.0
-    return Trial(index.params, mean, cands / len(queries), 1000 * elapsed / len(queries),
+    return Trial(index.params, mean, cands / len(queries), 1000 * float(np.median(lat)),
                  items=len(index), recall_low=max(mean - half, 0.0),
                  recall_high=min(mean + half, 1.0))
 
@@ -248,8 +242,8 @@ def _baseline(index: LSHIndex, default: LSHParams, q: np.ndarray, truth: np.ndar
 def _cheapest(trials: Sequence[Trial], target: float) -> tuple[Trial, bool]:
     reached = [t for t in trials if t.recall >= target]
     if reached:
-        return min(reached, key=lambda t: t.cost), True
-    return max(trials, key=lambda t: (t.recall, -t.cost)), False
+        return min(reached, key=lambda t: t.query_ms), True
+    return max(trials, key=lambda t: (t.recall, -t.query_ms)), False
 
 
 def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: int,
@@ -258,7 +252,7 @@ def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: in
     best one also one hash finer: the scaling is a rule of thumb, and the finer layout
     re-ranks fewer candidates if the probes make up its recall), and the default."""
     ranked = sorted(trials, key=lambda t: (t.recall < target,
-                                           t.cost if t.recall >= target else -t.recall))
+                                           t.query_ms if t.recall >= target else -t.recall))
     out: list[tuple[str, int, int, float]] = []
     shapes: list[tuple[str, int, float]] = []
     for t in ranked:

@@ -97,11 +97,12 @@ def test_tune_tries_every_vote_setting_on_every_layout():
 
 def test_a_layout_tuned_on_a_sample_is_judged_at_the_catalogues_size():
     """Tuned on an eighth of the catalogue, the chosen layout must meet the target on
-    all of it, on queries the tuner never saw, and re-rank no more than the default
-    layout does there at the fewest probes meeting the target. (The layout cheapest on
-    the sample is too coarse at 8x its size: its buckets hold 8x the items. Before this
-    was judged at full size, the tuner's pick re-ranked ~2,600 candidates here where
-    the default needed ~700.)"""
+    all of it, on queries the tuner never saw, without re-ranking several times what the
+    default layout does there at the fewest probes meeting the target. (The layout
+    cheapest on the sample is too coarse at 8x its size: its buckets hold 8x the items.
+    Before this was judged at full size, the tuner's pick re-ranked 2,635 candidates here
+    where the default needed 786. The choice is by measured time, so a layout with a few
+    more candidates and fewer probes may win: 0.6-1.4x the default's in 12 runs.)"""
     n, target = 40_000, 0.9
     x, _ = clustered_catalogue(n, 32, seed=7)
     result = tune(x, target_recall=target, k=10, n_queries=100, max_items=n // 8, seed=3,
@@ -126,7 +127,7 @@ def test_a_layout_tuned_on_a_sample_is_judged_at_the_catalogues_size():
         default_recall, default_candidates = at_full_size(replace(default, T=T))
         if default_recall >= target:
             break
-    assert candidates <= default_candidates, (result.summary(), default_candidates)
+    assert candidates <= 1.5 * default_candidates, (result.summary(), default_candidates)
     # the default is judged on the same queries, as the baseline the summary shows
     assert result.baseline is not None and result.baseline.params == default
     assert result.baseline.items == n and "default" in result.summary()
@@ -136,11 +137,12 @@ def test_a_catalogue_still_to_grow_gets_k_scaled_to_its_size():
     """A worker re-tunes on a sample of what it serves, for a catalogue still growing:
     buckets must not hold 16x the items the sample's did."""
     x, _ = clustered_catalogue(3000, 16, seed=8)
-    layouts = [("pstable", 4, 8, 1.25), ("simhash", 8, 8, 1.0)]
-    now = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, seed=2,
-               progress=False)
-    later = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, seed=2,
-                 serve_items=16 * 3000, progress=False)
+    # one layout, one vote: one setting reaches the target (the pick is not by timing)
+    layouts = [("pstable", 4, 8, 1.25)]
+    now = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1,),
+               seed=2, progress=False)
+    later = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1,),
+                 seed=2, serve_items=16 * 3000, progress=False)
     assert later.serve_items == 48_000 and "scaled" in later.summary()
     assert later.params == replace(now.params, k=scaled_k(now.params.family, now.params.k,
                                                           3000, 48_000))
