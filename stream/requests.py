@@ -17,9 +17,12 @@ The group's assignment drives everything else a worker owns: on every rebalance 
 Commits: each answered batch is remembered per partition with the deliveries of its
 responses. About every ``COMMIT_INTERVAL`` seconds, and when partitions are revoked, a
 partition's offset is committed up to the end of its oldest batches whose responses were
-all acknowledged by the broker; at a batch with an undelivered response the commit stops
-and the partition is rewound to that batch, which is answered again. A crash may answer a
-request twice, never drop it.
+all acknowledged by the broker; at a batch with a failed delivery the commit stops and the
+partition is rewound to that batch, which is answered again. A crash may answer a request
+twice, never drop it. The periodic commit takes only what is acknowledged already (the
+rest waits for the next one) and holds no lock over the broker's round trip, so answering
+never waits for a commit. Only a revocation (and stop) waits for every delivery, so that
+the next owner starts after the last response.
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ class RequestsConsumer:
         #: partition -> the offset the next batch must start at (None: any); records
         #: fetched before a rewind are dropped by it
         self.expected: dict[int, int] = {}
-        self.lock = asyncio.Lock()  # held while a batch is answered and while committing
+        #: held while a batch is answered, while the answered batches are settled, and
+        #: over a revocation's commit
+        self.lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -263,8 +268,7 @@ class RequestsConsumer:
         while True:
             await asyncio.sleep(COMMIT_INTERVAL)
             try:
-                async with self.lock:
-                    await self._commit(set(self.answered) | set(self.delivered))
+                await self._commit_acknowledged()
                 # an idle partition's lag too (the gauge must not freeze at its last value)
                 for tp in self.consumer.assignment():
                     if tp.partition not in self.answered:
@@ -274,15 +278,18 @@ class RequestsConsumer:
             except Exception:  # e.g. a partition revoked meanwhile; commit next time
                 log.warning("requests commit/lag refresh failed; retrying", exc_info=True)
 
-    async def _settle(self, partition: int) -> None:
+    def _settle(self, partition: int) -> None:
         """Move the partition's oldest answered batches whose responses were all
-        delivered into ``delivered``; at the first with an undelivered response, rewind
-        the partition to it (answered again) and forget it and the later ones."""
+        delivered into ``delivered``, up to the first with a response in flight; at one
+        with a failed delivery, rewind the partition to it (answered again) and forget it
+        and the later ones."""
         batches = self.answered.get(partition, [])
         while batches:
             batch = batches[0]
-            results = await asyncio.gather(*batch.deliveries, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
+            if not all(d.done() for d in batch.deliveries):
+                break
+            failed = ["cancelled" if d.cancelled() else d.exception()
+                      for d in batch.deliveries if d.cancelled() or d.exception() is not None]
             if failed:
                 log.error("%d responses of %s[%d]@%d-%d were not delivered (%s); answering "
                           "them again", len(failed), self.topic, partition, batch.start,
@@ -297,11 +304,25 @@ class RequestsConsumer:
             self.answered.pop(partition, None)
 
     async def _commit(self, partitions: set[int]) -> None:
-        """Commit ``partitions`` up to their delivered offsets (see the module docstring)."""
+        """Commit ``partitions`` once every response in flight was acknowledged (a
+        revocation, stop: the caller holds the lock, so nothing is answered meanwhile)."""
+        await asyncio.gather(*(d for p in partitions for b in self.answered.get(p, [])
+                               for d in b.deliveries), return_exceptions=True)
+        await self._commit_offsets(self._settled(partitions))
+
+    async def _commit_acknowledged(self) -> None:
+        """The periodic commit: up to what is acknowledged now, answering meanwhile."""
+        async with self.lock:  # not while a batch is half answered (its rewind point)
+            offsets = self._settled(set(self.answered) | set(self.delivered))
+        await self._commit_offsets(offsets)
+
+    def _settled(self, partitions: set[int]) -> dict[TopicPartition, int]:
         for p in partitions:
-            await self._settle(p)
-        offsets = {TopicPartition(self.topic, p): self.delivered[p]
-                   for p in partitions if p in self.delivered}
+            self._settle(p)
+        return {TopicPartition(self.topic, p): self.delivered[p]
+                for p in partitions if p in self.delivered}
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return
         try:
