@@ -31,6 +31,13 @@ class Metrics:
             "recall_end_to_end_seconds",
             "the request record's Kafka timestamp to response sent",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.request_stage = Histogram(
+            "recall_request_stage_seconds",
+            "where a request's time goes outside the worker's own work: kafka = its Kafka "
+            "timestamp to the worker's fetch returning it (producer, broker, fetch wait), "
+            "queued = fetch returned to its handling begun (behind a click batch), delivery "
+            "= its response handed to the producer to the broker's acknowledgement",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.candidates = Histogram(
             "recall_candidates", "candidates re-ranked per request",
             buckets=CANDIDATE_BUCKETS, registry=r)
@@ -103,6 +110,8 @@ class Metrics:
             self.requests.labels(status)
         for op in ("upsert", "delete"):
             self.items.labels(op)
+        for stage in ("kafka", "queued", "delivery"):
+            self.request_stage.labels(stage)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[str, int]:
         """Serve ``/metrics`` over HTTP in a background thread; the address bound."""

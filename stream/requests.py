@@ -192,12 +192,13 @@ class RequestsConsumer:
                                   max_records=REQUEST_BATCH)
             if not batches:
                 continue
+            fetched_at = time.time()
             async with self.lock:
                 batches = self.current(batches)
                 if not batches:
                     continue
                 try:
-                    await self.handle(batches)
+                    await self.handle(batches, fetched_at)
                 except Exception:  # e.g. Redis down: answer the batch again later
                     await rewind(self.consumer, batch_starts(batches), "requests",
                                  sum(len(rs) for rs in batches.values()))
@@ -209,18 +210,27 @@ class RequestsConsumer:
         return {tp: rs for tp, rs in batches.items()
                 if self.expected.get(tp.partition, rs[0].offset) == rs[0].offset}
 
-    async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Answer one fetch: every request gets exactly one response, handed to the
-        producer; the deliveries are remembered for the commit."""
+    async def handle(self, batches: dict[TopicPartition, list[Any]],
+                     fetched_at: float | None = None) -> None:
+        """Answer one fetch (returned by the consumer at ``fetched_at``, wall time): every
+        request gets exactly one response, handed to the producer; the deliveries are
+        remembered for the commit."""
         t0 = time.perf_counter()
+        began = time.time()
         limit = self.settings.max_message_bytes
         self.metrics.batch_size.labels("requests").observe(
             sum(len(rs) for rs in batches.values()))
+        in_kafka = self.metrics.request_stage.labels("kafka").observe
+        queued = self.metrics.request_stage.labels("queued").observe
         asks: list[Ask] = []
         answers: list[tuple[int, Answer]] = []
         for tp, rs in batches.items():
             for r in rs:
                 ts = r.timestamp / 1000.0 if r.timestamp else None
+                if fetched_at is not None:
+                    queued(max(0.0, began - fetched_at))
+                    if ts is not None:
+                        in_kafka(max(0.0, fetched_at - ts))
                 try:
                     asks.append(Ask(parse_request(r.value, limit), tp.partition, ts))
                 except Invalid as exc:
@@ -253,9 +263,12 @@ class RequestsConsumer:
         delivery = await self.send(self.settings.topic_responses, ans.key, ans.value)
         m = self.metrics
         m.requests.labels(ans.status).inc()
-        m.request_duration.observe(time.perf_counter() - t0)
+        sent = time.perf_counter()
+        m.request_duration.observe(sent - t0)
         if ans.produced_at:
             m.end_to_end.observe(max(0.0, time.time() - ans.produced_at))
+        acked = m.request_stage.labels("delivery").observe
+        delivery.add_done_callback(lambda _: acked(time.perf_counter() - sent))
         return delivery
 
     def _lag(self, tp: TopicPartition, position: int) -> None:

@@ -291,3 +291,28 @@ async def test_the_periodic_commit_never_holds_up_answering(monkeypatch: Any) ->
         with contextlib.suppress(asyncio.CancelledError):
             await committing
 
+
+async def test_where_a_request_waited_is_measured_by_stage() -> None:
+    """recall_request_stage_seconds: Kafka timestamp -> fetched, fetched -> handled,
+    response handed over -> acknowledged (one observation per request and stage)."""
+    import time
+
+    rc, _, producer, _ = consumer()
+    now = time.time()
+    fetch = batch(rc, 0, range(0, 4))
+    for r in fetch[TopicPartition(rc.topic, 0)]:
+        r.timestamp = int((now - 2.0) * 1000)  # produced two seconds before the fetch
+    await rc.handle(fetch, fetched_at=now)
+    for fut in producer.futures[:3]:
+        fut.set_result(None)
+    await asyncio.sleep(0)
+
+    def stage(name: str) -> tuple[float, float]:
+        value = rc.metrics.registry.get_sample_value
+        return (value("recall_request_stage_seconds_count", {"stage": name}) or 0.0,
+                value("recall_request_stage_seconds_sum", {"stage": name}) or 0.0)
+
+    count, total = stage("kafka")
+    assert count == 4 and 4 * 1.9 < total < 4 * 2.1
+    assert stage("queued")[0] == 4
+    assert stage("delivery")[0] == 3  # the fourth response is not acknowledged yet
