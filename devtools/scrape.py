@@ -27,33 +27,38 @@ def metrics_url(port: int, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{port}/metrics"
 
 
-def _samples(text: str, name: str) -> list[tuple[str, dict[str, str], float]]:
+def _samples(text: str, name: str, where: dict[str, str] | None = None
+             ) -> list[tuple[str, dict[str, str], float]]:
     """(sample name, labels, value) of every sample of ``name`` (a family name, or a
-    counter's ``_total`` sample name)."""
+    counter's ``_total`` sample name) whose labels include ``where``."""
     out = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == name or (family.name == name and s.name in (name, f"{name}_total")):
+            named = s.name == name or (family.name == name
+                                       and s.name in (name, f"{name}_total"))
+            if named and (not where or all(s.labels.get(k) == v for k, v in where.items())):
                 out.append((s.name, s.labels, s.value))
     return out
 
 
-def metric_value(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` over all label sets (0 when absent)."""
-    return sum(value for _, _, value in _samples(text, name))
+def metric_value(text: str, name: str, where: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` over all label sets (those including ``where``), 0
+    when absent."""
+    return sum(value for _, _, value in _samples(text, name, where))
 
 
-def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float, float]:
+def parse_histogram(text: str, name: str, where: dict[str, str] | None = None
+                    ) -> tuple[list[float], list[float], float, float]:
     """(bucket bounds, cumulative counts, sum, count) of a histogram, summed over its
-    label sets."""
+    label sets (those including ``where``)."""
     buckets: dict[float, float] = {}
     total = count = 0.0
-    for sample, labels, value in _samples(text, f"{name}_bucket"):
+    for sample, labels, value in _samples(text, f"{name}_bucket", where):
         del sample
         bound = float(labels["le"])
         buckets[bound] = buckets.get(bound, 0.0) + value
-    total = metric_value(text, f"{name}_sum")
-    count = metric_value(text, f"{name}_count")
+    total = metric_value(text, f"{name}_sum", where)
+    count = metric_value(text, f"{name}_count", where)
     bounds = sorted(buckets)
     return bounds, [buckets[b] for b in bounds], total, count
 
@@ -74,10 +79,12 @@ def quantile_from_buckets(bounds: list[float], counts: list[float], q: float) ->
     return prev_bound
 
 
-def histogram_delta(before: str, after: str, name: str) -> dict[str, float | None]:
-    """p50/p95/p99 and mean of what a histogram observed between two scrapes."""
-    b0, c0, s0, n0 = parse_histogram(before, name)
-    b1, c1, s1, n1 = parse_histogram(after, name)
+def histogram_delta(before: str, after: str, name: str, where: dict[str, str] | None = None
+                    ) -> dict[str, float | None]:
+    """p50/p95/p99 and mean of what a histogram (its label sets including ``where``)
+    observed between two scrapes."""
+    b0, c0, s0, n0 = parse_histogram(before, name, where)
+    b1, c1, s1, n1 = parse_histogram(after, name, where)
     if not b1:
         return {"p50": None, "p95": None, "p99": None, "mean": None, "count": 0}
     if b0 != b1:

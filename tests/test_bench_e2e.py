@@ -21,6 +21,10 @@ KEYS = {
     "worker_e2e_p99_ms", "candidates_mean", "clicks_sent", "clicks_applied",
     "freshness_p50_ms", "freshness_p99_ms", "freshness_missed", "worker_rss_peak_mb",
     "broker_rtt_p50_ms", "broker_rtt_p99_ms",
+    "e2e_to_worker_p50_ms", "e2e_to_worker_p99_ms", "e2e_from_worker_p50_ms",
+    "e2e_from_worker_p99_ms", "worker_kafka_p50_ms", "worker_kafka_p99_ms",
+    "worker_queued_p50_ms", "worker_queued_p99_ms", "worker_delivery_p50_ms",
+    "worker_delivery_p99_ms",
 }
 
 
@@ -46,6 +50,11 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["errors"] == 0
     assert figures["freshness_missed"] == 0
     assert figures["e2e_p50_ms"] is not None and figures["e2e_p50_ms"] > 0
+    # e2e split at the worker's send: both legs measured, and they make up the whole
+    assert figures["e2e_to_worker_p50_ms"] > 0 and figures["e2e_from_worker_p50_ms"] > 0
+    assert figures["e2e_to_worker_p50_ms"] < figures["e2e_p99_ms"]
+    assert figures["worker_kafka_p50_ms"] is not None
+    assert figures["worker_delivery_p50_ms"] is not None
     assert figures["worker_rss_peak_mb"] > 0
     # memory read while the worker lives (after it stops only the sampled maximum is left)
     assert figures["worker_rss_anon_mb"] > 0 and figures["worker_rss_file_mb"] > 0

@@ -37,3 +37,17 @@ def test_sums_over_label_sets_and_deltas_between_scrapes() -> None:
     assert delta["count"] == 10
     assert delta["mean"] == pytest.approx(0.006)
     assert 0.004 < delta["p50"] <= 0.008
+
+
+def test_one_label_set_of_a_histogram_is_read_apart() -> None:
+    reg = CollectorRegistry()
+    h = Histogram("stage_seconds", "x", ["stage"], buckets=(0.001, 0.01, 0.1), registry=reg)
+    before = generate_latest(reg).decode()
+    for _ in range(10):
+        h.labels("kafka").observe(0.05)
+        h.labels("queued").observe(0.0005)
+    after = generate_latest(reg).decode()
+    kafka = histogram_delta(before, after, "stage_seconds", {"stage": "kafka"})
+    assert kafka["count"] == 10 and kafka["mean"] == pytest.approx(0.05)
+    assert histogram_delta(before, after, "stage_seconds", {"stage": "queued"})["p99"] < 0.001
+    assert histogram_delta(before, after, "stage_seconds")["count"] == 20  # all label sets

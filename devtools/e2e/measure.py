@@ -100,6 +100,9 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     worker_e2e = histogram_delta(before, after, "recall_end_to_end_seconds")
     cand = histogram_delta(before, after, "recall_candidates")
     lag = histogram_delta(before, after, "recall_event_loop_lag_seconds")
+    stages = {st: histogram_delta(before, after, "recall_request_stage_seconds",
+                                  {"stage": st}) for st in ("kafka", "queued", "delivery")}
+    to_worker, from_worker = np.asarray(reader.to_worker), np.asarray(reader.from_worker)
     clicks_applied = (metric_value(after, "recall_clicks_total")
                       - metric_value(before, "recall_clicks_total")) if after else None
     out = {
@@ -118,6 +121,12 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         "e2e_p50_ms": ms(pct(lat, 50)), "e2e_p95_ms": ms(pct(lat, 95)),
         "e2e_p99_ms": ms(pct(lat, 99)),
         "e2e_max_ms": ms(float(lat.max()) if len(lat) else None),
+        # e2e split at the response's Kafka timestamp (the worker's send): the request's
+        # way in plus the worker's work, and the response's way out
+        "e2e_to_worker_p50_ms": ms(pct(to_worker, 50)),
+        "e2e_to_worker_p99_ms": ms(pct(to_worker, 99)),
+        "e2e_from_worker_p50_ms": ms(pct(from_worker, 50)),
+        "e2e_from_worker_p99_ms": ms(pct(from_worker, 99)),
         "clicks_sent": clicks["sent"],
         "click_rate_achieved": round(clicks["sent"] / max(1e-9, clicks["last"] - clicks["first"]),
                                      1) if clicks["sent"] else 0.0,
@@ -129,6 +138,9 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         "worker_e2e_p95_ms": ms(worker_e2e["p95"]),
         "worker_e2e_p99_ms": ms(worker_e2e["p99"]),
         "worker_loop_lag_p50_ms": ms(lag["p50"]), "worker_loop_lag_p99_ms": ms(lag["p99"]),
+        # recall_request_stage_seconds: Kafka timestamp -> fetched, fetched -> handled,
+        # response handed over -> acknowledged
+        **{f"worker_{st}_{q}_ms": ms(h[q]) for st, h in stages.items() for q in ("p50", "p99")},
         "candidates_mean": None if cand["mean"] is None else round(cand["mean"], 1),
         "freshness_probes": args.freshness, "freshness_done": len(fresh) + missed,
         "freshness_missed": missed,

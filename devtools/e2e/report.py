@@ -59,6 +59,12 @@ def summary(o: dict[str, Any]) -> None:
     print(f"\nend to end (client, request produced -> response consumed), {o['responses']} "
           f"responses: p50 {f(o['e2e_p50_ms'])} ms, p95 {f(o['e2e_p95_ms'])} ms, "
           f"p99 {f(o['e2e_p99_ms'])} ms, max {f(o['e2e_max_ms'])} ms", flush=True)
+    if o.get("e2e_to_worker_p50_ms") is not None:
+        print(f"  split at the worker's send (the response's Kafka timestamp): request sent -> "
+              f"worker sent p50 {f(o['e2e_to_worker_p50_ms'])} / p99 "
+              f"{f(o['e2e_to_worker_p99_ms'])} ms; worker sent -> response read p50 "
+              f"{f(o['e2e_from_worker_p50_ms'])} / p99 {f(o['e2e_from_worker_p99_ms'])} ms",
+              flush=True)
     print(f"throughput {o['throughput']}/s (offered {o['offered_rate']}/s); lost {o['lost']}, "
           f"errors {o['errors']}, timeouts (> {TIMEOUT:g}s) {o['timeouts']}, send errors "
           f"{o['send_errors']}; sources {o['sources']}", flush=True)
@@ -66,7 +72,11 @@ def summary(o: dict[str, Any]) -> None:
           f"{f(o['worker_request_p99_ms'])} ms; kafka-timestamp-to-sent p50 "
           f"{f(o['worker_e2e_p50_ms'])} / p99 {f(o['worker_e2e_p99_ms'])} ms; event-loop lag "
           f"p50 {f(o.get('worker_loop_lag_p50_ms'))} / p99 {f(o.get('worker_loop_lag_p99_ms'))}"
-          f" ms; candidates "
+          f" ms; Kafka timestamp -> fetched p50 {f(o.get('worker_kafka_p50_ms'))} / p99 "
+          f"{f(o.get('worker_kafka_p99_ms'))} ms, fetched -> handled p50 "
+          f"{f(o.get('worker_queued_p50_ms'))} / p99 {f(o.get('worker_queued_p99_ms'))} ms, "
+          f"response sent -> acknowledged p50 {f(o.get('worker_delivery_p50_ms'))} / p99 "
+          f"{f(o.get('worker_delivery_p99_ms'))} ms; candidates "
           f"mean {o['candidates_mean']}; clicks sent {o['clicks_sent']} "
           f"({o['click_rate_achieved']}/s), applied {o['clicks_applied']}", flush=True)
     print(f"freshness (click produced -> reflecting response), {o['freshness_probes']} probes: "

@@ -20,6 +20,11 @@ class BenchResponses:
     def __init__(self, settings: Any, run: str) -> None:
         self.run = run
         self.latencies: list[float] = []
+        #: per bench response: request sent -> the response's Kafka timestamp (the
+        #: worker's send), and that timestamp -> read here: where e2e went, either side
+        #: of the worker's producer
+        self.to_worker: list[float] = []
+        self.from_worker: list[float] = []
         self.ids: set[int] = set()
         self.statuses: dict[str, int] = {}
         self.sources: dict[str, int] = {}
@@ -45,7 +50,11 @@ class BenchResponses:
                     self.duplicates += 1
                     continue
                 self.ids.add(int(seq))
-                self.latencies.append(now - int(sent_us) / 1e6)
+                sent = int(sent_us) / 1e6
+                self.latencies.append(now - sent)
+                if rec.timestamp:
+                    self.to_worker.append(rec.timestamp / 1000 - sent)
+                    self.from_worker.append(now - rec.timestamp / 1000)
                 value = orjson.loads(rec.value)
                 st, src = value.get("status", "?"), value.get("source", "?")
                 self.statuses[st] = self.statuses.get(st, 0) + 1
