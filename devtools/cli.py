@@ -63,6 +63,11 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--py-spy", default="", metavar="FILE",
                    help="record the worker with py-spy (200 Hz, not pausing it) during the "
                         "measured phase into this speedscope JSON file (local stack only)")
+    p.add_argument("--broker-floor", action="store_true",
+                   help="after the phase, the broker alone under the same request traffic "
+                        "(single records at --rate for --seconds, the worker idle): its "
+                        "produce -> fetch latency, the floor of a request's way in (local "
+                        "stack only)")
     p.set_defaults(func=cmd_bench_e2e)
 
     bench_index.add_parser(sub, bench_sub)

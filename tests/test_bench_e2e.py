@@ -24,7 +24,8 @@ KEYS = {
     "e2e_to_worker_p50_ms", "e2e_to_worker_p99_ms", "e2e_from_worker_p50_ms",
     "e2e_from_worker_p99_ms", "worker_kafka_p50_ms", "worker_kafka_p99_ms",
     "worker_queued_p50_ms", "worker_queued_p99_ms", "worker_delivery_p50_ms",
-    "worker_delivery_p99_ms",
+    "worker_delivery_p99_ms", "broker_floor_p50_ms", "broker_floor_p99_ms",
+    "broker_floor_first_p50_ms", "broker_floor_last_p50_ms", "broker_floor_cpu",
 }
 
 
@@ -39,7 +40,7 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     pin = ["--pin-worker", str(mine[-1])] if len(mine) >= 2 else []
     status = main(["bench", "e2e", "--items", "2000", "--users", "200", "--rate", "50",
                    "--click-rate", "100", "--seconds", "3", "--freshness", "5",
-                   "--plot", str(plot), "--py-spy", str(profile), *pin])
+                   "--plot", str(plot), "--py-spy", str(profile), "--broker-floor", *pin])
     assert status == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     figures = json.loads(lines[-1])
@@ -50,7 +51,7 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["errors"] == 0
     assert figures["freshness_missed"] == 0
     assert figures["e2e_p50_ms"] is not None and figures["e2e_p50_ms"] > 0
-    # e2e split at the worker's send: both legs measured, and they make up the whole
+    # e2e split at the worker's send: both legs measured
     assert figures["e2e_to_worker_p50_ms"] > 0 and figures["e2e_from_worker_p50_ms"] > 0
     assert figures["e2e_to_worker_p50_ms"] < figures["e2e_p99_ms"]
     assert figures["worker_kafka_p50_ms"] is not None
@@ -64,6 +65,9 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert sorted(os.sched_getaffinity(0)) == mine  # ours given back afterwards
     # the broker's own floor is measured on the local stack, and a recall costs more
     assert 0 < figures["broker_rtt_p50_ms"] < figures["e2e_p50_ms"]
+    # --broker-floor: the broker alone under the same request traffic, every record read
+    assert figures["broker_floor_lost"] == 0 and figures["broker_floor_p50_ms"] > 0
+    assert figures["broker_floor_cpu"] > 0
     assert plot.stat().st_size > 0
     # the worker was profiled during the measured phase: a speedscope file with samples
     assert figures["py_spy"] == str(profile)

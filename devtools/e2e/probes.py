@@ -4,6 +4,7 @@ and where lost requests went."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ PROBE_TIMEOUT = 5.0
 DRAIN = 10.0
 #: scratch topic of the broker round-trip measurement (local stack only)
 RTT_TOPIC = "recall-bench-rtt"
+#: scratch topic of ``--broker-floor`` (a new one per run)
+FLOOR_TOPIC = "recall-bench-floor"
 
 
 async def freshness_probes(settings: Any, reader: BenchResponses, n: int, n_items: int, run: str,
@@ -99,6 +102,71 @@ async def broker_round_trip(settings: Any, n: int = 300) -> dict[str, float]:
         await prod.stop()
         await cons.stop()
     return {"p50": float(pct(lat, 50)), "p99": float(pct(lat, 99))}
+
+
+async def broker_floor(settings: Any, rate: float, seconds: float, run: str,
+                       broker_pid: int | None = None) -> dict[str, Any]:
+    """The broker alone under the phase's request traffic: ``rate`` single records a
+    second (one produce request each, as the request load sends them) into a new topic
+    with the requests topic's partitions, read back by one consumer with the worker's
+    fetch wait, for ``seconds``. Nothing else is sent meanwhile (the worker is idle), so
+    the produce -> fetch latency is the broker's floor for a request's way in; its first
+    and last 2 s show whether it grows with the topic (Tansu's memory engine writes and
+    reads in time that grows with the batches a topic holds: docs/design.md)."""
+    import numpy as np
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from devtools.e2e.phase import _cpu_seconds
+    from stream.kafka import create_topics
+
+    topic = f"{FLOOR_TOPIC}-{run}"
+    n_parts = settings.topic_partitions
+    await create_topics(settings.kafka_bootstrap, [topic], n_parts)
+    prod = producer(settings.kafka_bootstrap, 0)
+    cons = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                            fetch_max_wait_ms=max(1, settings.fetch_max_wait_ms))
+    await prod.start()
+    await cons.start()
+    seen: list[tuple[float, float]] = []  # (read at, latency)
+
+    async def read() -> None:
+        while True:
+            got = await cons.getmany(timeout_ms=100)
+            now = time.time()
+            seen.extend((now, now - float(r.value)) for rs in got.values() for r in rs)
+
+    try:
+        tps = [TopicPartition(topic, p) for p in range(n_parts)]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        reader = asyncio.create_task(read())
+        cpu0 = _cpu_seconds(broker_pid) if broker_pid else None
+        t0 = time.time()
+        sent = 0
+        while sent < int(rate * seconds):
+            due = min(int(rate * seconds), int((time.time() - t0) * rate) + 1) - sent
+            for _ in range(max(0, due)):
+                await prod.send(topic, repr(time.time()).encode(), key=str(sent).encode())
+                sent += 1
+            await asyncio.sleep(0.002)
+        await prod.flush()
+        wall = time.time() - t0
+        cpu1 = _cpu_seconds(broker_pid) if broker_pid else None
+        deadline = time.time() + DRAIN
+        while len(seen) < sent and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    finally:
+        await prod.stop()
+        await cons.stop()
+    lat = np.array([x for _, x in seen])
+    first = np.array([x for at, x in seen if at < t0 + 2])
+    last = np.array([x for at, x in seen if at >= t0 + wall - 2])
+    return {"sent": sent, "read": len(seen), "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "first_p50": pct(first, 50), "last_p50": pct(last, 50),
+            "broker_cpu": None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall}
 
 
 async def trace_lost(settings: Any, run: str, seqs: list[int]) -> dict[str, list[int]]:

@@ -50,7 +50,7 @@ from typing import Any
 from devtools.e2e.catalogue import load_catalogue
 from devtools.e2e.measure import measure
 from devtools.e2e.phase import PhaseWatch
-from devtools.e2e.probes import broker_round_trip, trace_lost
+from devtools.e2e.probes import broker_floor, broker_round_trip, trace_lost
 from devtools.e2e.report import ms, plot, summary
 from devtools.e2e.traffic import warm_users
 from devtools.errors import DevtoolsError
@@ -105,6 +105,21 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
         print(f"lost requests {out['lost_seqs']}: {out['lost_trace']}", flush=True)
     out["broker_rtt_p50_ms"] = ms(rtt["p50"]) if rtt else None
     out["broker_rtt_p99_ms"] = ms(rtt["p99"]) if rtt else None
+    if getattr(args, "broker_floor", False) and not external:
+        pid = phase.pids.get("broker") if phase is not None else None
+        floor = await broker_floor(settings, args.rate, args.seconds, run, pid)
+        cpu = floor["broker_cpu"]
+        print(f"broker alone under the request load ({floor['sent']} single records at "
+              f"{args.rate:g}/s, read back by one consumer; the worker idle): produce -> "
+              f"fetch p50 {ms(floor['p50'])} / p99 {ms(floor['p99'])} ms, p50 in the first "
+              f"2 s {ms(floor['first_p50'])} ms, in the last 2 s {ms(floor['last_p50'])} ms"
+              + (f"; broker {cpu:.2f} of a core" if cpu is not None else ""), flush=True)
+        out.update({"broker_floor_p50_ms": ms(floor["p50"]),
+                    "broker_floor_p99_ms": ms(floor["p99"]),
+                    "broker_floor_first_p50_ms": ms(floor["first_p50"]),
+                    "broker_floor_last_p50_ms": ms(floor["last_p50"]),
+                    "broker_floor_cpu": None if cpu is None else round(cpu, 3),
+                    "broker_floor_lost": floor["sent"] - floor["read"]})
     return out
 
 
