@@ -34,8 +34,10 @@ class Metrics:
         self.request_stage = Histogram(
             "recall_request_stage_seconds",
             "where a request's time goes outside the worker's own work: kafka = its Kafka "
-            "timestamp to the worker's fetch returning it (producer, broker, fetch wait), "
-            "queued = fetch returned to its handling begun (behind a click batch), delivery "
+            "timestamp to the worker's fetch returning it (producer, broker, fetch wait, and "
+            "the client's prefetch buffer while the event loop was busy), "
+            "queued = fetch returned to its handling begun (the consumer's lock: a commit "
+            "settling, a revocation), delivery "
             "= its response handed to the producer to the broker's acknowledgement",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.candidates = Histogram(
