@@ -102,7 +102,8 @@ def test_a_layout_tuned_on_a_sample_is_judged_at_the_catalogues_size():
     cheapest on the sample is too coarse at 8x its size: its buckets hold 8x the items.
     Before this was judged at full size, the tuner's pick re-ranked 2,635 candidates here
     where the default needed 786. The choice is by measured time, so a layout with a few
-    more candidates and fewer probes may win: 0.6-1.4x the default's in 12 runs.)"""
+    more candidates and fewer probes may win: 0.6-1.4x the default's in 12 runs, so the
+    bound sits between that and the old pick's 3.3-5x.)"""
     n, target = 40_000, 0.9
     x, _ = clustered_catalogue(n, 32, seed=7)
     result = tune(x, target_recall=target, k=10, n_queries=100, max_items=n // 8, seed=3,
@@ -127,7 +128,7 @@ def test_a_layout_tuned_on_a_sample_is_judged_at_the_catalogues_size():
         default_recall, default_candidates = at_full_size(replace(default, T=T))
         if default_recall >= target:
             break
-    assert candidates <= 1.5 * default_candidates, (result.summary(), default_candidates)
+    assert candidates <= 2.5 * default_candidates, (result.summary(), default_candidates)
     # the default is judged on the same queries, as the baseline the summary shows
     assert result.baseline is not None and result.baseline.params == default
     assert result.baseline.items == n and "default" in result.summary()
