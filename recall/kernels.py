@@ -19,7 +19,8 @@ implementation as the reference the tests compare against, row by row.
   ``recall.lsh.Hasher.probe_keys`` does (same float64 arithmetic, same perturbation
   sets).
 - :func:`search` looks each query's probes up in the sorted bucket table (radix
-  directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, stale
+  directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, a
+  window of an over-full one placed by a hash of the query and the key; stale
   entries skipped), adds extra candidates given per query (pending buckets), dedupes
   (a bit per slot with vote = 1, a count per slot otherwise), keeps candidates found in
   at least ``vote`` of the probes' tables, re-ranks them by exact inner product (float64
@@ -98,6 +99,44 @@ def _half(typingctx, bits):  # type: ignore[no-untyped-def]
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
     return sig, codegen
+
+
+@intrinsic
+def _bits32(typingctx, x):  # type: ignore[no-untyped-def]
+    """The IEEE bits of a float32 as a uint32 (a bitcast: numba has no call for it)."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+#: odd 64-bit multiplier (2**64 / golden ratio) of the hashes below
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+@njit(cache=True, nogil=True)
+def query_seed(q: np.ndarray) -> np.uint64:
+    """A 64-bit hash of a float32 query's bits: where :func:`cap_window` starts reading
+    an over-full bucket for this query."""
+    h = np.uint64(0)
+    for d in range(q.shape[0]):
+        h = (h ^ np.uint64(_bits32(q[d]))) * np.uint64(_GOLDEN)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@njit(cache=True, nogil=True, inline="always")
+def cap_window(key: np.int64, seed: np.uint64, span: int) -> int:
+    """Offset in [0, span) of the ``cap`` entries a query reads of a bucket holding
+    cap + span - 1. A bucket keeps its entries oldest first (a merge appends), so reading
+    its first ``cap`` hid the later items of a crowded region from every query; a window
+    placed by a hash of the query and the key reads a different part for each query,
+    so every item is read by some (the same query always reads the same part)."""
+    h = (np.uint64(key) ^ seed) * np.uint64(_GOLDEN)
+    h ^= h >> np.uint64(32)
+    return np.int64(h % np.uint64(span))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -279,9 +318,12 @@ def pending_lookup(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
 @njit(cache=True, nogil=True)
 def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: np.ndarray,
             shift: int, slots: np.ndarray, pkeys: np.ndarray, phead: np.ndarray,
-            pent: np.ndarray, lo: np.ndarray, hi: np.ndarray, first: np.ndarray) -> None:
-    """For each probe key: [lo, hi) of its entries in the CSR table (empty when absent)
-    and ``first``, the first entry of its pending bucket (-1: none). Each of the lookup's
+            pent: np.ndarray, lo: np.ndarray, hi: np.ndarray, first: np.ndarray,
+            cap: int, seed: np.uint64) -> None:
+    """For each probe key: [lo, hi) of its entries in the CSR table (empty when absent;
+    at most ``cap`` of them when cap > 0, where :func:`cap_window` with the query's
+    ``seed`` says) and ``first``, the first entry of its pending bucket (-1: none). Each
+    of the lookup's
     dependent reads (directory cell, keys, offsets, entries) is a likely cache miss at
     1M items: done one stage at a time over all probes, with the next stage's lines
     prefetched, the misses of all probes overlap instead of queueing one after the
@@ -319,8 +361,12 @@ def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: 
     for j in range(n):
         pos = lo[j]
         if pos >= 0:
-            lo[j], hi[j] = starts[pos], starts[pos + 1]
-            _prefetch(slots, lo[j])
+            a, b = np.int64(starts[pos]), np.int64(starts[pos + 1])
+            if cap > 0 and b - a > cap:
+                a += cap_window(keys[j], seed, b - a - cap + 1)
+                b = a + cap
+            lo[j], hi[j] = a, b
+            _prefetch(slots, a)
         else:
             lo[j], hi[j] = 0, 0
 
@@ -447,10 +493,11 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     directory on the keys' top bits (``recall.lsh.buckets.SortedBuckets``). vectors (S, D)
     float16 by slot, as their uint16 bits; in_main (S,) bool (entries of slots not in
     main are stale, skipped when check_stale); cap: entries read per bucket (0 = all), in
-    the sorted and in the pending bucket of a key each; vote: keep candidates found in at
-    least that many of the L tables (1 = all). pkeys/phead/pent: the pending buckets
-    (``recall.lsh.pending.PendingBuckets``: a hash table of keys, each cell the head of
-    a list of (slot, next) entries); excl_ptr/excl_slots: CSR of slots each query must not return.
+    the sorted (a window, :func:`cap_window`) and in the pending bucket of a key each;
+    vote: keep candidates found in at least that many of the L tables (1 = all).
+    pkeys/phead/pent: the pending buckets (``recall.lsh.pending.PendingBuckets``: a hash
+    table of keys, each cell the head of a list of (slot, next) entries);
+    excl_ptr/excl_slots: CSR of slots each query must not return.
     mark (S,) uint8 zeros: sightings per slot (stopping at 127, so vote <= 127). seen
     (ceil(S / 64),) uint64 zeros: with vote = 1 only a bit per slot is needed, and this
     bitset (125 KB at 1M slots) stays in the core's cache where the mark array (1 MB)
@@ -476,8 +523,9 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     hi = np.empty(n_probes, dtype=np.int64)
     first = np.empty(n_probes, dtype=np.int64)
     for i in range(n):
+        seed = query_seed(queries[i]) if cap > 0 else np.uint64(0)
         _locate(probes[i].reshape(-1), ukeys, starts, directory, shift, slots, pkeys,
-                phead, pent, lo, hi, first)
+                phead, pent, lo, hi, first, cap, seed)
         if vote == 1:
             cand, ranked, n_cand[i] = _gather_seen(lo, hi, first, slots, in_main,
                                                    check_stale, cap, pent,

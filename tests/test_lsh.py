@@ -206,6 +206,26 @@ def test_cap_limits_candidates_per_bucket():
     assert index.search(q, 10)[0].candidates <= 15 < full
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_capped_crowded_bucket_does_not_hide_its_later_items(compiled):
+    # 60 near-identical items share one bucket in every table; the last 30 arrive after
+    # the bucket filled (a merge appends them at its end). With cap 10, reading the
+    # first 10 entries of the bucket never reached them: each item queried with its own
+    # vector must be its own top answer for many of them
+    rng = np.random.default_rng(3)
+    x = normalize(np.ones(8) + 0.05 * rng.standard_normal((60, 8)))
+    index = LSHIndex(LSHParams(dim=8, family="pstable", k=2, L=4, w=100.0, T=1, cap=10))
+    index.compiled = compiled
+    index.MERGE_MIN = 8  # the later batch goes straight into the sorted table
+    ids = [f"i{j}" for j in range(60)]
+    index.add(ids[:30], x[:30])
+    index.add(ids[30:], x[30:])
+    assert index.stats()["pending_items"] == 0 and index.stats()["buckets"] == 4
+    later = [j for j in range(30, 60) if index.search(x[j], 1)[0].ids == [ids[j]]]
+    assert len(later) >= 5, later
+    assert all(r.candidates <= 40 for r in index.search(x, 1))  # 10 per table at most
+
+
 def test_query_rejects_bad_input():
     index, _ = small_index(n=50)
     with pytest.raises(ValueError, match="unusable query: query 0 has NaN"):

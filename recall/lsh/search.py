@@ -112,6 +112,8 @@ class SearchMixin:
         out = []
         for i in range(n):
             a, b = i * per_query, (i + 1) * per_query
+            if self.params.cap:
+                _cap_window(flat[a:b], lo[a:b], hi[a:b], self.params.cap, qn[i])
             cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
             out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
         return out
@@ -210,15 +212,13 @@ class SearchMixin:
         return [(s := slots[a:b])[s >= 0] for a, b in pairwise(bounds)]
 
     def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) of each probe key in the sorted table, capped (empty if none)."""
+        """[lo, hi) of each probe key in the sorted table (empty if none), not capped."""
         buckets = self._buckets
         if not buckets.size:
             zero = np.zeros(len(probes), dtype=np.int64)
             return zero, zero
         lo, hi = buckets.lookup(probes)
-        if self.params.cap:
-            np.minimum(hi, lo + self.params.cap, out=hi)
-        return lo, hi
+        return lo.astype(np.int64), hi.astype(np.int64)
 
     def _gather(self, probes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Distinct slots of one query's probes, given their sorted-table ranges."""
@@ -325,6 +325,30 @@ class SearchMixin:
 EXACT_BLOCK = 32_768
 #: per query, the shortlist buffer of the batched exact search (compacted when full)
 EXACT_CAP = 512
+
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _cap_window(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: int,
+                query: np.ndarray) -> None:
+    """Cut each [lo, hi) longer than ``cap`` to the ``cap`` entries a hash of the query's
+    float32 bits and the probe key picks (in place): the reference of
+    ``recall.kernels.cap_window`` (a bucket lists its entries oldest first, so its first
+    ``cap`` would hide the later items of a crowded region from every query)."""
+    over = hi - lo > cap
+    if not over.any():
+        return
+    seed = 0
+    for bits in np.ascontiguousarray(query, dtype=np.float32).view(np.uint32).tolist():
+        seed = ((seed ^ bits) * _GOLDEN) & _MASK64
+        seed ^= seed >> 29
+    h = (keys[over].view(np.uint64) ^ np.uint64(seed)) * np.uint64(_GOLDEN)
+    h ^= h >> np.uint64(32)
+    span = (hi[over] - lo[over] - cap + 1).astype(np.uint64)
+    lo[over] += (h % span).astype(np.int64)
+    hi[over] = lo[over] + cap
 
 
 def _shortlist(slots: np.ndarray, scores: np.ndarray, want: int) -> np.ndarray:
