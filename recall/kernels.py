@@ -24,7 +24,8 @@ implementation as the reference the tests compare against, row by row.
   entries skipped), adds extra candidates given per query (pending buckets), dedupes
   (a bit per slot with vote = 1, a count per slot otherwise), keeps candidates found in
   at least ``vote`` of the probes' tables, re-ranks them by exact inner product (float64
-  sums, rounded to float32; the rows prefetched ahead) and keeps the top k; excluded
+  sums, rounded to float32; the rows prefetched ahead; a float32 pass first picks the
+  few that can be in the top k) and keeps the top k; excluded
   slots count as candidates (as in the reference) but are never scored or returned.
 - :func:`count_cells`, :func:`scatter_cells`, :func:`finish_cells`, :func:`unique_csr`,
   :func:`radix_directory`: the bucket table of a bulk load, :func:`merge_buckets`, its
@@ -258,6 +259,65 @@ def _scores(vectors: np.ndarray, slots: np.ndarray, m: int, q: np.ndarray,
         for d in range(dim):
             acc += np.float64(_half(vectors[s, d])) * np.float64(q[d])
         out[j] = np.float32(acc)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _approx_scores(vectors: np.ndarray, slots: np.ndarray, m: int, q: np.ndarray,
+                   out: np.ndarray) -> None:
+    """out[j] ~ vectors[slots[j]] . q for j < m: :func:`_scores` summed in float32 (16
+    lanes a SIMD register instead of 8, no conversions to float64). Within
+    (dim + 1) * 2**-24 * |row| * |q| of the exact score (any summation order), which
+    :func:`_rerank` allows for."""
+    dim = vectors.shape[1]
+    flat = vectors.reshape(-1)
+    for j in range(min(_PREFETCH_AHEAD, m)):
+        _prefetch_row(flat, slots[j], dim)
+    for j in range(m):
+        if j + _PREFETCH_AHEAD < m:
+            _prefetch_row(flat, slots[j + _PREFETCH_AHEAD], dim)
+        s = slots[j]
+        acc = np.float32(0.0)
+        for d in range(dim):
+            acc += _half(vectors[s, d]) * q[d]
+        out[j] = acc
+
+
+@njit(cache=True, nogil=True)
+def _rerank(vectors: np.ndarray, cand: np.ndarray, m: int, q: np.ndarray, k: int,
+            scores: np.ndarray, top_s: np.ndarray, top_v: np.ndarray) -> None:
+    """The top k of the m candidates cand[:m] by their exact scores (:func:`_scores`)
+    into top_s/top_v (pre-filled with -1/-inf); cand and scores are scratch.
+
+    Every candidate is first scored in float32 (:func:`_approx_scores`); only those
+    within twice the float32 error bound of the k-th best of these can be in the top k,
+    and only they (~10 of ~4,350 at 1M) are scored exactly, from rows still in the cache.
+    Same answer and scores as scoring all exactly: an item of the exact top k scores at
+    least the k-th exact score, which is at least the k-th approximate score less the
+    bound, so its approximate score is at least that less twice the bound (equal scores
+    included). Rows are unit (the index normalises them; a float16 rounding adds at most
+    2**-11 to a norm): the bound is taken for norms up to 1.01, and doubled. Re-rank of
+    4,352 rows at 1M, the same candidates: ~94 -> ~82 us (p50, interleaved A/B, load ~2)."""
+    if m <= 2 * k:
+        _scores(vectors, cand, m, q, scores)
+        _top_k(cand, scores, m, k, top_s, top_v)
+        return
+    _approx_scores(vectors, cand, m, q, scores)
+    _top_k(cand, scores, m, k, top_s, top_v)
+    qq = 0.0
+    for d in range(q.shape[0]):
+        qq += np.float64(q[d]) * np.float64(q[d])
+    # the error bound of an approximate score, doubled for safety
+    bound = 2.0 * (q.shape[0] + 2) * 2.0**-24 * 1.01 * np.sqrt(qq)
+    keep = np.float64(top_v[k - 1]) - 2.0 * bound
+    top_s[:] = -1
+    top_v[:] = -np.inf
+    kept = 0
+    for j in range(m):
+        if scores[j] >= keep:
+            cand[kept] = cand[j]
+            kept += 1
+    _scores(vectors, cand, kept, q, scores)
+    _top_k(cand, scores, kept, k, top_s, top_v)
 
 
 @njit(cache=True, nogil=True)
@@ -552,12 +612,12 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
             n_cand[i] = voted
             for e in range(excl_ptr[i], excl_ptr[i + 1]):
                 mark[excl_slots[e]] = 0
-        # their exact scores in one tight loop (the row loads overlap), then the top k
-        # by insertion into the sorted output row
+        # their scores in one tight loop (the row loads overlap), the top k by
+        # insertion into the sorted output row
         if scores.shape[0] < ranked:
             scores = np.empty(cand.shape[0], dtype=np.float32)
-        _scores(vectors, cand, ranked, queries[i], scores)
-        _top_k(cand, scores, ranked, ks[i], out_slots[i], out_scores[i])
+        _rerank(vectors, cand, ranked, queries[i], ks[i], scores, out_slots[i],
+                out_scores[i])
     return out_slots, out_scores, n_cand
 
 
