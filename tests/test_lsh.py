@@ -226,6 +226,23 @@ def test_a_capped_crowded_bucket_does_not_hide_its_later_items(compiled):
     assert all(r.candidates <= 40 for r in index.search(x, 1))  # 10 per table at most
 
 
+def test_the_vector_matrix_starts_on_a_page_as_it_grows():
+    # a row of 64 float16 is 128 bytes: two cache lines only when rows start on a line
+    # (numpy's big arrays start 16 bytes into a page: every row read three lines)
+    rng = np.random.default_rng(4)
+    index = LSHIndex(LSHParams(dim=64))
+    index.reserve(200_000)
+    assert index._vecs.ctypes.data % 4096 == 0 and index._vecs.shape == (200_000, 64)
+    x = unit(rng, 3, 64)
+    index.add(["a", "b", "c"], x)
+    index._grow(300_000)  # grown: the rows are copied into a new aligned matrix
+    assert index._vecs.ctypes.data % 4096 == 0 and index._vecs.flags.c_contiguous
+    got, present = index.vectors_of(["a", "b", "c"])
+    assert present.all()
+    np.testing.assert_allclose(got, x, atol=1e-3)
+    assert [r.ids[0] for r in index.search(x, 1)] == ["a", "b", "c"]
+
+
 def test_query_rejects_bad_input():
     index, _ = small_index(n=50)
     with pytest.raises(ValueError, match="unusable query: query 0 has NaN"):
