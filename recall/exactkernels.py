@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
-from recall.kernels import _half
+from recall.rerankkernels import half
 
 #: float32 scores within this of a query's bar are kept (the shortlist's near-tie margin)
 NEAR = np.float32(1e-5)
@@ -82,7 +82,7 @@ def exact_shortlists(vectors: np.ndarray, alive: np.ndarray, high: int, qt: np.n
         if not alive[r]:
             continue
         for d in range(dim):
-            row[d] = _half(vectors[r, d])
+            row[d] = half(vectors[r, d])
         acc[:] = 0.0
         for d in range(dim):
             v = row[d]

@@ -24,8 +24,8 @@ from pathlib import Path
 from numba.core import config
 
 #: the files whose kernels are cached, relative to the ``recall`` package
-KERNEL_FILES = ("kernels.py", "buildkernels.py", "userkernels.py", "exactkernels.py",
-                "lsh/ids.py", "lsh/pending.py")
+KERNEL_FILES = ("kernels.py", "rerankkernels.py", "buildkernels.py", "userkernels.py",
+                "exactkernels.py", "lsh/ids.py", "lsh/pending.py")
 
 
 def sources_key(root: Path, files: tuple[str, ...] = KERNEL_FILES) -> str:
