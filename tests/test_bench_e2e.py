@@ -203,19 +203,21 @@ def _cpu_step(workers: int, answered: float, cores: float, shared: float | None 
 
 def test_worker_cpu_line_gives_cost_per_request_and_a_per_core_estimate() -> None:
     """Steps on the line cores = 0.1 + 0.002 x rate: 2 ms per request, 0.1 of a core
-    fixed, one core at 450 requests/s; two workers' figures are per worker."""
+    fixed; one core estimated at 400 requests/s, the highest step's (200/s at 0.5 of a
+    core) in proportion, not the line's 450, which counts on the fixed part staying fixed;
+    two workers' figures are per worker."""
     from devtools.e2e.capacity import worker_cpu_fit
 
     one = [_cpu_step(1, r, 0.1 + 0.002 * r) for r in (100, 150, 200)]
     fit = worker_cpu_fit(one, 1)
-    assert fit == {"ms_per_request": 2.0, "fixed_cores": 0.1, "rate_per_core_estimate": 450.0,
+    assert fit == {"ms_per_request": 2.0, "fixed_cores": 0.1, "rate_per_core_estimate": 400.0,
                    "steps": 3, "kept_up": True}
     # a step whose clicks fell behind did less work than its rate: not on the line
     behind = {**_cpu_step(1, 300, 0.3), "clicks_applied": 5.0}
     assert worker_cpu_fit([*one, behind], 1) == fit
     assert worker_cpu_fit([behind], 1)["kept_up"] is False
     two = [_cpu_step(2, 2 * r, 2 * (0.1 + 0.002 * r)) for r in (100, 200)]
-    assert worker_cpu_fit(one + two, 2)["rate_per_core_estimate"] == 450.0
+    assert worker_cpu_fit(one + two, 2)["rate_per_core_estimate"] == 400.0
     # one rate only: proportional (no fixed part can be told apart)
     assert worker_cpu_fit([_cpu_step(1, 100, 0.25)], 1)["rate_per_core_estimate"] == 400.0
     assert worker_cpu_fit([_cpu_step(1, 100, None)], 1) is None
