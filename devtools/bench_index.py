@@ -139,22 +139,17 @@ def _exact_truth(x: Any, q: Any, k: int, progress: bool) -> Any:
     return out
 
 
-def _recall(found: list[Any], truth: Any) -> float:
-    import numpy as np
+def _recall(found: list[Any], truth: Any) -> tuple[float, list[float]]:
+    """Recall@k and its 95% interval, the query as the unit (as the tuner and the worker's
+    gauge report it)."""
+    from recall.monitor import mean_interval
+    from recall.tuner import query_hits
 
-    hits = [len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits))
-
-
-def _recall_ci(found: list[Any], truth: Any) -> list[float]:
-    """95% interval of the recall, the query as the unit (normal approximation)."""
-    import numpy as np
-
-    hits = np.array([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth,
-                                                                         strict=True)])
-    half = 1.96 * float(hits.std(ddof=1)) / np.sqrt(len(hits)) if len(hits) > 1 else 0.0
-    return [round(max(float(hits.mean()) - half, 0.0), 4),
-            round(min(float(hits.mean()) + half, 1.0), 4)]
+    hits = query_hits(found, truth)
+    mean = sum(hits) / len(hits)
+    est = mean_interval(hits)
+    low, high = (est.low, est.high) if est is not None else (mean, mean)
+    return mean, [round(low, 4), round(high, 4)]
 
 
 def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
@@ -174,7 +169,8 @@ def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
         found.append(np.fromiter(map(int, res.ids), dtype=np.int64, count=len(res.ids)))
         cands.append(res.candidates)
     p50, p99 = _percentiles(lat)
-    return {"recall": round(_recall(found, truth), 4), "recall_ci": _recall_ci(found, truth),
+    recall, ci = _recall(found, truth)
+    return {"recall": round(recall, 4), "recall_ci": ci,
             "ms_p50": p50, "ms_p99": p99, "ms_mean": round(1e3 * float(np.mean(lat)), 4),
             "cpu_ms_p50": _percentiles(cpu)[0],
             "candidates": round(float(np.mean(cands)), 1)}
@@ -192,7 +188,7 @@ def _time_hnsw(index: Any, q: Any, truth: Any, k: int) -> dict[str, Any]:
         lat.append(time.perf_counter() - t0)
         found.append(labels[0].astype(np.int64))
     p50, p99 = _percentiles(lat)
-    return {"recall": round(_recall(found, truth), 4), "ms_p50": p50, "ms_p99": p99}
+    return {"recall": round(_recall(found, truth)[0], 4), "ms_p50": p50, "ms_p99": p99}
 
 
 HNSW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)

@@ -209,14 +209,13 @@ def exact_answers(vectors: np.ndarray, queries: np.ndarray, excluded: list[list[
 
 def interval(values: list[float]) -> tuple[float, float, float]:
     """Mean and normal-approximation 95% interval (as the worker's gauge)."""
-    from recall.monitor import Z95
+    from recall.monitor import mean_interval
 
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        m = float(v.mean()) if len(v) else math.nan
+    est = mean_interval(values)
+    if est is None:
+        m = float(values[0]) if values else math.nan
         return m, m, m
-    half = Z95 * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return float(v.mean()), max(0.0, float(v.mean()) - half), min(1.0, float(v.mean()) + half)
+    return est.mean, est.low, est.high
 
 
 def settled_since(scrapes: list[dict[str, float]]) -> float:

@@ -106,13 +106,20 @@ class RecallWindow:
 
     def estimate(self) -> Estimate | None:
         """None with fewer than two samples (no spread, no interval)."""
-        n = len(self.values)
-        if n < 2:
-            return None
-        mean = math.fsum(self.values) / n
-        var = math.fsum((v - mean) ** 2 for v in self.values) / (n - 1)
-        half = Z95 * math.sqrt(var / n)
-        return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)
+        return mean_interval(self.values)
+
+
+def mean_interval(values: Collection[float]) -> Estimate | None:
+    """The mean of per-query recalls and its normal-approximation 95% interval (the query
+    as the unit, clipped to [0, 1]); None with fewer than two values. The live gauge, the
+    tuner and the benchmarks all report recall this way, so their intervals compare."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = math.fsum(values) / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    half = Z95 * math.sqrt(var / n)
+    return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)
 
 
 def probe_ladder(max_probes: int) -> list[int]:

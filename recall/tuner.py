@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from recall.lsh import LSHIndex, LSHParams, normalize
+from recall.monitor import Estimate, mean_interval
 
 PROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -72,17 +73,20 @@ def user_like_queries(
     return normalize(out)
 
 
+def query_hits(found: Sequence[Iterable[int]], truth: np.ndarray) -> list[float]:
+    """Per query, the fraction of its exact top-k row found."""
+    return [len(set(f) & set(t.tolist())) / max(len(t), 1)
+            for f, t in zip(found, truth, strict=True)]
+
+
 def recall_at_k(found: Sequence[Iterable[int]], truth: np.ndarray) -> float:
     """Mean fraction of each exact top-k row found."""
-    hits = [len(set(f) & set(t.tolist())) / max(len(t), 1) for f, t in zip(found, truth,
-                                                                              strict=True)]
+    hits = query_hits(found, truth)
     return float(np.mean(hits)) if hits else 0.0
 
 
 #: layout shapes (family, L, w) of the sample's best trials judged again at full size
 FULL_SIZE_SHAPES = 3
-#: z of a two-sided 95% normal interval
-Z95 = 1.96
 @dataclass
 class Trial:
     params: LSHParams
@@ -199,13 +203,11 @@ def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) ->
         lat[i] = time.perf_counter() - t0
         found.append(res.ids)
         cands += res.candidates
-    hits = np.array([len({int(i) for i in f} & set(t.tolist())) / max(len(t), 1)
-                     for f, t in zip(found, truth, strict=True)])
-    mean = float(hits.mean()) if len(hits) else 0.0
-    half = Z95 * float(hits.std(ddof=1)) / math.sqrt(len(hits)) if len(hits) > 1 else 0.0
+    hits = query_hits([[int(i) for i in f] for f in found], truth)
+    mean = float(np.mean(hits)) if hits else 0.0
+    est = mean_interval(hits) or Estimate(mean, mean, mean, len(hits))
     return Trial(index.params, mean, cands / len(queries), 1000 * float(np.median(lat)),
-                 items=len(index), recall_low=max(mean - half, 0.0),
-                 recall_high=min(mean + half, 1.0))
+                 items=len(index), recall_low=est.low, recall_high=est.high)
 
 
 def _index(params: LSHParams, ids: list[str], x: np.ndarray) -> LSHIndex:
