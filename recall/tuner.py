@@ -234,6 +234,31 @@ def _ramp(index: LSHIndex, votes: Sequence[int], q: np.ndarray, truth: np.ndarra
     return trials
 
 
+def _walk(layouts: Sequence[tuple[str, int, int, float]], x: np.ndarray, q: np.ndarray,
+          truth: np.ndarray, k: int, target: float, votes: Sequence[int], seed: int,
+          default: LSHParams, desc: str, progress: bool) -> tuple[list[Trial], Trial | None]:
+    """Each layout built on every row of x (one at a time) and its probes ramped per vote
+    setting (:func:`_ramp`); and, when the default layout is among them, its baseline
+    (:func:`_baseline`) on the index already built."""
+    from tqdm import tqdm
+
+    ids = [str(i) for i in range(len(x))]
+    base = (default.family, default.k, default.L, default.w)
+    trials: list[Trial] = []
+    baseline: Trial | None = None
+    bar = tqdm(layouts, desc=desc, unit="layout", disable=not progress)
+    for family, kk, L, w in bar:
+        bar.set_postfix_str(f"{family} k={kk} L={L} w={w:g}")
+        index = _index(LSHParams(family=family, dim=x.shape[1], k=kk, L=L, w=w, T=1,
+                                 seed=seed), ids, x)
+        trials.extend(_ramp(index, votes, q, truth, k, target))
+        if (family, kk, L, w) == base:
+            baseline = _baseline(index, default, q, truth, k)
+        del index
+    bar.close()
+    return trials, baseline
+
+
 def _baseline(index: LSHIndex, default: LSHParams, q: np.ndarray, truth: np.ndarray,
               k: int) -> Trial:
     """The untuned default layout as shipped (its probes, no vote) on these queries."""
@@ -298,8 +323,6 @@ def tune(
     tried on every layout (a candidate must be found in that many tables): voting re-ranks
     fewer candidates, so it can pay for more probes.
     """
-    from tqdm import tqdm
-
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     if k < 1:
@@ -318,40 +341,21 @@ def tune(
     if q.ndim != 2 or q.shape[1] != dim:
         raise ValueError(f"queries must have shape (Q, {dim}), got {q.shape}")
     truth = exact_topk(x, q, k)
-    ids = [str(i) for i in range(n)]
     grid = [lay for lay in (layouts or default_layouts(n, dim)) if lay[0] in families]
-    trials: list[Trial] = []
-    bar = tqdm(grid, desc="tuning LSH", unit="layout", disable=not progress)
-    for family, kk, L, w in bar:
-        bar.set_postfix_str(f"{family} k={kk} L={L} w={w:g}")
-        index = _index(LSHParams(family=family, dim=dim, k=kk, L=L, w=w, T=1, seed=seed),
-                       ids, x)
-        trials.extend(_ramp(index, votes, q, truth, k, target_recall))
-    bar.close()
-    judged: list[Trial] = trials
-    baseline: Trial | None = None
     default = suggested_params(len(full), dim, seed)
-    base_layout = (default.family, default.k, default.L, default.w)
+    trials, baseline = _walk(grid, x, q, truth, k, target_recall, votes, seed, default,
+                             "tuning LSH", progress)
+    judged, judged_on = trials, x
     if len(full) > n:  # judged again where it will serve: every item hashed
         full_layouts = _full_size_layouts(trials, target_recall, n, len(full), default)
         q = user_like_queries(full, n_queries, seed=seed) if given is None else given
         truth = exact_topk(full, q, k)
-        ids = [str(i) for i in range(len(full))]
-        judged = []
-        bar = tqdm(full_layouts, desc=f"judging at {len(full)} items", unit="layout",
-                   disable=not progress)
-        for family, kk, L, w in bar:
-            bar.set_postfix_str(f"{family} k={kk} L={L} w={w:g}")
-            index = _index(LSHParams(family=family, dim=dim, k=kk, L=L, w=w, T=1,
-                                     seed=seed), ids, full)
-            judged.extend(_ramp(index, votes, q, truth, k, target_recall))
-            if (family, kk, L, w) == base_layout:
-                baseline = _baseline(index, default, q, truth, k)
-            del index
-        bar.close()
-        trials.extend(judged)
-    else:  # the simple strong baseline, on the same queries
-        baseline = _baseline(_index(default, ids, x), default, q, truth, k)
+        judged, baseline = _walk(full_layouts, full, q, truth, k, target_recall, votes, seed,
+                                 default, f"judging at {len(full)} items", progress)
+        trials, judged_on = trials + judged, full
+    if baseline is None:  # the simple strong baseline, on the same queries
+        ids = [str(i) for i in range(len(judged_on))]
+        baseline = _baseline(_index(default, ids, judged_on), default, q, truth, k)
     best, reached = _cheapest(judged, target_recall)
     params = best.params
     serve = 0
