@@ -11,7 +11,7 @@ from typing import Any
 from devtools.e2e.catalogue import item_of, n_clusters
 from devtools.e2e.report import pct
 from devtools.e2e.responses import BenchResponses
-from devtools.e2e.traffic import producer
+from devtools.e2e.traffic import _paced, producer
 
 #: a freshness probe gives up after this many seconds
 PROBE_TIMEOUT = 5.0
@@ -143,12 +143,14 @@ async def broker_floor(settings: Any, rate: float, seconds: float, run: str,
         cpu0 = _cpu_seconds(broker_pid) if broker_pid else None
         t0 = time.time()
         sent = 0
-        while sent < int(rate * seconds):
-            due = min(int(rate * seconds), int((time.time() - t0) * rate) + 1) - sent
-            for _ in range(max(0, due)):
+
+        async def emit(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
                 await prod.send(topic, repr(time.time()).encode(), key=str(sent).encode())
                 sent += 1
-            await asyncio.sleep(0.002)
+
+        await _paced(rate, seconds, t0, 0.002, emit, every_tick=True)
         await prod.flush()
         wall = time.time() - t0
         cpu1 = _cpu_seconds(broker_pid) if broker_pid else None
