@@ -82,6 +82,10 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["worker_cpu_ms_per_request"] == pytest.approx(
         1000 * share["worker"] / figures["throughput"], rel=1e-3)
     assert len(figures["cpu_busy"]) == os.cpu_count()
+    # the worker's CPU by thread: its event loop ("main") did the answering
+    threads = figures["worker_threads"]
+    assert threads["main"] > 0
+    assert sum(threads.values()) <= share["worker"] + 0.05
     assert all(0 <= b <= 1.01 for b in figures["cpu_busy"])
 
 

@@ -29,6 +29,29 @@ def _cpu_seconds(pid: int) -> float | None:
     return float(t.user + t.system)
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process (``/proc/PID/task``), by name:
+    ``main`` (the thread with the process's id: the worker's event loop), else the
+    thread's comm and id. Empty once the process is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        # utime and stime are the 14th and 15th fields; the 3rd is the first after ")"
+        name = "main" if tid == str(pid) else f"{comm}:{tid}"
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _busy_per_cpu() -> list[tuple[float, float]]:
     """(busy, total) seconds per CPU since boot (busy: all but idle and iowait)."""
     import psutil
@@ -46,6 +69,20 @@ def py_spy_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
+def thread_shares(before: dict[str, float], after: dict[str, float], wall: float,
+                  keep: int = 4) -> dict[str, float]:
+    """Each thread's CPU between two :func:`thread_cpu_seconds` readings as a fraction
+    of a core: ``main``, the ``keep`` busiest others, and the rest summed as ``other``
+    (a thread started meanwhile counts from 0)."""
+    used = {n: max(0.0, t - before.get(n, 0.0)) / max(1e-9, wall) for n, t in after.items()}
+    main = used.pop("main", 0.0)
+    top = sorted(used.items(), key=lambda kv: -kv[1])
+    out = {"main": round(main, 3), **{n: round(v, 3) for n, v in top[:keep]}}
+    if len(top) > keep:
+        out["other"] = round(sum(v for _, v in top[keep:]), 3)
+    return out
+
+
 class PhaseWatch:
     """CPU of named processes (``{name: pid}``) and of each CPU between :meth:`start` and
     :meth:`stop`; with ``py_spy``, the worker (``profile_pid``) is recorded meanwhile
@@ -61,6 +98,7 @@ class PhaseWatch:
         self._cpu0: dict[str, float | None] = {}
         self._busy0: list[tuple[float, float]] = []
         self._spy: subprocess.Popen | None = None
+        self._threads0: dict[str, float] = {}
         self._missing = False  # --py-spy asked for, no py-spy to run
 
     def start(self, seconds: float) -> None:
@@ -68,6 +106,8 @@ class PhaseWatch:
         self._t0 = time.monotonic()
         self._cpu0 = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
         self._busy0 = _busy_per_cpu()
+        if self.profile_pid is not None:
+            self._threads0 = thread_cpu_seconds(self.profile_pid)
         if self.py_spy and self.profile_pid is not None:
             exe = py_spy_binary()
             if exe is None:
@@ -112,6 +152,9 @@ class PhaseWatch:
         busy = [round((b1 - b0) / max(1e-9, t1 - t0), 3)
                 for (b0, t0), (b1, t1) in zip(self._busy0, _busy_per_cpu(), strict=False)]
         out: dict[str, Any] = {"cpu_share": share, "cpu_busy": busy}
+        if self.profile_pid is not None:
+            out["worker_threads"] = thread_shares(
+                self._threads0, thread_cpu_seconds(self.profile_pid), wall)
         if self._missing:
             out["py_spy"] = None
         if self._spy is not None:

@@ -92,6 +92,9 @@ def summary(o: dict[str, Any]) -> None:
         print(f"CPU over the measured phase, cores: {used}; each CPU busy "
               f"{o.get('cpu_busy')}" + (f"; py-spy profile {o['py_spy']}"
                                         if o.get("py_spy") else ""), flush=True)
+        if o.get("worker_threads"):
+            print("worker CPU per thread, cores: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in o["worker_threads"].items()), flush=True)
         if o.get("worker_cpu_ms_per_request") is not None:
             print(f"worker CPU per request answered (with the phase's clicks): "
                   f"{o['worker_cpu_ms_per_request']} ms", flush=True)
