@@ -86,6 +86,8 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     threads = figures["worker_threads"]
     assert threads["main"] > 0
     assert sum(threads.values()) <= share["worker"] + 0.05
+    assert 0 <= figures["worker_system"] <= share["worker"] + 0.05
+    assert figures["worker_minor_faults_per_s"] >= 0
     assert all(0 <= b <= 1.01 for b in figures["cpu_busy"])
 
 

@@ -190,5 +190,6 @@ def load_cpu(used: dict[str, Any], req: dict[str, Any], clicks: dict[str, Any],
         if "cpu_seconds" in r:
             share[name] = round(r["cpu_seconds"] / max(1e-9, duration), 3)
     return {"cpu_share": share, "cpu_busy": used["cpu_busy"],
-            **({"worker_threads": used["worker_threads"]} if "worker_threads" in used else {}),
+            **{k: used[k] for k in ("worker_threads", "worker_system", "worker_minor_faults_per_s")
+               if k in used},
             **({"py_spy": used["py_spy"]} if "py_spy" in used else {})}

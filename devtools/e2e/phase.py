@@ -29,6 +29,26 @@ def _cpu_seconds(pid: int) -> float | None:
     return float(t.user + t.system)
 
 
+def _system_seconds(pid: int) -> float | None:
+    """System (kernel) CPU seconds of a process so far (page faults, syscalls)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).cpu_times().system)
+    except Exception:
+        return None
+
+
+def minor_faults(pid: int) -> int | None:
+    """Minor page faults of a process so far (``/proc/PID/stat``): pages it touched
+    for the first time since the OS gave them, e.g. heap given back and taken again."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[7])
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of a process (``/proc/PID/task``), by name:
     ``main`` (the thread with the process's id: the worker's event loop), else the
@@ -99,6 +119,8 @@ class PhaseWatch:
         self._busy0: list[tuple[float, float]] = []
         self._spy: subprocess.Popen | None = None
         self._threads0: dict[str, float] = {}
+        self._sys0: float | None = None
+        self._faults0: int | None = None
         self._missing = False  # --py-spy asked for, no py-spy to run
 
     def start(self, seconds: float) -> None:
@@ -108,6 +130,8 @@ class PhaseWatch:
         self._busy0 = _busy_per_cpu()
         if self.profile_pid is not None:
             self._threads0 = thread_cpu_seconds(self.profile_pid)
+            self._sys0 = _system_seconds(self.profile_pid)
+            self._faults0 = minor_faults(self.profile_pid)
         if self.py_spy and self.profile_pid is not None:
             exe = py_spy_binary()
             if exe is None:
@@ -155,6 +179,14 @@ class PhaseWatch:
         if self.profile_pid is not None:
             out["worker_threads"] = thread_shares(
                 self._threads0, thread_cpu_seconds(self.profile_pid), wall)
+            now = _system_seconds(self.profile_pid)
+            # of the worker's CPU, how much the kernel took for it (page faults, syscalls)
+            out["worker_system"] = (None if now is None or self._sys0 is None
+                                    else round((now - self._sys0) / wall, 3))
+            faults = minor_faults(self.profile_pid)
+            out["worker_minor_faults_per_s"] = (
+                None if faults is None or self._faults0 is None
+                else round((faults - self._faults0) / wall, 1))
         if self._missing:
             out["py_spy"] = None
         if self._spy is not None:

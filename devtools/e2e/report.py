@@ -94,7 +94,9 @@ def summary(o: dict[str, Any]) -> None:
                                         if o.get("py_spy") else ""), flush=True)
         if o.get("worker_threads"):
             print("worker CPU per thread, cores: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in o["worker_threads"].items()), flush=True)
+                f"{k} {v:.3f}" for k, v in o["worker_threads"].items())
+                + f"; of the worker's CPU, system (kernel) {o.get('worker_system')}; minor page "
+                f"faults {o.get('worker_minor_faults_per_s')}/s", flush=True)
         if o.get("worker_cpu_ms_per_request") is not None:
             print(f"worker CPU per request answered (with the phase's clicks): "
                   f"{o['worker_cpu_ms_per_request']} ms", flush=True)
