@@ -335,9 +335,12 @@ class Store:
         return int(raw) if raw is not None else None
 
     async def create_version(self, params_dict: Mapping[str, Any], dim: int,
-                             user: Mapping[str, Any] | None = None) -> int:
+                             user: Mapping[str, Any] | None = None,
+                             relayout_of: int | None = None) -> int:
         """A new, empty version with its metadata (not live until switch_live); ``user``:
-        the user-vector settings that go with its vectors (``recall train``'s choice)."""
+        the user-vector settings that go with its vectors (``recall train``'s choice);
+        ``relayout_of``: the version whose items it copies with a new hash layout (a
+        re-pick: a worker serving that version re-hashes the items it has in memory)."""
         v = int(await self.r.incr(self.keys.next))
         mapping = {
             "params": orjson.dumps(dict(params_dict)),
@@ -346,12 +349,14 @@ class Store:
         }
         if user is not None:
             mapping["user"] = orjson.dumps(dict(user))
+        if relayout_of is not None:
+            mapping["relayout_of"] = str(int(relayout_of))
         await self.r.hset(self.keys.meta(v), mapping=mapping)
         return v
 
     async def get_meta(self, version: int) -> dict[str, Any] | None:
-        """``{"params": dict, "dim": int, "created": float, "user": dict | None}`` or None
-        if unknown."""
+        """``{"params": dict, "dim": int, "created": float, "user": dict | None,
+        "relayout_of": int | None}`` or None if unknown."""
         raw = await self.r.hgetall(self.keys.meta(version))
         if not raw:
             return None
@@ -360,6 +365,7 @@ class Store:
             "dim": int(raw[b"dim"]),
             "created": float(raw[b"created"]),
             "user": orjson.loads(raw[b"user"]) if b"user" in raw else None,
+            "relayout_of": int(raw[b"relayout_of"]) if b"relayout_of" in raw else None,
         }
 
     async def set_params(self, version: int, params_dict: Mapping[str, Any]) -> None:

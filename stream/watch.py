@@ -206,7 +206,11 @@ async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
     partitions it has none for). Returns the new version."""
     offsets = {**positions, **await store.item_offsets(version)}
     hasher = Hasher(params)
-    new = await store.create_version(params.to_dict(), dim)
+    # marked as a re-layout of ``version``: a worker serving it re-hashes its own items
+    # (ItemsFollower.rebuild) instead of reading this copy back; the same vectors, so the
+    # same user-vector settings
+    user = (await store.get_meta(version) or {}).get("user")
+    new = await store.create_version(params.to_dict(), dim, user=user, relayout_of=version)
     try:
         async for ids, vectors in store.iter_items(version, COPY_BATCH, dim=dim):
             keys = await asyncio.to_thread(hasher.keys, vectors)

@@ -523,3 +523,38 @@ async def test_a_deferred_merge_runs_in_a_thread_and_gives_the_same_index():
 def test_merge_mode_is_checked():
     with pytest.raises(ValueError, match="merge must be"):
         LSHIndex(LSHParams(dim=4), merge="auto")  # type: ignore[arg-type]
+
+
+def test_a_relayout_answers_as_a_fresh_build_and_takes_the_vectors_over():
+    """A re-pick's new layout over the same items (LSHIndex.relayout) must answer as an
+    index built afresh with those parameters, pending items, updates and removals
+    included; it holds the same vector matrix and ids (no second copy of the catalogue:
+    the point of it), and the old index, whose arrays it took, refuses writes."""
+    rng = np.random.default_rng(10)
+    x = unit(rng, 3000, 16)
+    ids = [f"i{j}" for j in range(3000)]
+    old = LSHIndex(LSHParams(dim=16, family="pstable", k=3, L=4, T=2, w=0.9),
+                   merge="deferred")
+    old.MERGE_MIN, old.MERGE_RATIO = 1000, 10**9
+    old.add(ids[:2500], x[:2500])  # into the sorted table
+    old.add(ids[2500:], x[2500:])  # pending: not merged yet
+    old.add(ids[:40], x[100:140])  # updates
+    old.remove(ids[200:260])
+    assert old.stats()["pending_items"] > 0 and old.stats()["stale_items"] > 0
+    params = LSHParams(dim=16, family="pstable", k=5, L=6, T=3, w=0.9)
+    new = old.relayout(params)
+    fresh = LSHIndex(params)
+    live = [i for i in ids if i in old]
+    fresh.add(live, np.stack([x[100 + j] if j < 40 else x[j] for j in map(int, (
+        i[1:] for i in live))]))
+    q = unit(rng, 60, 16)
+    for a, b in zip(new.search(q, 10), fresh.search(q, 10), strict=True):
+        assert a.ids == b.ids and a.candidates == b.candidates
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+    assert new.params == params and len(new) == len(fresh)
+    assert np.shares_memory(new._vecs, old._vecs) and new._ids is old._ids
+    with pytest.raises(RuntimeError, match="new layout"):
+        old.add(["x"], x[0])
+    new.add(["x"], x[0])  # the new one is writable
+    new.remove(ids[:5])
+    assert "x" in new and ids[0] not in new

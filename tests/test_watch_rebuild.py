@@ -16,7 +16,7 @@ from devtools.client import RecallClient
 from devtools.localstack import LocalStack
 from offline.synthetic import clustered_catalogue
 from recall.config import Settings
-from recall.lsh import Hasher, LSHParams
+from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
 from recall.tuner import exact_topk, suggested_params, user_like_queries
@@ -445,3 +445,53 @@ async def test_a_rebuilt_version_whose_replay_keeps_moving_is_not_served_before_
             assert len(slot.index) == n  # the old version, whole, until the new caught up
         assert slot.version == v2
         assert sorted(slot.index.ids()) == sorted(ids)
+
+
+async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_change(
+        store: Store, stack: LocalStack) -> None:
+    """A re-pick's version holds the served items with a new hash layout. Every worker
+    read it back from Redis and built it beside the index it served: two whole indexes in
+    memory (905 MB at 1M). A worker serving the version it copies now re-hashes its own
+    items: the served vector matrix, not a second one. Its answers must be those of an
+    index built afresh with the new layout over the same catalogue, and item changes
+    arriving on the topic while it switches must all reach it (here the copy in Redis
+    also lacks the last changes the worker had applied: the in-memory index has them)."""
+    n = 40
+    async with following(store, stack, "relayout", n) as (x, ids, params, slot, follower):
+        v1 = slot.version
+        stored = 30  # the Redis version is complete up to offset 30; memory up to 40
+        await store.upsert_items(v1, ids[:stored], x[:stored], Hasher(params).keys(x[:stored]))
+        await store.set_item_offsets(v1, {0: stored})
+        await store.switch_live(v1)
+        new_params = LSHParams(dim=DIM, k=6, L=6, T=3, seed=5)
+        v2 = await copy_version(store, v1, new_params, DIM, {})
+        await store.switch_live(v2)
+        vecs = slot.index._vecs
+        # while the version switches: updates, deletes and new items on the topic
+        y, _ = clustered_catalogue(n + 20, DIM, seed=2)
+        catalogue = dict(zip(ids, x, strict=True))
+        changed = {f"i{i}": y[i] for i in (*range(5), *range(n, n + 20))}
+        catalogue.update(changed)
+        gone = ids[10:15]
+        for i in gone:
+            del catalogue[i]
+        client = RecallClient(follower.settings)
+        await client.start()
+        try:
+            async def changes() -> None:
+                await client.upsert_items(list(changed), np.stack(list(changed.values())))
+                await client.delete_items(gone)
+
+            await asyncio.gather(follower.rebuild(store, v2), changes())
+        finally:
+            await client.stop()
+        await eventually(lambda: slot.version == v2 and sorted(slot.index.ids())
+                         == sorted(catalogue), 30)
+        assert np.shares_memory(slot.index._vecs, vecs)  # no second vector matrix
+        assert slot.index.params == new_params
+        fresh = LSHIndex(new_params)
+        fresh.add(list(catalogue), np.stack(list(catalogue.values())))
+        q = user_like_queries(np.stack(list(catalogue.values())), 30, seed=4)
+        for got, want in zip(slot.index.search(q, 10), fresh.search(q, 10), strict=True):
+            assert got.ids == want.ids
+            np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)

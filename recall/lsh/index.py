@@ -80,6 +80,7 @@ class LSHIndex(SearchMixin):
         self._pending_slots: dict[int, np.ndarray] = {}  # slot -> its L bucket keys
         self._stale = 0  # slots whose entries in the sorted table are out of date
         self._merging = False  # a deferred merge is being built in another thread
+        self._moved = False  # relayout() handed the arrays to a new index
         self.merges = 0
 
     # ------------------------------------------------------------------ basics
@@ -161,6 +162,9 @@ class LSHIndex(SearchMixin):
         return ids
 
     def _check_writable(self) -> None:
+        if self._moved:
+            raise RuntimeError("this index's items moved to a new layout (relayout()): "
+                               "write to the new index")
         if self._merging:
             raise RuntimeError("the index is merging in another thread: await "
                                "merge_off_loop() before writing")
@@ -304,6 +308,37 @@ class LSHIndex(SearchMixin):
                                                table_slots)
         self._in_main[slots] = True
         self.merges += 1
+
+    def relayout(self, params: LSHParams) -> LSHIndex:
+        """A new index over this one's items with another hash layout (a re-pick's new
+        version: the same catalogue, new ``params``). It takes over this index's vector
+        matrix, live-slot mask and id store (the same arrays, not copies) and builds only
+        its own bucket table from the vectors already in memory (:meth:`build`). So a
+        re-pick at 1M x 64 holds one vector matrix (128 MB) and one id store, where
+        reading the new version back from Redis held two of each, plus the read buffers,
+        beside two tables.
+
+        Call it with no write in flight (the caller holds its writers back: the build
+        reads the vectors, in a thread if it likes, while searches on this index go on);
+        afterwards serve the new index and never write this one again: the arrays are
+        the new index's now, and writes here raise. A search still running here sees
+        the new index's writes in the shared vectors, as any search sees an item updated
+        between two reads."""
+        self._check_writable()
+        if params.dim != self.dim:
+            raise ValueError(f"dimension {params.dim} is not this index's {self.dim}")
+        new = LSHIndex(params, merge=self.merge_mode)
+        n = new._capacity = self._capacity
+        new._vecs, new._alive, new._ids = self._vecs, self._alive, self._ids
+        # per-index state and the search kernels' scratch: the old index may still be
+        # searched (a request in flight, the recall monitor's thread) while this builds
+        new._in_main = np.zeros(n, dtype=bool)
+        new._stamp = np.zeros(n, dtype=np.int32)
+        new._mark = np.zeros(n, dtype=np.uint8)
+        new._seen = np.zeros((n + 63) // 64, dtype=np.uint64)
+        new.build()
+        self._moved = True
+        return new
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; returns how many were present. Unknown ids are ignored."""
