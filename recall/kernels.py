@@ -578,4 +578,4 @@ def warm_up() -> None:
     radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
     merge_buckets(out_k[:1], np.array([0, 1], dtype=np.int32), out_s[:1], np.ones(1, dtype=bool),
                   True, out_k[:1], out_s[:1], np.empty(2, dtype=np.int64),
-                  np.empty(3, dtype=np.int64), np.empty(2, dtype=np.int32))
+                  np.empty(3, dtype=np.int32), np.empty(2, dtype=np.int32))

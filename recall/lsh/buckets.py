@@ -67,7 +67,9 @@ class SortedBuckets:
         kept = len(self.slots) if keep is None else int(np.count_nonzero(keep))
         m = len(new_keys)
         out_keys = np.empty(len(self.ukeys) + m, dtype=np.int64)
-        out_starts = np.empty(len(out_keys) + 1, dtype=np.int64)
+        # offsets written in the table's own dtype (int32 while they fit): written as
+        # int64 and then converted, a merge at 1M x 16 held both (+~8 bytes a bucket)
+        out_starts = np.empty(len(out_keys) + 1, dtype=offset_dtype(kept + m))
         out_slots = np.empty(kept + m, dtype=self.slots.dtype)
         nb = kernels.merge_buckets(
             self.ukeys, self.starts, self.slots,
