@@ -25,6 +25,8 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
                                          created (seconds since the epoch, decimal)
                                          user    (optional; JSON: the user-vector settings
                                          chosen offline, {"window", "half_life", ...})
+                                         relayout_of (optional; decimal: the version a
+                                         re-pick copied with a new hash layout)
     {p}:index:{v}:vectors        hash    item_id -> D float32 little-endian (4*D bytes),
                                          L2-normalised
     {p}:index:{v}:buckets        hash    item_id -> L int64 little-endian (8*L bytes): the

@@ -19,6 +19,11 @@ How item changes reach every worker (several workers share one consumer group):
   (HSCAN), builds a new index aside, then the follower seeks to those offsets and the
   index is swapped in one assignment. Replaying from offsets that are older than the
   snapshot is harmless: each item ends with the state of its last message.
+- **re-layout** (:meth:`ItemsFollower._relayout`): a version that is a re-pick's copy of
+  the version served (its meta's ``relayout_of``) holds the same items, so it is not
+  read back: the served index's items are re-hashed with the new layout in memory (no
+  second vector matrix), the follower held back meanwhile and going on from where it
+  stood.
 
 A version without recorded offsets for a partition (e.g. one loaded by ``recall load``)
 starts that partition where the follower stood (at start-up: at the end of the topic); a

@@ -54,12 +54,14 @@ the same ones (and gives the same answers):
   (``Store.set_params``: T does not change the stored bucket keys);
 - a new hash layout is a new version (:func:`copy_version`): under the ``{p}:index:repick``
   lock (one worker at a time), the live version's offsets are read, then its items are
-  copied and re-hashed into a new version with those offsets, which is switched live and
-  the old one deleted. Every worker then rebuilds from Redis through the path it already
-  has for a version switch (``ItemsFollower.rebuild``: built aside, swapped in one
-  assignment; the items follower replays from the recorded offsets, so item changes made
-  during the copy are not lost). Cost: the copy in Redis, and two indexes in memory while
-  a worker rebuilds.
+  copied and re-hashed into a new version with those offsets (marked ``relayout_of`` the
+  live one), which is switched live and the old one deleted. Every worker then switches
+  through ``ItemsFollower.rebuild``: one serving the version copied re-hashes the items
+  it holds in memory (``LSHIndex.relayout``: the vector matrix and ids move to the new
+  index, only the tables are built anew, item changes held back meanwhile and applied
+  to the new index after); any other reads the copy from Redis, replaying item changes
+  from its recorded offsets. Cost: the copy in Redis, and a second set of tables (not
+  a second index) in each worker while it builds.
 """
 
 from __future__ import annotations
