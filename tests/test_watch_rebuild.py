@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
+import orjson
 import pytest
 
 from devtools.client import RecallClient
@@ -455,12 +456,16 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
     items: the served vector matrix, not a second one. Its answers must be those of an
     index built afresh with the new layout over the same catalogue, and item changes
     arriving on the topic while it switches must all reach it (here the copy in Redis
-    also lacks the last changes the worker had applied: the in-memory index has them)."""
+    also lacks the last changes the worker had applied: the in-memory index has them).
+    The copy keeps the version's user-vector settings (it had none: a re-pick dropped
+    them)."""
     n = 40
     async with following(store, stack, "relayout", n) as (x, ids, params, slot, follower):
         v1 = slot.version
         stored = 30  # the Redis version is complete up to offset 30; memory up to 40
         await store.upsert_items(v1, ids[:stored], x[:stored], Hasher(params).keys(x[:stored]))
+        user = {"window": 20, "half_life": 3600.0}  # recall train's choice for these vectors
+        await store.r.hset(store.keys.meta(v1), "user", orjson.dumps(user))
         await store.set_item_offsets(v1, {0: stored})
         await store.switch_live(v1)
         new_params = LSHParams(dim=DIM, k=6, L=6, T=3, seed=5)
@@ -489,6 +494,7 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
                          == sorted(catalogue), 30)
         assert np.shares_memory(slot.index._vecs, vecs)  # no second vector matrix
         assert slot.index.params == new_params
+        assert slot.user == user  # the same vectors: the same user-vector settings
         fresh = LSHIndex(new_params)
         fresh.add(list(catalogue), np.stack(list(catalogue.values())))
         q = user_like_queries(np.stack(list(catalogue.values())), 30, seed=4)
