@@ -103,6 +103,10 @@ class Settings:
     #: seconds the worker's start-up check waits for Redis and the broker to answer
     #: before it exits with a message naming what is missing
     startup_timeout: float = 15.0
+    #: most user states a worker keeps in memory (least recently used ones are dropped
+    #: between click batches and read from Redis again on their next click or request;
+    #: 0 = no limit). A state takes ~250 bytes per click in its window, ~12 KB full
+    user_cache_users: int = 50_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +148,7 @@ class Settings:
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
+            (self.user_cache_users >= 0, "user_cache_users", "must be >= 0"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -210,6 +215,7 @@ ENV_NAMES: dict[str, str] = {
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",
+    "user_cache_users": "RECALL_USER_CACHE_USERS",
 }
 
 

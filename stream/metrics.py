@@ -70,6 +70,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.users_cached = Gauge("recall_users_cached", "user states held in memory",
                                   registry=r)
+        self.users_evicted = Counter(
+            "recall_users_evicted", "user states dropped from memory to keep within "
+            "RECALL_USER_CACHE_USERS (read from Redis again when next used)", registry=r)
         # live recall monitor (stream/watch.py): sampled LSH answers against exact search
         self.lsh_recall = Gauge(
             "recall_lsh_recall", "recall@k of sampled LSH answers against exact search: "

@@ -132,7 +132,10 @@ class RecallService:
         self.slot = slot
         self.metrics = metrics or Metrics()
         self.watch = watch
-        self.users = UserCache()
+        self.users = UserCache(limit=settings.user_cache_users)
+        #: click batches between their first step and their Redis write (users are not
+        #: dropped from memory then: :meth:`_trim_users`)
+        self._applying = 0
         self.popular = PopularCache()
         self._explicit = set_in_env() if explicit is None else explicit
         self._policy = RollingUserVectors(settings.dim, settings.user_window,
@@ -188,7 +191,9 @@ class RecallService:
         why = await deadline.by_deadline(
             self._load_users(partition_of),
             deadline.budget(self.settings.request_deadline_ms, (a.produced_at for a in asks)))
-        return list(zip(asks, self._from_memory(asks, unavailable=why), strict=True))
+        answers = list(zip(asks, self._from_memory(asks, unavailable=why), strict=True))
+        self._trim_users()
+        return answers
 
     def _from_memory(self, asks: Sequence[Ask], unavailable: str | None = None
                      ) -> list[Answer]:
@@ -298,6 +303,18 @@ class RecallService:
             if self.users.get(uid) is None:  # another batch may have loaded it meanwhile
                 self.users.put(uid, self._decode_user(uid, raw), partition_of[uid])
 
+    def _trim_users(self) -> None:
+        """Keep at most ``RECALL_USER_CACHE_USERS`` states in memory, least recently used
+        dropped, but only while no click batch is between applying clicks in memory and
+        writing them: a state dropped then, and read back from Redis by a request before
+        the write landed, would lose those clicks (memory is authoritative)."""
+        if self._applying:
+            return
+        dropped = self.users.trim()
+        if dropped:
+            self.metrics.users_evicted.inc(dropped)
+            self.metrics.users_cached.set(len(self.users))
+
     async def _load_users(self, partition_of: Mapping[str, int]) -> None:
         """Read the users not in memory from Redis in one MGET and keep them."""
         missing = self.users.missing(partition_of)
@@ -332,6 +349,14 @@ class RecallService:
         offset after the batch (counting records that were not clicks, e.g. dead-
         lettered ones), stored with the batch. Raises if Redis fails: nothing of the
         batch is then in Redis, and the caller retries it from :meth:`take_partitions`."""
+        self._applying += 1
+        try:
+            await self._apply(clicks, through)
+        finally:
+            self._applying -= 1
+            self._trim_users()
+
+    async def _apply(self, clicks: Sequence[ClickAt], through: Mapping[int, int]) -> None:
         s, m = self.settings, self.metrics
         m.batch_size.labels("clicks").observe(len(clicks))
         # per partition (the offset applied so far, the batch's next): a partition whose

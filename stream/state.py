@@ -6,7 +6,11 @@
 - :class:`UserCache` holds the :class:`~recall.users.UserState` of users of this worker's
   ``clicks``/``recall-requests`` partitions (co-partitioned, so this worker is the only
   writer of those users); entries remember their partition and are dropped when the
-  partition is revoked. Memory is authoritative, Redis is the durable copy.
+  partition is revoked. Memory is authoritative, Redis is the durable copy. It is
+  bounded: :meth:`UserCache.trim` drops the least recently used states beyond its limit
+  (``RECALL_USER_CACHE_USERS``). Only the caller knows when that is safe (no click batch
+  between applying a user's clicks in memory and writing them to Redis: a state dropped
+  then and read back from Redis would lose them), so nothing is dropped on ``put``.
 - :class:`PopularCache` keeps the top popular items, refreshed from Redis about every
   second, for cold users.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -48,13 +53,19 @@ class _Entry:
 
 @dataclass
 class UserCache:
-    """user id -> (state, partition) for the users of this worker's partitions."""
+    """user id -> (state, partition) for the users of this worker's partitions, least
+    recently used first (a dict keeps insertion order: a used entry is moved to the end)."""
 
     entries: dict[str, _Entry] = field(default_factory=dict)
+    #: most entries :meth:`trim` keeps (0 = no limit)
+    limit: int = 0
 
     def get(self, user_id: str) -> UserState | None:
-        e = self.entries.get(user_id)
-        return None if e is None else e.state
+        e = self.entries.pop(user_id, None)
+        if e is None:
+            return None
+        self.entries[user_id] = e  # most recently used
+        return e.state
 
     def put(self, user_id: str, state: UserState, partition: int) -> None:
         self.entries[user_id] = _Entry(state, partition)
@@ -75,6 +86,15 @@ class UserCache:
         for u in drop:
             del self.entries[u]
         return len(drop)
+
+    def trim(self) -> int:
+        """Drop the least recently used entries beyond ``limit``; returns how many."""
+        over = len(self.entries) - self.limit if self.limit else 0
+        if over <= 0:
+            return 0
+        for u in list(islice(self.entries, over)):
+            del self.entries[u]
+        return over
 
     def __len__(self) -> int:
         return len(self.entries)

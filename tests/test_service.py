@@ -67,13 +67,15 @@ class FakeStore:
         return [(i, float(n)) for i, n in self.popular.most_common(k)]
 
 
-def service(n_items: int = 2000, seed: int = 0) -> tuple[RecallService, FakeStore, np.ndarray]:
+def service(n_items: int = 2000, seed: int = 0, cache: int = 0
+            ) -> tuple[RecallService, FakeStore, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = normalize(rng.standard_normal((n_items, DIM)))
     index = LSHIndex(LSHParams(dim=DIM, k=2, L=8, T=4, w=1.0))
     index.add([f"i{j}" for j in range(n_items)], x)
     store = FakeStore()
-    return RecallService(Settings(dim=DIM), store, IndexSlot(index, 1)), store, x
+    svc = RecallService(Settings(dim=DIM, user_cache_users=cache), store, IndexSlot(index, 1))
+    return svc, store, x
 
 
 def clicks(user: str, items: list[int], partition: int = 0, first_offset: int = 0,
@@ -274,3 +276,67 @@ async def test_a_batch_applied_in_chunks_equals_the_clicks_applied_one_by_one() 
         b = UserState.from_bytes(single_store.users[u], DIM)
         assert a.clicks == b.clicks
         np.testing.assert_allclose(a.vector(), b.vector(), rtol=1e-5, atol=1e-6)
+
+
+def same_users(a: FakeStore, b: FakeStore) -> None:
+    assert a.users.keys() == b.users.keys()
+    for u in a.users:
+        sa, sb = UserState.from_bytes(a.users[u], DIM), UserState.from_bytes(b.users[u], DIM)
+        assert sa.clicks == sb.clicks
+        np.testing.assert_allclose(sa.vector(), sb.vector(), rtol=1e-5, atol=1e-6)
+
+
+async def test_memory_keeps_at_most_the_cache_limit_and_answers_as_if_unbounded() -> None:
+    """RECALL_USER_CACHE_USERS bounds the states in memory; a dropped user is read from
+    Redis again on its next click or request, so every click counts once and answers
+    are those of a worker that kept everyone."""
+    batches = [clicks(f"u{j % 5}", [j, j + 1], first_offset=2 * j) for j in range(20)]
+    bounded, bounded_store, _ = service(cache=2)
+    free, free_store, _ = service()
+    for svc in (bounded, free):
+        await svc.take_partitions([0])
+        for j, batch in enumerate(batches):
+            await svc.apply(batch, {0: 2 * j + 2})
+            assert svc is free or len(svc.users) <= 2
+    assert len(free.users) == 5
+    assert bounded.metrics.registry.get_sample_value("recall_users_evicted_total") >= 3
+    same_users(bounded_store, free_store)
+    asks = [Ask(Request(f"r{u}", f"u{u}", k=5), 0) for u in range(5)]
+    got = {a.key: orjson.loads(a.value) for _, a in await bounded.answer(asks)}
+    want = {a.key: orjson.loads(a.value) for _, a in await free.answer(asks)}
+    assert got == want and all(g["source"] == "lsh" for g in got.values())
+    assert len(bounded.users) <= 2
+
+
+async def test_a_user_is_not_dropped_while_its_click_batch_is_being_written() -> None:
+    """A state whose clicks are applied in memory but not yet written must stay: dropped
+    and read back from Redis by a request meanwhile, the batch's clicks would be lost
+    from memory, and the user's next batch would overwrite them in Redis."""
+    import asyncio
+
+    bounded, bounded_store, _ = service(cache=1)
+    free, free_store, _ = service()
+    batch = clicks("a", [3, 4, 5], first_offset=2)
+    last = [ClickAt(0, 5, Click("a", "i7", 9000.0, 1.0, "a-last"))]
+    for svc, store in ((bounded, bounded_store), (free, free_store)):
+        await svc.take_partitions([0])
+        await svc.apply(clicks("a", [1, 2]), {0: 2})
+        writing, release = asyncio.Event(), asyncio.Event()
+        write = store.write_clicks
+
+        async def gated(*args, write=write, writing=writing, release=release, **kw) -> bool:
+            writing.set()
+            await release.wait()  # Redis is slow to answer
+            return await write(*args, **kw)
+
+        store.write_clicks = gated  # type: ignore[method-assign]
+        applying = asyncio.create_task(svc.apply(batch, {0: 5}))
+        await writing.wait()
+        await svc.answer([Ask(Request("rb", "b", k=3), 0)])  # a cold user is read
+        await svc.answer([Ask(Request("ra", "a", k=3), 0)])
+        release.set()
+        await applying
+        await svc.apply(last, {0: 6})
+    same_users(bounded_store, free_store)
+    assert sorted(c[0] for c in UserState.from_bytes(bounded_store.users["a"], DIM).clicks) == [
+        "i1", "i2", "i3", "i4", "i5", "i7"]
