@@ -15,8 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from itertools import islice
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 import numpy as np
 
@@ -36,7 +35,6 @@ from recall.users import (
 )
 
 _GET_ITEM, _GET_TS, _GET_WEIGHT, _GET_EVENT, _GET_HAS_VECTOR = map(itemgetter, range(5))
-_GET_T_REF = attrgetter("t_ref")
 
 
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
@@ -82,9 +80,7 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
             out.append(False)
             continue
         out.append(True)
-        # most clicks are the user's newest: no search (bisect calls _ts ~log2(N) times)
-        pos = (len(win) if not win or ts >= win[-1][TS]
-               else bisect.bisect_right(win, ts, key=_ts))
+        pos = bisect.bisect_right(win, ts, key=_ts)
         full = len(win) >= size
         if full and pos == 0:
             continue  # late: older than every kept click, never enters
@@ -105,18 +101,17 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
         user.append(row)
         empty.append(not win)
         evict.append(full)
-        if full:  # the unit before (all of win) and after the eviction (win[1:]): one scan
+        top = max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, win)), default=0.0)
+        unit_old.append(top)
+        if full:
             old = win[0]
-            left = max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, islice(win, 1, None))),
-                       default=0.0)
-            top = max(left, old[WEIGHT]) if old[HAS_VECTOR] else left
             ev.append(old)
-            unit_left.append(left)
+            unit_left.append(max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, win[1:])),
+                                 default=0.0)
+                             if old[HAS_VECTOR] and old[WEIGHT] >= top else top)
         else:
-            top = max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, win)), default=0.0)
             ev.append(click)
             unit_left.append(top)
-        unit_old.append(top)
     if feed:
         _add_clicks(policy, states, rows, recut, feed, user, empty, evict, ev, unit_old,
                          unit_left, clicks, new_vecs, new_has, lookup)
@@ -132,13 +127,16 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
                 new_vecs: np.ndarray, new_has: np.ndarray, lookup: Lookup) -> None:
     """The one-segment states' part of :meth:`apply_batch` (userkernels.add_clicks)."""
     n_users = len(states)
-    # each state's one segment (none for an empty window: zeros), gathered in C-level
-    # calls rather than two row assignments per state
-    zero_v, zero_w = np.zeros((1, policy.dim)), np.zeros(1)
-    vsum = np.concatenate([st.seg_vsum if st.starts else zero_v for st in states])
-    wsum = np.concatenate([st.seg_wsum if st.starts else zero_w for st in states])
-    t_ref = np.fromiter(map(_GET_T_REF, states), dtype=np.float64, count=n_users)
-    redo = np.fromiter((id(st) in recut for st in states), dtype=bool, count=n_users)
+    vsum = np.zeros((n_users, policy.dim), dtype=np.float64)
+    wsum = np.zeros(n_users, dtype=np.float64)
+    t_ref = np.zeros(n_users, dtype=np.float64)
+    redo = np.zeros(n_users, dtype=bool)
+    for r, st in enumerate(states):
+        if st.starts:
+            vsum[r] = st.seg_vsum[0]
+            wsum[r] = st.seg_wsum[0]
+        t_ref[r] = st.t_ref
+        redo[r] = id(st) in recut
     ev_vecs, ev_present = lookup(list(map(_GET_ITEM, ev)))
     idx = np.asarray(feed, dtype=np.int64)
     n = len(feed)
@@ -155,15 +153,14 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
                np.fromiter(map(_GET_TS, ev), dtype=np.float64, count=n),
                np.asarray(unit_old, dtype=np.float64),
                np.asarray(unit_left, dtype=np.float64), policy.half_life, RESCALE_MAX)
-    # each state gets rows of its own (a view would keep the batch's arrays alive)
-    for r, (st, again, ref) in enumerate(zip(states, redo.tolist(), t_ref.tolist(),
-                                             strict=True)):
-        if again:
+    refs = t_ref.tolist()
+    for r, st in enumerate(states):
+        if redo[r]:
             recut[id(st)] = st
             continue
         st.starts = [0]
         st.seg_vsum, st.seg_wsum = vsum[r:r + 1].copy(), wsum[r:r + 1].copy()
-        st.t_ref = ref
+        st.t_ref = refs[r]
 
 
 def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],

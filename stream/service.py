@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -109,9 +109,9 @@ class Answer:
     produced_at: float | None = None
 
 
-class ClickAt(NamedTuple):
-    """One parsed click with where it came from (a tuple: one is made per click, and a
-    frozen dataclass's ``__init__`` costs several times a tuple's)."""
+@dataclass(frozen=True)
+class ClickAt:
+    """One parsed click with where it came from."""
 
     partition: int
     offset: int
