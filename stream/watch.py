@@ -19,9 +19,17 @@ wiring, on the worker's event loop:
   otherwise left no sample. The controller still looks at the
   index every ``ACT_EVERY`` second while samples gather (a grown catalogue is re-picked
   as soon as before).
-- **CPU budget**: the CPU time that thread takes per sample is measured (a moving
-  average; BLAS limited to one thread, which runs in it), and the sampling rate is
-  lowered to fit ``RECALL_RECALL_SAMPLE_CPU`` (a fraction of one core). The rate in use is exported
+- **CPU budget** (``RECALL_RECALL_SAMPLE_CPU``, a fraction of one core): the CPU time
+  of each batch is measured (BLAS limited to one thread, which runs in it), and the
+  next batch starts no sooner than that time over the budget after this one began, so
+  the thread's CPU cannot exceed the budget, whatever a batch costs. The cost is per
+  batch more than per sample (at 1M x 64 a batch of 8, 24 or 32 samples each took
+  ~270 ms: the pass over the vectors dominates), so the sampling rate is set for *full*
+  batches at that pace: the batch's CPU spread over ``BATCH`` samples (a moving
+  average), the budget over it. Spread over the samples a short batch happened to
+  hold, the rate fell after every short batch while batches still came every
+  ``GATHER`` seconds: 0.07 of a core for a budget of 0.05, and fewer samples each time
+  (0.8 a second after two minutes at 1M). The rate in use is exported
   (``recall_lsh_recall_sample_rate``) with the seconds spent (``_exact_seconds_total``)
   and the number of samples behind the estimate (``recall_lsh_recall_samples``), so the
   interval's width can be read off with the estimate.
@@ -247,6 +255,7 @@ class RecallWatch:
         self.queue: asyncio.Queue[Sample] = asyncio.Queue(QUEUE)
         self._full = asyncio.Event()  # a batch is waiting
         self._oldest = 0.0  # when the oldest sample waiting was queued (clock)
+        self._next_at = -math.inf  # no batch measured before (clock): the CPU budget
         self.controller = ProbeController(settings.target_recall, slot.index.params.T,
                                           settings.lsh_max_probes, window=WINDOW,
                                           min_samples=MIN_SAMPLES,
@@ -301,12 +310,16 @@ class RecallWatch:
     async def run(self) -> None:
         while True:
             try:
-                if self.queue.qsize() < BATCH:  # else measure the next batch at once
+                paced = self._next_at - self.clock()
+                if paced > 0:  # the CPU budget: the last batch's time is not paid yet
+                    await asyncio.sleep(min(paced, ACT_EVERY))
+                elif self.queue.qsize() < BATCH:  # else measure the next batch at once
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._full.wait(), ACT_EVERY)
                 self._full.clear()
                 n = self.queue.qsize()
-                if n >= BATCH or (n and self.clock() - self._oldest >= GATHER):
+                if self.clock() >= self._next_at and (
+                        n >= BATCH or (n and self.clock() - self._oldest >= GATHER)):
                     await self.step(timeout=0.0)
                     self._oldest = self.clock()  # (what is left waits a whole GATHER)
                 else:  # gathering: the index may still have changed or grown
@@ -330,15 +343,19 @@ class RecallWatch:
         self._follow_slot()
         if batch:
             loop = asyncio.get_running_loop()
+            began = self.clock()
             truths, seconds = await loop.run_in_executor(self._pool, _exact, batch)
             self.metrics.lsh_exact_seconds.inc(seconds)
-            self._fit_budget(seconds / len(batch))
+            if self.settings.recall_sample_cpu > 0:
+                self._next_at = began + seconds / self.settings.recall_sample_cpu
+            self._fit_budget(seconds / BATCH)
             self.record(batch, truths)
         await self.act()
 
     def _fit_budget(self, per_sample: float) -> None:
-        """The sampling rate that keeps exact search within RECALL_RECALL_SAMPLE_CPU of a
-        core at the measured cost per sample (never above RECALL_RECALL_SAMPLE_PER_S)."""
+        """The sampling rate that fills a batch in the time the CPU budget leaves between
+        batches: RECALL_RECALL_SAMPLE_CPU over the cost per sample of a full batch (never
+        above RECALL_RECALL_SAMPLE_PER_S)."""
         w = COST_WEIGHT
         self.cost = per_sample if self.cost is None else (1 - w) * self.cost + w * per_sample
         wanted, cpu = self.settings.recall_sample_per_s, self.settings.recall_sample_cpu
@@ -346,7 +363,8 @@ class RecallWatch:
         now = self.clock()
         if now - self._told >= 60 or (rate < wanted) != (self.budget.per_second < wanted):
             self._told = now
-            log.info("recall monitor: exact search %.1f ms a sample: %.2f samples/s "
+            log.info("recall monitor: exact search %.1f ms a sample in full batches: "
+                     "%.2f samples/s "
                      "(RECALL_RECALL_SAMPLE_CPU=%g of a core, RECALL_RECALL_SAMPLE_PER_S=%g)",
                      self.cost * 1e3, rate, cpu, wanted)
         self.budget.set_rate(rate)

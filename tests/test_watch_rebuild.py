@@ -362,6 +362,56 @@ async def test_by_default_the_cpu_budget_sets_the_sampling_rate_at_1m_items(
     assert w.watch.budget.per_second == pytest.approx(defaults.recall_sample_cpu / 0.006)
 
 
+async def test_the_cpu_budget_holds_when_a_batch_costs_the_same_whatever_its_size(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1M x 64 an exact batch costs ~270 ms whether it holds 8 or 32 samples. The
+    monitor must then space its batches by their CPU over RECALL_RECALL_SAMPLE_CPU (a
+    short batch every GATHER seconds took 0.07 of a core for a budget of 0.05) and set
+    the sampling rate for full batches at that pace (spread over a short batch's
+    samples, the rate fell after each one: 0.8 samples a second after two minutes)."""
+    import asyncio
+
+    import stream.watch as watch_module
+    from stream.watch import BATCH
+
+    calls: list[int] = []
+
+    def fixed_cost(samples):  # the exact answers are the LSH's: recall 1
+        calls.append(len(samples))
+        return [list(s.found) for s in samples], 0.27
+
+    monkeypatch.setattr(watch_module, "_exact", fixed_cost)
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3), retune_items=0,
+                    recall_sample_cpu=0.05, lsh_max_probes=2)
+    index = w.slot.index
+    for qi in w.q[:8]:  # a short batch
+        w.watch.offer(qi, 10, (), index.search(qi, 10)[0].ids, index)
+    began = w.watch.clock()
+    await w.watch.step(timeout=0.01)
+    assert calls == [8]
+    assert w.watch.budget.per_second == pytest.approx(0.05 * BATCH / 0.27)
+    assert w.watch._next_at >= began + 0.27 / 0.05
+    # a full batch waiting is not measured before the budget allows it
+    from recall.monitor import SampleBudget
+
+    w.watch.budget = SampleBudget(10_000.0, burst=10_000.0)  # (grants: not tested here)
+    for qi in w.q[:BATCH]:
+        w.watch.offer(qi, 10, (), index.search(qi, 10)[0].ids, index)
+    w.watch._next_at = w.watch.clock() + 60.0
+    w.watch.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert calls == [8] and w.watch.queue.qsize() >= BATCH
+        w.watch._next_at = w.watch.clock()  # paid: measured at the next look
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if len(calls) > 1:
+                break
+        assert calls[1:] == [BATCH]
+    finally:
+        await w.watch.stop()
+
+
 @asynccontextmanager
 async def following(store: Store, stack: LocalStack, name: str, n: int) -> AsyncIterator[
         tuple[np.ndarray, list[str], LSHParams, IndexSlot, ItemsFollower]]:
