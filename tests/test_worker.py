@@ -36,6 +36,8 @@ pytestmark = pytest.mark.integration
 
 N_ITEMS = 3000
 DIM = 64
+#: RECALL_USER_CACHE_USERS of the module's worker
+CACHE_USERS = 4
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,10 @@ def catalogue() -> tuple[list[str], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def settings(stack: LocalStack) -> Settings:
-    return isolated_settings(stack, "wt", dim=DIM, topic_partitions=2, user_window=5)
+    # a user cache far below the users of these tests: every answer below must be the
+    # same with users dropped from memory and read back from Redis
+    return isolated_settings(stack, "wt", dim=DIM, topic_partitions=2, user_window=5,
+                             user_cache_users=CACHE_USERS)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,25 @@ async def test_items_then_clicks_give_the_exact_top_k(
             # item vectors held in half precision (VECTOR_DTYPE): cosines within 3e-4
             assert item["score"] == pytest.approx(cos, abs=3e-4)
     assert np.mean(found) >= 0.9, found
+
+
+async def test_users_beyond_the_cache_are_read_back_from_redis_with_the_same_answers(
+        client: RecallClient, r: redis.Redis, settings: Settings,
+        catalogue: tuple[list[str], np.ndarray]) -> None:
+    """RECALL_USER_CACHE_USERS bounds the users a worker holds; one dropped from memory
+    gets the answer it got before, and its next clicks add to its stored window."""
+    ids, _ = catalogue
+    users = [f"user-cache-{u}" for u in range(3 * CACHE_USERS)]
+    for u, uid in enumerate(users):
+        await click_and_wait(client, r, settings, uid, [ids[7 * u], ids[7 * u + 1]])
+    before = {uid: (await client.recall(uid, k=5)).item_ids for uid in users}
+    port = settings.metrics_port
+    assert metric(port, "recall_users_evicted_total") >= 2 * CACHE_USERS
+    assert metric(port, "recall_users_cached") <= CACHE_USERS + 1
+    after = {uid: (await client.recall(uid, k=5)).item_ids for uid in users}
+    assert after == before and all(len(v) == 5 for v in after.values())
+    await client.clicks([{"user_id": users[0], "item_id": ids[2000], "ts": 5000.0}])
+    await eventually(lambda: len(stored_user(r, settings, users[0]) or []) == 3)
 
 
 async def test_exclude_seen_false_can_return_clicked_items(
