@@ -403,7 +403,7 @@ class ItemsFollower:
             return
         t0 = time.perf_counter()
         index, offsets = await load_index(store, version, self.settings.dim)
-        user = (await store.get_meta(version) or {}).get("user")
+        user = (meta or {}).get("user")
         async with self.lock:
             before = await self.positions()
             target = {p: o for p, o in before.items() if offsets.get(p, o) < o}
