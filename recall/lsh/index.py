@@ -39,6 +39,11 @@ from recall.lsh.pending import PendingBuckets
 from recall.lsh.search import SearchMixin
 
 MergeMode = Literal["inline", "deferred"]
+#: per-slot arrays each index keeps for itself, beside the vectors, ``_alive`` and the
+#: id store (which :meth:`LSHIndex.relayout` hands over): whether a slot is in the
+#: sorted table, its stamp, and the search kernels' scratch mark
+_OWN_PER_SLOT: tuple[tuple[str, type], ...] = (
+    ("_in_main", bool), ("_stamp", np.int32), ("_mark", np.uint8))
 
 
 class LSHIndex(SearchMixin):
@@ -182,8 +187,7 @@ class LSHIndex(SearchMixin):
         vecs = page_aligned_zeros((new, self.dim), VECTOR_DTYPE)
         vecs[: self._capacity] = self._vecs
         self._vecs = vecs
-        for name, dtype in (("_alive", bool), ("_in_main", bool), ("_stamp", np.int32),
-                            ("_mark", np.uint8)):
+        for name, dtype in (("_alive", bool), *_OWN_PER_SLOT):
             arr = np.zeros(new, dtype=dtype)
             arr[: self._capacity] = getattr(self, name)
             setattr(self, name, arr)
@@ -332,9 +336,8 @@ class LSHIndex(SearchMixin):
         new._vecs, new._alive, new._ids = self._vecs, self._alive, self._ids
         # per-index state and the search kernels' scratch: the old index may still be
         # searched (a request in flight, the recall monitor's thread) while this builds
-        new._in_main = np.zeros(n, dtype=bool)
-        new._stamp = np.zeros(n, dtype=np.int32)
-        new._mark = np.zeros(n, dtype=np.uint8)
+        for name, dtype in _OWN_PER_SLOT:
+            setattr(new, name, np.zeros(n, dtype=dtype))
         new._seen = np.zeros((n + 63) // 64, dtype=np.uint64)
         new.build()
         self._moved = True
