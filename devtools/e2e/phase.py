@@ -50,26 +50,17 @@ def minor_faults(pid: int) -> int | None:
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds so far of each thread of a process (``/proc/PID/task``), by name:
-    ``main`` (the thread with the process's id: the worker's event loop), else the
-    thread's comm and id. Empty once the process is gone."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
+    """CPU seconds so far of each thread of a process (psutil's ``threads()``), by name:
+    ``main`` (the thread with the process's id: the worker's event loop), else
+    ``thread:ID``. Empty once the process is gone."""
+    import psutil
+
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        # utime and stime are the 14th and 15th fields; the 3rd is the first after ")"
-        name = "main" if tid == str(pid) else f"{comm}:{tid}"
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+        threads = psutil.Process(pid).threads()
+    except psutil.Error:
+        return {}
+    return {"main" if t.id == pid else f"thread:{t.id}": t.user_time + t.system_time
+            for t in threads}
 
 
 def _busy_per_cpu() -> list[tuple[float, float]]:
