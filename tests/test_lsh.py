@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import recall.lsh.hashing as lsh_hashing
+import recall.lsh.reserve as reserve
 from offline.synthetic import clustered_catalogue, user_like_queries
 from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
 from recall.tuner import exact_topk, recall_at_k
@@ -241,6 +242,38 @@ def test_the_vector_matrix_starts_on_a_page_as_it_grows():
     assert present.all()
     np.testing.assert_allclose(got, x, atol=1e-3)
     assert [r.ids[0] for r in index.search(x, 1)] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_growing_keeps_the_rows_in_place_until_the_reservation_is_outgrown(monkeypatch,
+                                                                          room):
+    # a catalogue streamed in grows the index many times: each growth used to copy the
+    # vector matrix (old and new resident at once); now the rows stay where they are,
+    # and a reservation outgrown (room=False: reservations of just the rows needed, so
+    # every growth) copies them into a new one
+    if not room:
+        monkeypatch.setattr(reserve, "MIN_ROWS", 1)
+        monkeypatch.setattr(reserve, "GROWTH", 1)
+    rng = np.random.default_rng(5)
+    index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=2))
+    x = unit(rng, 3000, 16)
+    ids = [f"i{i}" for i in range(3000)]
+    index.add(ids[:1000], x[:1000])
+    before = {name: getattr(index, name) for name in ("_vecs", "_alive", "_in_main")}
+    for lo in range(1000, 3000, 250):  # grows from 1,024 slots to 3,000 and more
+        index.add(ids[lo:lo + 250], x[lo:lo + 250])
+    assert index._capacity >= 3000
+    for name, arr in before.items():
+        assert np.shares_memory(getattr(index, name), arr) == room, name
+    assert index._vecs.ctypes.data % 4096 == 0
+    got, present = index.vectors_of(ids)
+    assert present.all()
+    np.testing.assert_allclose(got, x, atol=1e-3)
+    assert [r.ids[0] for r in index.search(x[::97], 1)] == ids[::97]
+    fresh = LSHIndex(index.params)
+    fresh.add(ids, x)
+    q = unit(rng, 20, 16)
+    assert ([r.ids for r in index.search(q, 10)] == [r.ids for r in fresh.search(q, 10)])
 
 
 def test_query_rejects_bad_input():

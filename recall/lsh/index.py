@@ -36,6 +36,7 @@ from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
 from recall.lsh.params import VECTOR_DTYPE, LSHParams, normalize
 from recall.lsh.pending import PendingBuckets
+from recall.lsh.reserve import Reserved
 from recall.lsh.search import SearchMixin
 
 MergeMode = Literal["inline", "deferred"]
@@ -79,6 +80,7 @@ class LSHIndex(SearchMixin):
         self._stamp = np.zeros(0, dtype=np.int32)
         self._mark = np.zeros(0, dtype=np.uint8)  # the kernels' per-slot scratch (zeros)
         self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
+        self._reserved = Reserved()  # the per-slot arrays grow in place (no copy)
         self._ids = IdStore()  # ids <-> slots, and which slots are free
         self._buckets = SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
         self._pending = PendingBuckets()  # bucket key -> slots, since the last merge
@@ -175,23 +177,24 @@ class LSHIndex(SearchMixin):
                                "merge_off_loop() before writing")
 
     def reserve(self, n: int) -> None:
-        """Room for n items in all (e.g. a catalogue about to be loaded): one allocation
-        of exactly that size instead of growing by a quarter, which briefly holds the old
-        and the new vector matrix (192 + 256 MB on the way to 1M x 64)."""
+        """Room for n items in all (e.g. a catalogue about to be loaded): the id store's
+        tables sized once instead of doubling on the way."""
         self._grow(n, spare=False)
 
     def _grow(self, needed: int, spare: bool = True) -> None:
+        """Room for ``needed`` slots: the vector matrix and per-slot arrays are longer
+        views of their reservations (:mod:`recall.lsh.reserve`: no copy, so no moment
+        holding an old and a new matrix, +~100 MB at ~850k x 64 when it grew by a
+        quarter)."""
         if needed <= self._capacity:
             return
         new = max(needed, self._capacity + self._capacity // 4, 1024) if spare else needed
-        vecs = page_aligned_zeros((new, self.dim), VECTOR_DTYPE)
-        vecs[: self._capacity] = self._vecs
-        self._vecs = vecs
+        grow = self._reserved.grow
+        self._vecs = grow("_vecs", self._vecs, new, VECTOR_DTYPE, (self.dim,))
         for name, dtype in (("_alive", bool), *_OWN_PER_SLOT):
-            arr = np.zeros(new, dtype=dtype)
-            arr[: self._capacity] = getattr(self, name)
-            setattr(self, name, arr)
-        self._seen = np.zeros((new + 63) // 64, dtype=np.uint64)  # zeros between searches
+            setattr(self, name, grow(name, getattr(self, name), new, dtype))
+        # zeros between searches (the kernels clear what they set)
+        self._seen = grow("_seen", self._seen, (new + 63) // 64, np.uint64)
         self._ids.reserve(new)
         self._capacity = new
 
@@ -334,11 +337,12 @@ class LSHIndex(SearchMixin):
         new = LSHIndex(params, merge=self.merge_mode)
         n = new._capacity = self._capacity
         new._vecs, new._alive, new._ids = self._vecs, self._alive, self._ids
+        new._reserved = self._reserved.hand_over(("_vecs", "_alive"))
         # per-index state and the search kernels' scratch: the old index may still be
         # searched (a request in flight, the recall monitor's thread) while this builds
         for name, dtype in _OWN_PER_SLOT:
-            setattr(new, name, np.zeros(n, dtype=dtype))
-        new._seen = np.zeros((n + 63) // 64, dtype=np.uint64)
+            setattr(new, name, new._reserved.grow(name, np.zeros(0, dtype=dtype), n, dtype))
+        new._seen = new._reserved.grow("_seen", new._seen, (n + 63) // 64, np.uint64)
         new.build()
         self._moved = True
         return new
@@ -454,23 +458,6 @@ _BUILD_BLOCK = 2048
 #: each: their entry keys (8 bytes per entry: 128 MB at 1M x 16 in one range) are held
 #: one range at a time, for one more hashing pass (~0.2 s per 64k items, quiet)
 _BUILD_PARTS = 2
-
-
-#: bytes the vector matrix is aligned to (a page: every cache line and SIMD width)
-_ALIGN = 4096
-
-
-def page_aligned_zeros(shape: tuple[int, int], dtype: type) -> np.ndarray:
-    """A zero matrix whose first row starts on a page. A big numpy array starts 16 bytes
-    into its page (the allocator's header), so each 128-byte row of 64 float16 spanned
-    three cache lines instead of two, and the re-rank, which reads rows at random, waited
-    on a third line per row (4,352 rows at 1M: ~81 -> ~63 us, interleaved A/B, load ~2).
-    A view into a buffer one page longer, so the allocation is numpy's (its zeroed pages
-    and huge-page advice)."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.zeros(nbytes + _ALIGN, dtype=np.uint8)
-    start = -buf.ctypes.data % _ALIGN
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _normalize_blocks(vectors: np.ndarray) -> np.ndarray:
