@@ -1,7 +1,7 @@
 """Compiled kernels of the index's bulk build (``LSHIndex.build``, the worker's
-catalogue load), of item hashing (:func:`fold_keys`) and of the bucket table's radix
-directory, kept apart from the search kernels of :mod:`recall.kernels` (which
-re-exports them, so callers name one module).
+catalogue load), of item hashing (:func:`fold_keys`), of the bucket table's radix
+directory and the search's views of the table's parts, kept apart from the search
+kernels of :mod:`recall.kernels` (which re-exports them, so callers name one module).
 
 The bucket table of a bulk load is a counting sort by the keys' top bits, then a sort
 within each small cell, then the unique keys compacted in place: no argsort of all
@@ -12,7 +12,9 @@ call and cached on disk (``cache=True``), as the search kernels.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from recall import jit  # noqa: F401  (numba's cache directory, before any @njit)
 
@@ -156,18 +158,19 @@ def merge_buckets(ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def radix_directory(ukeys: np.ndarray, shift: int, directory: np.ndarray) -> int:
+def radix_directory(ukeys: np.ndarray, prefix: int, shift: int, directory: np.ndarray) -> int:
     """The bucket table's radix directory of sorted keys: directory[d] = the first key
-    whose top bits (``>> shift``, in signed order) are >= d, for every d (the last
-    entry: the number of keys). One pass over the keys, where numpy needed the top bits
-    of every key and a bincount beside them (~70 MB at 1M x 16). Returns the most keys
-    under one d."""
+    whose top bits after the first ``prefix`` (the part's bits, the same in every key of
+    a part of the table), ``(u << prefix) >> shift`` with u the key in signed order, are
+    >= d, for every d (the last entry: the number of keys). One pass over the keys,
+    where numpy needed the top bits of every key and a bincount beside them (~70 MB at
+    1M x 16). Returns the most keys under one d."""
     n = ukeys.shape[0]
     d = 0
     widest = 0
     for j in range(n):
-        top = np.int64((np.uint64(ukeys[j]) ^ np.uint64(0x8000000000000000))
-                       >> np.uint64(shift))
+        top = np.int64(((np.uint64(ukeys[j]) ^ np.uint64(0x8000000000000000))
+                        << np.uint64(prefix)) >> np.uint64(shift))
         while d <= top:
             directory[d] = j
             if d and j - directory[d - 1] > widest:
@@ -179,3 +182,38 @@ def radix_directory(ukeys: np.ndarray, shift: int, directory: np.ndarray) -> int
             widest = n - directory[d - 1]
         d += 1
     return widest
+
+
+@intrinsic
+def _address(typingctx, addr):  # type: ignore[no-untyped-def]
+    """The pointer at an address given as an int64 (for :func:`numba.carray` views of
+    the bucket table's parts, whose arrays their ``BucketTable`` keeps alive)."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+# the parts of the bucket table, one row each of ``recall.lsh.buckets.BucketTable.desc``:
+# [ukeys address, keys, starts address, slots address, entries, directory address,
+# cells, shift]; offsets (starts, directory) and slots are int32
+@njit(cache=True, nogil=True, inline="always")
+def part_ukeys(parts: np.ndarray, p: int) -> np.ndarray:
+    return carray(_address(parts[p, 0]), parts[p, 1], np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def part_starts(parts: np.ndarray, p: int) -> np.ndarray:
+    return carray(_address(parts[p, 2]), parts[p, 1] + 1, np.int32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def part_slots(parts: np.ndarray, p: int) -> np.ndarray:
+    return carray(_address(parts[p, 3]), parts[p, 4], np.int32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def part_directory(parts: np.ndarray, p: int) -> np.ndarray:
+    return carray(_address(parts[p, 5]), parts[p, 6], np.int32)

@@ -18,8 +18,8 @@ implementation as the reference the tests compare against, row by row.
   query-directed multi-probe keys (Lv et al. 2007), exactly as
   ``recall.lsh.Hasher.probe_keys`` does (same float64 arithmetic, same perturbation
   sets).
-- :func:`search` looks each query's probes up in the sorted bucket table (radix
-  directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, a
+- :func:`search` looks each query's probes up in the sorted bucket table (the key's
+  part, its radix directory + short scan), gathers the bucket entries (at most ``cap`` per bucket, a
   window of an over-full one placed by a hash of the query and the key; stale
   entries skipped), adds extra candidates given per query (pending buckets), dedupes
   (a bit per slot with vote = 1, a count per slot otherwise), keeps candidates found in
@@ -53,6 +53,10 @@ from recall.buildkernels import (  # re-exported: the index calls them as kernel
     finish_cells,
     fold_keys,
     merge_buckets,
+    part_directory,
+    part_slots,
+    part_starts,
+    part_ukeys,
     radix_directory,
     scatter_cells,
     unique_csr,
@@ -225,34 +229,45 @@ def pending_lookup(key: np.int64, keys: np.ndarray, head: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: np.ndarray,
-            shift: int, slots: np.ndarray, pkeys: np.ndarray, phead: np.ndarray,
-            pent: np.ndarray, lo: np.ndarray, hi: np.ndarray, first: np.ndarray,
-            cap: int, seed: np.uint64) -> None:
-    """For each probe key: [lo, hi) of its entries in the CSR table (empty when absent;
-    at most ``cap`` of them when cap > 0, where :func:`cap_window` with the query's
-    ``seed`` says) and ``first``, the first entry of its pending bucket (-1: none). Each
-    of the lookup's
-    dependent reads (directory cell, keys, offsets, entries) is a likely cache miss at
-    1M items: done one stage at a time over all probes, with the next stage's lines
-    prefetched, the misses of all probes overlap instead of queueing one after the
-    other (gather and dedupe at 1M: ~0.10 -> 0.05 ms, interleaved in one process)."""
+def _locate(keys: np.ndarray, parts: np.ndarray, fresh: int, pkeys: np.ndarray,
+            phead: np.ndarray, pent: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            first: np.ndarray, part: np.ndarray, cap: int, seed: np.uint64) -> None:
+    """For each probe key: its part of the table (``part``), [lo, hi) of its entries in
+    that part's CSR (empty when absent; at most ``cap`` of them when cap > 0, where
+    :func:`cap_window` with the query's ``seed`` says) and ``first``, the first entry
+    of its pending bucket (-1: none; not looked up in the first ``fresh`` parts, where a
+    merge under way put the pending items already). Each dependent read (directory
+    cell, keys, offsets, entries) is a likely cache miss at 1M items: done one stage at
+    a time over all probes, with the next stage's lines prefetched, the misses of all
+    probes overlap instead of queueing (gather and dedupe at 1M: ~0.10 -> 0.05 ms)."""
     n = keys.shape[0]
-    sh = np.uint64(shift)
+    pbits = 0
+    while (1 << pbits) < parts.shape[0]:
+        pbits += 1
+    top = np.uint64(64 - pbits)
     pmask = pkeys.shape[0] - 1
     for j in range(n):
-        cell = np.int64((np.uint64(keys[j]) ^ np.uint64(0x8000000000000000)) >> sh)
-        prefetch(directory, cell)
+        u = np.uint64(keys[j]) ^ np.uint64(0x8000000000000000)
+        p = np.int64(u >> top)
+        part[j] = p
+        cell = np.int64((u << np.uint64(pbits)) >> np.uint64(parts[p, 7]))
+        prefetch(part_directory(parts, p), cell)
         lo[j] = cell
-        pc = pending_home(keys[j], pmask)
-        prefetch(phead, pc)
-        first[j] = pc
+        if p >= fresh:
+            pc = pending_home(keys[j], pmask)
+            prefetch(phead, pc)
+            first[j] = pc
+        else:
+            first[j] = -1
     for j in range(n):
+        directory = part_directory(parts, part[j])
         cell = lo[j]
         lo[j], hi[j] = directory[cell], directory[cell + 1]
-        prefetch(ukeys, lo[j])
-        prefetch(pkeys, first[j])
+        prefetch(part_ukeys(parts, part[j]), lo[j])
+        if first[j] >= 0:
+            prefetch(pkeys, first[j])
     for j in range(n):
+        ukeys = part_ukeys(parts, part[j])
         key, found = keys[j], -1
         for pos in range(lo[j], hi[j]):
             if ukeys[pos] == key:
@@ -260,22 +275,24 @@ def _locate(keys: np.ndarray, ukeys: np.ndarray, starts: np.ndarray, directory: 
                 break
         lo[j] = found
         if found >= 0:
-            prefetch(starts, found)
+            prefetch(part_starts(parts, part[j]), found)
         cell = first[j]
-        while phead[cell] != EMPTY_CELL and pkeys[cell] != key:
-            cell = (cell + 1) & pmask
-        first[j] = phead[cell] if phead[cell] != EMPTY_CELL else -1
-        if first[j] >= 0:
-            prefetch(pent, 2 * first[j])  # (C-contiguous (E, 2): flat index)
+        if cell >= 0:
+            while phead[cell] != EMPTY_CELL and pkeys[cell] != key:
+                cell = (cell + 1) & pmask
+            first[j] = phead[cell] if phead[cell] != EMPTY_CELL else -1
+            if first[j] >= 0:
+                prefetch(pent, 2 * first[j])  # (C-contiguous (E, 2): flat index)
     for j in range(n):
         pos = lo[j]
         if pos >= 0:
+            starts = part_starts(parts, part[j])
             a, b = np.int64(starts[pos]), np.int64(starts[pos + 1])
             if cap > 0 and b - a > cap:
                 a += cap_window(keys[j], seed, b - a - cap + 1)
                 b = a + cap
             lo[j], hi[j] = a, b
-            prefetch(slots, a)
+            prefetch(part_slots(parts, part[j]), a)
         else:
             lo[j], hi[j] = 0, 0
 
@@ -330,14 +347,16 @@ def _see_into(s: int, seen: np.ndarray, cand: np.ndarray, m: int) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
-            in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
-            bitset: bool, seen: np.ndarray, mark: np.ndarray,
+def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, part: np.ndarray,
+            parts: np.ndarray, fresh: int, in_main: np.ndarray, check_stale: bool, cap: int,
+            pent: np.ndarray, bitset: bool, seen: np.ndarray, mark: np.ndarray,
             cand: np.ndarray) -> tuple[np.ndarray, int]:
     """Every sighting in one query's located probes (at most ``cap`` per bucket, the
     sorted entries of all probes, then the pending ones): :func:`_see` when ``bitset``
-    (vote = 1), else :func:`_visit` (vote counts). (cand, m): the distinct slots in
-    cand[:m], in no particular order (the re-rank and the top k do not depend on it).
+    (vote = 1), else :func:`_visit` (vote counts). Stale entries are skipped
+    (``check_stale``) outside the first ``fresh`` parts (merged, they hold none).
+    (cand, m): the distinct slots in cand[:m], in no particular order (the re-rank and
+    the top k do not depend on it).
 
     The pending lists are walked one step of every list per round, the next entries
     prefetched: each step of a list is a dependent read of a scattered entry, and
@@ -358,9 +377,11 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
         cand = np.empty(max(total, 2 * cand.shape[0]), dtype=np.int64)
     for j in range(lo.shape[0]):
         end = hi[j] if cap == 0 or hi[j] - lo[j] <= cap else lo[j] + cap
+        slots = part_slots(parts, part[j])
+        stale = check_stale and part[j] >= fresh
         for e in range(lo[j], end):
             s = slots[e]
-            if not check_stale or in_main[s]:
+            if not stale or in_main[s]:
                 if bitset:
                     m = _see_into(s, seen, cand, m)
                 else:
@@ -389,17 +410,18 @@ def _gather(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray
 
 @njit(cache=True, nogil=True)
 def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
-           ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
-           directory: np.ndarray, shift: int, vectors: np.ndarray,
+           parts: np.ndarray, fresh: int, vectors: np.ndarray,
            in_main: np.ndarray, check_stale: bool, cap: int, vote: int,
            pkeys: np.ndarray, phead: np.ndarray, pent: np.ndarray,
            excl_ptr: np.ndarray, excl_slots: np.ndarray,
            mark: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ks[i] slots and scores of each query among its probes' bucket entries.
 
-    queries (n, D) float32 normalised; probes (n, L, P) int64; ks (n,) int64. CSR table:
-    ukeys (B,) sorted int64, starts (B+1,), slots (E,) int32, directory/shift its radix
-    directory on the keys' top bits (``recall.lsh.buckets.SortedBuckets``). vectors (S, D)
+    queries (n, D) float32 normalised; probes (n, L, P) int64; ks (n,) int64. The
+    table: ``parts`` (``recall.lsh.buckets.BucketTable.desc``), one CSR per range of keys
+    (ukeys sorted int64, starts, slots int32, a radix directory on the keys' top bits
+    after the part's), the first ``fresh`` of them merged with the pending items already
+    (a merge under way: no pending lookups, no stale entries there). vectors (S, D)
     float16 by slot, as their uint16 bits; in_main (S,) bool (entries of slots not in
     main are stale, skipped when check_stale); cap: entries read per bucket (0 = all), in
     the sorted (a window, :func:`cap_window`) and in the pending bucket of a key each;
@@ -431,20 +453,21 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
     lo = np.empty(n_probes, dtype=np.int64)
     hi = np.empty(n_probes, dtype=np.int64)
     first = np.empty(n_probes, dtype=np.int64)
+    part = np.empty(n_probes, dtype=np.int64)
     for i in range(n):
         seed = query_seed(queries[i]) if cap > 0 else np.uint64(0)
-        _locate(probes[i].reshape(-1), ukeys, starts, directory, shift, slots, pkeys,
-                phead, pent, lo, hi, first, cap, seed)
+        _locate(probes[i].reshape(-1), parts, fresh, pkeys, phead, pent, lo, hi, first,
+                part, cap, seed)
         if vote == 1:
-            cand, ranked, n_cand[i] = _gather_seen(lo, hi, first, slots, in_main,
-                                                   check_stale, cap, pent,
+            cand, ranked, n_cand[i] = _gather_seen(lo, hi, first, part, parts, fresh,
+                                                   in_main, check_stale, cap, pent,
                                                    excl_slots[excl_ptr[i]:excl_ptr[i + 1]],
                                                    seen, mark, cand)
         else:
             for e in range(excl_ptr[i], excl_ptr[i + 1]):
                 mark[excl_slots[e]] = _EXCLUDED
-            cand, m = _gather(lo, hi, first, slots, in_main, check_stale, cap, pent,
-                              False, seen, mark, cand)
+            cand, m = _gather(lo, hi, first, part, parts, fresh, in_main, check_stale,
+                              cap, pent, False, seen, mark, cand)
             # the candidates with enough votes (excluded ones count, as in the
             # reference, but are not scored)
             voted = 0
@@ -474,22 +497,20 @@ def search(queries: np.ndarray, probes: np.ndarray, ks: np.ndarray,
 def search_queries(queries: np.ndarray, ks: np.ndarray, proj: np.ndarray,
                    offset: np.ndarray, mult: np.ndarray, salt: np.ndarray,
                    template: np.ndarray, opts_f: np.ndarray, opts: np.ndarray,
-                   ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
-                   directory: np.ndarray, vectors: np.ndarray, in_main: np.ndarray,
+                   parts: np.ndarray, vectors: np.ndarray, in_main: np.ndarray,
                    pkeys: np.ndarray, phead: np.ndarray, pent: np.ndarray,
                    excl_ptr: np.ndarray, excl_slots: np.ndarray, mark: np.ndarray,
                    seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`probe_keys` then :func:`search`, in one call from Python: the index's
     per-query path. The scalars come packed, opts_f = [w], opts = [pstable, n_sets,
-    shift, check_stale, cap, vote]: numba's dispatcher types each argument of a call,
+    fresh, check_stale, cap, vote]: numba's dispatcher types each argument of a call,
     a Python scalar costing more than an array, and a query at 1M items paid ~20 us
     between and around two calls (the kernels evict the interpreter's data from the
     caches, so every Python step after them is slow)."""
     probes = probe_keys(queries, proj, offset, opts_f[0], opts[0] != 0, mult, salt,
                         template, opts[1])
-    return search(queries, probes, ks, ukeys, starts, slots, directory, opts[2], vectors,
-                  in_main, opts[3] != 0, opts[4], opts[5], pkeys, phead, pent, excl_ptr,
-                  excl_slots, mark, seen)
+    return search(queries, probes, ks, parts, opts[2], vectors, in_main, opts[3] != 0,
+                  opts[4], opts[5], pkeys, phead, pent, excl_ptr, excl_slots, mark, seen)
 
 
 @njit(cache=True, nogil=True)
@@ -510,18 +531,18 @@ def unit_rows(x: np.ndarray, tol: float) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def _gather_seen(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, slots: np.ndarray,
-                 in_main: np.ndarray, check_stale: bool, cap: int, pent: np.ndarray,
-                 excluded: np.ndarray, seen: np.ndarray, mark: np.ndarray,
-                 cand: np.ndarray) -> tuple[np.ndarray, int, int]:
+def _gather_seen(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, part: np.ndarray,
+                 parts: np.ndarray, fresh: int, in_main: np.ndarray, check_stale: bool,
+                 cap: int, pent: np.ndarray, excluded: np.ndarray, seen: np.ndarray,
+                 mark: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, int, int]:
     """:func:`search`'s candidates of one query when vote = 1 (its probes located by
     :func:`_locate`), deduped with the ``seen`` bitset: (cand, ranked, distinct) where
     cand[:ranked] are the distinct candidates that are not excluded. Excluded slots count
     as candidates (as in the reference): their bits are cleared after the gather, so the
     pass that keeps the bit-set candidates (clearing every bit again) drops them.
     ``mark`` is only handed to the shared gather, which does not touch it here."""
-    cand, m = _gather(lo, hi, first, slots, in_main, check_stale, cap, pent, True, seen,
-                      mark, cand)
+    cand, m = _gather(lo, hi, first, part, parts, fresh, in_main, check_stale, cap, pent,
+                      True, seen, mark, cand)
     for s in excluded:
         seen[s >> 6] &= ~(np.uint64(1) << np.uint64(s & 63))
     ranked = 0
@@ -548,19 +569,17 @@ def warm_up() -> None:
     for pstable in (True, False):
         probes = probe_keys(q, proj, np.zeros(L * k), 1.0, pstable, mult,
                             np.zeros(L, dtype=np.int64), template, 1)
-    ukeys = np.sort(probes.reshape(-1))[:1].copy()
-    # int32 offsets: what SortedBuckets holds below 2**31 entries; float16 vectors as bits
+    from recall.lsh import buckets, pending  # here: recall.lsh imports this module
+
+    table = buckets.BucketTable.empty()  # float16 vectors as their bits
     search_queries(q, np.ones(1, dtype=np.int64), proj, np.zeros(L * k), mult,
                    np.zeros(L, dtype=np.int64), template, np.ones(1),
-                   np.array([1, 1, 63, 1, 0, 1], dtype=np.int64), ukeys,
-                   np.array([0, 1], dtype=np.int32), np.zeros(1, dtype=np.int32),
-                   np.array([0, 1, 1], dtype=np.int32), q.astype(np.float16).view(np.uint16),
+                   np.array([1, 1, 0, 1, 0, 1], dtype=np.int64), table.desc,
+                   q.astype(np.float16).view(np.uint16),
                    np.ones(1, dtype=bool), np.zeros(2, dtype=np.int64),
                    np.full(2, EMPTY_CELL, dtype=np.int32), np.zeros((1, 2), dtype=np.int32),
                    np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64),
                    np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
-    from recall.lsh import pending  # imported here: recall.lsh imports this module
-
     pending.warm_up()
     keys = probes[:, :, 0]
     counts = np.zeros(2, dtype=np.int64)
@@ -575,7 +594,7 @@ def warm_up() -> None:
                   out_s)
     csr = np.empty(finish_cells(out_k, out_s, starts) + 1, dtype=np.int32)
     unique_csr(out_k, csr)
-    radix_directory(out_k[:1], 63, np.zeros(3, dtype=np.int32))
+    radix_directory(out_k[:1], 4, 63, np.zeros(3, dtype=np.int32))
     merge_buckets(out_k[:1], np.array([0, 1], dtype=np.int32), out_s[:1], np.ones(1, dtype=bool),
                   True, out_k[:1], out_s[:1], np.empty(2, dtype=np.int64),
                   np.empty(3, dtype=np.int32), np.empty(2, dtype=np.int32))

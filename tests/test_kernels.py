@@ -237,10 +237,10 @@ def test_a_staged_bulk_load_builds_the_same_table_as_add(family):
     added._merge_now()
     assert all(r.ids == [] for r in staged.search(x[:5], 3))  # not indexed before build()
     staged.build()
-    a, b = added._buckets, staged._buckets
-    np.testing.assert_array_equal(a.ukeys, b.ukeys)
-    np.testing.assert_array_equal(a.starts, b.starts)
-    np.testing.assert_array_equal(np.sort(a.slots), np.sort(b.slots))
+    for a, b in zip(added._buckets.parts, staged._buckets.parts, strict=True):
+        np.testing.assert_array_equal(a.ukeys, b.ukeys)
+        np.testing.assert_array_equal(a.starts, b.starts)
+        np.testing.assert_array_equal(np.sort(a.slots), np.sort(b.slots))
     q = unit(rng, 30, 16)
     for r1, r2 in zip(added.search(q, 10), staged.search(q, 10), strict=True):
         assert r1.ids == r2.ids and r1.candidates == r2.candidates
@@ -303,27 +303,34 @@ def test_a_single_query_of_any_norm_dtype_or_layout_finds_what_its_unit_row_find
         index.search(q[0, :8].copy(), 5)
 
 
+@pytest.mark.parametrize("prefix", [0, 4])
 @pytest.mark.parametrize("bits", [1, 3, 12])
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
-def test_radix_directory_is_the_first_key_at_or_above_each_top_bits_value(bits, dtype):
+def test_radix_directory_is_the_first_key_at_or_above_each_top_bits_value(bits, dtype,
+                                                                          prefix):
     """The bucket table's directory: for every d, the first sorted key whose top bits (in
-    signed order) are >= d, and the most keys under one d; as the counting definition
-    (bincount of the top bits, cumulated) gives it."""
+    signed order) after the ``prefix`` bits of the table's part are >= d, and the most
+    keys under one d; as the counting definition (bincount of the top bits, cumulated)
+    gives it."""
     rng = np.random.default_rng(bits)
     keys = np.unique(np.concatenate([
         rng.integers(-2**63, 2**63 - 1, 3000, dtype=np.int64, endpoint=True),
         rng.integers(-5, 5, 10, dtype=np.int64),  # clustered around 0: a wide cell
         np.array([-2**63, 2**63 - 1], dtype=np.int64)]))
+    if prefix:  # the keys of one part: their first 4 bits (signed order) 1000, as 0's
+        keys = keys[(keys.view(np.uint64) >> np.uint64(60)) == 0]
     shift = 64 - bits
-    top = (keys.view(np.uint64) ^ np.uint64(1 << 63)) >> np.uint64(shift)
+    top = ((keys.view(np.uint64) ^ np.uint64(1 << 63)) << np.uint64(prefix)) >> np.uint64(
+        shift)
     want = np.zeros(2**bits + 1, dtype=np.int64)
     np.cumsum(np.bincount(top.astype(np.int64), minlength=2**bits), out=want[1:])
     for part in (keys, keys[:1], keys[len(keys) // 2:]):
-        top_p = (part.view(np.uint64) ^ np.uint64(1 << 63)) >> np.uint64(shift)
+        top_p = ((part.view(np.uint64) ^ np.uint64(1 << 63)) << np.uint64(prefix)
+                 ) >> np.uint64(shift)
         expect = np.zeros(2**bits + 1, dtype=np.int64)
         np.cumsum(np.bincount(top_p.astype(np.int64), minlength=2**bits), out=expect[1:])
         got = np.full(2**bits + 1, -7, dtype=dtype)
-        widest = kernels.radix_directory(part, shift, got)
+        widest = kernels.radix_directory(part, prefix, shift, got)
         np.testing.assert_array_equal(got, expect)
         assert widest == np.diff(expect).max()
     assert want[-1] == len(keys)
@@ -340,7 +347,7 @@ def test_a_merge_equals_a_dict_of_bucket_lists(stale):
     rng = np.random.default_rng(9)
     keys = np.sort(rng.integers(-50, 50, 400)) * 2**40  # many entries per bucket
     slots = rng.permutation(400).astype(np.int32)
-    table = SortedBuckets(keys, slots)
+    table = SortedBuckets(keys, slots, prefix=0)  # a table of one part
     keep = rng.random(400) >= stale
     new_keys = np.sort(rng.integers(-70, 70, 150), kind="stable") * 2**40 + 2**40 * (
         rng.random(150) < 0.2)  # some between the old keys

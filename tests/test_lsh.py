@@ -553,6 +553,117 @@ async def test_a_deferred_merge_runs_in_a_thread_and_gives_the_same_index():
         assert a.ids == b.ids
 
 
+def _merging_index(seed: int) -> tuple[LSHIndex, LSHIndex, np.ndarray, list[str]]:
+    """A deferred index with a merge due over pending adds, updates and removals (items
+    in the table, stale entries and pending ones at once), and a fresh build of the same
+    items, for searches to compare while the merge goes part by part."""
+    rng = np.random.default_rng(seed)
+    params = LSHParams(dim=16, family="pstable", k=3, L=6, T=3, w=0.9)
+    x = unit(rng, 3000, 16)
+    ids = [f"i{j}" for j in range(3000)]
+    index = LSHIndex(params, merge="deferred")
+    index.MERGE_MIN, index.MERGE_RATIO = 500, 10**9
+    index.add(ids[:2000], x[:2000])  # a bulk add: straight into the table
+    for start in range(2000, 3000, 100):
+        index.add(ids[start:start + 100], x[start:start + 100])
+    moved = unit(rng, 200, 16)
+    index.add(ids[:400:2], moved)  # updates: stale in the table, pending again
+    index.remove(ids[1:600:3])  # removals: stale
+    index.add(ids[2500:2600], moved[:100])  # pending items updated while pending
+    index.remove(ids[2900:2950])  # and removed while pending
+    assert index.merge_due() and index._pending_slots and index._stale
+    fresh = LSHIndex(params)
+    current = [i for i in ids if i in index]
+    fresh.add(current, index.vectors_of(current)[0])
+    return index, fresh, unit(rng, 40, 16), current
+
+
+def _answers(index: LSHIndex, q: np.ndarray) -> list[tuple[list[str], int]]:
+    return [(r.ids, r.candidates) for r in index.search(q, 10)]
+
+
+@pytest.mark.parametrize("vote", [1, 2])
+async def test_searches_between_the_parts_of_a_merge_answer_as_a_fresh_build(monkeypatch,
+                                                                             vote):
+    """A merge swaps the table in one part at a time; a search on the event loop between
+    two parts finds every current item once (the parts merged hold the pending items,
+    the others are read with the pending buckets), none removed, none stale: the same
+    ids and the same candidate counts (vote = 2 counts every table an item is found in:
+    an item found twice in one table would count twice) as a fresh build, compiled and
+    numpy, at every step; and after it."""
+    index, fresh, q, _ = _merging_index(10)
+    index.vote = fresh.vote = vote
+    want = _answers(fresh, q)
+    seen_parts = []
+    swap = index._swap_part
+
+    def swap_and_search(job, part):  # the loop's turn between two parts
+        swap(job, part)
+        seen_parts.append(index._buckets.fresh)
+        for compiled in (True, False):
+            index.compiled = compiled
+            assert _answers(index, q) == want, (compiled, index._buckets.fresh)
+        index.compiled = True
+
+    monkeypatch.setattr(index, "_swap_part", swap_and_search)
+    assert _answers(index, q) == want
+    assert await index.merge_off_loop() is True
+    assert seen_parts == list(range(1, len(index._buckets.parts) + 1))
+    assert index._buckets.fresh == 0 and not index._pending and index._stale == 0
+    assert _answers(index, q) == want
+    index.compiled = False
+    assert _answers(index, q) == want
+
+
+async def test_a_merge_stopped_by_an_error_is_finished_before_the_next_write(monkeypatch):
+    """A part that fails (memory, say) leaves the merged parts served and the others
+    waiting: searches still answer as a fresh build; the next write finishes the merge
+    first (so no new pending item lands in a part read without pending buckets), and a
+    later merge_off_loop() would resume it."""
+    index, fresh, q, _ = _merging_index(11)
+    want = _answers(fresh, q)
+    merge_part = index._merge_part
+
+    def fail_at_5(job):
+        if job.next == 5:
+            raise MemoryError("part 5")
+        return merge_part(job)
+
+    monkeypatch.setattr(index, "_merge_part", fail_at_5)
+    with pytest.raises(MemoryError):
+        await index.merge_off_loop()
+    assert index._buckets.fresh == 5 and index._pending
+    assert _answers(index, q) == want
+    monkeypatch.setattr(index, "_merge_part", merge_part)
+    rng = np.random.default_rng(12)
+    extra = unit(rng, 3, 16)
+    index.add(["n1", "n2", "n3"], extra)  # finishes the merge, then adds
+    fresh.add(["n1", "n2", "n3"], extra)
+    assert index._buckets.fresh == 0 and len(index._pending_slots) == 3
+    assert _answers(index, q) == _answers(fresh, q)
+    assert [r.ids[0] for r in index.search(extra, 1)] == ["n1", "n2", "n3"]
+
+
+async def test_a_stopped_merge_is_resumed_off_the_loop(monkeypatch):
+    index, fresh, q, _ = _merging_index(13)
+    merge_part = index._merge_part
+    calls = []
+
+    def fail_once_at_9(job):
+        calls.append(job.next)
+        if job.next == 9 and calls.count(9) == 1:
+            raise MemoryError("part 9")
+        return merge_part(job)
+
+    monkeypatch.setattr(index, "_merge_part", fail_once_at_9)
+    with pytest.raises(MemoryError):
+        await index.merge_off_loop()
+    assert await index.merge_off_loop() is True
+    assert calls == [*range(10), *range(9, 16)]  # parts merged once, from where it stopped
+    assert index._buckets.fresh == 0 and not index._pending and index._stale == 0
+    assert _answers(index, q) == _answers(fresh, q)
+
+
 def test_merge_mode_is_checked():
     with pytest.raises(ValueError, match="merge must be"):
         LSHIndex(LSHParams(dim=4), merge="auto")  # type: ignore[arg-type]

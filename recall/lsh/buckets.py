@@ -1,5 +1,9 @@
-"""The index's bucket table: sorted unique keys, CSR offsets into a slot array, and a
-radix directory for vectorised lookups. Immutable: a merge builds a new one."""
+"""The index's bucket table: :data:`PARTS` parts by the keys' top bits, each sorted
+unique keys, CSR offsets into a slot array and a radix directory for vectorised
+lookups. Immutable: a merge builds new parts, one at a time, each swapped in before the
+next is built (:class:`BucketTable`), so it holds one part's old and new arrays at once,
+not two whole tables (+150 MB at 1M x 16, the peak of a worker whose catalogue streams
+in)."""
 
 from __future__ import annotations
 
@@ -9,45 +13,65 @@ import numpy as np
 
 from recall import kernels
 
+#: bits of a key (its top bits in signed order) that pick its part of the table, and
+#: the parts: a merge's transient is one part's arrays (~6-9 MB at 1M x 16)
+PART_BITS = 4
+PARTS = 1 << PART_BITS
+_SIGN = np.uint64(1 << 63)
 
-def offset_dtype(n: int) -> type:
-    """int32 for offsets into arrays of up to n entries where they fit, else int64."""
-    return np.int32 if n < 2**31 - 1 else np.int64
+
+def part_of(keys: np.ndarray) -> np.ndarray:
+    """The part (uint8) of each int64 key."""
+    return ((keys.view(np.uint64) ^ _SIGN) >> np.uint64(64 - PART_BITS)).astype(np.uint8)
+
+
+def part_first_key(part: int) -> int:
+    """The smallest int64 key of a part (keys sort in signed order, parts with them)."""
+    return int(np.array([(part << (64 - PART_BITS)) ^ (1 << 63)], dtype=np.uint64
+                        ).view(np.int64)[0])
 
 
 class SortedBuckets:
-    """Immutable bucket table: sorted unique keys, CSR offsets into a slot array, and a
-    radix directory on the keys' top bits (keys are uniform hashes), so looking up many
-    probes costs a few vectorised gathers instead of cache-missing binary searches."""
+    """One part of the bucket table, immutable: sorted unique keys, CSR offsets into a
+    slot array, and a radix directory on the keys' top bits after the part's (keys are
+    uniform hashes), so looking up many probes costs a few vectorised gathers instead
+    of cache-missing binary searches."""
 
-    def __init__(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """keys: sorted int64 entry keys; slots: int32 slot of each entry."""
+    def __init__(self, keys: np.ndarray, slots: np.ndarray, prefix: int = PART_BITS) -> None:
+        """keys: sorted int64 entry keys, all of one part; slots: int32 slot of each
+        entry; prefix: the bits that pick the part (0: a table of one part)."""
         if len(slots):
             first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-            self._set(keys[first], np.r_[first, len(slots)].astype(np.int64), slots)
+            self._set(keys[first], np.r_[first, len(slots)].astype(np.int64), slots, prefix)
         else:
-            self._set(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64), slots)
+            self._set(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64), slots,
+                      prefix)
 
     @classmethod
-    def from_csr(cls, ukeys: np.ndarray, starts: np.ndarray,
-                 slots: np.ndarray) -> SortedBuckets:
+    def from_csr(cls, ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+                 prefix: int = PART_BITS) -> SortedBuckets:
         self = cls.__new__(cls)
-        self._set(ukeys, starts, slots)
+        self._set(ukeys, starts, slots, prefix)
         return self
 
-    def _set(self, ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray) -> None:
-        # offsets as int32 while they fit (below 2**31 entries: 134M items at L = 16):
-        # half the memory of int64 for starts and directory (~30 MB at 1M x 16)
-        self.ukeys, self.starts, self.slots = ukeys, starts.astype(offset_dtype(len(slots)),
-                                                                   copy=False), slots
+    def _set(self, ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+             prefix: int) -> None:
+        # offsets as int32 (a part's entries: below 2**31, 2 billion items at L = 16):
+        # half the memory of int64 for starts and directory (~30 MB at 1M x 16), and
+        # the one type the search kernel reads
+        if len(slots) >= 2**31 - 1:
+            raise ValueError(f"a part of the bucket table holds {len(slots)} entries; at "
+                             "most 2**31 - 2 fit its int32 offsets")
+        self.ukeys, self.starts, self.slots = ukeys, starts.astype(np.int32, copy=False), slots
+        self.prefix = prefix
         self.size = len(slots)
         n_keys = len(self.ukeys)
         self.bits = max(1, min(30, math.ceil(math.log2(max(n_keys, 2))) - 1))
-        self.shift = np.uint64(64 - self.bits)
-        # directory[d] = first key whose top bits (in signed order) are >= d: one
-        # compiled pass over the sorted keys (their top bits are sorted too)
-        self.directory = np.zeros(2**self.bits + 1, dtype=offset_dtype(n_keys))
-        widest = (kernels.radix_directory(self.ukeys, int(self.shift), self.directory)
+        self.shift = 64 - self.bits
+        # directory[d] = first key whose top bits after the part's (in signed order) are
+        # >= d: one compiled pass over the sorted keys (their top bits are sorted too)
+        self.directory = np.zeros(2**self.bits + 1, dtype=np.int32)
+        widest = (kernels.radix_directory(self.ukeys, prefix, self.shift, self.directory)
                   if n_keys else 0)
         self._ramp = np.arange(max(widest, 1), dtype=np.int64)
 
@@ -61,15 +85,18 @@ class SortedBuckets:
 
     def merged(self, keep: np.ndarray | None, new_keys: np.ndarray,
                new_slots: np.ndarray) -> SortedBuckets:
-        """A new table: entries where ``keep`` (None = all) plus sorted new entries, each
-        appended at the end of its bucket; buckets left empty go. One compiled pass over
-        both (:func:`recall.buildkernels.merge_buckets`)."""
+        """A new part: entries where ``keep`` (None = all) plus sorted new entries (of
+        this part), each appended at the end of its bucket; buckets left empty go. One
+        compiled pass over both (:func:`recall.buildkernels.merge_buckets`)."""
         kept = len(self.slots) if keep is None else int(np.count_nonzero(keep))
         m = len(new_keys)
+        if kept + m >= 2**31 - 1:
+            raise ValueError(f"a part of the bucket table would hold {kept + m} entries; "
+                             "at most 2**31 - 2 fit its int32 offsets")
         out_keys = np.empty(len(self.ukeys) + m, dtype=np.int64)
-        # offsets written in the table's own dtype (int32 while they fit): written as
-        # int64 and then converted, a merge at 1M x 16 held both (+~8 bytes a bucket)
-        out_starts = np.empty(len(out_keys) + 1, dtype=offset_dtype(kept + m))
+        # offsets written as int32 (written as int64 and then converted, a merge at
+        # 1M x 16 held both: +~8 bytes a bucket)
+        out_starts = np.empty(len(out_keys) + 1, dtype=np.int32)
         out_slots = np.empty(kept + m, dtype=self.slots.dtype)
         nb = kernels.merge_buckets(
             self.ukeys, self.starts, self.slots,
@@ -77,7 +104,10 @@ class SortedBuckets:
             np.ascontiguousarray(new_keys, dtype=np.int64),
             np.ascontiguousarray(new_slots, dtype=self.slots.dtype),
             out_keys, out_starts, out_slots)
-        return SortedBuckets.from_csr(out_keys[:nb], out_starts[: nb + 1], out_slots)
+        # shrunk in place (realloc): the room left for keys that were not new
+        out_keys.resize(nb, refcheck=False)
+        out_starts.resize(nb + 1, refcheck=False)
+        return SortedBuckets.from_csr(out_keys, out_starts, out_slots, self.prefix)
 
     def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) entry ranges of each probe key (empty where the key is absent).
@@ -85,7 +115,8 @@ class SortedBuckets:
         Each directory cell holds ~2 keys, so one (probes x widest cell) comparison
         finds every probe at once, without a binary-search loop.
         """
-        d = (probes.view(np.uint64) ^ np.uint64(1 << 63)) >> self.shift
+        d = ((probes.view(np.uint64) ^ _SIGN) << np.uint64(self.prefix)) >> np.uint64(
+            self.shift)
         lo = self.directory[d]
         width = self.directory[d + 1] - lo
         m = int(width.max()) if len(width) else 0
@@ -101,3 +132,59 @@ class SortedBuckets:
         start = np.where(found, self.starts[at], 0)
         end = np.where(found, self.starts[np.minimum(at + 1, len(self.ukeys))], 0)
         return start, end
+
+
+#: columns of :attr:`BucketTable.desc`, one row per part: what the search kernel reads
+#: (addresses of the part's arrays, their lengths, the directory's shift)
+DESC_COLUMNS = ("ukeys", "keys", "starts", "slots", "entries", "directory", "cells", "shift")
+
+
+class BucketTable:
+    """The index's bucket table: :data:`PARTS` :class:`SortedBuckets` by key range,
+    immutable. A merge replaces one part at a time (:meth:`with_part`); ``fresh`` parts
+    (the first ``fresh``) were merged already while the rest wait: their entries hold
+    every pending item and no stale slot, so a search reads neither pending buckets nor
+    the stale mask for keys there.
+
+    ``desc`` gives the compiled search the parts in one small array (one argument: a
+    tuple of 4 x 16 arrays cost each search call ~7 us of numba's argument unboxing):
+    the addresses of the parts' arrays, which this object keeps alive; a search holds
+    the table it read for as long as it runs."""
+
+    def __init__(self, parts: tuple[SortedBuckets, ...], fresh: int = 0) -> None:
+        if len(parts) != PARTS or not 0 <= fresh <= PARTS:
+            raise ValueError(f"a table has {PARTS} parts, got {len(parts)}, fresh {fresh}")
+        self.parts, self.fresh = parts, fresh
+        self.size = sum(p.size for p in parts)
+        self.keys = sum(len(p.ukeys) for p in parts)
+        self.desc = np.array([[p.ukeys.ctypes.data, len(p.ukeys), p.starts.ctypes.data,
+                               p.slots.ctypes.data, len(p.slots), p.directory.ctypes.data,
+                               len(p.directory), p.shift] for p in parts], dtype=np.int64)
+
+    @classmethod
+    def empty(cls) -> BucketTable:
+        return cls(tuple(SortedBuckets(np.zeros(0, dtype=np.int64),
+                                       np.zeros(0, dtype=np.int32)) for _ in range(PARTS)))
+
+    def with_part(self, part: int, buckets: SortedBuckets, fresh: int) -> BucketTable:
+        """This table with one part replaced (its old arrays go with this table)."""
+        parts = list(self.parts)
+        parts[part] = buckets
+        return BucketTable(tuple(parts), fresh)
+
+    def with_fresh(self, fresh: int) -> BucketTable:
+        return BucketTable(self.parts, fresh)
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.parts) + self.desc.nbytes
+
+    def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, lo, hi) of each probe key: its part and the [lo, hi) entry range there
+        (empty where the key is absent). The numpy reference of the compiled lookup."""
+        part = part_of(probes)
+        lo = np.zeros(len(probes), dtype=np.int64)
+        hi = np.zeros(len(probes), dtype=np.int64)
+        for p in np.unique(part).tolist():
+            rows = np.flatnonzero(part == p)
+            lo[rows], hi[rows] = self.parts[p].lookup(probes[rows])
+        return part, lo, hi

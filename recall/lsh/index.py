@@ -2,28 +2,29 @@
 search with exact re-rank.
 
 Layout: normalised vectors, stored as float16 (:data:`VECTOR_DTYPE`), in slots of a
-growable matrix, ids <-> slots in a
+matrix that grows in place (:mod:`recall.lsh.reserve`), ids <-> slots in a
 compact store that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted
-bucket table over all tables (:class:`SortedBuckets`; keys are salted per table, so one
-lookup serves every probe). Small upserts go to the pending buckets
-(:class:`PendingBuckets`: key -> slots in arrays the compiled search reads) merged into
-the sorted table in amortised batches; updated or removed
-slots are masked out of the sorted table until the next merge. Searches (the reads:
+bucket table over all tables (:class:`BucketTable`, in 16 parts by key range; keys are
+salted per table, so one lookup serves every probe). Small upserts go to the pending
+buckets (:class:`PendingBuckets`: key -> slots in arrays the compiled search reads)
+merged into the sorted table in amortised batches, one part at a time; updated or
+removed slots are masked out of the sorted table until the next merge. Searches (the reads:
 :mod:`recall.lsh.search`) gather the probed buckets and re-rank the candidates by exact
 cosine.
 
 Threads: one thread owns the index (adds, removes and searches run there). In
 ``merge="deferred"`` mode the heavy part of a merge runs in another thread
-(:meth:`LSHIndex.merge_off_loop`; numpy releases the GIL in its sorts and copies) while
-searches go on against the index as it was; adds and removes are refused until the
-merge is swapped in, so the owner awaits the merge before its next write.
+(:meth:`LSHIndex.merge_off_loop`; the compiled merge and numpy's sorts release the GIL),
+a part at a time, each swapped in by the owner before the next is built, while searches
+go on against the table as it is between parts; adds and removes are refused until the
+last part is in, so the owner awaits the merge before its next write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from typing import Literal
@@ -31,7 +32,14 @@ from typing import Literal
 import numpy as np
 
 from recall import kernels
-from recall.lsh.buckets import SortedBuckets, offset_dtype
+from recall.lsh.buckets import (
+    PART_BITS,
+    PARTS,
+    BucketTable,
+    SortedBuckets,
+    part_first_key,
+    part_of,
+)
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
 from recall.lsh.params import VECTOR_DTYPE, LSHParams, normalize
@@ -82,11 +90,12 @@ class LSHIndex(SearchMixin):
         self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
         self._reserved = Reserved()  # the per-slot arrays grow in place (no copy)
         self._ids = IdStore()  # ids <-> slots, and which slots are free
-        self._buckets = SortedBuckets(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        self._buckets = BucketTable.empty()
         self._pending = PendingBuckets()  # bucket key -> slots, since the last merge
         self._pending_slots: dict[int, np.ndarray] = {}  # slot -> its L bucket keys
         self._stale = 0  # slots whose entries in the sorted table are out of date
         self._merging = False  # a deferred merge is being built in another thread
+        self._job: _MergeJob | None = None  # a merge begun: parts left to merge
         self._moved = False  # relayout() handed the arrays to a new index
         self.merges = 0
 
@@ -146,7 +155,7 @@ class LSHIndex(SearchMixin):
             "items": len(self),
             "capacity": self._capacity,
             "sorted_entries": self._buckets.size,
-            "buckets": len(self._buckets.ukeys),
+            "buckets": self._buckets.keys,
             "pending_items": len(self._pending_slots),
             "stale_items": self._stale,
             "merges": self.merges,
@@ -175,6 +184,8 @@ class LSHIndex(SearchMixin):
         if self._merging:
             raise RuntimeError("the index is merging in another thread: await "
                                "merge_off_loop() before writing")
+        if self._job is not None:  # a merge stopped half way (an error): finish it here
+            self._run_merge(self._job)
 
     def reserve(self, n: int) -> None:
         """Room for n items in all (e.g. a catalogue about to be loaded): the id store's
@@ -271,7 +282,8 @@ class LSHIndex(SearchMixin):
         entries = len(slots) * L
         if not entries:
             return
-        bits = max(1, min(30, math.ceil(math.log2(entries)) - 4))  # ~16 entries per cell
+        # ~16 entries per cell, and at least a cell per part of the table
+        bits = max(PART_BITS, min(30, math.ceil(math.log2(entries)) - 4))
         shift = 64 - bits
         blocks = [slots[i : i + _BUILD_BLOCK] for i in range(0, len(slots), _BUILD_BLOCK)]
         counts = np.zeros(2**bits, dtype=np.int64)
@@ -286,9 +298,9 @@ class LSHIndex(SearchMixin):
         bounds = cell_starts[edges].tolist()  # their first entries (and the total)
         table_slots = np.empty(entries, dtype=np.int32)
         buffer = np.empty(int(np.diff(bounds).max()), dtype=np.int64)  # one range's keys
-        odt = offset_dtype(entries)
-        part_keys: list[np.ndarray] = []
-        part_starts: list[np.ndarray] = []
+        odt = np.int32 if entries < 2**31 - 1 else np.int64
+        ukeys: list[np.ndarray] = []  # each range's unique keys
+        starts: list[np.ndarray] = []  # and where their entries begin, in table_slots
         for (c0, c1), (e0, e1) in zip(pairwise(edges), pairwise(bounds), strict=True):
             keys, out = buffer[: e1 - e0], table_slots[e0:e1]
             cells = cell_starts[c0 : c1 + 1] - e0
@@ -297,22 +309,18 @@ class LSHIndex(SearchMixin):
                 kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, c0,
                                       c1, pos, keys, out)
             n_keys = kernels.finish_cells(keys, out, cells)
-            starts = np.empty(n_keys + 1, dtype=odt)
-            kernels.unique_csr(keys, starts)  # the range's unique keys to keys[:n_keys]
-            starts += odt(e0)
-            part_starts.append(starts[:-1])
-            if e1 < entries:
-                part_keys.append(keys[:n_keys].copy())
-            else:  # the last range: its unique keys stay in the buffer, shrunk in place
-                del keys
-                buffer.resize(n_keys, refcheck=False)
-                part_keys.append(buffer)
-        del cell_starts, buffer
-        ukeys = part_keys[0] if len(part_keys) == 1 else np.concatenate(part_keys)
-        del part_keys
-        part_starts.append(np.array([entries], dtype=odt))
-        self._buckets = SortedBuckets.from_csr(ukeys, np.concatenate(part_starts),
-                                               table_slots)
+            range_starts = np.empty(n_keys + 1, dtype=odt)
+            kernels.unique_csr(keys, range_starts)  # the range's unique keys to keys[:n_keys]
+            range_starts += odt(e0)
+            ukeys.append(keys[:n_keys].copy())
+            starts.append(range_starts[:-1])
+        del cell_starts, buffer, keys, out
+        starts.append(np.array([entries], dtype=odt))
+        all_keys = np.concatenate(ukeys)
+        del ukeys
+        all_starts = np.concatenate(starts)
+        del starts
+        self._buckets = _split_parts(all_keys, all_starts, table_slots)
         self._in_main[slots] = True
         self.merges += 1
 
@@ -384,66 +392,108 @@ class LSHIndex(SearchMixin):
     def _merge_now(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
                    ) -> None:
         """Fold pending items (and a batch) into the sorted table; drop stale entries."""
-        self._finish_merge(self._merge_work(slots, keys)())
+        self._run_merge(self._merge_job(slots, keys))
 
     async def merge_off_loop(self) -> bool:
-        """Merge if due, the heavy part in a thread: searches on the caller's event loop
-        go on meanwhile against the index as it was; :meth:`add` and :meth:`remove` raise
-        until this returns. Returns whether a merge ran."""
-        if self._merging or not self.merge_due():
+        """Merge if due, part by part in a thread: searches on the caller's event loop go
+        on meanwhile, each against the table as it is (every item found once: see
+        :class:`~recall.lsh.buckets.BucketTable`'s ``fresh``); :meth:`add` and
+        :meth:`remove` raise until this returns. Returns whether a merge ran."""
+        if self._merging or (self._job is None and not self.merge_due()):
             return False
-        work = self._merge_work()
+        job = self._job if self._job is not None else self._merge_job()
         self._merging = True
         try:
-            result = await asyncio.to_thread(work)
+            while job.next < PARTS:
+                self._swap_part(job, await asyncio.to_thread(self._merge_part, job))
         finally:
             self._merging = False
-        self._finish_merge(result)
+        self._finish_merge(job)
         return True
 
-    def _merge_work(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
-                    ) -> Callable[[], tuple[SortedBuckets, np.ndarray | None]]:
-        """The heavy part of a merge as a function that only reads this index (no write
-        may happen until its result goes to :meth:`_finish_merge`)."""
-        pending_slots = dict(self._pending_slots)
-        old, stale, L = self._buckets, self._stale, self.params.L
+    def _merge_job(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
+                   ) -> _MergeJob:
+        """What a merge folds in: the pending items (and a batch) with their keys."""
+        parts_s, parts_k = [], []
+        if self._pending_slots:
+            parts_s.append(np.fromiter(self._pending_slots, dtype=np.int64,
+                                       count=len(self._pending_slots)))
+            parts_k.append(np.stack(list(self._pending_slots.values())).astype(np.int64))
+        if slots is not None and keys is not None:
+            parts_s.append(slots)
+            parts_k.append(keys)
+        if parts_s:
+            new_slots = np.concatenate(parts_s)
+            new_keys = np.concatenate(parts_k)
+        else:
+            new_slots = np.zeros(0, dtype=np.int64)
+            new_keys = np.zeros((0, self.params.L), dtype=np.int64)
+        self._job = _MergeJob(new_slots, new_keys, self._stale > 0)
+        return self._job
 
-        def work() -> tuple[SortedBuckets, np.ndarray | None]:
-            parts_s, parts_k = [], []
-            if pending_slots:
-                parts_s.append(np.fromiter(pending_slots, dtype=np.int64,
-                                           count=len(pending_slots)))
-                parts_k.append(np.stack(list(pending_slots.values())).astype(np.int64))
-            if slots is not None and keys is not None:
-                parts_s.append(slots)
-                parts_k.append(keys)
-            if parts_s:
-                new_slots = np.repeat(np.concatenate(parts_s).astype(np.int32), L)
-                new_keys = np.concatenate(parts_k).reshape(-1)
-                order = np.argsort(new_keys, kind="stable")
-                new_keys, new_slots = new_keys[order], new_slots[order]
-            else:
-                new_keys = np.zeros(0, dtype=np.int64)
-                new_slots = np.zeros(0, dtype=np.int32)
-            if old.size == 0:
-                table = SortedBuckets(new_keys, new_slots)
-            else:
-                keep = self._in_main[old.slots] if stale else None
-                table = old.merged(keep, new_keys, new_slots)
-            return table, np.concatenate(parts_s) if parts_s else None
+    def _run_merge(self, job: _MergeJob) -> None:
+        """The parts left of a merge, here (inline merges; a merge stopped by an error)."""
+        while job.next < PARTS:
+            self._swap_part(job, self._merge_part(job))
+        self._finish_merge(job)
 
-        return work
+    def _merge_part(self, job: _MergeJob) -> SortedBuckets:
+        """The heavy part of a merge, one part of the table: it only reads the index
+        (no write may happen until the whole merge is finished)."""
+        p = job.next
+        old = self._buckets.parts[p]
+        rows, tables = np.nonzero(job.part == p)  # slot by slot, table by table
+        new_keys = job.keys[rows, tables]
+        order = np.argsort(new_keys, kind="stable")  # a bucket's items keep their order
+        keep = self._in_main[old.slots] if job.stale else None
+        return old.merged(keep, new_keys[order], job.slots[rows[order]])
 
-    def _finish_merge(self, result: tuple[SortedBuckets, np.ndarray | None]) -> None:
-        """Swap in what :meth:`_merge_work` built (on the thread that owns the index)."""
-        table, merged_slots = result
-        self._buckets = table
-        if merged_slots is not None:
-            self._in_main[merged_slots] = True
+    def _swap_part(self, job: _MergeJob, part: SortedBuckets) -> None:
+        """Serve a merged part (on the thread that owns the index): the parts up to it
+        now hold the pending items, and the old part's arrays go."""
+        self._buckets = self._buckets.with_part(job.next, part, fresh=job.next + 1)
+        job.next += 1
+
+    def _finish_merge(self, job: _MergeJob) -> None:
+        """Every part merged: the pending items are in the table, stale entries gone."""
+        self._in_main[job.slots] = True
         self._pending.clear()
         self._pending_slots.clear()
         self._stale = 0
+        self._buckets = self._buckets.with_fresh(0)
+        self._job = None
         self.merges += 1
+
+
+class _MergeJob:
+    """A merge under way: the items it folds in (slots, their (m, L) keys and each key's
+    part), whether stale entries are to be dropped, and the next part to merge."""
+
+    def __init__(self, slots: np.ndarray, keys: np.ndarray, stale: bool) -> None:
+        self.slots = slots.astype(np.int32)
+        self.keys = keys
+        self.part = part_of(keys)
+        self.stale = stale
+        self.next = 0
+
+
+def _split_parts(ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray) -> BucketTable:
+    """The table of a whole CSR (sorted unique keys, where their entries begin and the
+    total, the entries' slots), cut into its parts from the last one: each part's
+    arrays are copied out and the whole ones shrunk in place past it (realloc), so the
+    cut holds one part twice, not the whole table. The arrays given are consumed."""
+    cuts = np.searchsorted(ukeys, [part_first_key(p) for p in range(1, PARTS)]).tolist()
+    bounds = [0, *cuts, len(ukeys)]
+    parts: list[SortedBuckets] = []
+    for a, b in reversed(list(pairwise(bounds))):
+        e0, e1 = int(starts[a]), int(starts[b])
+        parts.append(SortedBuckets.from_csr(
+            ukeys[a:b].copy(), (starts[a : b + 1] - starts[a]).astype(np.int32),
+            slots[e0:e1].copy()))
+        for arr, end in ((ukeys, a), (starts, a + 1), (slots, e0)):
+            arr.resize(end, refcheck=False)
+    return BucketTable(tuple(reversed(parts)))
+
 
 #: rows normalised at once by add(): normalize() works in float64, so a block bounds its
 #: temporaries (~3 x 16 MB) where a 250k-row batch made ~380 MB of them

@@ -20,7 +20,7 @@ from itertools import pairwise
 import numpy as np
 
 from recall import exactkernels, kernels
-from recall.lsh.buckets import SortedBuckets
+from recall.lsh.buckets import BucketTable
 from recall.lsh.hashing import Hasher
 from recall.lsh.ids import IdStore
 from recall.lsh.params import UNIT_TOL, LSHParams, normalize
@@ -61,7 +61,7 @@ class SearchMixin:
     _seen: np.ndarray
     _ids: IdStore
     _high: int
-    _buckets: SortedBuckets
+    _buckets: BucketTable
     _pending: PendingBuckets
     _stale: int
 
@@ -108,13 +108,14 @@ class SearchMixin:
         probes = self.hasher.probe_keys(qn, self.params.T)  # (n, L, T')
         per_query = probes.shape[1] * probes.shape[2]
         flat = probes.reshape(-1)
-        lo, hi = self._ranges(flat)
+        table = self._buckets
+        part, lo, hi = table.lookup(flat)
         out = []
         for i in range(n):
             a, b = i * per_query, (i + 1) * per_query
             if self.params.cap:
                 _cap_window(flat[a:b], lo[a:b], hi[a:b], self.params.cap, qn[i])
-            cand = self._gather(flat[a:b], lo[a:b], hi[a:b])
+            cand = self._gather(table, flat[a:b], part[a:b], lo[a:b], hi[a:b])
             out.append(self._rerank(cand, qn[i], ks[i], excluded[i]))
         return out
 
@@ -150,11 +151,13 @@ class SearchMixin:
             np.cumsum([len(e) for e in excluded], out=excl_ptr[1:])
             excl = np.concatenate(excluded) if excl_ptr[-1] else _NO_SLOTS
             ks_arr = np.asarray(ks, dtype=np.int64)
-        opts = np.array([p.family == "pstable", h.probes_per_table(p.T) - 1, b.shift,
+        # b (the table's parts, whose addresses b.desc gives the kernel) is held until
+        # the kernel returns, whatever a merge swaps in meanwhile
+        opts = np.array([p.family == "pstable", h.probes_per_table(p.T) - 1, b.fresh,
                          self._stale > 0, p.cap, p.vote], dtype=np.int64)
         top_slots, top_scores, n_cand = kernels.search_queries(
             qn, ks_arr, h.proj, h.offset, h.mult, h.salt, h.template(p.T), h.w_array, opts,
-            b.ukeys, b.starts, b.slots, b.directory, self._vecs.view(np.uint16),
+            b.desc, self._vecs.view(np.uint16),
             self._in_main, pend.keys, pend.head, pend.entries, excl_ptr, excl, self._mark,
             self._seen)
         if n == 1:  # the worker's usual call: no copies, one id lookup
@@ -211,32 +214,24 @@ class SearchMixin:
         bounds = np.cumsum([0] + [len(e) for e in sets]).tolist()
         return [(s := slots[a:b])[s >= 0] for a, b in pairwise(bounds)]
 
-    def _ranges(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) of each probe key in the sorted table (empty if none), not capped."""
-        buckets = self._buckets
-        if not buckets.size:
-            zero = np.zeros(len(probes), dtype=np.int64)
-            return zero, zero
-        lo, hi = buckets.lookup(probes)
-        return lo.astype(np.int64), hi.astype(np.int64)
-
-    def _gather(self, probes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Distinct slots of one query's probes, given their sorted-table ranges."""
+    def _gather(self, table: BucketTable, probes: np.ndarray, part: np.ndarray,
+                lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Distinct slots of one query's probes, given their parts and [lo, hi) ranges
+        there: the parts a merge under way filled already (``table.fresh``) hold the
+        pending items and no stale entry; the others are read with the pending buckets,
+        their stale entries skipped."""
         parts = []
-        counts = hi - lo
-        total = int(counts.sum())
-        if total:
-            buckets = self._buckets
-            ends = np.cumsum(counts)
-            idx = np.arange(total) + np.repeat(lo - (ends - counts), counts)
-            slots = buckets.slots[idx]
-            if self._stale:
+        fresh = part < table.fresh
+        for j in np.flatnonzero(hi > lo).tolist():
+            slots = table.parts[part[j]].slots[lo[j]:hi[j]]
+            if self._stale and not fresh[j]:
                 slots = slots[self._in_main[slots]]
             parts.append(slots)
         if self._pending:
             bucket = self._pending.bucket
             cap = self.params.cap or None  # the cap holds for pending buckets too
-            extra = [s for key in probes.tolist() for s in bucket(key)[:cap]]
+            extra = [s for key, f in zip(probes.tolist(), fresh.tolist(), strict=True)
+                     if not f for s in bucket(key)[:cap]]
             if extra:
                 parts.append(np.asarray(extra, dtype=np.int32))
         if not parts:
