@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devtools import bench_index, bench_restart, bench_store, bench_watch_live, realdata
+from devtools import (
+    bench_clicks,
+    bench_index,
+    bench_restart,
+    bench_store,
+    bench_watch_live,
+    realdata,
+)
 from devtools.e2e import capacity
 
 
@@ -71,6 +78,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.set_defaults(func=cmd_bench_e2e)
 
     bench_index.add_parser(sub, bench_sub)
+    bench_clicks.add_parser(sub, bench_sub)
     bench_store.add_parser(sub, bench_sub)
     bench_restart.add_parser(sub, bench_sub)
     capacity.add_parser(sub, bench_sub)
