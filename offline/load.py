@@ -77,13 +77,14 @@ async def load_index(store: Any, ids: list[str], vectors: np.ndarray, params: An
 async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors: np.ndarray,
                           window: int, half_life: float = 0.0, batch: int = 2000,
                           progress: bool = True, interests: int = 1,
-                          session_gap: float = 1800.0) -> int:
+                          session_gap: float = 1800.0, state_format: str = "columns") -> int:
     """Store every user's last ``window`` clicks as their window (cut into ``interests``
-    sessions, as the worker will keep it); returns users written."""
+    sessions, as the worker will keep it), in ``state_format`` (RECALL_USER_STATE_FORMAT:
+    "json" while workers older than format 3 run); returns users written."""
     from tqdm import tqdm
 
     from offline.userwin import window_mask
-    from recall.users import RollingUserVectors
+    from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors
 
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     dim = vectors.shape[1]
@@ -111,7 +112,8 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
             state.clicks = [(names[item[j]], ts[j], w[j], ev[j], False)
                             for j in range(a, b)]
             policy.recompute(state)
-            pending[users[int(win.user[a])]] = state.to_bytes()
+            pending[users[int(win.user[a])]] = state.to_bytes(
+                FORMAT_JSON if state_format == "json" else FORMAT_COLUMNS)
             if len(pending) >= batch:
                 await store.put_users(pending)
                 bar.update(len(pending))

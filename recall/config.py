@@ -105,8 +105,12 @@ class Settings:
     startup_timeout: float = 15.0
     #: most user states a worker keeps in memory (least recently used ones are dropped
     #: between click batches and read from Redis again on their next click or request;
-    #: 0 = no limit). A state takes ~250 bytes per click in its window, ~12 KB full
+    #: 0 = no limit). A state takes ~150 bytes per click in its window, ~8 KB full
     user_cache_users: int = 50_000
+    #: how user states are written to Redis: "columns" (format 3, binary columns: the
+    #: cheaper one) or "json" (formats 1-2, which workers before format 3 read: set it
+    #: while a rolling upgrade from such a version runs). Every format is read
+    user_state_format: str = "columns"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +153,8 @@ class Settings:
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
             (self.user_cache_users >= 0, "user_cache_users", "must be >= 0"),
+            (self.user_state_format in ("columns", "json"), "user_state_format",
+             "must be columns or json"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -216,6 +222,7 @@ ENV_NAMES: dict[str, str] = {
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",
     "user_cache_users": "RECALL_USER_CACHE_USERS",
+    "user_state_format": "RECALL_USER_STATE_FORMAT",
 }
 
 

@@ -15,27 +15,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from operator import itemgetter
+from itertools import compress
 
 import numpy as np
 
 from recall.userkernels import add_clicks, window_sums
-from recall.users import (
-    EVENT,
-    HAS_VECTOR,
-    ITEM,
-    RESCALE_MAX,
-    TS,
-    WEIGHT,
-    Click,
-    Lookup,
-    RollingUserVectors,
-    UserState,
-    _ts,
-)
-
-_GET_ITEM, _GET_TS, _GET_WEIGHT, _GET_EVENT, _GET_HAS_VECTOR = map(itemgetter, range(5))
-
+from recall.users import RESCALE_MAX, Lookup, RollingUserVectors, UserState
 
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
 UserClick = tuple[UserState, str, float, float, "str | None"]
@@ -49,7 +34,12 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     (:mod:`recall.userkernels`): one-segment users' sums updated click by click in one
     call, the others (and any due a recompute) recomputed from their windows in one
     call at the end. One lookup for the batch's items, one for the evicted ones.
-    ValueError for a bad click, before any state changes."""
+    ValueError for a bad click, before any state changes.
+
+    Per click the Python part is a few C-level steps on the window's columns (an event id
+    ``in`` a list, a ``bisect`` of an ``array('d')``, inserts and deletes): nothing loops
+    over the window in Python, and the heaviest weight (the sums' unit) is kept by
+    :meth:`UserState.top` instead of being searched for."""
     lookup = lookup or policy.lookup
     if lookup is None:
         raise ValueError("apply_batch needs a lookup of item vectors")
@@ -71,26 +61,50 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     user: list[int] = []
     empty: list[bool] = []
     evict: list[bool] = []
-    ev: list[Click] = []  # the evicted click of each fed click (the new one if none)
+    ev_item: list[str] = []  # the evicted click of each fed click (the new one if none)
+    ev_ts: list[float] = []
+    ev_weight: list[float] = []
+    ev_has: list[bool] = []
     unit_old: list[float] = []
     unit_left: list[float] = []
     for j, (state, item_id, ts, weight, event_id) in enumerate(clicks):
-        win = state.clicks
-        if event_id is not None and event_id in map(_GET_EVENT, win):
+        events = state.events
+        if event_id is not None and event_id in events:
             out.append(False)
             continue
         out.append(True)
-        pos = bisect.bisect_right(win, ts, key=_ts)
-        full = len(win) >= size
+        tsa = state.ts
+        n = len(tsa)
+        pos = n if not n or ts >= tsa[-1] else bisect.bisect_right(tsa, ts)
+        full = n >= size
         if full and pos == 0:
             continue  # late: older than every kept click, never enters
-        click: Click = (item_id, ts, weight, event_id, has_list[j])
-        state.clicks = [*win[1 if full else 0:pos], click, *win[pos:]]
-        state.since_recompute += 1
+        has = has_list[j]
         key = id(state)
-        if key in recut:
-            continue
-        if not one or len(state.starts) > 1 or state.since_recompute >= size:
+        fed = key not in recut and one and len(state.starts) <= 1 and \
+            state.since_recompute + 1 < size
+        if fed:
+            top, n_top = state.top()
+        items, weights, hass = state.items, state.weight, state.has
+        if full:  # the oldest click leaves (pos > 0)
+            o_item, o_ts, o_weight, o_has = items[0], tsa[0], weights[0], hass[0]
+            del items[0], events[0], tsa[0], weights[0], hass[0]
+            pos -= 1
+        if pos == n - full:
+            items.append(item_id)
+            events.append(event_id)
+            tsa.append(ts)
+            weights.append(weight)
+            hass.append(has)
+        else:
+            items.insert(pos, item_id)
+            events.insert(pos, event_id)
+            tsa.insert(pos, ts)
+            weights.insert(pos, weight)
+            hass.insert(pos, has)
+        state.since_recompute += 1
+        if not fed:
+            state.forget_top()
             recut[key] = state
             continue
         row = rows.get(key)
@@ -99,29 +113,66 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
             states.append(state)
         feed.append(j)
         user.append(row)
-        empty.append(not win)
+        empty.append(not n)
         evict.append(full)
-        top = max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, win)), default=0.0)
         unit_old.append(top)
+        left = top
         if full:
-            old = win[0]
-            ev.append(old)
-            unit_left.append(max(map(_GET_WEIGHT, filter(_GET_HAS_VECTOR, win[1:])),
-                                 default=0.0)
-                             if old[HAS_VECTOR] and old[WEIGHT] >= top else top)
+            ev_item.append(o_item)
+            ev_ts.append(o_ts)
+            ev_weight.append(o_weight)
+            ev_has.append(bool(o_has))
+            if o_has and o_weight == top:
+                n_top -= 1
+                if not n_top:  # the heaviest left: the next heaviest of what stays
+                    state.forget_top()
+                    left, n_top = state.top()
+                    if has:  # (top() saw the new click too: count it below)
+                        if weight == left:
+                            n_top -= 1
+                        elif weight > left:
+                            state.forget_top()
+                            left = _heaviest_but(state, pos)
+                            n_top = _count(state, left, pos)
         else:
-            ev.append(click)
-            unit_left.append(top)
+            ev_item.append(item_id)
+            ev_ts.append(ts)
+            ev_weight.append(weight)
+            ev_has.append(False)
+        unit_left.append(left)
+        if has:
+            if weight > left:
+                left, n_top = weight, 1
+            elif weight == left:
+                n_top += 1
+        state._top, state._n_top = left, n_top
     if feed:
-        _add_clicks(policy, states, rows, recut, feed, user, empty, evict, ev, unit_old,
-                         unit_left, clicks, new_vecs, new_has, lookup)
+        _add_clicks(policy, states, rows, recut, feed, user, empty, evict, ev_item, ev_ts,
+                    ev_weight, ev_has, unit_old, unit_left, clicks, new_vecs, new_has,
+                    lookup)
     recompute_many(policy, list(recut.values()), lookup)
     return out
 
 
+def _heaviest_but(state: UserState, skip: int) -> float:
+    """The heaviest weight with a vector of the window without its click ``skip``."""
+    w, h = state.weight, state.has
+    return max(max(compress(w[:skip], h[:skip]), default=0.0),
+               max(compress(w[skip + 1:], h[skip + 1:]), default=0.0))
+
+
+def _count(state: UserState, top: float, skip: int) -> int:
+    """Clicks with a vector weighing ``top``, but click ``skip``."""
+    if not top:
+        return 0
+    return sum(1 for i, (w, h) in enumerate(zip(state.weight, state.has, strict=True))
+               if h and w == top and i != skip)
+
+
 def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[int, int],
                 recut: dict[int, UserState], feed: list[int], user: list[int],
-                empty: list[bool], evict: list[bool], ev: list[Click],
+                empty: list[bool], evict: list[bool], ev_item: list[str],
+                ev_ts: list[float], ev_weight: list[float], ev_has: list[bool],
                 unit_old: list[float], unit_left: list[float],
                 clicks: Sequence[UserClick],
                 new_vecs: np.ndarray, new_has: np.ndarray, lookup: Lookup) -> None:
@@ -129,36 +180,32 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
     n_users = len(states)
     vsum = np.zeros((n_users, policy.dim), dtype=np.float64)
     wsum = np.zeros(n_users, dtype=np.float64)
-    t_ref = np.zeros(n_users, dtype=np.float64)
+    t_ref = np.array([st.t_ref for st in states], dtype=np.float64)
     redo = np.zeros(n_users, dtype=bool)
     for r, st in enumerate(states):
+        redo[r] = id(st) in recut  # due a recompute later in the batch: skipped here
         if st.starts:
             vsum[r] = st.seg_vsum[0]
             wsum[r] = st.seg_wsum[0]
-        t_ref[r] = st.t_ref
-        redo[r] = id(st) in recut
-    ev_vecs, ev_present = lookup(list(map(_GET_ITEM, ev)))
+    ev_vecs, ev_present = lookup(ev_item)
     idx = np.asarray(feed, dtype=np.int64)
-    n = len(feed)
     add_clicks(vsum, wsum, t_ref, redo, np.asarray(user, dtype=np.int64),
-               np.fromiter((clicks[j][2] for j in feed), dtype=np.float64, count=n),
-               np.fromiter((clicks[j][3] for j in feed), dtype=np.float64, count=n),
+               np.array([clicks[j][2] for j in feed], dtype=np.float64),
+               np.array([clicks[j][3] for j in feed], dtype=np.float64),
                np.ascontiguousarray(np.asarray(new_vecs)[idx], dtype=np.float32),
-               new_has[idx], np.asarray(empty, dtype=bool),
-               np.asarray(evict, dtype=bool),
-               np.fromiter(map(_GET_HAS_VECTOR, ev), dtype=bool, count=n),
-               np.asarray(ev_present, dtype=bool),
+               new_has[idx], np.array(empty, dtype=bool), np.array(evict, dtype=bool),
+               np.array(ev_has, dtype=bool), np.asarray(ev_present, dtype=bool),
                np.ascontiguousarray(ev_vecs, dtype=np.float32),
-               np.fromiter(map(_GET_WEIGHT, ev), dtype=np.float64, count=n),
-               np.fromiter(map(_GET_TS, ev), dtype=np.float64, count=n),
-               np.asarray(unit_old, dtype=np.float64),
-               np.asarray(unit_left, dtype=np.float64), policy.half_life, RESCALE_MAX)
+               np.array(ev_weight, dtype=np.float64), np.array(ev_ts, dtype=np.float64),
+               np.array(unit_old, dtype=np.float64), np.array(unit_left, dtype=np.float64),
+               policy.half_life, RESCALE_MAX)
     refs = t_ref.tolist()
+    one = [0]
     for r, st in enumerate(states):
         if redo[r]:
             recut[id(st)] = st
             continue
-        st.starts = [0]
+        st.starts = one.copy()
         st.seg_vsum, st.seg_wsum = vsum[r:r + 1].copy(), wsum[r:r + 1].copy()
         st.t_ref = refs[r]
 
@@ -170,38 +217,32 @@ def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
     lookup = lookup or policy.lookup
     if lookup is None:
         raise ValueError("recompute needs a lookup of item vectors")
-    flat = [c for st in states for c in st.clicks]
-    if not flat:
+    lens = [len(st) for st in states]
+    if not any(lens):
         for st in states:
             policy.recompute(st, lookup)
         return
     ptr = np.zeros(len(states) + 1, dtype=np.int64)
-    np.cumsum([len(st.clicks) for st in states], out=ptr[1:])
-    n = len(flat)  # the fields by C-level iteration (a Python loop cost as much as
-    # the incremental update it replaces)
-    mat, present = lookup(list(map(_GET_ITEM, flat)))
+    np.cumsum(lens, out=ptr[1:])
+    # the columns by C-level copies (a Python loop cost as much as the update it replaces)
+    mat, present = lookup([i for st in states for i in st.items])
     present = np.asarray(present, dtype=bool)
-    had = np.fromiter(map(_GET_HAS_VECTOR, flat), dtype=bool, count=n)
+    ts = np.frombuffer(b"".join([st.ts.tobytes() for st in states]), dtype=np.float64)
+    weight = np.frombuffer(b"".join([st.weight.tobytes() for st in states]),
+                           dtype=np.float64)
     seg_ptr, starts, vsum, wsum, t_ref = window_sums(
-        ptr, np.fromiter(map(_GET_TS, flat), dtype=np.float64, count=n),
-        np.fromiter(map(_GET_WEIGHT, flat), dtype=np.float64, count=n),
-        present, np.ascontiguousarray(mat, dtype=np.float32), policy.interests,
-        policy.session_gap, policy.half_life)
+        ptr, ts, weight, present, np.ascontiguousarray(mat, dtype=np.float32),
+        policy.interests, policy.session_gap, policy.half_life)
     bounds, refs = seg_ptr.tolist(), t_ref.tolist()
     starts_l = starts.tolist()
+    flags = present.view(np.uint8).tobytes()  # has_vector as found now
+    first = ptr.tolist()
     for u, st in enumerate(states):
         a, b = bounds[u], bounds[u + 1]
         st.starts = starts_l[a:b]
         st.seg_vsum, st.seg_wsum = vsum[a:b].copy(), wsum[a:b].copy()
-        if st.clicks:
+        if lens[u]:
             st.t_ref = refs[u]
         st.since_recompute = 0
-    # has_vector as found now, where it differs (mostly the batch's new clicks)
-    differs = np.flatnonzero(present != had)
-    owners = np.searchsorted(ptr, differs, side="right") - 1
-    first = ptr.tolist()
-    for j, u, p in zip(differs.tolist(), owners.tolist(), present[differs].tolist(),
-                       strict=True):
-        win, at = states[u].clicks, j - first[u]
-        c = win[at]
-        win[at] = (c[ITEM], c[TS], c[WEIGHT], c[EVENT], p)
+        st.has[:] = flags[first[u]:first[u + 1]]
+        st.forget_top()

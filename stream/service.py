@@ -42,7 +42,7 @@ from recall.lsh import LSHIndex, QueryResult
 from recall.messages import Click, Invalid, Request, response_record
 from recall.store import ClickOffsetsConflict
 from recall.userbatch import apply_batch
-from recall.users import RollingUserVectors, UserState
+from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors, UserState
 from stream import deadline
 from stream.metrics import Metrics
 from stream.state import IndexSlot, PopularCache, UserCache
@@ -421,10 +421,11 @@ class RecallService:
         # one write round trip, atomic and safe to repeat (Store.write_clicks)
         try:
             blobs: dict[str, bytes] = {}
+            fmt = FORMAT_JSON if s.user_state_format == "json" else FORMAT_COLUMNS
             for j, (u, st) in enumerate(changed.items()):
                 if j and not j % CLICK_CHUNK:
                     await turn()
-                blobs[u] = st.to_bytes()
+                blobs[u] = st.to_bytes(fmt)
             t0 = time.perf_counter()
             written = await self.store.write_clicks(
                 blobs, popular, new_events, int(s.event_id_ttl_seconds), offsets)

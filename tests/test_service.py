@@ -67,14 +67,15 @@ class FakeStore:
         return [(i, float(n)) for i, n in self.popular.most_common(k)]
 
 
-def service(n_items: int = 2000, seed: int = 0, cache: int = 0
-            ) -> tuple[RecallService, FakeStore, np.ndarray]:
+def service(n_items: int = 2000, seed: int = 0, cache: int = 0, store: FakeStore | None = None,
+            fmt: str = "columns") -> tuple[RecallService, FakeStore, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = normalize(rng.standard_normal((n_items, DIM)))
     index = LSHIndex(LSHParams(dim=DIM, k=2, L=8, T=4, w=1.0))
     index.add([f"i{j}" for j in range(n_items)], x)
-    store = FakeStore()
-    svc = RecallService(Settings(dim=DIM, user_cache_users=cache), store, IndexSlot(index, 1))
+    store = store or FakeStore()
+    svc = RecallService(Settings(dim=DIM, user_cache_users=cache, user_state_format=fmt),
+                        store, IndexSlot(index, 1))
     return svc, store, x
 
 
@@ -140,6 +141,33 @@ async def test_every_click_applies_once_across_replays_and_event_ids() -> None:
     state = UserState.from_bytes(store.users["u1"], DIM)
     assert len(state.clicks) == 3
     assert svc.metrics.click_duplicates._value.get() == 3  # the replay wrote nothing at all
+
+
+async def test_a_rolling_upgrade_keeps_windows_and_event_ids_across_formats() -> None:
+    """Workers writing the JSON formats (as before format 3, or with
+    RECALL_USER_STATE_FORMAT=json during an upgrade) and workers writing columns hand a
+    user over both ways: the window, its event ids (a replayed click is not counted
+    again) and the vector go on as if one worker had applied every click."""
+    store = FakeStore()
+    old, _, _ = service(store=store, fmt="json")
+    await old.take_partitions([0])
+    await old.apply(clicks("u1", [1, 2]), {0: 2})
+    assert store.users["u1"][0] == 1  # what a worker before format 3 reads
+    new, _, _ = service(store=store)  # the partition moves to an upgraded worker
+    await new.take_partitions([0])
+    replay = clicks("u1", [1, 2, 3], first_offset=0)  # i1, i2 again (same event ids), i3
+    await new.apply([ClickAt(0, 2 + j, c.click) for j, c in enumerate(replay)], {0: 5})
+    assert store.users["u1"][0] == 3
+    back, _, _ = service(store=store, fmt="json")  # and back (a rollback, or json set)
+    await back.take_partitions([0])
+    await back.apply([ClickAt(0, 5, Click("u1", "i4", 2000.0, 1.0, "u1-e0")),
+                      ClickAt(0, 6, Click("u1", "i4", 2000.0, 1.0, "u1-e9"))], {0: 7})
+    assert store.users["u1"][0] == 1
+    state = UserState.from_bytes(store.users["u1"], DIM)
+    assert [c[0] for c in state.clicks] == ["i1", "i2", "i3", "i4"]  # each once
+    mat, _ = back.slot.lookup(["i1", "i2", "i3", "i4"])  # the index's stored vectors
+    np.testing.assert_allclose(state.vector(), mat.astype(np.float64).mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 async def test_offsets_redis_does_not_hold_reload_the_partition_from_redis() -> None:

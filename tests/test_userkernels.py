@@ -55,6 +55,9 @@ def assert_same(roll, ref, got) -> None:
         assert len(roll.queries(g)) == len(roll.queries(r))
         if r.clicks:
             assert g.t_ref == r.t_ref
+        cached = g.top()  # the heaviest weight kept click by click = a fresh scan's
+        g.forget_top()
+        assert g.top() == cached
         back = UserState.from_bytes(g.to_bytes(), DIM)  # what Redis gets reads back
         assert back.window == g.window and back.starts == g.starts
         np.testing.assert_array_equal(back.seg_vsum, g.seg_vsum)

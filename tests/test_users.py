@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recall.users import RollingUserVectors, UserState
+from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors, UserState
 
 DIM = 8
 RTOL, ATOL = 1e-5, 1e-6  # the documented tolerance (float32 output of float64 sums)
@@ -256,12 +256,14 @@ def test_from_bytes_rejects_other_dimension_and_garbage() -> None:
     roll = RollingUserVectors(DIM, 3)
     state = roll.new_state()
     roll.apply(state, "x", 1.0, 1.0, np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
-    data = state.to_bytes()
-    with pytest.raises(ValueError, match="dimension"):
-        UserState.from_bytes(data, DIM + 1)
-    for bad in (b"", b"\x01abc", data[:30], data[:-3] + b"}}}", b"\x09" + data[1:]):
-        with pytest.raises(ValueError):
-            UserState.from_bytes(bad, DIM)
+    for fmt in (FORMAT_JSON, FORMAT_COLUMNS):
+        data = state.to_bytes(fmt)
+        with pytest.raises(ValueError, match="dimension"):
+            UserState.from_bytes(data, DIM + 1)
+        for bad in (b"", b"\x01abc", data[:30], data[:-3] + b"}}}", b"\x09" + data[1:],
+                    data[:-2]):
+            with pytest.raises(ValueError):
+                UserState.from_bytes(bad, DIM)
 
 
 def test_eviction_without_lookup_is_a_clear_error() -> None:
@@ -285,21 +287,36 @@ def test_bad_click_values_are_rejected_before_changing_state() -> None:
 
 
 def test_window_clicks_leave_the_cyclic_gc() -> None:
-    """A worker holds ~50 clicks for each of many users: stored as plain tuples of atoms,
-    the GC stops tracking them, so full collections do not walk every click (they paused
-    the worker for 25-100 ms every few seconds when each click was an object)."""
+    """A worker holds ~50 clicks for each of many users: the window's columns hold no
+    object per click that the GC tracks, so full collections do not walk every click
+    (they paused the worker for 25-100 ms every few seconds when each click was an
+    object), before and after a round trip through Redis's bytes."""
     import gc
 
-    table = make_table(8, set())
-    roll = RollingUserVectors(DIM, 5, lookup=table)
-    state = roll.new_state()
-    for j in range(8):
-        roll.apply(state, f"i{j}", float(j), 1.0, table.get(f"i{j}"), f"e{j}")
-    gc.collect()
-    assert state.clicks and not any(gc.is_tracked(c) for c in state.clicks)
-    back = UserState.from_bytes(state.to_bytes(), DIM)
-    gc.collect()
-    assert back.window == state.window and not any(gc.is_tracked(c) for c in back.clicks)
+    def tracked(state: UserState) -> int:  # GC-tracked objects reachable from the state
+        seen, todo, n = set(), [state], 0
+        while todo:
+            o = todo.pop()
+            if id(o) in seen:
+                continue
+            seen.add(id(o))
+            if gc.is_tracked(o):
+                n += 1
+                todo += gc.get_referents(o)
+        return n
+
+    table = make_table(60, set())
+    counts = []
+    for size in (5, 50):
+        roll = RollingUserVectors(DIM, size, lookup=table)
+        state = roll.new_state()
+        for j in range(size + 3):
+            roll.apply(state, f"i{j}", float(j), 1.0, table.get(f"i{j}"), f"e{j}")
+        back = UserState.from_bytes(state.to_bytes(), DIM)
+        assert back.window == state.window and len(back) == size
+        gc.collect()
+        counts += [tracked(state), tracked(back)]
+    assert len(set(counts)) == 1, counts  # the same few containers for 5 or 50 clicks
 
 
 # --- multi-interest users -------------------------------------------------------------
@@ -430,7 +447,9 @@ def test_state_stored_by_single_vector_workers_is_read() -> None:
     want_window, want = reference(OLD_CLICKS, 6, 0.0, table)
     assert [(c.item_id, c.ts, c.event_id) for c in state.window] == want_window
     np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
-    assert state.to_bytes() == blob  # one interest: still written in the old format
+    # one interest, in the JSON formats (what workers before format 3 read): byte for byte
+    assert state.to_bytes(FORMAT_JSON) == blob
+    assert UserState.from_bytes(state.to_bytes(), DIM).window == state.window
     # a worker with three interests re-cuts it into sessions on first use
     roll = RollingUserVectors(DIM, 6, lookup=table, interests=3, session_gap=1800.0)
     assert roll.conform(state)
@@ -438,12 +457,12 @@ def test_state_stored_by_single_vector_workers_is_read() -> None:
     assert len(want3) == 2  # the oldest session has one click, on an item without vector
     for g, w in zip(state.interests(), want3, strict=True):
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
-    assert state.to_bytes()[0] == 2
+    assert state.to_bytes(FORMAT_JSON)[0] == 2
     # and back to one interest without a lookup: the sessions' sums add up
     single = RollingUserVectors(DIM, 6, interests=1)
     assert single.conform(state)
     np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
-    assert state.to_bytes()[0] == 1
+    assert state.to_bytes(FORMAT_JSON)[0] == 1
 
 
 def test_recutting_needs_a_lookup_when_sessions_split() -> None:
@@ -459,13 +478,14 @@ def test_bad_segment_starts_are_rejected() -> None:
     state = roll.new_state()
     for item, ts in (("i0", 0.0), ("i1", 100.0)):
         roll.apply(state, item, ts, 1.0, table.get(item))
-    data = bytearray(state.to_bytes())
-    assert data[0] == 2 and state.starts == [0, 1]
-    data[21 + 4:21 + 8] = (7).to_bytes(4, "little")  # second segment starts past the window
-    with pytest.raises(ValueError, match="segment"):
-        UserState.from_bytes(bytes(data), DIM)
-    with pytest.raises(ValueError, match="truncated"):
-        UserState.from_bytes(bytes(data[:40]), DIM)
+    for fmt, version, at in ((FORMAT_JSON, 2, 21), (FORMAT_COLUMNS, 3, 25)):
+        data = bytearray(state.to_bytes(fmt))
+        assert data[0] == version and state.starts == [0, 1]
+        data[at + 4:at + 8] = (7).to_bytes(4, "little")  # 2nd segment starts past the window
+        with pytest.raises(ValueError, match="segment"):
+            UserState.from_bytes(bytes(data), DIM)
+        with pytest.raises(ValueError, match="truncated"):
+            UserState.from_bytes(bytes(data[:40]), DIM)
 
 
 def test_late_click_closing_a_gap_splits_the_oldest_segment() -> None:

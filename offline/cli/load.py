@@ -77,7 +77,8 @@ async def _load(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
                 store, clicks, ids, vectors, user.window, user.half_life,
                 progress=not args.quiet,
                 interests=int(user.extra.get("interests", settings.user_interests)),
-                session_gap=float(user.extra.get("session_gap", settings.user_session_gap)))
+                session_gap=float(user.extra.get("session_gap", settings.user_session_gap)),
+                state_format=settings.user_state_format)
             out["popular_items"] = await replace_popular(store, clicks)
             out["users_seconds"] = round(time.perf_counter() - t0, 3)
     finally:
