@@ -177,25 +177,27 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
                 clicks: Sequence[UserClick],
                 new_vecs: np.ndarray, new_has: np.ndarray, lookup: Lookup) -> None:
     """The one-segment states' part of :meth:`apply_batch` (userkernels.add_clicks)."""
-    n_users = len(states)
-    vsum = np.zeros((n_users, policy.dim), dtype=np.float64)
-    wsum = np.zeros(n_users, dtype=np.float64)
+    # the users' sums gathered by one C call each (an empty window has no row: zeros)
+    zero_v, zero_w = np.zeros((1, policy.dim)), np.zeros(1)
+    vsum = np.concatenate([st.seg_vsum if st.starts else zero_v for st in states])
+    wsum = np.concatenate([st.seg_wsum if st.starts else zero_w for st in states])
     t_ref = np.array([st.t_ref for st in states], dtype=np.float64)
-    redo = np.zeros(n_users, dtype=bool)
-    for r, st in enumerate(states):
-        redo[r] = id(st) in recut  # due a recompute later in the batch: skipped here
-        if st.starts:
-            vsum[r] = st.seg_vsum[0]
-            wsum[r] = st.seg_wsum[0]
-    ev_vecs, ev_present = lookup(ev_item)
+    # due a recompute later in the batch: skipped here
+    redo = np.array([id(st) in recut for st in states], dtype=bool)
+    n = len(feed)
+    ev_vecs = np.zeros((n, policy.dim), dtype=np.float32)
+    ev_present = np.zeros(n, dtype=bool)
+    evicting = [k for k, e in enumerate(evict) if e]  # only clicks that evict one
+    if evicting:
+        mat, present = lookup([ev_item[k] for k in evicting])
+        ev_vecs[evicting], ev_present[evicting] = mat, present
     idx = np.asarray(feed, dtype=np.int64)
     add_clicks(vsum, wsum, t_ref, redo, np.asarray(user, dtype=np.int64),
                np.array([clicks[j][2] for j in feed], dtype=np.float64),
                np.array([clicks[j][3] for j in feed], dtype=np.float64),
                np.ascontiguousarray(np.asarray(new_vecs)[idx], dtype=np.float32),
                new_has[idx], np.array(empty, dtype=bool), np.array(evict, dtype=bool),
-               np.array(ev_has, dtype=bool), np.asarray(ev_present, dtype=bool),
-               np.ascontiguousarray(ev_vecs, dtype=np.float32),
+               np.array(ev_has, dtype=bool), ev_present, ev_vecs,
                np.array(ev_weight, dtype=np.float64), np.array(ev_ts, dtype=np.float64),
                np.array(unit_old, dtype=np.float64), np.array(unit_left, dtype=np.float64),
                policy.half_life, RESCALE_MAX)

@@ -133,6 +133,7 @@ _HEADER2 = struct.Struct("<BIIdI")
 _HEADER3 = struct.Struct("<BIIdII")
 #: ``array('d')`` is native-endian; stored states are little-endian
 _SWAP = sys.byteorder != "little"
+_F8 = np.dtype("<f8")
 #: largest factor the sums are rescaled by when the heaviest click leaves; beyond it the
 #: window is recomputed (the remaining shares are too small next to what was subtracted)
 RESCALE_MAX = 1e6
@@ -255,8 +256,7 @@ class UserState:
         if self._top is None:
             top = max(compress(self.weight, self.has), default=0.0)
             self._top = top
-            self._n_top = sum(1 for w, h in zip(self.weight, self.has, strict=True)
-                              if h and w == top) if top else 0
+            self._n_top = list(compress(self.weight, self.has)).count(top) if top else 0
         return self._top, self._n_top
 
     def _heaviest(self, a: int = 0, b: int | None = None) -> float:
@@ -331,8 +331,8 @@ class UserState:
                 _HEADER3.pack(FORMAT_COLUMNS, self.dim, self.since_recompute, self.t_ref,
                               n_seg, len(ts)),
                 struct.pack(f"<{n_seg}I", *self.starts),
-                self.seg_wsum.astype("<f8", copy=False).tobytes(),
-                self.seg_vsum.astype("<f8", copy=False).tobytes(),
+                self.seg_wsum.astype(_F8, copy=False).tobytes(),
+                self.seg_vsum.astype(_F8, copy=False).tobytes(),
                 ts.tobytes(), weight.tobytes(), self.has,
                 orjson.dumps((self.items, self.events))))
         if fmt != FORMAT_JSON:
@@ -475,7 +475,15 @@ class RollingUserVectors:
             return []
         if self.interests == 1:
             return [0]
-        return session_starts([c[TS] for c in clicks], self.interests, self.session_gap)
+        return self.starts_of_ts([c[TS] for c in clicks])
+
+    def starts_of_ts(self, ts: Sequence[float]) -> list[int]:
+        """:meth:`starts_of` a window given by its timestamps."""
+        if not len(ts):
+            return []
+        if self.interests == 1:
+            return [0]
+        return session_starts(ts, self.interests, self.session_gap)
 
     def queries(self, state: UserState, lookup: Lookup | None = None) -> list[np.ndarray]:
         """A request's query vectors: the window mean, or (interests > 1) the interest
@@ -495,7 +503,7 @@ class RollingUserVectors:
     def conform(self, state: UserState, lookup: Lookup | None = None) -> bool:
         """Re-cut a state stored under other interest settings (True if it was): segments
         that are unions of the stored ones are summed, otherwise recomputed."""
-        want = self.starts_of(state.clicks)
+        want = self.starts_of_ts(state.ts)  # (no tuples made: requests call this)
         if state.starts == want:
             return False
         if want and set(want) <= set(state.starts):  # fewer segments: sum neighbours
