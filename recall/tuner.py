@@ -23,6 +23,18 @@ user-like queries made from the whole catalogue, and the choice is made there
 (``judged_items``). A catalogue still to grow (``serve_items``: the worker re-tuning on a
 sample of what it serves) gets k scaled to that size, which cannot be measured yet: the
 worker's recall monitor measures it live and sets the probes.
+
+Memory. A worker's memory is a budget, not a price: a deployment is sized for it (at 1M
+x 64, 600 MB of peak RSS with the default layout's 279 MiB of index arrays), and a layout
+that needs more does not serve a little slower, it does not fit (and a merge builds a
+second table beside the first, so a bigger table also raises the peak while items
+stream in). Time, on the other hand, is paid per query, in proportion. So the choice is
+lexicographic, not a weighted sum (no exchange rate between MiB and microseconds would be
+right for every deployment): index arrays held to ``max_index_bytes`` (by default what the
+default layout takes on the same items, so tuning never costs memory the defaults did not
+already need), and within that the fastest; times within ``TIME_TIE`` of the fastest are
+a tie, which the smaller index wins (memory left over is headroom for merges). Before, the
+tuner picked simhash k=21 L=16 T=4 at 1M: 312 MiB of arrays against the default's 279.
 """
 
 from __future__ import annotations
@@ -96,12 +108,13 @@ class Trial:
     items: int = 0  # catalogue size the trial was measured on
     recall_low: float = 0.0  # 95% interval of the recall, the query as the unit
     recall_high: float = 1.0
+    nbytes: int = 0  # the index's arrays (LSHIndex.nbytes) on the items measured
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.params.to_dict(), "recall": round(self.recall, 4),
                 "recall_ci": [round(self.recall_low, 4), round(self.recall_high, 4)],
                 "candidates": round(self.candidates, 1), "query_ms": round(self.query_ms, 4),
-                "items": self.items}
+                "items": self.items, "index_mib": round(self.nbytes / 2**20, 1)}
 
 
 @dataclass
@@ -125,6 +138,12 @@ class TuneResult:
     recall_high: float = 1.0
     #: the default layout at the judged size (:func:`suggested_params`), the baseline
     baseline: Trial | None = None
+    #: the chosen layout's index arrays at the judged size, and the budget they were held to
+    nbytes: int = 0
+    max_index_bytes: int = 0
+    #: False when no layout within the memory budget reached the target (the one
+    #: reaching it with the least memory was chosen)
+    within_budget: bool = True
 
     def summary(self) -> str:
         verdict = "cheapest reaching" if self.reached else "target NOT reached; best recall at"
@@ -137,12 +156,17 @@ class TuneResult:
             f"chose {self.params.describe()} ({verdict} recall@{self.k} >= "
             f"{self.target_recall:g} at {self.judged_items} items): recall {self.recall:.3f} "
             f"({self.recall_low:.3f}-{self.recall_high:.3f}), "
-            f"{self.candidates:.0f} candidates/query, {self.query_ms:.3f} ms/query")
+            f"{self.candidates:.0f} candidates/query, {self.query_ms:.3f} ms/query, "
+            f"index arrays {self.nbytes / 2**20:.0f} MiB")
+        lines.append(f"memory budget {self.max_index_bytes / 2**20:.0f} MiB of index arrays"
+                     + ("" if self.within_budget else ": NO layout reaching the target fits "
+                        "it; the one with the least memory was chosen"))
         if self.baseline is not None:
             b = self.baseline
             lines.append(f"default {b.params.describe()}: recall {b.recall:.3f} "
                          f"({b.recall_low:.3f}-{b.recall_high:.3f}), {b.candidates:.0f} "
-                         f"candidates/query, {b.query_ms:.3f} ms/query")
+                         f"candidates/query, {b.query_ms:.3f} ms/query, index arrays "
+                         f"{b.nbytes / 2**20:.0f} MiB")
         if self.serve_items:
             lines.append(f"k scaled for {self.serve_items} items (not measured there: the "
                          "recall monitor sets the probes)")
@@ -207,7 +231,8 @@ def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) ->
     mean = float(np.mean(hits)) if hits else 0.0
     est = mean_interval(hits) or Estimate(mean, mean, mean, len(hits))
     return Trial(index.params, mean, cands / len(queries), 1000 * float(np.median(lat)),
-                 items=len(index), recall_low=est.low, recall_high=est.high)
+                 items=len(index), recall_low=est.low, recall_high=est.high,
+                 nbytes=index.nbytes())
 
 
 def _index(params: LSHParams, ids: list[str], x: np.ndarray) -> LSHIndex:
@@ -266,19 +291,48 @@ def _baseline(index: LSHIndex, default: LSHParams, q: np.ndarray, truth: np.ndar
     return evaluate(index, q, truth, k)
 
 
-def _cheapest(trials: Sequence[Trial], target: float) -> tuple[Trial, bool]:
+#: medians of one search within this fraction of the fastest are a tie: on this shared
+#: machine one layout's median moved by ~10% between runs; of tied layouts the one with
+#: the smaller index wins
+TIME_TIE = 0.10
+
+
+def _cheapest(trials: Sequence[Trial], target: float,
+              budget: float = math.inf) -> tuple[Trial, bool, bool]:
+    """(choice, target reached, within the memory budget): of the trials reaching the
+    target within ``budget`` bytes of index arrays, the fastest (a tie within TIME_TIE:
+    the smallest index); none within budget: the one with the least memory; none
+    reaching the target: the best recall."""
     reached = [t for t in trials if t.recall >= target]
-    if reached:
-        return min(reached, key=lambda t: t.query_ms), True
-    return max(trials, key=lambda t: (t.recall, -t.query_ms)), False
+    if not reached:
+        return max(trials, key=lambda t: (t.recall, -t.query_ms)), False, True
+    fits = [t for t in reached if t.nbytes <= budget]
+    if not fits:
+        return min(reached, key=lambda t: (t.nbytes, t.query_ms)), True, False
+    fastest = min(t.query_ms for t in fits)
+    tied = [t for t in fits if t.query_ms <= fastest * (1 + TIME_TIE)]
+    return min(tied, key=lambda t: (t.nbytes, t.query_ms)), True, True
+
+
+def _layout_bytes(params: LSHParams, x: np.ndarray, trials: Sequence[Trial]) -> int:
+    """The index arrays of ``params``' layout over x: from a trial of it, else built."""
+    shape = (params.family, params.k, params.L, params.w)
+    for t in trials:
+        p = t.params
+        if (p.family, p.k, p.L, p.w) == shape and t.items == len(x):
+            return t.nbytes
+    return _index(params, [str(i) for i in range(len(x))], x).nbytes()
 
 
 def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: int,
-                       default: LSHParams) -> list[tuple[str, int, int, float]]:
+                       default: LSHParams,
+                       budget: float = math.inf) -> list[tuple[str, int, int, float]]:
     """The sample's best few layout shapes with k scaled from ``items`` to ``n`` (the
     best one also one hash finer: the scaling is a rule of thumb, and the finer layout
-    re-ranks fewer candidates if the probes make up its recall), and the default."""
-    ranked = sorted(trials, key=lambda t: (t.recall < target,
+    re-ranks fewer candidates if the probes make up its recall), and the default.
+    Shapes over the sample's memory ``budget`` rank after those within it (k scaled with
+    the size keeps the entries and buckets per item, so the ratio carries over)."""
+    ranked = sorted(trials, key=lambda t: (t.recall < target, t.nbytes > budget,
                                            t.query_ms if t.recall >= target else -t.recall))
     out: list[tuple[str, int, int, float]] = []
     shapes: list[tuple[str, int, float]] = []
@@ -310,6 +364,7 @@ def tune(
     families: Sequence[str] = ("pstable", "simhash"),
     votes: Sequence[int] = (1, 2),
     seed: int = 42,
+    max_index_bytes: int | None = None,
     progress: bool = True,
 ) -> TuneResult:
     """Pick the cheapest LSH parameters reaching `target_recall` recall@k on the
@@ -321,7 +376,9 @@ def tune(
     of what a worker serves): k is scaled to it. queries: (Q, D) user vectors; default:
     `n_queries` user-like queries made from the catalogue judged. votes: the vote settings
     tried on every layout (a candidate must be found in that many tables): voting re-ranks
-    fewer candidates, so it can pay for more probes.
+    fewer candidates, so it can pay for more probes. max_index_bytes: the memory budget,
+    bytes of index arrays at the catalogue's size; default: what the default layout
+    (:func:`suggested_params`) takes there (see "Memory" in the module docstring).
     """
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
@@ -347,7 +404,10 @@ def tune(
                              "tuning LSH", progress)
     judged, judged_on = trials, x
     if len(full) > n:  # judged again where it will serve: every item hashed
-        full_layouts = _full_size_layouts(trials, target_recall, n, len(full), default)
+        sample_budget = (max_index_bytes * n / len(full) if max_index_bytes is not None
+                         else _layout_bytes(suggested_params(n, dim, seed), x, trials))
+        full_layouts = _full_size_layouts(trials, target_recall, n, len(full), default,
+                                          sample_budget)
         q = user_like_queries(full, n_queries, seed=seed) if given is None else given
         truth = exact_topk(full, q, k)
         judged, baseline = _walk(full_layouts, full, q, truth, k, target_recall, votes, seed,
@@ -356,7 +416,8 @@ def tune(
     if baseline is None:  # the simple strong baseline, on the same queries
         ids = [str(i) for i in range(len(judged_on))]
         baseline = _baseline(_index(default, ids, judged_on), default, q, truth, k)
-    best, reached = _cheapest(judged, target_recall)
+    budget = baseline.nbytes if max_index_bytes is None else int(max_index_bytes)
+    best, reached, fits = _cheapest(judged, target_recall, budget)
     params = best.params
     serve = 0
     if serve_items is not None and serve_items > len(full):
@@ -368,5 +429,6 @@ def tune(
         sample_queries=len(q), reached=reached, trials=trials,
         seconds=time.perf_counter() - started, judged_items=len(full) if len(full) > n
         else n, serve_items=serve, recall_low=best.recall_low,
-        recall_high=best.recall_high, baseline=baseline,
+        recall_high=best.recall_high, baseline=baseline, nbytes=best.nbytes,
+        max_index_bytes=budget, within_budget=fits,
     )

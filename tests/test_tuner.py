@@ -156,3 +156,40 @@ def test_scaled_k_keeps_bucket_occupancy_as_the_default_does(family, grows):
     assert scaled_k(family, 8, 10_000, 10_000) == 8
     k = suggested_params(10_000, 64).k
     assert scaled_k("pstable", k, 10_000, 1_000_000) == suggested_params(1_000_000, 64).k
+
+
+def test_the_tuned_layout_takes_no_more_index_memory_than_the_default():
+    """The tuner's choice is held to the default layout's index memory on the same items
+    (a worker's memory is sized for the default). Here the faster layout reaching the
+    target (simhash k=14: ~8x fewer candidates) has more, smaller buckets than the
+    default: it must not be chosen; the coarse p-stable layout within the budget is."""
+    n = 20_000
+    x, _ = clustered_catalogue(n, 16, seed=3)
+    layouts = [("pstable", 2, 16, 1.25), ("simhash", 14, 16, 1.0)]
+    result = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1,),
+                  seed=5, progress=False)
+    ids = [str(i) for i in range(n)]
+
+    def index_bytes(params: LSHParams) -> int:
+        index = LSHIndex(params)
+        index.add(ids, x)
+        return index.nbytes()
+
+    default_bytes = index_bytes(suggested_params(n, 16, seed=5))
+    heavy = [t for t in result.trials if t.params.family == "simhash" and t.recall >= 0.9]
+    assert heavy and index_bytes(heavy[0].params) > default_bytes  # the budget binds
+    assert result.reached
+    assert index_bytes(result.params) <= default_bytes, result.summary()
+    assert result.nbytes <= result.max_index_bytes == default_bytes
+
+
+def test_a_memory_budget_given_is_held():
+    x, _ = clustered_catalogue(4000, 16, seed=3)
+    layouts = [("simhash", 10, 8, 1.0), ("simhash", 10, 16, 1.0)]
+    free = tune(x, target_recall=0.8, k=10, n_queries=60, layouts=layouts, votes=(1,),
+                seed=5, max_index_bytes=10**9, progress=False)
+    eight = min(t.nbytes for t in free.trials if t.params.L == 8)
+    held = tune(x, target_recall=0.8, k=10, n_queries=60, layouts=layouts, votes=(1,),
+                seed=5, max_index_bytes=eight, progress=False)
+    assert held.reached and held.params.L == 8 and held.nbytes <= eight
+    assert held.within_budget and "memory budget" in held.summary()
