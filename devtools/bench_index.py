@@ -5,10 +5,22 @@ cluster sizes, unit float32 vectors) and user-like queries (means of a few near 
 computes the exact top-k, then measures, one query at a time:
 
 - exact numpy (one matrix-vector product over the catalogue + argpartition);
-- the LSH index: bulk build as the worker loads a catalogue (reserve, stage, build), then
-  the held-back items inserted one by one and in micro-batches (as the worker does on
-  ``items`` messages), recall@k against exact, latency, candidates, memory;
-- hnswlib (if importable) at the ``ef`` reaching the LSH's recall, as a reference.
+- the LSH index with the layout the product picks by itself for this catalogue
+  (:func:`recall.tuner.tune`, as ``recall tune`` runs it: its grid walked on a sample,
+  the best shapes judged on every item, on queries it makes itself, never the bench's;
+  ``--no-tune``: the default layout only): bulk build as the worker loads a catalogue
+  (reserve, stage, build), then the held-back items inserted one by one and in
+  micro-batches (as the worker does on ``items`` messages), recall@k against exact,
+  latency, candidates, memory;
+- the default layout (:func:`recall.tuner.suggested_params`, what a worker serves before
+  any tuning) on the same queries;
+- hnswlib (if importable) at the ``ef`` reaching each LSH layout's recall, as the
+  reference; the ratio of p50s with a 95% interval (queries resampled in pairs).
+
+Why the tuned layout is the headline (``lsh_*``) and not the default: it is what the
+product serves by itself (``recall tune`` writes it, and a worker whose recall holds moves
+to such a layout on its own: stream/watch.py); the default row stays beside it, because a
+worker serves the default until then. Tuning costs ~2 minutes at 1M.
 
 Prints a table and ends with exactly one JSON line of all figures. ``--plot PATH``
 writes recall vs latency over a sweep of probes per table T, with exact and an hnswlib
@@ -44,7 +56,10 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="dimensions of each cluster's spread (default 8; D = isotropic, hardest)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tune", action="store_true",
-                       help="choose LSH parameters with the tuner on a sample first")
+                       help="the tuner's layout as the headline (the default; kept so older "
+                            "commands run)")
+    group.add_argument("--no-tune", action="store_true",
+                       help="the default layout only, no tuning (faster)")
     group.add_argument("--params", default="",
                        help="LSH parameters: a JSON object or a JSON file (LSHParams fields)")
     p.add_argument("--tune-items", type=int, default=200_000,
@@ -152,6 +167,21 @@ def _recall(found: list[Any], truth: Any) -> tuple[float, list[float]]:
     return mean, [round(low, 4), round(high, 4)]
 
 
+def _ratio(a: Any, b: Any, rounds: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
+    """p50(a) / p50(b) of per-query latencies on the same queries, and a 95% bootstrap
+    interval (queries resampled, each with both its times): how far the ratio may move
+    with other queries. Not the run-to-run noise of a shared machine, which is larger."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(a), size=(rounds, len(a)))
+    boot = np.median(a[pick], axis=1) / np.median(b[pick], axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return (round(float(np.median(a) / np.median(b)), 3),
+            [round(float(low), 3), round(float(high), 3)])
+
+
 def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
               progress: bool) -> dict[str, Any]:
     import time
@@ -173,7 +203,7 @@ def _time_lsh(index: Any, q: Any, truth: Any, k: int, desc: str,
     return {"recall": round(recall, 4), "recall_ci": ci,
             "ms_p50": p50, "ms_p99": p99, "ms_mean": round(1e3 * float(np.mean(lat)), 4),
             "cpu_ms_p50": _percentiles(cpu)[0],
-            "candidates": round(float(np.mean(cands)), 1)}
+            "candidates": round(float(np.mean(cands)), 1), "_lat": lat}
 
 
 def _time_hnsw(index: Any, q: Any, truth: Any, k: int) -> dict[str, Any]:
@@ -188,7 +218,8 @@ def _time_hnsw(index: Any, q: Any, truth: Any, k: int) -> dict[str, Any]:
         lat.append(time.perf_counter() - t0)
         found.append(labels[0].astype(np.int64))
     p50, p99 = _percentiles(lat)
-    return {"recall": round(_recall(found, truth)[0], 4), "ms_p50": p50, "ms_p99": p99}
+    return {"recall": round(_recall(found, truth)[0], 4), "ms_p50": p50, "ms_p99": p99,
+            "_lat": lat}
 
 
 HNSW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -206,7 +237,9 @@ def _hnsw_at_recall(index: Any, q: Any, truth: Any, k: int, target: float,
         if ef < k:
             continue
         index.set_ef(ef)
-        curve.append({"ef": ef, **_time_hnsw(index, q, truth, k)})
+        point = _time_hnsw(index, q, truth, k)
+        point.pop("_lat")
+        curve.append({"ef": ef, **point})
         if curve[-1]["recall"] >= target and not sweep:
             break
     good = [pt for pt in curve if pt["recall"] >= target]
@@ -254,8 +287,10 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         lat.append(time.perf_counter() - t1)
     res["exact_ms_p50"], res["exact_ms_p99"] = _percentiles(lat)
 
-    # --- parameters
-    if params is None and args.tune:
+    # --- parameters: the product's own pick (tuned on its sample and queries) and the
+    # default; the default first, timed on a bulk-built index then freed
+    default = suggested_params(n, dim)
+    if params is None and not args.no_tune:
         sample = min(n, args.tune_items)
         print(f"tuning on {sample} items for recall@{k} >= {args.target_recall}"
               + (f", then judging the best layouts on all {n} ..." if sample < n else " ..."),
@@ -270,13 +305,28 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
             "recall": round(tuned.recall, 4),
             "recall_ci": [round(tuned.recall_low, 4), round(tuned.recall_high, 4)],
             "candidates": round(tuned.candidates, 1), "seconds": round(tuned.seconds, 1),
+            "index_mib": round(tuned.nbytes / 2**20, 1),
+            "budget_mib": round(tuned.max_index_bytes / 2**20, 1),
+            "within_budget": tuned.within_budget,
             "default": None if base is None else base.as_dict()}
     if params is None:
-        params = suggested_params(n, dim)
+        params = default
     res["params"] = params.to_dict()
+    ids = [str(i) for i in range(n)]
+    default_lat = None
+    if params != default:  # the simple strong baseline: the default layout, same queries
+        base_index = LSHIndex(default)
+        base_index.reserve(n)
+        base_index.stage(ids, x)
+        base_index.build()
+        res["default_params"] = default.to_dict()
+        res["default_index_nbytes"] = base_index.nbytes()
+        timed = _time_lsh(base_index, q, truth, k, "default layout", progress)
+        default_lat = timed.pop("_lat")
+        res.update({f"default_{key}": value for key, value in timed.items()})
+        del base_index
 
     # --- LSH: bulk build, then one-by-one inserts of the held-back items
-    ids = [str(i) for i in range(n)]
     n_bulk = n - inserts
     rss0 = rss_mb()
     index = LSHIndex(params)
@@ -321,6 +371,7 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
     res["index_stats"] = index.stats()
 
     lsh = _time_lsh(index, q, truth, k, "LSH queries", progress)
+    lsh_lat = lsh.pop("_lat")
     res.update({f"lsh_{key}": value for key, value in lsh.items()})
     res["speedup_p50"] = round(res["exact_ms_p50"] / max(lsh["ms_p50"], 1e-9), 1)
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -350,6 +401,13 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
                                                   sweep=bool(args.plot))
             res.update({"hnsw_ef": ef, "hnsw_recall": ref["recall"],
                         "hnsw_ms_p50": ref["ms_p50"], "hnsw_ms_p99": ref["ms_p99"]})
+            res["ratio_p50"], res["ratio_p50_ci"] = _ratio(lsh_lat, ref["_lat"])
+            if default_lat is not None:  # the reference again, at the default's recall
+                ef, ref, _ = _hnsw_at_recall(hnsw, q, truth, k, res["default_recall"])
+                res.update({"default_hnsw_ef": ef, "default_hnsw_recall": ref["recall"],
+                            "default_hnsw_ms_p50": ref["ms_p50"]})
+                res["default_ratio_p50"], res["default_ratio_p50_ci"] = _ratio(
+                    default_lat, ref["_lat"])
             res["peak_rss_mb_with_hnsw"] = round(peak_rss_mb(), 1)
 
     # --- sweep of probes for the plot
@@ -365,18 +423,6 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
         res["sweep"] = sweep
         _plot(args.plot, res, sweep, hnsw_curve)
         res["plot"] = args.plot
-
-    if args.tune:  # the simple strong baseline: the default layout on the same queries
-        default = suggested_params(n, dim, params.seed)
-        del index, hnsw
-        base = LSHIndex(default)
-        base.reserve(n)
-        base.stage(ids, x)
-        base.build()
-        res["default_params"] = default.to_dict()
-        res.update({f"default_{key}": value for key, value in
-                    _time_lsh(base, q, truth, k, "default layout", progress).items()})
-        del base
 
     res["loadavg_end"] = loadavg()
     _print_table(res)
@@ -402,6 +448,10 @@ def _print_table(res: dict[str, Any]) -> None:
     if res["hnsw_recall"] is not None:
         rows.append((f"hnswlib (M=16, ef={res['hnsw_ef']})", f"{res['hnsw_recall']:.3f}",
                      f"{res['hnsw_ms_p50']:.3f}", f"{res['hnsw_ms_p99']:.3f}", "-"))
+    if res.get("default_hnsw_ef") is not None and res["default_hnsw_ef"] != res["hnsw_ef"]:
+        rows.append((f"hnswlib (M=16, ef={res['default_hnsw_ef']})",
+                     f"{res['default_hnsw_recall']:.3f}", f"{res['default_hnsw_ms_p50']:.3f}",
+                     "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
@@ -410,6 +460,12 @@ def _print_table(res: dict[str, Any]) -> None:
     if "default_recall_ci" in res:
         print("default layout: recall@{} 95% interval {:.3f}-{:.3f}".format(
             res["k"], *res["default_recall_ci"]))
+    for name, what in (("", "LSH"), ("default_", "default layout")):
+        if res.get(f"{name}ratio_p50") is not None:
+            print("{} p50 / hnswlib p50 at matching recall (ef {}): {:.2f}x (95% interval "
+                  "over queries {:.2f}-{:.2f})".format(
+                      what, res[f"{name}hnsw_ef"], res[f"{name}ratio_p50"],
+                      *res[f"{name}ratio_p50_ci"]))
     print(f"LSH: recall@{res['k']} 95% interval {lo:.3f}-{hi:.3f}; {res['speedup_p50']}x "
           f"faster than exact at p50 (LSH CPU time per query p50 "
           f"{res['lsh_cpu_ms_p50']} ms); bulk build "
@@ -422,6 +478,8 @@ def _print_table(res: dict[str, Any]) -> None:
                   f"max {res[f'insert_{name}_ms_max']} ms; "
                   f"{res[f'insert_{name}_merges']} merges; "
                   f"{res[f'insert_{name}_cpu_items_per_s']:.0f} items per CPU second)")
+    if "default_index_nbytes" in res:
+        print(f"default layout: index arrays {res['default_index_nbytes'] / 2**20:.0f} MiB")
     print(f"memory: index arrays {res['index_nbytes'] / 2**20:.0f} MiB, index RSS "
           f"+{res['index_rss_mb']:.0f} MiB, peak RSS {res['peak_rss_mb']:.0f} MiB "
           f"(catalogue and benchmark included)"

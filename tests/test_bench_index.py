@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recall.cli import main
+from recall.tuner import suggested_params
 
 EXPECTED = {
     "bench", "items", "dim", "queries", "k", "params", "exact_ms_p50", "exact_ms_p99",
@@ -24,7 +25,8 @@ def last_json(out: str) -> dict:
 
 
 def test_bench_index_prints_one_final_json_line(capsys):
-    assert main(["bench", "index", "--items", "3000", "--queries", "50", "--no-hnsw"]) == 0
+    assert main(["bench", "index", "--items", "3000", "--queries", "50", "--no-hnsw",
+                 "--no-tune"]) == 0
     out = capsys.readouterr().out
     res = last_json(out)
     assert set(res) >= EXPECTED
@@ -34,6 +36,25 @@ def test_bench_index_prints_one_final_json_line(capsys):
     assert 0 < res["lsh_candidates"] < 3000
     assert res["index_stats"]["items"] == 3000
     assert sum(line.lstrip().startswith("{") for line in out.splitlines()) == 1
+    assert "tuned" not in res and "default_recall" not in res  # --no-tune: the default only
+
+
+def test_by_default_the_bench_reports_the_products_own_layout_and_the_default(capsys):
+    """What users get: the layout the tuner picks by itself on this catalogue (tuned on
+    its own sample and queries) as the headline, the default layout beside it, each
+    against hnswlib at its own recall on the same queries, the ratio with an interval."""
+    assert main(["bench", "index", "--items", "4000", "--dim", "16", "--queries", "60",
+                 "--tune-items", "2000"]) == 0
+    res = last_json(capsys.readouterr().out)
+    assert res["tuned"]["sample_items"] == 2000 and res["tuned"]["judged_items"] == 4000
+    assert res["tuned"]["within_budget"]
+    # the budget held (bulk-built, as judged; the bench's index also holds inserted items)
+    assert res["tuned"]["index_mib"] <= res["tuned"]["budget_mib"]
+    for name, lsh in (("", "lsh_"), ("default_", "default_")):
+        low, high = res[f"{name}ratio_p50_ci"]
+        assert low <= res[f"{name}ratio_p50"] <= high
+        assert res[f"{name}hnsw_recall"] >= res[f"{lsh}recall"] or res[f"{name}hnsw_ef"] == 512
+    assert res["default_params"]["k"] == suggested_params(4000, 16).k
 
 
 def test_bench_index_with_params_hnsw_and_plot(tmp_path, capsys):
