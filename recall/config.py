@@ -94,6 +94,9 @@ class Settings:
     lsh_max_probes: int = 64
     #: items sampled to re-tune LSH parameters (0 = never re-tune or re-pick parameters)
     retune_items: int = 20_000
+    #: fraction of one core the background re-tunes looking for a cheaper layout may
+    #: take on average (each waits for the last one's CPU time over it; 0 = none)
+    retune_cost_cpu: float = 0.01
     #: a request is answered within this many ms of being read: from memory, or, when
     #: its user must be read from Redis and Redis does not answer in time, with an error
     request_deadline_ms: int = 1000
@@ -149,6 +152,7 @@ class Settings:
             (0 <= self.recall_sample_cpu <= 1, "recall_sample_cpu", "must be in [0, 1]"),
             (self.lsh_max_probes >= 1, "lsh_max_probes", "must be >= 1"),
             (self.retune_items >= 0, "retune_items", "must be >= 0"),
+            (0 <= self.retune_cost_cpu <= 1, "retune_cost_cpu", "must be in [0, 1]"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
@@ -218,6 +222,7 @@ ENV_NAMES: dict[str, str] = {
     "recall_sample_cpu": "RECALL_RECALL_SAMPLE_CPU",
     "lsh_max_probes": "RECALL_LSH_MAX_PROBES",
     "retune_items": "RECALL_RETUNE_ITEMS",
+    "retune_cost_cpu": "RECALL_RETUNE_COST_CPU",
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",

@@ -106,10 +106,13 @@ class Metrics:
         self.lsh_retunes = Counter(
             "recall_lsh_retunes", "in-memory index rebuilds with new LSH parameters",
             ["reason"], registry=r)
+        self.lsh_cost_tune_seconds = Counter(
+            "recall_lsh_cost_tune_seconds", "CPU seconds of background re-tunes looking "
+            "for a cheaper layout (RECALL_RETUNE_COST_CPU)", registry=r)
         self.lsh_recall.set(float("nan"))
         self.lsh_recall_low.set(float("nan"))
         self.lsh_recall_high.set(float("nan"))
-        for reason in ("size", "recall"):
+        for reason in ("size", "recall", "cost"):
             self.lsh_retunes.labels(reason)
         for status in ("ok", "invalid", "error"):
             self.requests.labels(status)

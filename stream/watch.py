@@ -36,7 +36,7 @@ wiring, on the worker's event loop:
 - The controller's decisions are applied on the loop: ``LSHIndex.probes = T`` (the
   buckets do not change, only how many are read); a re-tune is :meth:`_rebuild`.
 
-Re-picking parameters. Two triggers, off with ``RECALL_RETUNE_ITEMS=0`` or explicit
+Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or explicit
 ``RECALL_LSH_*`` parameters:
 
 - **size**: the catalogue has grown to 4x the size the served parameters were chosen for
@@ -54,6 +54,19 @@ Re-picking parameters. Two triggers, off with ``RECALL_RETUNE_ITEMS=0`` or expli
   child gets the sample only (the whole catalogue would be a second copy of the vectors
   in the worker while it is sent); the live monitor measures the result at full size and
   sets T.
+- **cost**: the recall holds (a full window at or above target, the probes settled), the
+  layout has been served ``COST_SETTLE`` seconds, and ``RECALL_RETUNE_COST_CPU`` allows a
+  try: the tuner runs on ``RECALL_RETUNE_ITEMS``
+  sampled items in a child process at the lowest priority, beside the traffic, with the
+  served layout's shape (k scaled down to the sample) walked beside its grid on the same
+  queries; when its choice re-ranks ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates
+  at the target, or takes that much less index memory, within the tuner's memory budget
+  (``recall.tuner.cheaper_move``), it is re-picked (k scaled to the catalogue served)
+  and the monitor sets T at full size. The next try waits for this one's CPU time over
+  the budget (at 20,000 items a try takes a few seconds of CPU: one every few minutes at
+  0.01 of a core). The probe controller alone cannot do this: it lowers T until the
+  recall nears the target, whatever the layout re-ranks there. Probe changes go on while
+  a try runs; other re-picks wait for it.
 
 Parameters live with the index version in Redis, so every worker and every restart serves
 the same ones (and gives the same answers):
@@ -83,7 +96,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -133,6 +146,11 @@ COPY_BATCH = 20_000
 REPICK_QUIET = 30.0
 #: seconds the re-pick lock is held at most (a crashed holder does not block forever)
 REPICK_LOCK_SECONDS = 600
+#: seconds a served layout is left alone before the first cost re-tune looks for a
+#: cheaper one (from the worker's start or the layout's swap): its probes settle first,
+#: and a catalogue still streaming in is re-picked for size every 4x anyway (a layout
+#: tuned in between would be replaced within minutes, and each move re-hashes every item)
+COST_SETTLE = 600.0
 #: the niceness of the thread computing exact answers: the lowest priority, so on a busy
 #: (or pinned) core the event loop's thread runs first whenever it has work
 EXACT_NICE = 19
@@ -196,6 +214,28 @@ def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
             for i, r in zip(members, results, strict=True):
                 out[i] = r.ids
     return out, time.thread_time() - t0
+
+
+def _tune_cheaper(vectors: np.ndarray, target: float, current: dict[str, Any],
+                  serve_items: int) -> dict[str, Any]:
+    """Child process, at the lowest priority: the tuner on the sample ``vectors`` of a
+    catalogue of ``serve_items`` served with the ``current`` layout, that layout's shape
+    (k scaled down to the sample) walked beside the tuner's grid on the same queries; the
+    choice (k scaled back up) if it is clearly cheaper (:func:`recall.tuner.cheaper_move`),
+    and the CPU seconds this process took (imports included)."""
+    with contextlib.suppress(OSError):
+        os.nice(EXACT_NICE)
+    from recall.tuner import cheaper_move, default_layouts, scaled_k, shape_of, tune
+
+    cur = LSHParams.from_dict(current)
+    n = len(vectors)
+    mine = shape_of(replace(cur, k=scaled_k(cur.family, cur.k, serve_items, n)))
+    layouts = list(dict.fromkeys([*default_layouts(n, cur.dim), mine]))
+    result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed, layouts=layouts,
+                  serve_items=serve_items, progress=False)
+    why = cheaper_move(result, mine)
+    return {"params": None if why is None else result.params.to_dict(), "why": why,
+            "summary": result.summary(), "cpu": time.process_time()}
 
 
 def _tune(vectors: np.ndarray, target: float, seed: int, serve_items: int) -> dict[str, Any]:
@@ -268,6 +308,10 @@ class RecallWatch:
         self._picked_for: dict[int, int] = {}
         self.rebuilding = False
         self.quiet_until = 0.0  # no re-pick before (clock): one was just made or refused
+        #: no cost re-tune before (clock): the last one's CPU over RECALL_RETUNE_COST_CPU
+        self.cost_at = clock() + COST_SETTLE
+        self.cost_began = 0.0  # when the last one began (clock)
+        self._cost_task: asyncio.Task | None = None
         self.dropped = 0
         self._task: asyncio.Task | None = None
         #: the one thread exact search runs in, at the lowest priority (_lower_priority)
@@ -301,10 +345,11 @@ class RecallWatch:
         self._task = asyncio.create_task(self.run(), name="recall-watch-lsh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._cost_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self) -> None:
@@ -385,6 +430,7 @@ class RecallWatch:
             # layout); a version another worker picked: its size now
             self.chosen_for = self._picked_for.pop(self.slot.version, len(index))
             self.quiet_until = 0.0
+            self.cost_at = max(self.cost_at, self.clock() + COST_SETTLE)
 
     def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
         """Count the samples still describing the served index; returns how many."""
@@ -416,7 +462,8 @@ class RecallWatch:
         if self.rebuilding:
             return
         index = self.slot.index
-        repick = self.repick and self.clock() >= self.quiet_until
+        repick = (self.repick and self.clock() >= self.quiet_until
+                  and (self._cost_task is None or self._cost_task.done()))
         d = self.controller.decide()
         if d is not None and d.probes is not None:
             index.probes = d.probes
@@ -441,6 +488,63 @@ class RecallWatch:
                      "%d items, the middle of the sizes it will serve)", len(index),
                      self.chosen_for, p.describe(), params.describe(), size)
             await self._repick("size", params)
+        elif repick and d is None and self._cost_due():
+            self._cost_task = asyncio.create_task(self._cost_retune(index),
+                                                  name="recall-watch-cost")
+
+    def _cost_due(self) -> bool:
+        """A cost re-tune may run: on, paid for (its CPU budget), an index searched by
+        LSH, and its recall holding: a full window at or above the target with the probes
+        settled (the caller saw no decision). Not only when it is far above: the probe
+        controller lowers T until the recall is near the target, so a layout that re-ranks
+        twice what another needs settles there as well (k=3 L=16 on 3,000 items: T 8 ->
+        1, recall 1.0 -> 0.953)."""
+        cpu = self.settings.retune_cost_cpu
+        if cpu <= 0 or self.clock() < self.cost_at or len(self.slot.index) <= \
+                self.exact_max_items:
+            return False
+        est = self.controller.estimate()
+        return (est is not None and est.n >= MIN_SAMPLES
+                and est.mean >= self.settings.target_recall)
+
+    async def _cost_retune(self, index: LSHIndex) -> None:
+        """In the background, beside the traffic: the tuner on ``RECALL_RETUNE_ITEMS``
+        sampled items in a child process at the lowest priority, the served layout walked
+        beside its grid on the same queries; a clearly cheaper layout meeting the target
+        there is re-picked as any other (:meth:`_repick`: a new version, swapped
+        atomically). The next try waits for this one's CPU time over
+        ``RECALL_RETUNE_COST_CPU``, so the tries take at most that share of a core."""
+        import multiprocessing as mp
+
+        began = self.cost_began = self.clock()
+        self.cost_at = began + REPICK_LOCK_SECONDS  # (if this one fails)
+        vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
+        loop = asyncio.get_running_loop()
+        pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+        try:
+            out = await loop.run_in_executor(pool, _tune_cheaper, vectors,
+                                             self.settings.target_recall,
+                                             index.params.to_dict(), len(index))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("LSH cost re-tune failed; not again for %ds", REPICK_LOCK_SECONDS)
+            return
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.cost_at = began + out["cpu"] / self.settings.retune_cost_cpu
+        self.metrics.lsh_cost_tune_seconds.inc(out["cpu"])
+        if out["params"] is None:
+            log.info("LSH cost re-tune on %d items: no layout clearly cheaper than %s; "
+                     "next try in %.0fs\n%s", len(vectors), index.params.describe(),
+                     self.cost_at - self.clock(), out["summary"])
+            return
+        if self.slot.index is not index or self.rebuilding:
+            return  # the index moved on meanwhile: what was measured is not served
+        params = LSHParams.from_dict(out["params"])
+        log.info("LSH parameters: %s -> %s, cheaper at the target: %s\n%s",
+                 index.params.describe(), params.describe(), out["why"], out["summary"])
+        await self._repick("cost", params)
 
     async def _repick(self, reason: str, params: LSHParams | None) -> bool:
         """New parameters (``None``: tune them) as a new live version (module docstring);

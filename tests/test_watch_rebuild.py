@@ -20,8 +20,9 @@ from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import query_recall
 from recall.store import Store
-from recall.tuner import exact_topk, suggested_params, user_like_queries
+from recall.tuner import exact_topk, shape_of, suggested_params, user_like_queries
 from stream import items as items_mod
+from stream import watch as watch_mod
 from stream.items import ItemBatch, ItemsFollower, ItemsWriter, load_index
 from stream.kafka import create_topics
 from stream.metrics import Metrics
@@ -551,3 +552,73 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
         for got, want in zip(slot.index.search(q, 10), fresh.search(q, 10), strict=True):
             assert got.ids == want.ids
             np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+
+
+def mean_candidates(w: World) -> float:
+    return float(np.mean([w.slot.index.search(qi, 10)[0].candidates for qi in w.q]))
+
+
+async def serve_until(w: World, done: object, seconds: float = 120.0) -> None:
+    """Serve (as :func:`serve`) until ``done()``: a background re-tune runs meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not done() and loop.time() < deadline:  # type: ignore[operator]
+        await serve(w, 1)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_whose_recall_is_far_above_target_moves_to_a_cheaper_layout(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coarse layout holds the target easily but re-ranks most of the catalogue. With
+    the recall comfortably above target, the worker re-tunes in the background for cost,
+    moves (a new version, every item kept) to a layout re-ranking clearly fewer
+    candidates, and the target still holds there."""
+    monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)  # no wait for the layout to settle
+    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
+                    retune_items=3000, retune_cost_cpu=1.0)
+    before, v0 = w.slot.index, w.slot.version
+    cost_before = mean_candidates(w)
+    assert served_recall(w) > 0.99
+    costs = w.metrics.lsh_retunes.labels("cost")
+    await serve_until(w, lambda: costs._value.get() >= 1)
+    assert costs._value.get() == 1
+    assert w.metrics.lsh_cost_tune_seconds._value.get() > 0
+    await serve(w, 3)
+    assert w.slot.version != v0 and await store.get_meta(v0) is None
+    assert w.slot.index.params != before.params
+    assert sorted(w.slot.index.ids()) == sorted(before.ids())
+    vecs, _ = w.slot.index.vectors_of(["i0", "i2999"])
+    np.testing.assert_array_equal(vecs, before.vectors_of(["i0", "i2999"])[0])
+    await serve(w, 40)  # the controller settles T on the new layout
+    assert served_recall(w) >= 0.94
+    assert mean_candidates(w) <= 0.8 * cost_before, (w.slot.index.params, cost_before)
+    assert not await store.r.exists(store.keys.repick_lock)
+
+    # the next try finds no clear gain over the cheap layout: no move; and the tries
+    # take at most RECALL_RETUNE_COST_CPU of a core (the next waits for the last one's
+    # CPU time over it)
+    budget = w.watch.settings.retune_cost_cpu
+    cheap = shape_of(w.slot.index.params)
+    cpu = w.metrics.lsh_cost_tune_seconds
+    spent = cpu._value.get()
+    await serve_until(w, lambda: cpu._value.get() > spent)
+    took = cpu._value.get() - spent
+    assert took > 0 and costs._value.get() == 1
+    assert shape_of(w.slot.index.params) == cheap
+    assert w.watch.cost_at - w.watch.cost_began == pytest.approx(took / budget)
+    seen = cpu._value.get()
+    await serve_until(w, lambda: w.watch.clock() >= w.watch.cost_at - 0.5)
+    assert cpu._value.get() == seen  # no try before the budget allows it
+
+
+async def test_a_layout_is_served_a_while_before_it_is_tuned_for_cost(store: Store) -> None:
+    """A fresh layout (worker start, or just swapped in) settles its probes, and a
+    catalogue streaming in is re-picked for size anyway: no cost re-tune before
+    COST_SETTLE seconds, however well its recall holds."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
+                    retune_items=3000, retune_cost_cpu=1.0)
+    await serve(w, 80)
+    est = w.watch.controller.estimate()
+    assert est is not None and est.mean >= 0.95
+    assert w.watch._cost_task is None
+    assert w.watch.cost_at >= w.watch.clock() + watch_mod.COST_SETTLE - 60
