@@ -182,8 +182,11 @@ class TuneResult:
         if self.serve_items:
             lines.append(f"k scaled for {self.serve_items} items (not measured there: the "
                          "recall monitor sets the probes)")
+        chosen = (self.recall, self.candidates, self.query_ms)  # (k may be scaled)
         ok = sorted((t for t in self.trials if t.meets(self.target_recall)
-                     and t.items == self.judged_items), key=lambda t: t.query_ms)[1:4]
+                     and t.items == self.judged_items
+                     and (t.recall, t.candidates, t.query_ms) != chosen),
+                    key=lambda t: t.query_ms)[:3]
         if ok:
             lines.append("runners-up: " + "; ".join(
                 f"{t.params.describe()} {t.query_ms:.3f} ms {t.candidates:.0f} cand. "
