@@ -9,8 +9,8 @@ lookup of ``--items`` item vectors (the index's own compiled id table,
 windows of ``--window`` clicks (``--fill`` clicks each to start shorter), decoded from
 their stored form as a worker would read them. Prints CPU microseconds per click of
 this process (Redis runs in its own), split into parse / apply / encode, the bytes of
-memory per window click the users' states hold (tracemalloc), peak RSS, and one JSON
-line.
+memory per window click the users' states hold (tracemalloc, over the first
+:data:`MEMORY_USERS`), peak RSS, and one JSON line.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import argparse
 from typing import Any
 
 from devtools.procinfo import loadavg, peak_rss_mb
+
+#: users whose states' memory is measured (tracemalloc slows and swells what it traces)
+MEMORY_USERS = 2000
 
 
 def add_parser(sub: Any, bench_sub: Any) -> None:
@@ -139,6 +142,17 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
     lookup = _Lookup(args.items, args.dim, args.seed)
     print(f"lookup of {args.items} items ready in {time.perf_counter() - t_start:.1f}s")
     store: Any = _NullStore() if url is None else Store.from_url(url)
+    write_cpu = [0.0]  # CPU of this process in write_clicks (packing, sending, the reply)
+    write = store.write_clicks
+
+    async def timed_write(*a: Any) -> bool:
+        c = time.process_time()
+        try:
+            return await write(*a)
+        finally:
+            write_cpu[0] += time.process_time() - c
+
+    store.write_clicks = timed_write
     settings = Settings(dim=args.dim, user_window=args.window,
                         user_decay_half_life=args.half_life, user_interests=args.interests,
                         user_cache_users=0)
@@ -149,7 +163,9 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
     fill = args.window if args.fill is None else args.fill
     t0 = 1.7e9
     # the users' states, read as a worker reads them (memory measured by tracemalloc)
-    raws = [_stored_window(rng, u, fill, args.items, t0, args.dim) for u in range(args.users)]
+    # (tracemalloc, which costs ~100 B per object, over the first MEMORY_USERS only)
+    sample = min(args.users, MEMORY_USERS)
+    raws = [_stored_window(rng, u, fill, args.items, t0, args.dim) for u in range(sample)]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -157,13 +173,19 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
     recompute_many(policy, states, lookup.vectors_of)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
+    for start in range(sample, args.users, 10_000):
+        part = [UserState.from_bytes(_stored_window(rng, u, fill, args.items, t0, args.dim),
+                                     args.dim)
+                for u in range(start, min(args.users, start + 10_000))]
+        recompute_many(policy, part, lookup.vectors_of)
+        states += part
     del raws
     for u, st in enumerate(states):
         svc.users.put(f"u{u}", st, 0)
     del states
-    per_click_mem = held / max(1, args.users * fill)
-    print(f"{args.users} users x {fill} clicks: {held / 2**20:.1f} MiB of states, "
-          f"{per_click_mem:.0f} B per window click")
+    per_click_mem = held / max(1, sample * fill)
+    print(f"{args.users} users x {fill} clicks; {sample} states held "
+          f"{held / 2**20:.1f} MiB: {per_click_mem:.0f} B per window click")
     # the timed clicks, as the producer sends them (JSON), ts after every stored one
     users = rng.integers(0, args.users, size=args.clicks).tolist()
     items = rng.integers(0, args.items, size=args.clicks).tolist()
@@ -187,6 +209,8 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
         if start:  # the first batch compiles/loads kernels
             parse_s += c1 - c0
             apply_s += c2 - c1
+        else:
+            write_cpu[0] = 0.0
     timed = args.clicks - min(args.batch, args.clicks)
     # the encode part alone: each user state of a batch's size encoded again
     sample = [e.state for e in list(svc.users.entries.values())[-args.batch:]]
@@ -205,6 +229,7 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
         "cpu_us_per_click": round(us, 2),
         "parse_us_per_click": round(parse_s / max(1, timed) * 1e6, 2),
         "apply_write_us_per_click": round(apply_s / max(1, timed) * 1e6, 2),
+        "write_us_per_click": round(write_cpu[0] / max(1, timed) * 1e6, 2),
         "encode_us_per_user": round(encode_us, 2),
         "state_bytes_mean": round(size, 1),
         "state_memory_bytes_per_click": round(per_click_mem, 1),
@@ -212,7 +237,8 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
         "load_before": load0, "load_after": loadavg(),
     }
     print(f"CPU per click {us:.2f} us (parse {out['parse_us_per_click']}, apply+encode+"
-          f"write {out['apply_write_us_per_click']}); encode {encode_us:.2f} us per user "
+          f"write {out['apply_write_us_per_click']}, of which write "
+          f"{out['write_us_per_click']}); encode {encode_us:.2f} us per user "
           f"state of {size:.0f} B; peak RSS {out['peak_rss_mb']} MiB; load "
           f"{load0} -> {out['load_after']}")
     print(json.dumps(out))
