@@ -571,7 +571,7 @@ def _merging_index(seed: int) -> tuple[LSHIndex, LSHIndex, np.ndarray, list[str]
     index.remove(ids[1:600:3])  # removals: stale
     index.add(ids[2500:2600], moved[:100])  # pending items updated while pending
     index.remove(ids[2900:2950])  # and removed while pending
-    assert index.merge_due() and index._pending_slots and index._stale
+    assert index.merge_due() and index._n_pending and index._stale
     fresh = LSHIndex(params)
     current = [i for i in ids if i in index]
     fresh.add(current, index.vectors_of(current)[0])
@@ -639,7 +639,7 @@ async def test_a_merge_stopped_by_an_error_is_finished_before_the_next_write(mon
     extra = unit(rng, 3, 16)
     index.add(["n1", "n2", "n3"], extra)  # finishes the merge, then adds
     fresh.add(["n1", "n2", "n3"], extra)
-    assert index._buckets.fresh == 0 and len(index._pending_slots) == 3
+    assert index._buckets.fresh == 0 and index._n_pending == 3
     assert _answers(index, q) == _answers(fresh, q)
     assert [r.ids[0] for r in index.search(extra, 1)] == ["n1", "n2", "n3"]
 

@@ -50,9 +50,10 @@ from recall.lsh.search import SearchMixin
 MergeMode = Literal["inline", "deferred"]
 #: per-slot arrays each index keeps for itself, beside the vectors, ``_alive`` and the
 #: id store (which :meth:`LSHIndex.relayout` hands over): whether a slot is in the
-#: sorted table, its stamp, and the search kernels' scratch mark
+#: sorted table, whether in the pending buckets, its stamp, and the search kernels'
+#: scratch mark
 _OWN_PER_SLOT: tuple[tuple[str, type], ...] = (
-    ("_in_main", bool), ("_stamp", np.int32), ("_mark", np.uint8))
+    ("_in_main", bool), ("_is_pending", bool), ("_stamp", np.int32), ("_mark", np.uint8))
 
 
 class LSHIndex(SearchMixin):
@@ -85,6 +86,7 @@ class LSHIndex(SearchMixin):
         self._vecs = np.zeros((0, self.dim), dtype=VECTOR_DTYPE)
         self._alive = np.zeros(0, dtype=bool)
         self._in_main = np.zeros(0, dtype=bool)
+        self._is_pending = np.zeros(0, dtype=bool)
         self._stamp = np.zeros(0, dtype=np.int32)
         self._mark = np.zeros(0, dtype=np.uint8)  # the kernels' per-slot scratch (zeros)
         self._seen = np.zeros(0, dtype=np.uint64)  # their bit per slot (zeros)
@@ -92,7 +94,10 @@ class LSHIndex(SearchMixin):
         self._ids = IdStore()  # ids <-> slots, and which slots are free
         self._buckets = BucketTable.empty()
         self._pending = PendingBuckets()  # bucket key -> slots, since the last merge
-        self._pending_slots: dict[int, np.ndarray] = {}  # slot -> its L bucket keys
+        # the slots in the pending buckets: their keys are hashed again from the stored
+        # vectors when needed (a dict slot -> keys held ~300 bytes an item, ~19 MB at
+        # 1M items with a merge's worth pending)
+        self._n_pending = 0
         self._stale = 0  # slots whose entries in the sorted table are out of date
         self._merging = False  # a deferred merge is being built in another thread
         self._job: _MergeJob | None = None  # a merge begun: parts left to merge
@@ -156,7 +161,7 @@ class LSHIndex(SearchMixin):
             "capacity": self._capacity,
             "sorted_entries": self._buckets.size,
             "buckets": self._buckets.keys,
-            "pending_items": len(self._pending_slots),
+            "pending_items": self._n_pending,
             "stale_items": self._stale,
             "merges": self.merges,
         }
@@ -241,7 +246,8 @@ class LSHIndex(SearchMixin):
             self._merge_now(slots, keys)
             return
         self._pending.add(slots, keys)
-        self._pending_slots.update(zip(slots.tolist(), keys, strict=True))
+        self._is_pending[slots] = True
+        self._n_pending += n
         if inline and self.merge_due():
             self._merge_now()
 
@@ -251,7 +257,7 @@ class LSHIndex(SearchMixin):
         every staged item in one pass. Searches do not see staged items until then; an id
         staged again keeps its last vector."""
         self._check_writable()
-        if self._buckets.size or self._pending_slots:
+        if self._buckets.size or self._n_pending:
             raise RuntimeError("stage() loads an empty index; use add() on this one")
         ids = self._check_ids(ids)
         vecs = np.asarray(vectors)
@@ -275,7 +281,7 @@ class LSHIndex(SearchMixin):
         big batch sorted all entries with an index array and copies, and merged each
         batch into a copy of the table."""
         self._check_writable()
-        if self._buckets.size or self._pending_slots:
+        if self._buckets.size or self._n_pending:
             raise RuntimeError("build() indexes a staged load of an empty index")
         slots = np.flatnonzero(self._alive[: self._high])
         L = self.params.L
@@ -378,16 +384,16 @@ class LSHIndex(SearchMixin):
         if np.any(in_main):
             self._in_main[slots[in_main]] = False
             self._stale += int(in_main.sum())
-        if self._pending_slots:
-            rows = [(slot, row) for slot in slots.tolist()
-                    if (row := self._pending_slots.pop(slot, None)) is not None]
-            if rows:
-                self._pending.remove(np.array([s for s, _ in rows], dtype=np.int64),
-                                     np.stack([r for _, r in rows]))
+        if self._n_pending:
+            rows = slots[self._is_pending[slots]]
+            if len(rows):  # their keys: the stored vectors hashed as add() did
+                self._pending.remove(rows, self.hasher.keys(self._vecs[rows]))
+                self._is_pending[rows] = False
+                self._n_pending -= len(rows)
 
     def merge_due(self) -> bool:
         """Enough pending items or stale entries that a merge is due."""
-        return len(self._pending_slots) + self._stale >= self._merge_threshold()
+        return self._n_pending + self._stale >= self._merge_threshold()
 
     def _merge_now(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
                    ) -> None:
@@ -413,22 +419,13 @@ class LSHIndex(SearchMixin):
 
     def _merge_job(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
                    ) -> _MergeJob:
-        """What a merge folds in: the pending items (and a batch) with their keys."""
-        parts_s, parts_k = [], []
-        if self._pending_slots:
-            parts_s.append(np.fromiter(self._pending_slots, dtype=np.int64,
-                                       count=len(self._pending_slots)))
-            parts_k.append(np.stack(list(self._pending_slots.values())).astype(np.int64))
-        if slots is not None and keys is not None:
-            parts_s.append(slots)
-            parts_k.append(keys)
-        if parts_s:
-            new_slots = np.concatenate(parts_s)
-            new_keys = np.concatenate(parts_k)
-        else:
-            new_slots = np.zeros(0, dtype=np.int64)
-            new_keys = np.zeros((0, self.params.L), dtype=np.int64)
-        self._job = _MergeJob(new_slots, new_keys, self._stale > 0)
+        """What a merge folds in: the pending items (in slot order) and a batch with its
+        keys; the pending items' keys are hashed in the merge's first part (off the
+        event loop)."""
+        pending = np.flatnonzero(self._is_pending[: self._high])
+        batch = (np.zeros(0, dtype=np.int64), np.zeros((0, self.params.L), dtype=np.int64)
+                 ) if slots is None or keys is None else (slots, keys)
+        self._job = _MergeJob(pending, batch, self._stale > 0)
         return self._job
 
     def _run_merge(self, job: _MergeJob) -> None:
@@ -441,6 +438,8 @@ class LSHIndex(SearchMixin):
         """The heavy part of a merge, one part of the table: it only reads the index
         (no write may happen until the whole merge is finished)."""
         p = job.next
+        if job.keys is None:
+            job.hash(self)
         old = self._buckets.parts[p]
         rows, tables = np.nonzero(job.part == p)  # slot by slot, table by table
         new_keys = job.keys[rows, tables]
@@ -458,7 +457,8 @@ class LSHIndex(SearchMixin):
         """Every part merged: the pending items are in the table, stale entries gone."""
         self._in_main[job.slots] = True
         self._pending.clear()
-        self._pending_slots.clear()
+        self._is_pending[job.slots] = False  # the batch's were not: no matter
+        self._n_pending = 0
         self._stale = 0
         self._buckets = self._buckets.with_fresh(0)
         self._job = None
@@ -467,14 +467,30 @@ class LSHIndex(SearchMixin):
 
 class _MergeJob:
     """A merge under way: the items it folds in (slots, their (m, L) keys and each key's
-    part), whether stale entries are to be dropped, and the next part to merge."""
+    part, once hashed), whether stale entries are to be dropped, and the next part to
+    merge."""
 
-    def __init__(self, slots: np.ndarray, keys: np.ndarray, stale: bool) -> None:
-        self.slots = slots.astype(np.int32)
-        self.keys = keys
-        self.part = part_of(keys)
+    def __init__(self, pending: np.ndarray, batch: tuple[np.ndarray, np.ndarray],
+                 stale: bool) -> None:
+        self.pending, self.batch = pending, batch
+        self.slots = np.concatenate([pending, batch[0]]).astype(np.int32)
+        self.keys: np.ndarray | None = None
+        self.part = np.zeros((0, 0), dtype=np.uint8)
         self.stale = stale
         self.next = 0
+
+    def hash(self, index: LSHIndex) -> None:
+        """The items' keys: the pending ones hashed from the stored vectors (what add()
+        hashed), a block at a time, then the batch's."""
+        keys = np.empty((len(self.slots), index.params.L), dtype=np.int64)
+        n = len(self.pending)
+        for i in range(0, n, _BUILD_BLOCK):
+            keys[i:i + _BUILD_BLOCK] = index.hasher.keys(
+                index._vecs[self.pending[i:i + _BUILD_BLOCK]])
+        keys[n:] = self.batch[1]
+        self.batch = (self.batch[0], keys[:0])  # the batch's keys are in keys now
+        self.part = part_of(keys)
+        self.keys = keys
 
 
 def _split_parts(ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray) -> BucketTable:
