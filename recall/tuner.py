@@ -465,24 +465,32 @@ def shape_of(params: LSHParams) -> tuple[str, int, int, float]:
 def cheaper_move(result: TuneResult, current: tuple[str, int, int, float],
                  gain: float = MOVE_GAIN) -> str | None:
     """Why the tuned choice is worth moving to from the ``current`` layout shape (as
-    walked in the same tune: same items, same queries), or None. Worth it when the choice
-    reached the target within its memory budget and re-ranks ``gain`` fewer candidates
-    per query, or takes ``gain`` less memory without more candidates, than the current
-    layout at the fewest candidates with which it reached the target (more memory than
-    the current layout is fine within the budget: the default's). A current layout that
-    did not reach the target there gives no comparison: the worker's live recall says it
+    walked in the same tune: same items, same queries), or None. The current layout is
+    taken at its own best setting by the tuner's rule (:func:`_cheapest`). Worth moving
+    when the choice reached the target within its memory budget and is ``gain`` cheaper
+    on one count without being dearer on the others: ``gain`` fewer candidates per query
+    and no slower, or ``gain`` faster and no more candidates (both counts must agree:
+    times are measured beside live traffic, and a vote setting re-ranks few candidates
+    but gathers many), or ``gain`` less index memory and neither. More memory than the
+    current layout is fine within the budget (the default's). A current layout that did
+    not reach the target there gives no comparison: the worker's live recall says it
     holds, so the sample is not telling the same story."""
     if not (result.reached and result.within_budget):
         return None
     mine = [t for t in result.trials if shape_of(t.params) == current
-            and t.items == result.judged_items and t.meets(result.target_recall)]
+            and t.items == result.judged_items]
     if not mine:
         return None
-    base = min(mine, key=lambda t: t.candidates)
-    fewer = result.candidates <= (1 - gain) * base.candidates
-    smaller = result.nbytes <= (1 - gain) * base.nbytes
-    if fewer or (smaller and result.candidates <= base.candidates):
-        return (f"{result.candidates:.0f} candidates/query and {result.nbytes / 2**20:.1f} "
-                f"MiB against {base.params.describe()}'s {base.candidates:.0f} and "
+    base, reached, _ = _cheapest(mine, result.target_recall)
+    if not reached:
+        return None
+    cand, ms, size = result.candidates, result.query_ms, result.nbytes
+    keep = 1 - gain
+    if ((cand <= keep * base.candidates and ms <= base.query_ms)
+            or (ms <= keep * base.query_ms and cand <= base.candidates)
+            or (size <= keep * base.nbytes and cand <= base.candidates
+                and ms <= base.query_ms)):
+        return (f"{cand:.0f} candidates/query, {ms:.3f} ms, {size / 2**20:.1f} MiB against "
+                f"{base.params.describe()}'s {base.candidates:.0f}, {base.query_ms:.3f} ms, "
                 f"{base.nbytes / 2**20:.1f} MiB on the same sample")
     return None

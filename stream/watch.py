@@ -55,8 +55,10 @@ Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or exp
   in the worker while it is sent); the live monitor measures the result at full size and
   sets T.
 - **cost**: the recall holds (a full window at or above target, the probes settled), the
-  layout has been served ``COST_SETTLE`` seconds, and ``RECALL_RETUNE_COST_CPU`` allows a
-  try: the tuner runs on ``RECALL_RETUNE_ITEMS``
+  layout has been served ``COST_SETTLE`` seconds, the catalogue fits in the sample (up to
+  ``RECALL_RETUNE_ITEMS`` items: what is tuned is what is served, no size extrapolated;
+  larger catalogues get the tuner's full-size judgement only offline, ``recall tune``),
+  and ``RECALL_RETUNE_COST_CPU`` allows a try: the tuner runs on ``RECALL_RETUNE_ITEMS``
   sampled items in a child process at the lowest priority, beside the traffic, with the
   served layout's shape (k scaled down to the sample) walked beside its grid on the same
   queries; when its choice re-ranks ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates
@@ -498,10 +500,18 @@ class RecallWatch:
         settled (the caller saw no decision). Not only when it is far above: the probe
         controller lowers T until the recall is near the target, so a layout that re-ranks
         twice what another needs settles there as well (k=3 L=16 on 3,000 items: T 8 ->
-        1, recall 1.0 -> 0.953)."""
+        1, recall 1.0 -> 0.953).
+
+        Only a catalogue the sample holds whole (up to ``RECALL_RETUNE_ITEMS`` items): the
+        tuner then measures what would be served. A layout chosen on a sample and scaled
+        up is a guess the tuner itself judges again at full size before choosing
+        (recall.tuner), which the worker cannot do without a second full index: on a
+        20,000-item sample of a 1M catalogue the best simhash k was 10 (16 once scaled),
+        where judged on all 1M items it was 23."""
         cpu = self.settings.retune_cost_cpu
-        if cpu <= 0 or self.clock() < self.cost_at or len(self.slot.index) <= \
-                self.exact_max_items:
+        n = len(self.slot.index)
+        if (cpu <= 0 or self.clock() < self.cost_at or n <= self.exact_max_items
+                or n > self.settings.retune_items):
             return False
         est = self.controller.estimate()
         return (est is not None and est.n >= MIN_SAMPLES

@@ -622,3 +622,17 @@ async def test_a_layout_is_served_a_while_before_it_is_tuned_for_cost(store: Sto
     assert est is not None and est.mean >= 0.95
     assert w.watch._cost_task is None
     assert w.watch.cost_at >= w.watch.clock() + watch_mod.COST_SETTLE - 60
+
+
+async def test_a_catalogue_larger_than_the_sample_is_not_tuned_for_cost(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout tuned on a sample and scaled up to the catalogue is a guess (the tuner
+    judges such guesses again at full size before it chooses): the worker tunes for cost
+    only a catalogue its sample holds whole."""
+    monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)
+    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
+                    retune_items=2000, retune_cost_cpu=1.0)
+    await serve(w, 80)
+    est = w.watch.controller.estimate()
+    assert est is not None and est.mean >= 0.95
+    assert w.watch._cost_task is None
