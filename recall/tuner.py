@@ -137,12 +137,14 @@ class TuneResult:
     target_recall: float
     k: int
     sample_items: int
-    sample_queries: int
+    sample_queries: int  # the queries of the sample's walk
     reached: bool
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
     #: catalogue size the choice was measured on (the sample's when no larger one)
     judged_items: int = 0
+    #: queries of the full-size judgement (0: none)
+    judged_queries: int = 0
     #: catalogue size k was scaled to beyond what could be measured (0: none)
     serve_items: int = 0
     recall_low: float = 0.0
@@ -163,7 +165,7 @@ class TuneResult:
                  f"queries, {len(self.trials)} settings tried in {self.seconds:.1f}s"]
         if self.judged_items > self.sample_items:
             lines.append(f"the sample's best layouts judged again on all {self.judged_items} "
-                         "items")
+                         f"items with {self.judged_queries} queries")
         lines.append(
             f"chose {self.params.describe()} ({verdict} recall@{self.k} >= "
             f"{self.target_recall:g} at {self.judged_items} items): recall {self.recall:.3f} "
@@ -418,6 +420,7 @@ def tune(
     trials, baseline = _walk(grid, x, q, truth, k, target_recall, votes, seed, default,
                              "tuning LSH", progress)
     judged, judged_on = trials, x
+    walked_queries, judged_queries = len(q), 0
     if len(full) > n:  # judged again where it will serve: every item hashed
         sample_budget = (max_index_bytes * n / len(full) if max_index_bytes is not None
                          else _layout_bytes(suggested_params(n, dim, seed), x, trials))
@@ -429,6 +432,7 @@ def tune(
         judged, baseline = _walk(full_layouts, full, q, truth, k, target_recall, votes, seed,
                                  default, f"judging at {len(full)} items", progress)
         trials, judged_on = trials + judged, full
+        judged_queries = len(q)
     if baseline is None:  # the simple strong baseline, on the same queries
         ids = [str(i) for i in range(len(judged_on))]
         baseline = _baseline(_index(default, ids, judged_on), default, q, truth, k)
@@ -442,7 +446,8 @@ def tune(
     return TuneResult(
         params=params, recall=best.recall, candidates=best.candidates,
         query_ms=best.query_ms, target_recall=target_recall, k=k, sample_items=n,
-        sample_queries=len(q), reached=reached, trials=trials,
+        sample_queries=walked_queries, judged_queries=judged_queries, reached=reached,
+        trials=trials,
         seconds=time.perf_counter() - started, judged_items=len(full) if len(full) > n
         else n, serve_items=serve, recall_low=best.recall_low,
         recall_high=best.recall_high, baseline=baseline, nbytes=best.nbytes,

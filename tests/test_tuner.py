@@ -11,9 +11,13 @@ import pytest
 from offline.synthetic import clustered_catalogue
 from recall.lsh import LSHIndex, LSHParams
 from recall.tuner import (
+    Trial,
+    TuneResult,
+    cheaper_move,
     exact_topk,
     recall_at_k,
     scaled_k,
+    shape_of,
     suggested_params,
     tune,
     user_like_queries,
@@ -193,3 +197,36 @@ def test_a_memory_budget_given_is_held():
                 seed=5, max_index_bytes=eight, progress=False)
     assert held.reached and held.params.L == 8 and held.nbytes <= eight
     assert held.within_budget and "memory budget" in held.summary()
+
+
+def _trial(params: LSHParams, recall: float, candidates: float, ms: float,
+           nbytes: int = 1000) -> Trial:
+    return Trial(params, recall, candidates, ms, items=100, recall_low=recall - 0.01,
+                 recall_high=recall + 0.01, nbytes=nbytes)
+
+
+def _result(choice: Trial, trials: list[Trial]) -> TuneResult:
+    return TuneResult(params=choice.params, recall=choice.recall,
+                      candidates=choice.candidates, query_ms=choice.query_ms,
+                      target_recall=0.9, k=10, sample_items=100, sample_queries=50,
+                      reached=True, trials=trials, judged_items=100, nbytes=choice.nbytes,
+                      max_index_bytes=2000)
+
+
+def test_a_move_needs_a_clear_gain_over_the_served_layout_at_its_best_setting():
+    """The worker moves only for a clear gain: the served layout is taken at its best
+    setting by the tuner's rule (the fastest meeting the target), not at its fewest
+    candidates (a vote setting re-ranks few but gathers many: slow); candidates and time
+    must agree."""
+    served = LSHParams(dim=8, k=4, L=8, T=16)
+    plain = _trial(served, 0.95, 2400, 0.11)
+    voted = _trial(replace(served, T=64, vote=2), 0.95, 1400, 0.33)  # fewest candidates
+    new = LSHParams(family="simhash", dim=8, k=10, L=8, T=8)
+    fast = _trial(new, 0.96, 2000, 0.05)
+    assert cheaper_move(_result(fast, [plain, voted, fast]), shape_of(served)) is not None
+    # no clear gain: 8% fewer candidates, no faster
+    near = _trial(new, 0.96, 2200, 0.11)
+    assert cheaper_move(_result(near, [plain, voted, near]), shape_of(served)) is None
+    # much faster but more candidates: the counts disagree, no move
+    odd = _trial(new, 0.96, 2600, 0.05)
+    assert cheaper_move(_result(odd, [plain, voted, odd]), shape_of(served)) is None
