@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import time
@@ -52,6 +53,17 @@ from stream.policy import DeadLetters, batch_starts, fetch, rewind
 from stream.state import IndexSlot
 
 log = logging.getLogger(__name__)
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim: every arena,
+    free chunks in the middle too). A merge or a re-layout frees the old parts of the
+    bucket table, allocated across the heap and the merge thread's arena between other
+    allocations, so without a trim their pages could stay resident. In a thread: a trim
+    of a fragmented 1 GB heap took 63 ms (8 ms with nothing to give back); the event
+    loop's own small objects come from Python's allocator, not glibc's."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 #: longest a rebuilt version's replay may make no progress before the version is served
 #: anyway (s): a replay that keeps moving is waited for (at 1M items it takes minutes)
@@ -339,6 +351,7 @@ class ItemsFollower:
         # ~0.45 s at 1M items in place: in a thread, requests keep being answered
         t0 = time.perf_counter()
         if await index.merge_off_loop():
+            await asyncio.to_thread(release_free_heap)
             log.info("index merge off the event loop: %.0f ms", (time.perf_counter() - t0) * 1e3)
         refused: dict[int, int] = {}
         if spans and self.writer is not None:
@@ -438,6 +451,7 @@ class ItemsFollower:
                 return False
             index = await asyncio.to_thread(self.slot.index.relayout, params)
             self.slot.swap(index, version, meta.get("user"))
+        await asyncio.to_thread(release_free_heap)
         self.metrics.index_rebuild.set(time.perf_counter() - t0)
         self.metrics.index_version.set(version)
         self.metrics.index_items.set(len(index))
