@@ -227,6 +227,34 @@ def test_a_capped_crowded_bucket_does_not_hide_its_later_items(compiled):
     assert all(r.candidates <= 40 for r in index.search(x, 1))  # 10 per table at most
 
 
+def test_an_index_grows_where_the_system_refuses_big_reservations(monkeypatch):
+    # under strict overcommit (vm.overcommit_memory=2) the kernel counts a whole
+    # MAP_NORESERVE mapping against the commit limit and refuses it: the index must
+    # still load and answer, growing by copies, not fail to start
+    real = reserve.reserve
+    refused = []
+
+    def strict(rows, dtype, tail=()):
+        if rows >= reserve.MIN_ROWS:
+            refused.append(rows)
+            raise OSError(12, "Cannot allocate memory")
+        return real(rows, dtype, tail)
+
+    monkeypatch.setattr(reserve, "reserve", strict)
+    rng = np.random.default_rng(6)
+    index = LSHIndex(LSHParams(dim=16, k=4, L=4, T=2))
+    x = unit(rng, 3000, 16)
+    ids = [f"i{i}" for i in range(3000)]
+    for lo in range(0, 3000, 500):
+        index.add(ids[lo:lo + 500], x[lo:lo + 500])
+    assert refused, "the big reservation was never asked for"
+    assert len(index._vecs) < reserve.MIN_ROWS
+    got, present = index.vectors_of(ids)
+    assert present.all()
+    np.testing.assert_allclose(got, x, atol=1e-3)
+    assert [r.ids[0] for r in index.search(x[::97], 1)] == ids[::97]
+
+
 def test_the_vector_matrix_starts_on_a_page_as_it_grows():
     # a row of 64 float16 is 128 bytes: two cache lines only when rows start on a line
     # (numpy's big arrays start 16 bytes into a page: every row read three lines)

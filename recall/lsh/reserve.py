@@ -38,7 +38,7 @@ class Reserved:
         copied)."""
         full = self._full.get(name)
         if full is None or len(full) < rows or not np.may_share_memory(full, old):
-            full = reserve(max(rows * GROWTH, MIN_ROWS), dtype, tail)
+            full = _reserve_what_fits(rows, dtype, tail)
             full[: len(old)] = old
             self._full[name] = full
         return full[:rows]
@@ -49,6 +49,22 @@ class Reserved:
         new = Reserved()
         new._full = {n: self._full[n] for n in names if n in self._full}
         return new
+
+
+def _reserve_what_fits(rows: int, dtype: type, tail: tuple[int, ...]) -> np.ndarray:
+    """The largest of MIN_ROWS, ``rows * GROWTH`` or ``rows`` rows the system grants.
+    Why not only the first: under ``vm.overcommit_memory=2`` (strict accounting, found on
+    some hardened hosts and containers) the kernel ignores ``MAP_NORESERVE`` and counts a
+    whole reservation against the commit limit, so 2 GiB of address space per matrix can
+    be refused. The array then grows by copies again (as before reservations), rather
+    than the worker failing to start."""
+    sizes = sorted({max(rows * GROWTH, MIN_ROWS), rows * GROWTH, rows}, reverse=True)
+    for size in sizes[:-1]:
+        try:
+            return reserve(size, dtype, tail)
+        except OSError:  # ENOMEM: address space not granted under strict accounting
+            continue
+    return reserve(sizes[-1], dtype, tail)
 
 
 def reserve(rows: int, dtype: type, tail: tuple[int, ...] = ()) -> np.ndarray:
