@@ -124,16 +124,15 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
             ev_has.append(bool(o_has))
             if o_has and o_weight == top:
                 n_top -= 1
-                if not n_top:  # the heaviest left: the next heaviest of what stays
+                if not n_top:  # the heaviest left: the next heaviest of what stays,
+                    # the new click (at pos, already in the window) left out: it is
+                    # counted below
                     state.forget_top()
-                    left, n_top = state.top()
-                    if has:  # (top() saw the new click too: count it below)
-                        if weight == left:
-                            n_top -= 1
-                        elif weight > left:
-                            state.forget_top()
-                            left = _heaviest_but(state, pos)
-                            n_top = _count(state, left, pos)
+                    if has:
+                        left = _heaviest_but(state, pos)
+                        n_top = _count(state, left, pos)
+                    else:
+                        left, n_top = state.top()
         else:
             ev_item.append(item_id)
             ev_ts.append(ts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recall.userbatch import apply_batch
@@ -68,6 +68,11 @@ def assert_same(roll, ref, got) -> None:
        half_life=st.sampled_from([0.0, 0.0, 30.0, 500.0]),
        missing=st.sets(st.integers(0, 11), max_size=4), interests=st.integers(1, 4),
        gap=st.sampled_from([0.0, 10.0, 40.0, 150.0]), batch_size=st.integers(1, 25))
+# the heaviest click leaves as a click of the same weight as the next heaviest enters:
+# the unit of what stays is the lighter one's, the new click left out
+@example(clicks=[(1, "i0", 0.0, 0.5, None), (1, "i0", 0.0, 0.01, None),
+                 (1, "i1", 0.0, 1.0, None)],
+         window=2, half_life=0.0, missing=set(), interests=1, gap=0.0, batch_size=1)
 def test_batch_equals_clicks_applied_one_by_one(clicks, window, half_life, missing,
                                                 interests, gap, batch_size) -> None:
     """Any clicks of several users (interleaved, late, duplicate event ids, items
