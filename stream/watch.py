@@ -98,8 +98,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -110,6 +109,7 @@ from recall.monitor import ProbeController, SampleBudget, grown, query_recall, s
 from recall.store import Store
 from stream.metrics import Metrics
 from stream.state import IndexSlot
+from stream.tunejobs import tune_cheaper, tune_layout
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,6 @@ WINDOW, MIN_SAMPLES = 200, 100
 EARLY_SAMPLES = 30
 #: size trigger: parameters are re-picked when the catalogue grows by this factor
 GROWTH = 4.0
-#: k of the tuner's recall@k when re-tuning
-TUNE_K = 10
 #: items read and written per round trip when copying a version to a new layout
 COPY_BATCH = 20_000
 #: seconds between re-pick attempts of one worker
@@ -216,39 +214,6 @@ def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
             for i, r in zip(members, results, strict=True):
                 out[i] = r.ids
     return out, time.thread_time() - t0
-
-
-def _tune_cheaper(vectors: np.ndarray, target: float, current: dict[str, Any],
-                  serve_items: int) -> dict[str, Any]:
-    """Child process, at the lowest priority: the tuner on the sample ``vectors`` of a
-    catalogue of ``serve_items`` served with the ``current`` layout, that layout's shape
-    (k scaled down to the sample) walked beside the tuner's grid on the same queries; the
-    choice (k scaled back up) if it is clearly cheaper (:func:`recall.tuner.cheaper_move`),
-    and the CPU seconds this process took (imports included)."""
-    with contextlib.suppress(OSError):
-        os.nice(EXACT_NICE)
-    from recall.tuner import cheaper_move, default_layouts, scaled_k, shape_of, tune
-
-    cur = LSHParams.from_dict(current)
-    n = len(vectors)
-    mine = shape_of(replace(cur, k=scaled_k(cur.family, cur.k, serve_items, n)))
-    layouts = list(dict.fromkeys([*default_layouts(n, cur.dim), mine]))
-    result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed, layouts=layouts,
-                  serve_items=serve_items, progress=False)
-    why = cheaper_move(result, mine)
-    return {"params": None if why is None else result.params.to_dict(), "why": why,
-            "summary": result.summary(), "cpu": time.process_time()}
-
-
-def _tune(vectors: np.ndarray, target: float, seed: int, serve_items: int) -> dict[str, Any]:
-    """Child process: the tuner's choice for these vectors, k scaled to ``serve_items``,
-    as a dict."""
-    from recall.tuner import tune
-
-    result = tune(vectors, target_recall=target, k=TUNE_K, seed=seed,
-                  serve_items=serve_items, progress=False)
-    return {"params": result.params.to_dict(), "recall": result.recall,
-            "reached": result.reached, "summary": result.summary()}
 
 
 async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
@@ -532,7 +497,7 @@ class RecallWatch:
         loop = asyncio.get_running_loop()
         pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         try:
-            out = await loop.run_in_executor(pool, _tune_cheaper, vectors,
+            out = await loop.run_in_executor(pool, tune_cheaper, vectors,
                                              self.settings.target_recall,
                                              index.params.to_dict(), len(index))
         except asyncio.CancelledError:
@@ -603,7 +568,8 @@ class RecallWatch:
         n = len(vectors)
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-            out = await loop.run_in_executor(pool, _tune, vectors, self.settings.target_recall,
+            out = await loop.run_in_executor(pool, tune_layout, vectors,
+                                             self.settings.target_recall,
                                              index.params.seed, len(index))
         log.info("LSH re-tune on %d items: %s", n, out["summary"])
         params = LSHParams.from_dict(out["params"])
