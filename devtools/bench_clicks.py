@@ -133,7 +133,7 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
     from recall.messages import parse_click
     from recall.store import Store
     from recall.userbatch import recompute_many
-    from recall.users import UserState
+    from recall.userstate import UserState
     from stream.service import ClickAt, RecallService
     from stream.state import IndexSlot
 

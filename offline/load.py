@@ -84,7 +84,8 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
     from tqdm import tqdm
 
     from offline.userwin import window_mask
-    from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors
+    from recall.users import RollingUserVectors
+    from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON
 
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     dim = vectors.shape[1]

@@ -5,6 +5,7 @@
 - ``recall.tuner``      picks LSH parameters for a target recall@k
 - ``recall.monitor``    live recall: sampling budget, estimate, probe controller (pure)
 - ``recall.users``      rolling (optionally time-decayed) user vectors
+- ``recall.userstate``  one user's window and sums, and their stored formats
 - ``recall.store``      the Redis layout: durable, shared state
 - ``recall.messages``   parsing and validation of the contract's messages
 - ``recall.cli``        the ``recall`` entry point (imports every layer; nothing imports it)

@@ -1,6 +1,6 @@
 """Merging the results of a multi-interest user's queries (``RECALL_USER_INTERESTS`` > 1).
 
-Each interest vector (:meth:`recall.users.UserState.interests`) is searched on its own;
+Each interest vector (:meth:`recall.userstate.UserState.interests`) is searched on its own;
 an item found by several keeps its best score (cosine to the nearest interest), and the
 k best items of the union are the answer. Scores are cosines of normalised vectors, so
 they compare across interests. Used by the worker and by the offline evaluation, so

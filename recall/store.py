@@ -39,7 +39,7 @@ Key layout (``{p}`` = ``RECALL_REDIS_PREFIX``, default ``recall``; ``{v}`` = ind
     {p}:index:init               string  SET NX lock of the worker creating version 1
     {p}:index:repick             string  SET NX lock of the worker copying the live version
                                          to a new hash layout (stream.watch)
-    {p}:user:{uid}               string  UserState.to_bytes() (see recall.users)
+    {p}:user:{uid}               string  UserState.to_bytes() (see recall.userstate)
     {p}:popular                  zset    item_id -> click count (weights not applied)
     {p}:event:{event_id}         string  "1" with a TTL: a click event_id already claimed
     {p}:clicks:offsets           hash    clicks partition -> next offset applied

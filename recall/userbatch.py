@@ -20,7 +20,8 @@ from itertools import compress
 import numpy as np
 
 from recall.userkernels import add_clicks, window_sums
-from recall.users import RESCALE_MAX, Lookup, RollingUserVectors, UserState
+from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
+from recall.userstate import UserState
 
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
 UserClick = tuple[UserState, str, float, float, "str | None"]

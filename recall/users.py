@@ -53,56 +53,7 @@ half_life)``. Only the ratios ``vsum / wsum`` matter, so the sums are kept relat
 ``t_ref`` = the newest ts seen; when a newer click arrives all sums are rescaled by
 ``2**(-(new - old) / half_life)``. Every factor is <= 1, so the numbers stay bounded.
 
-Encoding of :meth:`UserState.to_bytes` (stored in Redis by :mod:`recall.store`). Three
-formats are read; the worker writes format 3 unless ``RECALL_USER_STATE_FORMAT=json``.
-
-Format 3, the window as columns (why: encoding is buffer copies; JSON of the window's
-floats cost ~100 ns a number, every batch, for each changed user)::
-
-    offset  size   field (little-endian)
-    0       1      format version = 3
-    1       4      uint32  D
-    5       4      uint32  applies since the last recompute
-    9       8      float64 t_ref (seconds; 0 when empty)
-    17      4      uint32  S segments (0 when the window is empty)
-    21      4      uint32  n clicks
-    25      4*S    uint32  first window index of each segment, oldest segment first
-    ...     8*S    float64 wsum per segment
-    ...     8*S*D  float64 vsum per segment (rows)
-    ...     8*n    float64 ts of each click, oldest first
-    ...     8*n    float64 weight
-    ...     n      uint8   has_vector (0 or 1)
-    ...     ...    JSON [[item_id, ...], [event_id | null, ...]]
-
-Workers before format 3 do not read it: such a worker logs "stored state unreadable"
-and starts the user empty (its window is lost when it writes). So a rolling upgrade
-from such a version runs with ``RECALL_USER_STATE_FORMAT=json`` until every worker is
-upgraded; that setting writes the formats below, which every version reads.
-
-With at most one segment, format 1, byte for byte what single-vector workers wrote and
-read (so states stored before multi-interest users stay readable)::
-
-    offset  size   field (little-endian)
-    0       1      format version = 1
-    1       4      uint32  D
-    5       4      uint32  applies since the last recompute
-    9       8      float64 wsum
-    17      8      float64 t_ref (seconds; 0 when empty)
-    25      8*D    float64 vsum
-    25+8D   ...    JSON array of clicks, oldest first:
-                   [item_id, ts, weight, event_id | null, has_vector (bool)]
-
-With S > 1 segments, format 2::
-
-    0       1      format version = 2
-    1       4      uint32  D
-    5       4      uint32  applies since the last recompute
-    9       8      float64 t_ref
-    17      4      uint32  S
-    21      4*S    uint32  first window index of each segment, oldest segment first
-    ...     8*S    float64 wsum per segment
-    ...     8*S*D  float64 vsum per segment (rows)
-    ...     ...    JSON array of clicks, as in format 1
+How a state is held and encoded (formats 1-3, rolling upgrades): :mod:`recall.userstate`.
 
 A state stored under other interest settings is re-cut by :meth:`RollingUserVectors.conform`.
 
@@ -115,53 +66,28 @@ from __future__ import annotations
 
 import bisect
 import math
-import struct
-import sys
-from array import array
 from collections.abc import Callable, Sequence
-from itertools import compress, pairwise
-from typing import NamedTuple
+from itertools import pairwise
 
 import numpy as np
-import orjson
+
+from recall.userstate import (
+    EVENT,
+    HAS_VECTOR,
+    ITEM,
+    TS,
+    WEIGHT,
+    Click,
+    UserState,
+)
 
 #: ``lookup(item_ids) -> (matrix (n, D), present mask (n,))``
 Lookup = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
-
-_HEADER = struct.Struct("<BIIdd")
-_HEADER2 = struct.Struct("<BIIdI")
-_HEADER3 = struct.Struct("<BIIdII")
-#: ``array('d')`` is native-endian; stored states are little-endian
-_SWAP = sys.byteorder != "little"
-_F8 = np.dtype("<f8")
 #: largest factor the sums are rescaled by when the heaviest click leaves; beyond it the
 #: window is recomputed (the remaining shares are too small next to what was subtracted)
 RESCALE_MAX = 1e6
-_FORMAT_VERSION = 1
-_FORMAT_SEGMENTS = 2
-#: :meth:`UserState.to_bytes` formats: 3, the columns (the default), or "json" (1 or 2)
-FORMAT_COLUMNS = 3
-FORMAT_JSON = 1
 #: a gap longer than this (seconds) between two clicks starts a new session by default
 DEFAULT_SESSION_GAP = 1800.0
-
-
-class WindowClick(NamedTuple):
-    """A click of a window, as :attr:`UserState.window` shows it."""
-
-    item_id: str
-    ts: float
-    weight: float
-    event_id: str | None
-    has_vector: bool
-
-
-#: a click as :attr:`UserState.clicks` gives and takes it: a plain ``(item_id, ts, weight,
-#: event_id, has_vector)`` tuple (held by columns: objects per click that the cyclic GC
-#: tracks made full collections walk 1M of them at 20k users x 50 clicks: 25-100 ms
-#: pauses of the worker every few seconds)
-Click = tuple[str, float, float, "str | None", bool]
-ITEM, TS, WEIGHT, EVENT, HAS_VECTOR = range(5)
 
 
 def _heaviest(clicks: Sequence[Click], a: int = 0, b: int | None = None) -> float:
@@ -182,262 +108,6 @@ def session_starts(ts: Sequence[float], interests: int, gap: float) -> list[int]
             cuts.append(i)
         i -= 1
     return [0, *reversed(cuts)]
-
-
-class UserState:
-    """One user's window and running sums (see the module docstring).
-
-    The window is held by columns, oldest first by ts: ``items`` and ``events`` (lists
-    of str / None), ``ts`` and ``weight`` (``array('d')``), ``has`` (``bytearray`` of 0/1:
-    the item had a vector). Why columns: a window of tuples cost ~270 bytes a click (a
-    tuple, two floats, a bool slot and the pointers) and every batch re-encoded each
-    changed window as JSON, ~100 ns a float; columns are ~33 bytes a click beside the id
-    strings, are encoded by copying their buffers (format 3) and are scanned by C loops
-    (``in``, ``bisect``, ``max``) without a Python call per click. :attr:`clicks` still
-    reads and sets the window as ``(item_id, ts, weight, event_id, has_vector)`` tuples
-    (the reference :meth:`RollingUserVectors.apply` works on those).
-    """
-
-    __slots__ = (
-        "_n_top",
-        "_top",
-        "dim",
-        "events",
-        "has",
-        "items",
-        "seg_vsum",
-        "seg_wsum",
-        "since_recompute",
-        "starts",
-        "t_ref",
-        "ts",
-        "weight",
-    )
-
-    def __init__(self, dim: int, clicks: Sequence[Click] = (),
-                 seg_vsum: np.ndarray | None = None, seg_wsum: np.ndarray | None = None,
-                 starts: list[int] | None = None, t_ref: float = 0.0,
-                 since_recompute: int = 0) -> None:
-        self.dim = dim
-        self.clicks = clicks  # type: ignore[assignment]
-        self.starts: list[int] = [] if starts is None else starts
-        self.seg_vsum: np.ndarray = (np.zeros((len(self.starts), dim), dtype=np.float64)
-                                     if seg_vsum is None else seg_vsum)
-        self.seg_wsum: np.ndarray = (np.zeros(len(self.starts), dtype=np.float64)
-                                     if seg_wsum is None else seg_wsum)
-        self.t_ref = t_ref
-        self.since_recompute = since_recompute
-
-    @property
-    def clicks(self) -> list[Click]:
-        """The window as tuples, oldest first (a copy: set it to change the window)."""
-        return list(zip(self.items, self.ts, self.weight, self.events,
-                        map(bool, self.has), strict=True))
-
-    @clicks.setter
-    def clicks(self, clicks: Sequence[Click]) -> None:
-        self.items = [c[ITEM] for c in clicks]
-        self.ts = array("d", [c[TS] for c in clicks])
-        self.weight = array("d", [c[WEIGHT] for c in clicks])
-        self.events = [c[EVENT] for c in clicks]
-        self.has = bytearray(bool(c[HAS_VECTOR]) for c in clicks)
-        self.forget_top()
-
-    def forget_top(self) -> None:
-        """Drop the cached heaviest weight (after ``has`` or the window changed outside
-        :func:`recall.userbatch.apply_batch`)."""
-        self._top: float | None = None
-        self._n_top = 0
-
-    def top(self) -> tuple[float, int]:
-        """(W, how many clicks with a vector weigh W): the unit of a one-segment window's
-        sums, kept up to date click by click by :func:`recall.userbatch.apply_batch` (so
-        the heaviest click leaving is the only case that scans the window)."""
-        if self._top is None:
-            top = max(compress(self.weight, self.has), default=0.0)
-            self._top = top
-            self._n_top = list(compress(self.weight, self.has)).count(top) if top else 0
-        return self._top, self._n_top
-
-    def _heaviest(self, a: int = 0, b: int | None = None) -> float:
-        return max(compress(self.weight[a:b], self.has[a:b]), default=0.0)
-
-    def _to_common_unit(self) -> np.ndarray:
-        """Per segment, the factor that brings its sums to the heaviest segment's unit."""
-        units = np.array([self._heaviest(a, b) for a, b in self._bounds()])
-        top = units.max(initial=0.0)
-        return units / top if top > 0 else units
-
-    @property
-    def vsum(self) -> np.ndarray:
-        """Sum of the window's contributions (all segments, in one unit), float64 (D,)."""
-        if len(self.seg_vsum) == 1:
-            return self.seg_vsum[0]
-        return self._to_common_unit() @ self.seg_vsum
-
-    @property
-    def wsum(self) -> float:
-        if len(self.seg_wsum) == 1:
-            return float(self.seg_wsum[0])
-        return float(self._to_common_unit() @ self.seg_wsum)
-
-    def _bounds(self) -> list[tuple[int, int]]:
-        return list(pairwise([*self.starts, len(self.ts)]))
-
-    def vector(self) -> np.ndarray | None:
-        """The user's embedding (float32, not normalised), or None without usable clicks."""
-        wsum = self.wsum
-        if wsum <= 0.0 or 1 not in self.has:
-            return None
-        return (self.vsum / wsum).astype(np.float32)
-
-    def interests(self) -> list[np.ndarray]:
-        """The interest vectors (float32, not normalised), newest session first; segments
-        without a usable click are left out. One vector (= :meth:`vector`) when M = 1."""
-        out = []
-        for s, (a, b) in reversed(list(enumerate(self._bounds()))):
-            w = float(self.seg_wsum[s])
-            if w > 0.0 and 1 in self.has[a:b]:
-                out.append((self.seg_vsum[s] / w).astype(np.float32))
-        return out
-
-    def seen(self) -> set[str]:
-        """Item ids in the window."""
-        return set(self.items)
-
-    @property
-    def window(self) -> list[WindowClick]:
-        """The window's clicks, oldest first (a copy, for reading)."""
-        return [WindowClick(*c) for c in self.clicks]
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def __repr__(self) -> str:
-        return (f"UserState(dim={self.dim}, clicks={len(self)}, starts={self.starts}, "
-                f"t_ref={self.t_ref}, since_recompute={self.since_recompute})")
-
-    def to_bytes(self, fmt: int = FORMAT_COLUMNS) -> bytes:
-        """Encode (module docstring): ``fmt`` 3 (columns, the default) or
-        :data:`FORMAT_JSON` (formats 1 and 2, what workers before format 3 read)."""
-        n_seg = len(self.starts)
-        if fmt == FORMAT_COLUMNS:
-            ts, weight = self.ts, self.weight
-            if _SWAP:  # stored little-endian
-                ts, weight = array("d", ts), array("d", weight)
-                ts.byteswap()
-                weight.byteswap()
-            return b"".join((
-                _HEADER3.pack(FORMAT_COLUMNS, self.dim, self.since_recompute, self.t_ref,
-                              n_seg, len(ts)),
-                struct.pack(f"<{n_seg}I", *self.starts),
-                self.seg_wsum.astype(_F8, copy=False).tobytes(),
-                self.seg_vsum.astype(_F8, copy=False).tobytes(),
-                ts.tobytes(), weight.tobytes(), self.has,
-                orjson.dumps((self.items, self.events))))
-        if fmt != FORMAT_JSON:
-            raise ValueError(f"user state: unknown format {fmt}")
-        clicks = orjson.dumps(self.clicks)  # tuples encode as the JSON arrays
-        if n_seg <= 1:
-            head = _HEADER.pack(_FORMAT_VERSION, self.dim, self.since_recompute, self.wsum,
-                                self.t_ref)
-            return head + self.vsum.astype("<f8", copy=False).tobytes() + clicks
-        head = _HEADER2.pack(_FORMAT_SEGMENTS, self.dim, self.since_recompute, self.t_ref,
-                             n_seg)
-        return (head + np.asarray(self.starts, dtype="<u4").tobytes()
-                + self.seg_wsum.astype("<f8", copy=False).tobytes()
-                + self.seg_vsum.astype("<f8", copy=False).tobytes() + clicks)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, dim: int) -> UserState:
-        """Decode :meth:`to_bytes` (formats 1, 2 and 3); ValueError when corrupt or of
-        another dimension."""
-        if len(data) < _HEADER.size:
-            raise ValueError("user state: truncated header")
-        version = data[0]
-        if version == _FORMAT_VERSION:
-            _, d, since, wsum, t_ref = _HEADER.unpack_from(data)
-            n_seg, at = 1, _HEADER.size
-        elif version == _FORMAT_SEGMENTS:
-            _, d, since, t_ref, n_seg = _HEADER2.unpack_from(data)
-            at = _HEADER2.size
-        elif version == FORMAT_COLUMNS:
-            return cls._from_columns(data, dim)
-        else:
-            raise ValueError(f"user state: unknown format version {version}")
-        if d != dim:
-            raise ValueError(f"user state: dimension {d}, expected {dim}")
-        if version == _FORMAT_SEGMENTS:
-            if n_seg < 2 or len(data) < at + n_seg * (4 + 8 + 8 * d):
-                raise ValueError("user state: truncated segments")
-            starts = np.frombuffer(data, dtype="<u4", count=n_seg, offset=at).tolist()
-            at += 4 * n_seg
-            seg_wsum = np.frombuffer(data, dtype="<f8", count=n_seg, offset=at).astype(
-                np.float64)
-            at += 8 * n_seg
-        elif len(data) < at + 8 * d:
-            raise ValueError("user state: truncated vector")
-        seg_vsum = np.frombuffer(data, dtype="<f8", count=n_seg * d, offset=at).astype(
-            np.float64).reshape(n_seg, d)
-        end = at + 8 * n_seg * d
-        try:
-            rows = orjson.loads(data[end:])
-            clicks: list[Click] = [(str(i), float(t), float(w), e, bool(h))
-                                   for i, t, w, e, h in rows]
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"user state: bad window: {exc}") from None
-        if version == _FORMAT_VERSION:
-            seg_wsum = np.array([wsum], dtype=np.float64)
-            starts = [0]
-            if not clicks:  # an empty window has no segment
-                starts, seg_vsum, seg_wsum = [], seg_vsum[:0], seg_wsum[:0]
-        else:
-            _check_starts(starts, len(clicks))
-        return cls(dim, clicks, seg_vsum, seg_wsum, starts, float(t_ref), int(since))
-
-    @classmethod
-    def _from_columns(cls, data: bytes, dim: int) -> UserState:
-        if len(data) < _HEADER3.size:
-            raise ValueError("user state: truncated header")
-        _, d, since, t_ref, n_seg, n = _HEADER3.unpack_from(data)
-        if d != dim:
-            raise ValueError(f"user state: dimension {d}, expected {dim}")
-        at = _HEADER3.size
-        end = at + n_seg * (4 + 8 + 8 * d) + n * 17
-        if len(data) < end or (n_seg == 0) != (n == 0) or n_seg > n:
-            raise ValueError("user state: truncated or inconsistent columns")
-        starts = np.frombuffer(data, dtype="<u4", count=n_seg, offset=at).tolist()
-        at += 4 * n_seg
-        seg_wsum = np.frombuffer(data, dtype="<f8", count=n_seg, offset=at).copy()
-        at += 8 * n_seg
-        seg_vsum = np.frombuffer(data, dtype="<f8", count=n_seg * d, offset=at).reshape(
-            n_seg, d).copy()
-        at += 8 * n_seg * d
-        state = cls(dim, (), seg_vsum, seg_wsum, starts, float(t_ref), int(since))
-        state.ts = array("d", data[at:at + 8 * n])
-        state.weight = array("d", data[at + 8 * n:at + 16 * n])
-        if _SWAP:
-            state.ts.byteswap()
-            state.weight.byteswap()
-        at += 16 * n
-        state.has = bytearray(data[at:at + n])
-        try:
-            items, events = orjson.loads(data[end:])
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"user state: bad window: {exc}") from None
-        if (len(items) != n or len(events) != n or max(state.has, default=0) > 1
-                or not all(type(i) is str for i in items)
-                or not all(e is None or type(e) is str for e in events)):
-            raise ValueError("user state: bad window columns")
-        state.items, state.events = items, events
-        _check_starts(starts, n)
-        return state
-
-
-def _check_starts(starts: list[int], n: int) -> None:
-    if starts and (starts[0] != 0 or any(b <= a for a, b in pairwise(starts))
-                   or starts[-1] >= n):
-        raise ValueError(f"user state: bad segment starts {starts}")
 
 
 def _ts(click: Click) -> float:

@@ -42,7 +42,8 @@ from recall.lsh import LSHIndex, QueryResult
 from recall.messages import Click, Invalid, Request, response_record
 from recall.store import ClickOffsetsConflict
 from recall.userbatch import apply_batch
-from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors, UserState
+from recall.users import RollingUserVectors
+from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON, UserState
 from stream import deadline
 from stream.metrics import Metrics
 from stream.state import IndexSlot, PopularCache, UserCache

@@ -3,7 +3,7 @@
 - :class:`IndexSlot` holds the index being served with its version; a rebuild builds a
   new :class:`~recall.lsh.LSHIndex` aside and :meth:`IndexSlot.swap` replaces it in one
   assignment, so a request never sees a half-loaded index.
-- :class:`UserCache` holds the :class:`~recall.users.UserState` of users of this worker's
+- :class:`UserCache` holds the :class:`~recall.userstate.UserState` of users of this worker's
   ``clicks``/``recall-requests`` partitions (co-partitioned, so this worker is the only
   writer of those users); entries remember their partition and are dropped when the
   partition is revoked. Memory is authoritative, Redis is the durable copy. It is
@@ -25,7 +25,7 @@ from itertools import islice
 import numpy as np
 
 from recall.lsh import LSHIndex
-from recall.users import UserState
+from recall.userstate import UserState
 
 
 @dataclass

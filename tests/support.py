@@ -18,7 +18,7 @@ from devtools.client import RecallClient
 from devtools.localstack import LocalStack, Service, create_topics, free_port, start_worker
 from devtools.scrape import metric_value, metrics_url, scrape
 from recall.config import Settings
-from recall.users import UserState
+from recall.userstate import UserState
 
 
 def isolated_settings(stack: LocalStack, name: str, own_topics: bool = True,

@@ -17,7 +17,7 @@ from devtools.client import RecallClient
 from devtools.localstack import LocalStack, Service
 from offline.generate import cluster_vectors
 from recall.config import Settings
-from recall.users import UserState
+from recall.userstate import UserState
 from tests.support import eventually, isolated_settings, ready_client, running_worker, stored_user
 
 pytestmark = pytest.mark.integration

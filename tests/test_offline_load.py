@@ -15,7 +15,7 @@ from offline.vectors import load_vectors, params_path, save_vectors
 from recall.cli import main
 from recall.lsh import Hasher, LSHParams
 from recall.store import Store
-from recall.users import UserState
+from recall.userstate import UserState
 
 pytestmark = pytest.mark.integration
 

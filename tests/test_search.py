@@ -152,7 +152,7 @@ async def test_load_carries_the_chosen_user_settings_into_the_version(
     from offline.vectors import params_path
     from recall.lsh import LSHParams
     from recall.store import Store
-    from recall.users import UserState
+    from recall.userstate import UserState
 
     vectors = tmp_path / "e.npz"
     assert main(["train", str(log_file), "--out", str(vectors), "-q", "--epochs", "2"]) == 0

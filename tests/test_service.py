@@ -19,7 +19,7 @@ from recall.config import Settings
 from recall.lsh import LSHIndex, LSHParams, normalize
 from recall.messages import Click, Invalid, Request
 from recall.store import ClickOffsetsConflict
-from recall.users import UserState
+from recall.userstate import UserState
 from stream.service import EXACT_MAX_ITEMS, Ask, ClickAt, RecallService
 from stream.state import IndexSlot
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from recall.store import Keys, PartitionWrite, Store, VersionGone
-from recall.users import RollingUserVectors, UserState
+from recall.users import RollingUserVectors
+from recall.userstate import UserState
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recall.userbatch import apply_batch
-from recall.users import RollingUserVectors, UserState
+from recall.users import RollingUserVectors
+from recall.userstate import UserState
 from tests.test_users import ATOL, DIM, RTOL, extreme_weight_st, make_table
 
 WEIGHTS = st.sampled_from([0.01, 0.5, 1.0, 2.0, 100.0])

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recall.users import FORMAT_COLUMNS, FORMAT_JSON, RollingUserVectors, UserState
+from recall.users import RollingUserVectors
+from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON, UserState
 
 DIM = 8
 RTOL, ATOL = 1e-5, 1e-6  # the documented tolerance (float32 output of float64 sums)
