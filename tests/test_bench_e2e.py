@@ -227,6 +227,11 @@ def test_worker_cpu_line_gives_cost_per_request_and_a_per_core_estimate() -> Non
     # one rate only: proportional (no fixed part can be told apart)
     assert worker_cpu_fit([_cpu_step(1, 100, 0.25)], 1)["rate_per_core_estimate"] == 400.0
     assert worker_cpu_fit([_cpu_step(1, 100, None)], 1) is None
+    # the worker's CPU flat or falling over the ramp (per fetch, not per request): no
+    # line, but still the estimate from the highest step kept up with
+    flat = worker_cpu_fit([_cpu_step(1, r, c) for r, c in ((100, 0.42), (250, 0.40))], 1)
+    assert flat["ms_per_request"] is None and flat["fixed_cores"] is None
+    assert flat["rate_per_core_estimate"] == 625.0
 
 
 @pytest.mark.parametrize("cores,shared,side", [
