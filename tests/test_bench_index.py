@@ -68,6 +68,11 @@ def test_bench_index_with_params_hnsw_and_plot(tmp_path, capsys):
     assert res["params"]["family"] == "simhash" and res["params"]["dim"] == 16
     assert res["hnsw_recall"] is not None and res["hnsw_ef"] >= 10
     assert [s["T"] for s in res["sweep"]] == [1, 4]
+    # the two indexes also timed in alternating passes: a ratio and its spread
+    low, high = res["alternated_ratio_range"]
+    assert res["alternated_rounds"] >= 3 and low <= res["alternated_ratio_p50"] <= high
+    # no internal field (raw per-query latencies) leaks into the one JSON line
+    assert not [key for point in res["sweep"] for key in point if key.startswith("_")]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
