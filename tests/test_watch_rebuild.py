@@ -594,18 +594,25 @@ async def test_a_worker_whose_recall_is_far_above_target_moves_to_a_cheaper_layo
     assert mean_candidates(w) <= 0.8 * cost_before, (w.slot.index.params, cost_before)
     assert not await store.r.exists(store.keys.repick_lock)
 
-    # the next try finds no clear gain over the cheap layout: no move; and the tries
-    # take at most RECALL_RETUNE_COST_CPU of a core (the next waits for the last one's
-    # CPU time over it)
+    # the tries take at most RECALL_RETUNE_COST_CPU of a core (the next waits for the
+    # last one's CPU time over it). The next try usually finds no clear gain over the
+    # cheap layout; the rule also counts time, so on a busy machine it may find 20%
+    # again (1 run in 3 of this test here): a move then is to a layout that still holds
+    # the target re-ranking no more than the cheap one's bound, never back to a dear one
     budget = w.watch.settings.retune_cost_cpu
     cheap = shape_of(w.slot.index.params)
     cpu = w.metrics.lsh_cost_tune_seconds
     spent = cpu._value.get()
     await serve_until(w, lambda: cpu._value.get() > spent)
     took = cpu._value.get() - spent
-    assert took > 0 and costs._value.get() == 1
-    assert shape_of(w.slot.index.params) == cheap
+    assert took > 0 and costs._value.get() in (1, 2)
     assert w.watch.cost_at - w.watch.cost_began == pytest.approx(took / budget)
+    if costs._value.get() == 1:
+        assert shape_of(w.slot.index.params) == cheap
+    else:
+        await serve(w, 40)
+        assert served_recall(w) >= 0.94
+        assert mean_candidates(w) <= 0.8 * cost_before, (w.slot.index.params, cost_before)
     seen = cpu._value.get()
     await serve_until(w, lambda: w.watch.clock() >= w.watch.cost_at - 0.5)
     assert cpu._value.get() == seen  # no try before the budget allows it
