@@ -618,15 +618,22 @@ async def test_a_worker_whose_recall_is_far_above_target_moves_to_a_cheaper_layo
     assert cpu._value.get() == seen  # no try before the budget allows it
 
 
+async def coarse_world_holding_the_target(store: Store, retune_items: int) -> World:
+    """3,000 items on a coarse layout (k=3 L=16 T=8) served until its recall holds the
+    target: what a cost re-tune looks for."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
+                    retune_items=retune_items, retune_cost_cpu=1.0)
+    await serve(w, 80)
+    est = w.watch.controller.estimate()
+    assert est is not None and est.mean >= 0.95
+    return w
+
+
 async def test_a_layout_is_served_a_while_before_it_is_tuned_for_cost(store: Store) -> None:
     """A fresh layout (worker start, or just swapped in) settles its probes, and a
     catalogue streaming in is re-picked for size anyway: no cost re-tune before
     COST_SETTLE seconds, however well its recall holds."""
-    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
-                    retune_items=3000, retune_cost_cpu=1.0)
-    await serve(w, 80)
-    est = w.watch.controller.estimate()
-    assert est is not None and est.mean >= 0.95
+    w = await coarse_world_holding_the_target(store, retune_items=3000)
     assert w.watch._cost_task is None
     assert w.watch.cost_at >= w.watch.clock() + watch_mod.COST_SETTLE - 60
 
@@ -637,9 +644,5 @@ async def test_a_catalogue_larger_than_the_sample_is_not_tuned_for_cost(
     judges such guesses again at full size before it chooses): the worker tunes for cost
     only a catalogue its sample holds whole."""
     monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)
-    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
-                    retune_items=2000, retune_cost_cpu=1.0)
-    await serve(w, 80)
-    est = w.watch.controller.estimate()
-    assert est is not None and est.mean >= 0.95
+    w = await coarse_world_holding_the_target(store, retune_items=2000)
     assert w.watch._cost_task is None
