@@ -32,7 +32,13 @@ from recall.config import Settings, kafka_client_kwargs
 from recall.lsh import ids
 from recall.store import Store
 from stream.clicks import ClicksConsumer
-from stream.items import ItemsFollower, ItemsWriter, ensure_live_version, load_index
+from stream.items import (
+    ItemsFollower,
+    ItemsWriter,
+    ensure_live_version,
+    load_index,
+    release_free_heap,
+)
 from stream.metrics import Metrics
 from stream.policy import DeadLetters, Send
 from stream.requests import Membership, RequestsConsumer, group_consumer
@@ -83,13 +89,11 @@ def _release_load_memory() -> None:
     """After a big index load: hand freed heap back to the OS (glibc keeps it otherwise,
     and the load's temporaries are hundreds of MB at 1M items) and move the long-lived
     objects out of the GC's generations (fewer objects traversed by full collections)."""
-    import ctypes
     import gc
 
     gc.collect()
     gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_heap()
 
 
 def _warm_up() -> None:
