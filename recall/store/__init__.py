@@ -1,7 +1,11 @@
 """The Redis layout: the durable, shared state of the index, user windows and popularity.
 
-The one module that talks to Redis: every key, Lua script, pipeline and retry of the
-project is here (the worker, the offline loader and the benchmarks call its methods).
+The one storage layer that talks to Redis: every key, Lua script, pipeline and retry of
+the project is in this package (the worker, the offline loader and the benchmarks call
+:class:`Store`'s methods). This module holds the index versions and items;
+:mod:`recall.store.users` the user-state keys (windows, click batches, claimed events,
+popularity), which :class:`Store` inherits; :mod:`recall.store.client` the client's
+retries and packing and :class:`Keys`, the key names both use.
 Redis is the source of truth; the hot index lives in each worker's memory and can be
 rebuilt from Redis alone (:meth:`Store.iter_items`). Async, over ``redis.asyncio``; the
 client must return bytes (``decode_responses=False``; :meth:`Store.from_settings` makes
@@ -59,8 +63,6 @@ bucket -> items map in memory, as LSHIndex does.
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,54 +71,30 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import HIREDIS_AVAILABLE
 
 from recall.config import Settings
+from recall.store.client import CLIENT_RETRIES, Keys, _pack_with_hiredis, client_retry
+from recall.store.users import (
+    BATCH_ALREADY_WRITTEN,
+    BATCH_CONFLICT,
+    CLICKS_WRITE_LUA,
+    POPULAR_TOP_LUA,
+    ClickOffsetsConflict,
+    UserStore,
+)
 
-log = logging.getLogger(__name__)
+__all__ = ["BATCH_ALREADY_WRITTEN", "BATCH_CONFLICT", "CLICKS_WRITE_LUA", "CLIENT_RETRIES",
+           "HSET_CHUNK", "ITEMS_WRITE_LUA", "PIPELINE_CHUNK", "POPULAR_TOP_LUA",
+           "ClickOffsetsConflict", "Keys", "PartitionWrite", "Store", "UserStore",
+           "VersionGone", "client_retry"]
 
 #: commands per pipeline when a call is very large
 PIPELINE_CHUNK = 20_000
 #: items per HSET command
 HSET_CHUNK = 1000
-#: retries of a command that failed on its connection (timeouts included), by redis-py
-CLIENT_RETRIES = 2
 
-
-#: the atomic write of a click batch (Store.write_clicks); KEYS = offsets hash,
-#: popular zset, user keys, event keys; ARGV = counts, ttl, user blobs, (item, n)...,
-#: (partition, expected offset, next offset)...
-#: Safe to repeat: it writes only if every partition's stored offset is the one the batch
-#: was computed from. A batch already written (its command ran late, after redis-py gave
-#: up waiting, and was sent again) finds the batch's next offsets: -1, nothing written,
-#: so popularity is not counted twice. Any other offset (Redis lost writes in a crash,
-#: another worker applied the partition): -2, nothing written; the worker reloads.
-CLICKS_WRITE_LUA = """
-local nu, ni, ne, ttl, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-    ARGV[4], tonumber(ARGV[5])
-local a = 6 + nu + 2 * ni
-local done = 0
-for j = 0, np - 1 do
-  local b = a + 3 * j
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[b]) or '0')
-  if cur == tonumber(ARGV[b + 2]) then done = done + 1
-  elseif cur ~= tonumber(ARGV[b + 1]) then return -2 end
-end
-if done == np and np > 0 then return -1 end
-if done > 0 then return -2 end
-a = 6
-for i = 1, nu do redis.call('SET', KEYS[2 + i], ARGV[a]); a = a + 1 end
-for i = 1, ni do redis.call('ZINCRBY', KEYS[2], ARGV[a + 1], ARGV[a]); a = a + 2 end
-for i = 1, ne do redis.call('SET', KEYS[2 + nu + i], '1', 'EX', ttl) end
-for j = 1, np do redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 2]); a = a + 3 end
-return nu
-"""
 #: the streaming write of item changes (Store.write_items); KEYS = meta, vectors, buckets,
 #: offsets of one version; ARGV = number of partitions, then per partition (partition,
 #: start, next, upserts, deletes), then per partition its upserts (id, vector, keys)... and
@@ -176,96 +154,6 @@ class VersionGone(RuntimeError):
     """The version written to was deleted (another became live): write to the live one."""
 
 
-#: CLICKS_WRITE_LUA's replies besides the number of users written
-BATCH_ALREADY_WRITTEN, BATCH_CONFLICT = -1, -2
-
-
-class ClickOffsetsConflict(RuntimeError):
-    """Redis's applied clicks offsets are not the ones a batch was computed from (Redis
-    lost writes, or another worker applied the partition): nothing was written; the
-    caller reloads the partitions' users and reads their clicks again from Redis's."""
-
-
-
-def client_retry(retries: int = CLIENT_RETRIES, cap: float = 0.5,
-                 errors: tuple[type[Exception], ...] = (RedisConnectionError,
-                                                        RedisTimeoutError, OSError)) -> Retry:
-    """redis-py's Retry with jittered exponential backoff (10 ms doubling, up to ``cap``
-    seconds) on ``errors``; ``retries=-1`` retries for ever (the stream's writes, which
-    must land)."""
-    return Retry(EqualJitterBackoff(cap=cap, base=0.01), retries, supported_errors=errors)
-
-#: the top popular items as ONE JSON string: the plain ZREVRANGE WITHSCORES reply of 2000
-#: items took ~20% of the worker's event loop (refreshed every second) in redis-py's parser
-POPULAR_TOP_LUA = """
-local r = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-if #r == 0 then return '[]' end
-return cjson.encode(r)
-"""
-
-
-class _HiredisPacking:
-    """Commands packed by hiredis (C), as redis-py's sync connections do (asyncio ones: in
-    Python). A click batch's write, ONE script call of ~2,700 arguments packed in the event
-    loop in one go: 3.9 -> 1.6 ms with 1 kB user states (6.0 -> 2.6 ms at 1.5 kB)."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)
-
-
-def _pack_with_hiredis(client: aioredis.Redis) -> aioredis.Redis:
-    """``client``'s connections (TCP, TLS or unix) pack with hiredis when installed."""
-    pool = client.connection_pool
-    if HIREDIS_AVAILABLE and not issubclass(pool.connection_class, _HiredisPacking):
-        pool.connection_class = type(pool.connection_class.__name__,
-                                     (_HiredisPacking, pool.connection_class), {})
-    return client
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-class Keys:
-    """Builds every key of the layout above for one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.live = f"{prefix}:index:live"
-        self.next = f"{prefix}:index:next"
-        self.init_lock = f"{prefix}:index:init"
-        self.repick_lock = f"{prefix}:index:repick"
-        self.popular = f"{prefix}:popular"
-        self.click_offsets = f"{prefix}:clicks:offsets"
-
-    def version(self, v: int) -> str:
-        return f"{self.prefix}:index:{v}"
-
-    def meta(self, v: int) -> str:
-        return f"{self.prefix}:index:{v}:meta"
-
-    def vectors(self, v: int) -> str:
-        return f"{self.prefix}:index:{v}:vectors"
-
-    def buckets(self, v: int) -> str:
-        return f"{self.prefix}:index:{v}:buckets"
-
-    def item_offsets(self, v: int) -> str:
-        return f"{self.prefix}:index:{v}:offsets"
-
-    def user(self, uid: str) -> str:
-        return f"{self.prefix}:user:{uid}"
-
-    def event(self, event_id: str) -> str:
-        return f"{self.prefix}:event:{event_id}"
-
-    def version_pattern(self, v: int) -> str:
-        """SCAN pattern of every key of version ``v`` (glob characters of the prefix escaped)."""
-        return _glob_escape(f"{self.prefix}:index:{v}:") + "*"
-
-
 def _hset_rows(key: str, ids: Sequence[str], rows: np.ndarray) -> list[tuple[Any, ...]]:
     """HSET commands of HSET_CHUNK fields each: id -> the row's raw bytes."""
     width = rows.shape[1] * rows.itemsize
@@ -279,17 +167,13 @@ def _hset_rows(key: str, ids: Sequence[str], rows: np.ndarray) -> list[tuple[Any
     return commands
 
 
-class Store:
-    """Async access to the layout above; ``redis`` must return bytes. ``once``: a client
-    without retries, for the non-idempotent click write (default: ``redis``)."""
+class Store(UserStore):
+    """Async access to the layout above; ``redis`` must return bytes. The user-state keys'
+    methods are :class:`~recall.store.users.UserStore`'s; the versions and items are here."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "recall") -> None:
-        self.r = redis
-        self.keys = Keys(prefix)
-        self._clicks_script = redis.register_script(CLICKS_WRITE_LUA)
-        self._popular_script = redis.register_script(POPULAR_TOP_LUA)
+        super().__init__(redis, Keys(prefix))
         self._items_script = redis.register_script(ITEMS_WRITE_LUA)
-        self._until_written = client_retry(retries=-1, cap=2.0, errors=(RedisError, OSError))
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "recall", timeout: float | None = None) -> Store:
@@ -520,89 +404,3 @@ class Store:
         if key is None:
             return int((await self.r.info("memory"))["used_memory"])
         return int(await self.r.memory_usage(key, samples=0) or 0)
-
-    # --- users, clicks, popularity ------------------------------------------------
-
-    async def get_users(self, uids: Sequence[str]) -> dict[str, bytes | None]:
-        """Stored UserState bytes per user (None when unknown), one MGET."""
-        if not uids:
-            return {}
-        values = await self.r.mget([self.keys.user(u) for u in uids])
-        return dict(zip(uids, values, strict=True))
-
-    async def get_users_and_events(self, uids: Sequence[str], event_ids: Sequence[str]
-                                   ) -> tuple[dict[str, bytes | None], set[str]]:
-        """Stored user states and which event ids are already claimed: ONE round trip
-        (a click batch's read)."""
-        pipe = self.r.pipeline(transaction=False)
-        if uids:
-            pipe.mget([self.keys.user(u) for u in uids])
-        if event_ids:
-            pipe.mget([self.keys.event(e) for e in event_ids])
-        replies = list(await pipe.execute()) if (uids or event_ids) else []
-        users = dict(zip(uids, replies.pop(0), strict=True)) if uids else {}
-        claimed = ({e for e, raw in zip(event_ids, replies.pop(0), strict=True)
-                    if raw is not None} if event_ids else set())
-        return users, claimed
-
-    async def put_users(self, states: Mapping[str, bytes]) -> None:
-        """Store UserState bytes of several users, one MSET."""
-        if states:
-            await self.r.mset({self.keys.user(u): b for u, b in states.items()})
-
-    async def click_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Next clicks offset applied, per partition (absent = none applied)."""
-        if not partitions:
-            return {}
-        raw = await self.r.hmget(self.keys.click_offsets, [str(p) for p in partitions])
-        return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
-
-    async def top_popular(self, k: int) -> list[tuple[str, float]]:
-        """The ``k`` most clicked items, most first (one script call returning JSON)."""
-        if k <= 0:
-            return []
-        flat = orjson.loads(await self._popular_script(keys=[self.keys.popular], args=[k]))
-        return [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def write_clicks(self, users: Mapping[str, bytes], popular: Mapping[str, int],
-                           event_ids: Sequence[str], event_ttl: int,
-                           offsets: Mapping[int, tuple[int, int]]) -> bool:
-        """A click batch in ONE atomic script call (a MULTI of 2 commands per click cost
-        ~150 us per click in redis-py): user states, popularity increments, claimed event
-        ids (with a TTL) and, per partition, ``(expected, next)`` applied offsets.
-
-        Safe to repeat (:data:`CLICKS_WRITE_LUA`), so it is retried until Redis takes it:
-        True when written, False when this batch was written before (nothing written
-        again); ClickOffsetsConflict when the stored offsets are others."""
-        offsets_key = self.keys.click_offsets
-        keys = [offsets_key, self.keys.popular, *(self.keys.user(u) for u in users),
-                *(self.keys.event(e) for e in event_ids)]
-        args: list[Any] = [len(users), len(popular), len(event_ids), int(event_ttl),
-                           len(offsets), *users.values()]
-        for item_id, n in popular.items():
-            args += (item_id, n)
-        for p, (expected, nxt) in offsets.items():
-            args += (p, expected, nxt)
-
-        async def failed(exc: BaseException) -> None:
-            log.warning("redis: click batch write failed (%s: %s); retrying until Redis "
-                        "takes it", type(exc).__name__, exc)
-
-        # until Redis is back: the script is safe to repeat, and the batch's users are
-        # already changed in memory (the consumer holds its partitions meanwhile)
-        written = int(await self._until_written.call_with_retry(
-            lambda: self._clicks_script(keys=keys, args=args), failed))
-        if written == BATCH_CONFLICT:
-            stored = await self.r.hmget(offsets_key, [str(p) for p in offsets])
-            raise ClickOffsetsConflict(f"clicks offsets {dict(offsets)} (expected, next) "
-                                       f"but Redis holds {stored}")
-        return written != BATCH_ALREADY_WRITTEN
-
-    async def replace_popular(self, counts: Mapping[str, float]) -> None:
-        """Replace the popularity zset with ``counts``, atomically (MULTI/EXEC)."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.keys.popular)
-        items = list(counts.items())
-        for start in range(0, len(items), 10_000):
-            pipe.zadd(self.keys.popular, dict(items[start:start + 10_000]))
-        await pipe.execute()
