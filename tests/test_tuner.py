@@ -142,12 +142,21 @@ def test_a_catalogue_still_to_grow_gets_k_scaled_to_its_size():
     """A worker re-tunes on a sample of what it serves, for a catalogue still growing:
     buckets must not hold 16x the items the sample's did."""
     x, _ = clustered_catalogue(3000, 16, seed=8)
-    # one layout, one vote: one setting reaches the target (the pick is not by timing)
+    # one layout, one vote, and a memory budget only that layout fits (the default, which
+    # competes too, has twice its tables): one setting reaches the target within it, so
+    # the pick is not by timing
     layouts = [("pstable", 4, 8, 1.25)]
+    index = LSHIndex(LSHParams(family="pstable", dim=16, k=4, L=8, w=1.25, seed=2))
+    index.reserve(len(x))  # built in one pass, as the tuner builds it
+    index.stage([str(i) for i in range(len(x))], x)
+    index.build()
+    budget = index.nbytes()
     now = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1,),
-               seed=2, progress=False)
+               seed=2, max_index_bytes=budget, progress=False)
     later = tune(x, target_recall=0.9, k=10, n_queries=60, layouts=layouts, votes=(1,),
-                 seed=2, serve_items=16 * 3000, progress=False)
+                 seed=2, serve_items=16 * 3000, max_index_bytes=budget, progress=False)
+    assert now.baseline is not None and now.baseline.nbytes > budget
+    assert now.within_budget and shape_of(now.params) == ("pstable", 4, 8, 1.25)
     assert later.serve_items == 48_000 and "scaled" in later.summary()
     assert later.params == replace(now.params, k=scaled_k(now.params.family, now.params.k,
                                                           3000, 48_000))
@@ -185,6 +194,27 @@ def test_the_tuned_layout_takes_no_more_index_memory_than_the_default():
     assert result.reached
     assert index_bytes(result.params) <= default_bytes, result.summary()
     assert result.nbytes <= result.max_index_bytes == default_bytes
+
+
+def test_the_default_as_shipped_competes_with_the_layouts_walked():
+    """The untuned default with its own probes (T=5, on no ramp) is judged on the same
+    queries by the same rule as the layouts walked: here the one layout walked reaching
+    the target (simhash k=14: more, smaller buckets) is over the memory budget (the
+    default's), and the default as shipped reaches the target within it, so it is the
+    choice, not a layout that does not fit."""
+    n = 20_000
+    x, _ = clustered_catalogue(n, 16, seed=3)
+    result = tune(x, target_recall=0.9, k=10, n_queries=60,
+                  layouts=[("simhash", 14, 16, 1.0)], votes=(1,), seed=5, progress=False)
+    default = suggested_params(n, 16, seed=5)
+    walked = [t for t in result.trials if t.params.family == "simhash"]
+    assert any(t.meets(0.9) for t in walked)
+    assert all(t.nbytes > result.max_index_bytes for t in walked)  # none fits the budget
+    assert result.baseline is not None and result.baseline.meets(0.9)
+    assert result.params == default  # as shipped: T=5, no vote
+    assert result.reached and result.within_budget
+    assert result.recall == result.baseline.recall
+    assert result.nbytes == result.baseline.nbytes == result.max_index_bytes
 
 
 def test_a_memory_budget_given_is_held():
