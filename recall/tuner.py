@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from recall.lsh import LSHIndex, LSHParams, normalize
+from recall.lsh.index import _normalize_blocks
 from recall.monitor import Estimate, mean_interval
 
 PROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -344,13 +345,15 @@ def _layout_bytes(params: LSHParams, x: np.ndarray, trials: Sequence[Trial]) -> 
 
 
 def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: int,
-                       default: LSHParams,
-                       budget: float = math.inf) -> list[tuple[str, int, int, float]]:
+                       default: LSHParams, budget: float = math.inf,
+                       also: Sequence[tuple[str, int, int, float]] = (),
+                       ) -> list[tuple[str, int, int, float]]:
     """The sample's best few layout shapes with k scaled from ``items`` to ``n`` (the
     best one also one hash finer: the scaling is a rule of thumb, and the finer layout
     re-ranks fewer candidates if the probes make up its recall), and the default.
     Shapes over the sample's memory ``budget`` rank after those within it (k scaled with
-    the size keeps the entries and buckets per item, so the ratio carries over)."""
+    the size keeps the entries and buckets per item, so the ratio carries over), and
+    the layouts ``also`` (a worker's served layout, at its size)."""
     ranked = sorted(trials, key=lambda t: (not t.meets(target), t.nbytes > budget,
                                            t.query_ms if t.meets(target) else -t.recall))
     out: list[tuple[str, int, int, float]] = []
@@ -367,7 +370,7 @@ def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: in
         if len(shapes) == FULL_SIZE_SHAPES:
             break
     base = (default.family, default.k, default.L, default.w)
-    return list(dict.fromkeys([*out, base]))
+    return list(dict.fromkeys([*out, base, *also]))
 
 
 def tune(
@@ -384,6 +387,7 @@ def tune(
     votes: Sequence[int] = (1, 2),
     seed: int = 42,
     max_index_bytes: int | None = None,
+    judge_also: Sequence[tuple[str, int, int, float]] = (),
     progress: bool = True,
 ) -> TuneResult:
     """Pick the cheapest LSH parameters reaching `target_recall` recall@k on the
@@ -398,6 +402,8 @@ def tune(
     fewer candidates, so it can pay for more probes. max_index_bytes: the memory budget,
     bytes of index arrays at the catalogue's size; default: what the default layout
     (:func:`suggested_params`) takes there (see "Memory" in the module docstring).
+    judge_also: layouts (family, k, L, w) judged at full size whatever the sample says
+    (a worker's served layout, to compare a move with on the same queries).
     """
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
@@ -405,7 +411,8 @@ def tune(
         raise ValueError(f"k must be >= 1, got {k}")
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
-    full = normalize(np.asarray(vectors))
+    # block by block: normalize() of a whole 1M x 64 matrix held a float64 copy (512 MB)
+    full = _normalize_blocks(np.asarray(vectors))
     if full.ndim != 2 or len(full) == 0:
         raise ValueError("tune needs a non-empty (n, D) matrix of vectors")
     x = full
@@ -418,6 +425,8 @@ def tune(
         raise ValueError(f"queries must have shape (Q, {dim}), got {q.shape}")
     truth = exact_topk(x, q, k)
     grid = [lay for lay in (layouts or default_layouts(n, dim)) if lay[0] in families]
+    if len(full) == n:  # no sample: what is walked is judged
+        grid = list(dict.fromkeys([*grid, *judge_also]))
     default = suggested_params(len(full), dim, seed)
     trials, baseline = _walk(grid, x, q, truth, k, target_recall, votes, seed, default,
                              "tuning LSH", progress)
@@ -427,7 +436,7 @@ def tune(
         sample_budget = (max_index_bytes * n / len(full) if max_index_bytes is not None
                          else _layout_bytes(suggested_params(n, dim, seed), x, trials))
         full_layouts = _full_size_layouts(trials, target_recall, n, len(full), default,
-                                          sample_budget)
+                                          sample_budget, judge_also)
         q = (user_like_queries(full, max(n_queries, JUDGE_QUERIES), seed=seed)
              if given is None else given)
         truth = exact_topk(full, q, k)
@@ -506,3 +515,84 @@ def cheaper_move(result: TuneResult, current: tuple[str, int, int, float],
                 f"{base.params.describe()}'s {base.candidates:.0f}, {base.query_ms:.3f} ms, "
                 f"{base.nbytes / 2**20:.1f} MiB on the same sample")
     return None
+
+
+#: alternated passes over the same queries timing the served layout and the choice when
+#: a move is judged on the whole catalogue (:func:`confirmed_move`)
+CONFIRM_PASSES = 5
+
+
+def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
+    lat = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        index.search(q, k)
+        lat[i] = time.perf_counter() - t0
+    return 1000 * float(np.median(lat))
+
+
+def move_candidate(result: TuneResult, current: tuple[str, int, int, float],
+                   ) -> tuple[Trial | None, Trial | None, str]:
+    """(the ``current`` layout shape at its best setting, the layout a move would go
+    to, why not when either is None), from the trials judged at the result's size: the
+    tuner's rule (:func:`_cheapest`) among the other layouts, held to the current one's
+    index memory when one reaches the target there, else to the tune's budget."""
+    judged = [t for t in result.trials if t.items == result.judged_items]
+    mine = [t for t in judged if shape_of(t.params) == current]
+    if not mine:
+        return None, None, "the served layout was not judged"
+    base, reached, _ = _cheapest(mine, result.target_recall)
+    if not reached:
+        return None, None, f"{base.params.describe()} does not reach the target here"
+    others = [t for t in judged if shape_of(t.params) != current]
+    for budget in (min(base.nbytes, result.max_index_bytes), result.max_index_bytes):
+        if others:
+            pick, ok, fits = _cheapest(others, result.target_recall, budget)
+            if ok and fits:
+                return base, pick, ""
+    return base, None, "no other layout reaches the target within the memory budget"
+
+
+def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
+                   vectors: np.ndarray, queries: np.ndarray, gain: float = MOVE_GAIN,
+                   ) -> tuple[LSHParams | None, str, list[float]]:
+    """A layout worth moving to from the ``current`` layout shape, from a tune judged on
+    the whole catalogue ``vectors`` with that shape beside its choice (``judge_also``),
+    or None; why (or why not); the time ratios (it / current) of the alternated passes.
+
+    The current layout is taken at its own best setting by the tuner's rule
+    (:func:`_cheapest`). The layout proposed is the tuner's rule among the other layouts
+    judged, held to the current layout's index memory when one reaches the target there
+    (a move then frees memory instead of taking it), else to the tune's budget (the
+    default's). Both reach the target with their whole recall interval on the same
+    queries (the recall a worker holds is its target: the probe controller lowers T
+    toward it; a coarse layout at T=1 sits far above it, and pays for that on every
+    query). It is worth moving to when it is ``gain`` faster in the median of
+    ``CONFIRM_PASSES`` passes over ``queries`` timing the two alternately, every pass
+    faster. Alternately, both indexes in memory (one vector matrix:
+    :meth:`LSHIndex.relayout`), because the tune's single pass per layout is taken minutes
+    apart beside a worker's traffic: in a quiet 1M run the default timed 0.135 ms in the
+    tuner and 0.188 ms in the bench. Candidates do not decide: at 1M the tuner's simhash
+    L=8 layouts re-rank more than the default but probe half the tables, and are faster
+    (:func:`cheaper_move`, for a sample, needs both to agree)."""
+    base, pick, why = move_candidate(result, current)
+    if base is None or pick is None:
+        return None, why, []
+    served = _index(base.params, [str(i) for i in range(len(vectors))], vectors)
+    served.probes, served.vote = base.params.T, base.params.vote
+    other = served.relayout(pick.params)
+    other.probes, other.vote = pick.params.T, pick.params.vote
+    served.search(queries[0], result.k)  # first calls may find cold caches
+    other.search(queries[0], result.k)
+    ratios = []
+    for _ in range(CONFIRM_PASSES):
+        before = _median_ms(served, queries, result.k)
+        ratios.append(_median_ms(other, queries, result.k) / before)
+    ratio = float(np.median(ratios))
+    why = (f"{pick.params.describe()}: {ratio:.2f}x the time of {base.params.describe()} "
+           f"(passes {min(ratios):.2f}-{max(ratios):.2f}), recall {pick.recall:.3f} against "
+           f"{base.recall:.3f}, {pick.nbytes / 2**20:.0f} against "
+           f"{base.nbytes / 2**20:.0f} MiB of index arrays, on all {len(vectors)} items")
+    if ratio > 1 - gain or max(ratios) >= 1:
+        return None, "not clearly faster: " + why, ratios
+    return pick.params, why, ratios
