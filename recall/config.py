@@ -97,6 +97,10 @@ class Settings:
     #: fraction of one core the background re-tunes looking for a cheaper layout may
     #: take on average (each waits for the last one's CPU time over it; 0 = none)
     retune_cost_cpu: float = 0.01
+    #: the largest catalogue a cost re-tune runs on beyond RETUNE_ITEMS: it is written to
+    #: a temporary file and tuned whole in the child process (~0.7 GB there at 1M x 64,
+    #: none in the worker's own memory); 0 = only catalogues the sample holds whole
+    retune_cost_max_items: int = 2_000_000
     #: a request is answered within this many ms of being read: from memory, or, when
     #: its user must be read from Redis and Redis does not answer in time, with an error
     request_deadline_ms: int = 1000
@@ -153,6 +157,7 @@ class Settings:
             (self.lsh_max_probes >= 1, "lsh_max_probes", "must be >= 1"),
             (self.retune_items >= 0, "retune_items", "must be >= 0"),
             (0 <= self.retune_cost_cpu <= 1, "retune_cost_cpu", "must be in [0, 1]"),
+            (self.retune_cost_max_items >= 0, "retune_cost_max_items", "must be >= 0"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
@@ -223,6 +228,7 @@ ENV_NAMES: dict[str, str] = {
     "lsh_max_probes": "RECALL_LSH_MAX_PROBES",
     "retune_items": "RECALL_RETUNE_ITEMS",
     "retune_cost_cpu": "RECALL_RETUNE_COST_CPU",
+    "retune_cost_max_items": "RECALL_RETUNE_COST_MAX_ITEMS",
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from recall.lsh import LSHParams
+from recall.lsh import LSHIndex, LSHParams
 
 #: k of the tuner's recall@k when re-tuning
 TUNE_K = 10
@@ -42,6 +43,57 @@ def tune_cheaper(vectors: np.ndarray, target: float, current: dict[str, Any],
     why = cheaper_move(result, mine)
     return {"params": None if why is None else result.params.to_dict(), "why": why,
             "summary": result.summary(), "cpu": time.process_time()}
+
+
+def write_snapshot(index: LSHIndex) -> tuple[str, int]:
+    """The index's stored vectors in a temporary file (path, rows) for a cost re-tune's
+    child process: written a block at a time, so the worker holds no second matrix (the
+    file's pages are the page cache's, not the worker's RSS); the caller deletes it."""
+    fd, path = tempfile.mkstemp(prefix="recall-retune-", suffix=".f16")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            rows = index.write_vectors(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path, rows
+
+
+#: items the grid is walked on when a cost re-tune judges the whole catalogue (as
+#: ``recall bench index --tune-items``); the best layouts are judged on all of it
+WALK_ITEMS = 200_000
+#: user-like queries (from a sample of this many items) the move's alternated timing uses
+CONFIRM_QUERIES, CONFIRM_FROM = 500, 50_000
+
+
+def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, Any],
+                       walk_items: int = WALK_ITEMS) -> dict[str, Any]:
+    """Child process, at the lowest priority: the tuner on a whole catalogue of ``rows``
+    stored vectors (raw :data:`VECTOR_DTYPE` at ``path``, :meth:`LSHIndex.write_vectors`)
+    served with the ``current`` layout: its grid walked on ``walk_items`` of them, the best
+    layouts, the default and the served layout's shape judged on all of them (as ``recall
+    tune`` does), and the choice timed against the served layout in alternated passes
+    (:func:`recall.tuner.confirmed_move`); the choice if it is clearly cheaper, the
+    figures, and the CPU seconds this process took."""
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)
+    from recall.lsh.params import VECTOR_DTYPE
+    from recall.tuner import confirmed_move, shape_of, tune, user_like_queries
+
+    cur = LSHParams.from_dict(current)
+    vectors = np.memmap(path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, cur.dim))
+    mine = shape_of(cur)
+    result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed,
+                  max_items=walk_items, judge_also=[mine], progress=False)
+    rng = np.random.default_rng(cur.seed)
+    some = np.sort(rng.choice(rows, size=min(rows, CONFIRM_FROM), replace=False))
+    queries = user_like_queries(np.asarray(vectors[some], dtype=np.float32),
+                                CONFIRM_QUERIES, seed=cur.seed)
+    params, why, ratios = confirmed_move(result, mine, vectors, queries)
+    return {"params": None if params is None else params.to_dict(), "why": why,
+            "ratios": [round(r, 3) for r in ratios], "summary": result.summary(),
+            "cpu": time.process_time()}
 
 
 def tune_layout(vectors: np.ndarray, target: float, seed: int, serve_items: int) -> dict[str, Any]:

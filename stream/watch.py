@@ -55,16 +55,20 @@ Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or exp
   in the worker while it is sent); the live monitor measures the result at full size and
   sets T.
 - **cost**: the recall holds (a full window at or above target, the probes settled), the
-  layout has been served ``COST_SETTLE`` seconds, the catalogue fits in the sample (up to
-  ``RECALL_RETUNE_ITEMS`` items: what is tuned is what is served, no size extrapolated;
-  larger catalogues get the tuner's full-size judgement only offline, ``recall tune``),
-  and ``RECALL_RETUNE_COST_CPU`` allows a try: the tuner runs on ``RECALL_RETUNE_ITEMS``
-  sampled items in a child process at the lowest priority, beside the traffic, with the
-  served layout's shape (k scaled down to the sample) walked beside its grid on the same
-  queries; when its choice re-ranks ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates
-  at the target, or takes that much less index memory, within the tuner's memory budget
-  (``recall.tuner.cheaper_move``), it is re-picked (k scaled to the catalogue served)
-  and the monitor sets T at full size. The next try waits for this one's CPU time over
+  layout has been served ``COST_SETTLE`` seconds, and ``RECALL_RETUNE_COST_CPU`` allows a
+  try: the tuner runs in a child process at the lowest priority, beside the traffic, on
+  what is served (no size extrapolated). Up to ``RECALL_RETUNE_ITEMS`` items: on all of
+  them, the served layout's shape walked beside its grid; a choice with
+  ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates at the target, or that much less
+  index memory, within the memory budget (``recall.tuner.cheaper_move``) is re-picked.
+  Larger, up to ``RECALL_RETUNE_COST_MAX_ITEMS``: the stored vectors are written to a
+  temporary file (a block at a time: no second matrix in the worker) and the child tunes
+  the whole catalogue as ``recall tune`` does (grid on a sample, the best layouts, the
+  default and the served layout judged on every item); the best other layout, held to
+  the served layout's index memory when one reaches the target there, is re-picked when
+  20% faster in alternated timing passes (``recall.tuner.confirmed_move``). A streamed 1M
+  catalogue otherwise kept the size re-pick's default, ~4x hnswlib's time where the
+  tuner's layout is ~1.7x. The monitor then sets T. The next try waits for this one's CPU time over
   the budget (at 20,000 items a try takes a few seconds of CPU: one every few minutes at
   0.01 of a core). The probe controller alone cannot do this: it lowers T until the
   recall nears the target, whatever the layout re-ranks there. Probe changes go on while
@@ -109,7 +113,7 @@ from recall.monitor import ProbeController, SampleBudget, grown, query_recall, s
 from recall.store import Store
 from stream.metrics import Metrics
 from stream.state import IndexSlot
-from stream.tunejobs import tune_cheaper, tune_layout
+from stream.tunejobs import tune_cheaper, tune_cheaper_whole, tune_layout, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -467,16 +471,16 @@ class RecallWatch:
         twice what another needs settles there as well (k=3 L=16 on 3,000 items: T 8 ->
         1, recall 1.0 -> 0.953).
 
-        Only a catalogue the sample holds whole (up to ``RECALL_RETUNE_ITEMS`` items): the
-        tuner then measures what would be served. A layout chosen on a sample and scaled
-        up is a guess the tuner itself judges again at full size before choosing
-        (recall.tuner), which the worker cannot do without a second full index: on a
-        20,000-item sample of a 1M catalogue the best simhash k was 10 (16 once scaled),
-        where judged on all 1M items it was 23."""
+        Only a catalogue the tuner can measure whole: one the sample holds (up to
+        ``RECALL_RETUNE_ITEMS`` items), or one written out to the child process (up to
+        ``RECALL_RETUNE_COST_MAX_ITEMS``, :meth:`_cost_retune`). A layout chosen on a
+        sample and scaled up is a guess the tuner itself judges again at full size
+        before choosing (recall.tuner): on a 20,000-item sample of a 1M catalogue the
+        best simhash k was 10 (16 once scaled), where judged on all 1M items it was 23."""
         cpu = self.settings.retune_cost_cpu
         n = len(self.slot.index)
-        if (cpu <= 0 or self.clock() < self.cost_at or n <= self.exact_max_items
-                or n > self.settings.retune_items):
+        most = max(self.settings.retune_items, self.settings.retune_cost_max_items)
+        if cpu <= 0 or self.clock() < self.cost_at or n <= self.exact_max_items or n > most:
             return False
         est = self.controller.estimate()
         return (est is not None and est.n >= MIN_SAMPLES
@@ -493,13 +497,23 @@ class RecallWatch:
 
         began = self.cost_began = self.clock()
         self.cost_at = began + REPICK_LOCK_SECONDS  # (if this one fails)
-        vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
         loop = asyncio.get_running_loop()
         pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+        snapshot = None
         try:
-            out = await loop.run_in_executor(pool, tune_cheaper, vectors,
-                                             self.settings.target_recall,
-                                             index.params.to_dict(), len(index))
+            if len(index) <= self.settings.retune_items:
+                vectors = index.sample_vectors(self.settings.retune_items,
+                                               np.random.default_rng())
+                n = len(vectors)
+                job = loop.run_in_executor(pool, tune_cheaper, vectors,
+                                           self.settings.target_recall,
+                                           index.params.to_dict(), len(index))
+            else:
+                snapshot, n = await asyncio.to_thread(write_snapshot, index)
+                job = loop.run_in_executor(pool, tune_cheaper_whole, snapshot, n,
+                                           self.settings.target_recall,
+                                           index.params.to_dict())
+            out = await job
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -507,12 +521,15 @@ class RecallWatch:
             return
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            if snapshot is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(snapshot)
         self.cost_at = began + out["cpu"] / self.settings.retune_cost_cpu
         self.metrics.lsh_cost_tune_seconds.inc(out["cpu"])
         if out["params"] is None:
-            log.info("LSH cost re-tune on %d items: no layout clearly cheaper than %s; "
-                     "next try in %.0fs\n%s", len(vectors), index.params.describe(),
-                     self.cost_at - self.clock(), out["summary"])
+            log.info("LSH cost re-tune on %d items: no layout clearly cheaper than %s "
+                     "(%s); next try in %.0fs\n%s", n, index.params.describe(),
+                     out["why"] or "", self.cost_at - self.clock(), out["summary"])
             return
         if self.slot.index is not index or self.rebuilding:
             return  # the index moved on meanwhile: what was measured is not served

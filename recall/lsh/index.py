@@ -27,7 +27,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from itertools import pairwise
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -154,6 +154,20 @@ class LSHIndex(SearchMixin):
         live = np.flatnonzero(self._alive[: self._high])
         pick = np.sort(rng.choice(len(live), size=min(n, len(live)), replace=False))
         return self._vecs[live[pick]].astype(np.float32)
+
+    def write_vectors(self, out: BinaryIO, rows: int = 65_536) -> int:
+        """Write the stored vectors (normalised, :data:`VECTOR_DTYPE`) of every item, in
+        slot order, raw to ``out``, ``rows`` slots at a time; returns how many. Copies one
+        block at a time: a worker hands its whole catalogue to a re-tune in a child
+        process this way without a second matrix in its own memory (file pages are not
+        its RSS). Items changed meanwhile may be written old or new."""
+        written, high = 0, self._high
+        for start in range(0, high, rows):
+            block = self._vecs[start:min(start + rows, high)]
+            live = block[self._alive[start:start + len(block)]]
+            out.write(np.ascontiguousarray(live, dtype=VECTOR_DTYPE).tobytes())
+            written += len(live)
+        return written
 
     def stats(self) -> dict[str, int]:
         return {
