@@ -531,26 +531,27 @@ def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
     return 1000 * float(np.median(lat))
 
 
-def move_candidate(result: TuneResult, current: tuple[str, int, int, float],
-                   ) -> tuple[Trial | None, Trial | None, str]:
-    """(the ``current`` layout shape at its best setting, the layout a move would go
-    to, why not when either is None), from the trials judged at the result's size: the
-    tuner's rule (:func:`_cheapest`) among the other layouts, held to the current one's
-    index memory when one reaches the target there, else to the tune's budget."""
+def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
+                    ) -> tuple[Trial | None, list[Trial], str]:
+    """(the ``current`` layout shape at its best setting, the layouts a move could go to,
+    best first, why none), from the trials judged at the result's size: by the tuner's
+    rule (:func:`_cheapest`) among the other layouts, the pick within the current one's
+    index memory (a move then frees memory), then the pick within the tune's budget."""
     judged = [t for t in result.trials if t.items == result.judged_items]
     mine = [t for t in judged if shape_of(t.params) == current]
     if not mine:
-        return None, None, "the served layout was not judged"
+        return None, [], "the served layout was not judged"
     base, reached, _ = _cheapest(mine, result.target_recall)
     if not reached:
-        return None, None, f"{base.params.describe()} does not reach the target here"
+        return None, [], f"{base.params.describe()} does not reach the target here"
     others = [t for t in judged if shape_of(t.params) != current]
+    picks: list[Trial] = []
     for budget in (min(base.nbytes, result.max_index_bytes), result.max_index_bytes):
         if others:
             pick, ok, fits = _cheapest(others, result.target_recall, budget)
-            if ok and fits:
-                return base, pick, ""
-    return base, None, "no other layout reaches the target within the memory budget"
+            if ok and fits and pick not in picks:
+                picks.append(pick)
+    return base, picks, "" if picks else "no other layout reaches the target in budget"
 
 
 def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
@@ -560,39 +561,40 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
     the whole catalogue ``vectors`` with that shape beside its choice (``judge_also``),
     or None; why (or why not); the time ratios (it / current) of the alternated passes.
 
-    The current layout is taken at its own best setting by the tuner's rule
-    (:func:`_cheapest`). The layout proposed is the tuner's rule among the other layouts
-    judged, held to the current layout's index memory when one reaches the target there
-    (a move then frees memory instead of taking it), else to the tune's budget (the
-    default's). Both reach the target with their whole recall interval on the same
-    queries (the recall a worker holds is its target: the probe controller lowers T
-    toward it; a coarse layout at T=1 sits far above it, and pays for that on every
-    query). It is worth moving to when it is ``gain`` faster in the median of
-    ``CONFIRM_PASSES`` passes over ``queries`` timing the two alternately, every pass
-    faster. Alternately, both indexes in memory (one vector matrix:
-    :meth:`LSHIndex.relayout`), because the tune's single pass per layout is taken minutes
-    apart beside a worker's traffic: in a quiet 1M run the default timed 0.135 ms in the
-    tuner and 0.188 ms in the bench. Candidates do not decide: at 1M the tuner's simhash
-    L=8 layouts re-rank more than the default but probe half the tables, and are faster
-    (:func:`cheaper_move`, for a sample, needs both to agree)."""
-    base, pick, why = move_candidate(result, current)
-    if base is None or pick is None:
+    The current layout at its best setting and the proposals (:func:`move_candidates`)
+    all reach the target with their whole recall interval on the same queries (a worker
+    holds its target: the probe controller lowers T toward it). The first proposal
+    ``gain`` faster in the median of ``CONFIRM_PASSES`` passes over ``queries``, every
+    pass faster, is the move. Timed alternately, every index in memory over one vector
+    matrix (:meth:`LSHIndex.relayout`): the tune's one pass per layout is taken minutes
+    apart beside a worker's traffic (in a quiet 1M run the default timed 0.135 ms in the
+    tuner, 0.188 ms in the bench). Candidates do not decide: at 1M the tuner's simhash
+    L=8 layouts re-rank more than the default but probe half the tables, and are faster."""
+    base, picks, why = move_candidates(result, current)
+    if base is None or not picks:
         return None, why, []
     served = _index(base.params, [str(i) for i in range(len(vectors))], vectors)
     served.probes, served.vote = base.params.T, base.params.vote
-    other = served.relayout(pick.params)
-    other.probes, other.vote = pick.params.T, pick.params.vote
-    served.search(queries[0], result.k)  # first calls may find cold caches
-    other.search(queries[0], result.k)
-    ratios = []
+    rivals, last = [], served
+    for pick in picks:  # each over the last one's arrays: all stay searchable
+        last = last.relayout(pick.params)
+        last.probes, last.vote = pick.params.T, pick.params.vote
+        last.search(queries[0], result.k)  # first calls may find cold caches
+        rivals.append(last)
+    served.search(queries[0], result.k)
+    ratios: list[list[float]] = [[] for _ in picks]
     for _ in range(CONFIRM_PASSES):
         before = _median_ms(served, queries, result.k)
-        ratios.append(_median_ms(other, queries, result.k) / before)
-    ratio = float(np.median(ratios))
-    why = (f"{pick.params.describe()}: {ratio:.2f}x the time of {base.params.describe()} "
-           f"(passes {min(ratios):.2f}-{max(ratios):.2f}), recall {pick.recall:.3f} against "
-           f"{base.recall:.3f}, {pick.nbytes / 2**20:.0f} against "
-           f"{base.nbytes / 2**20:.0f} MiB of index arrays, on all {len(vectors)} items")
-    if ratio > 1 - gain or max(ratios) >= 1:
-        return None, "not clearly faster: " + why, ratios
-    return pick.params, why, ratios
+        for r, rival in zip(ratios, rivals, strict=True):
+            r.append(_median_ms(rival, queries, result.k) / before)
+    whys = []
+    for pick, r in zip(picks, ratios, strict=True):
+        ratio = float(np.median(r))
+        whys.append(f"{pick.params.describe()}: {ratio:.2f}x the time of "
+                    f"{base.params.describe()} (passes {min(r):.2f}-{max(r):.2f}), recall "
+                    f"{pick.recall:.3f} against {base.recall:.3f}, {pick.nbytes / 2**20:.0f} "
+                    f"against {base.nbytes / 2**20:.0f} MiB of index arrays, on all "
+                    f"{len(vectors)} items")
+        if ratio <= 1 - gain and max(r) < 1:
+            return pick.params, whys[-1], r
+    return None, "not clearly faster: " + "; ".join(whys), ratios[0]

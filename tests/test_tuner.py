@@ -15,7 +15,7 @@ from recall.tuner import (
     TuneResult,
     cheaper_move,
     exact_topk,
-    move_candidate,
+    move_candidates,
     recall_at_k,
     scaled_k,
     shape_of,
@@ -264,9 +264,9 @@ def test_a_move_needs_a_clear_gain_over_the_served_layout_at_its_best_setting():
 
 
 def test_a_move_on_the_whole_catalogue_frees_memory_when_a_layout_can():
-    """The layout a worker would move to, judged on its whole catalogue: the fastest
-    other layout reaching the target within the served layout's index memory when there
-    is one (a move then frees memory), else within the tune's budget; none when the
+    """The layouts a worker would move to, judged on its whole catalogue: first the
+    fastest other layout reaching the target within the served layout's index memory
+    (a move then frees memory), then the fastest within the tune's budget; none when the
     served layout was not judged or does not reach the target."""
     served = LSHParams(dim=8, k=4, L=16, T=4)
     mine = [_trial(served, 0.96, 3000, 0.20, nbytes=1500),
@@ -275,12 +275,12 @@ def test_a_move_on_the_whole_catalogue_frees_memory_when_a_layout_can():
                  nbytes=1900)
     small = _trial(LSHParams(family="simhash", dim=8, k=10, L=8, T=8), 0.96, 1800, 0.10,
                    nbytes=1200)
-    base, pick, _ = move_candidate(_result(big, [*mine, big, small]), shape_of(served))
-    assert base is mine[0] and pick is small  # slower than big, but frees memory
-    base, pick, _ = move_candidate(_result(big, [*mine, big]), shape_of(served))
-    assert base is mine[0] and pick is big  # within the budget (2000), more than served
+    base, picks, _ = move_candidates(_result(big, [*mine, big, small]), shape_of(served))
+    assert base is mine[0] and picks == [small, big]  # the one freeing memory first
+    base, picks, _ = move_candidates(_result(big, [*mine, big]), shape_of(served))
+    assert base is mine[0] and picks == [big]  # within the budget (2000), more than served
     over = replace(big, nbytes=2100)
-    assert move_candidate(_result(big, [*mine, over]), shape_of(served))[1] is None
-    assert move_candidate(_result(big, [big, small]), shape_of(served))[:2] == (None, None)
+    assert move_candidates(_result(big, [*mine, over]), shape_of(served))[1] == []
+    assert move_candidates(_result(big, [big, small]), shape_of(served))[:2] == (None, [])
     low = [replace(t, recall=0.89, recall_low=0.88) for t in mine]
-    assert move_candidate(_result(big, [*low, big]), shape_of(served))[:2] == (None, None)
+    assert move_candidates(_result(big, [*low, big]), shape_of(served))[:2] == (None, [])

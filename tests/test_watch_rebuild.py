@@ -664,7 +664,7 @@ async def test_a_catalogue_larger_than_the_sample_moves_to_a_cheaper_layout_judg
     target still held."""
     monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
+    w = await world(store, 4000, LSHParams(dim=DIM, k=2, L=16, T=8, seed=3),
                     retune_items=1000, retune_cost_cpu=1.0)
     before, v0 = w.slot.index, w.slot.version
     cost_before = mean_candidates(w)
