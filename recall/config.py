@@ -58,6 +58,11 @@ class Settings:
     #: so a request can wait that; each idle fetch costs the broker and the worker CPU:
     #: 5 ms cost ~0.03 of a core more in each than 10, README "Capacity")
     fetch_max_wait_ms: int = 10
+    #: a recall-requests partition is fetched at most once per this many ms (paused after
+    #: a fetch, stream.requests): each fetch costs the broker CPU, on Tansu's memory
+    #: engine more the more batches a partition holds, so at high rates fewer, bigger
+    #: fetches leave the shared core more room; a request can wait this much longer; 0: off
+    fetch_interval_ms: int = 20
     #: clicks consumer fetch wait, ms (bounds how late a click shows; each idle fetch
     #: costs the broker CPU, so not as short as the requests')
     clicks_fetch_wait_ms: int = 50
@@ -159,6 +164,7 @@ class Settings:
             (0 <= self.retune_cost_cpu <= 1, "retune_cost_cpu", "must be in [0, 1]"),
             (self.retune_cost_max_items >= 0, "retune_cost_max_items", "must be >= 0"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
+            (0 <= self.fetch_interval_ms <= 1000, "fetch_interval_ms", "must be 0..1000"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
             (self.user_cache_users >= 0, "user_cache_users", "must be >= 0"),
@@ -210,6 +216,7 @@ ENV_NAMES: dict[str, str] = {
     "web_host": "RECALL_WEB_HOST",
     "web_port": "RECALL_WEB_PORT",
     "fetch_max_wait_ms": "RECALL_FETCH_MAX_WAIT_MS",
+    "fetch_interval_ms": "RECALL_FETCH_INTERVAL_MS",
     "clicks_fetch_wait_ms": "RECALL_CLICKS_FETCH_WAIT_MS",
     "items_fetch_wait_ms": "RECALL_ITEMS_FETCH_WAIT_MS",
     "event_id_ttl_seconds": "RECALL_EVENT_ID_TTL_SECONDS",

@@ -6,6 +6,16 @@ their request_id is readable), answered together by :meth:`RecallService.answer`
 the responses handed to the producer in one go (they leave as one produce request per
 partition). A lone request is never held back: the fetch returns as soon as it arrives.
 
+Fetches are paced: after a fetch that returned records, the consumer's partitions are
+paused for ``RECALL_FETCH_INTERVAL_MS`` (20 ms), so they are fetched at most that often
+(a full fetch, a backlog, is not paced). Each fetch costs the broker CPU whatever it
+returns, and on Tansu's memory engine more the more batches the partitions hold (~1.4 ms
+a fetch of 4 fresh partitions, ~3.5-4 ms with 1,500 single-record batches each): at 500
+requests/s unpaced fetches came every ~15 ms with ~8 requests each (README "Capacity"
+has what pacing gave back). The pause is set in the turn the fetch returns, before
+aiokafka's fetcher can prefetch, so a request waits at most the interval more, and a
+lone request after a quiet spell not at all.
+
 Why not a faust agent: faust reads in a consumer *thread* and hands each record to the
 event loop one event and ack at a time, which costs as much CPU as the recall work
 itself (stream.app; figures in docs/design.md).
@@ -193,6 +203,8 @@ class RequestsConsumer:
             if not batches:
                 continue
             fetched_at = time.time()
+            if sum(len(rs) for rs in batches.values()) < REQUEST_BATCH:
+                self._pace()
             async with self.lock:
                 batches = self.current(batches)
                 if not batches:
@@ -202,6 +214,25 @@ class RequestsConsumer:
                 except Exception:  # e.g. Redis down: answer the batch again later
                     await rewind(self.consumer, batch_starts(batches), "requests",
                                  sum(len(rs) for rs in batches.values()))
+
+    def _pace(self) -> None:
+        """After a fetch that returned records, pause every assigned partition for the
+        fetch interval (module docstring): all of them, so that the next fetch asks for
+        them together rather than the quiet ones alone in fetches of their own."""
+        interval = self.settings.fetch_interval_ms / 1000.0
+        assigned = list(self.consumer.assignment())
+        if interval <= 0 or not assigned:
+            return
+        self.consumer.pause(*assigned)
+        asyncio.get_running_loop().call_later(interval, self._resume, assigned)
+
+    def _resume(self, paused: list[TopicPartition]) -> None:
+        """Resume the paused partitions still assigned (a revoked one is not ours; one
+        assigned again since starts unpaused)."""
+        assigned = self.consumer.assignment()
+        still = [tp for tp in paused if tp in assigned]
+        if still:
+            self.consumer.resume(*still)
 
     def current(self, batches: dict[TopicPartition, list[Any]]
                 ) -> dict[TopicPartition, list[Any]]:

@@ -316,3 +316,80 @@ async def test_where_a_request_waited_is_measured_by_stage() -> None:
     assert count == 4 and 4 * 1.9 < total < 4 * 2.1
     assert stage("queued")[0] == 4
     assert stage("delivery")[0] == 3  # the fourth response is not acknowledged yet
+
+
+class PausingConsumer(FakeConsumer):
+    """aiokafka's pause semantics over a broker whose partitions always hold new requests:
+    a fetch returns two new records from every partition not paused, and waits while all
+    are; resuming a partition no longer assigned raises, as aiokafka's does."""
+
+    def __init__(self, topic: str, partitions: range) -> None:
+        super().__init__()
+        self.tps = {TopicPartition(topic, p) for p in partitions}
+        self.paused: set[TopicPartition] = set()
+        self.next = dict.fromkeys(self.tps, 0)
+        self.fetched_at: list[float] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.tps)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        assert set(tps) <= self.tps
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        if not set(tps) <= self.tps:
+            raise RuntimeError(f"No current assignment for partitions {set(tps) - self.tps}")
+        self.paused -= set(tps)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
+        while not self.tps - self.paused:
+            await asyncio.sleep(0.001)
+        self.fetched_at.append(asyncio.get_running_loop().time())
+        out = {}
+        for tp in sorted(self.tps - self.paused):
+            o = self.next[tp]
+            out[tp] = [Record(tp.topic, tp.partition, i, orjson.dumps(
+                {"request_id": f"r{tp.partition}-{i}", "user_id": "u1", "k": 3}))
+                for i in range(o, o + 2)]
+            self.next[tp] = o + 2
+        await asyncio.sleep(0)  # the broker's round trip
+        return out
+
+
+async def test_requests_are_fetched_at_most_once_per_fetch_interval_and_all_answered() -> None:
+    """Each fetch costs the broker CPU whatever it returns (on Tansu more the more batches
+    a partition holds): while requests keep arriving, the consumer's partitions are
+    fetched together at most once per RECALL_FETCH_INTERVAL_MS, and every request fetched
+    is answered once."""
+    from dataclasses import replace
+
+    rc, _, producer, _ = consumer()
+    rc.settings = replace(rc.settings, fetch_interval_ms=40)
+    fake = PausingConsumer(rc.topic, range(3))
+    rc.consumer = fake  # type: ignore[assignment]
+    running = asyncio.create_task(rc._run())
+    await asyncio.sleep(0.3)
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    gaps = [b - a for a, b in zip(fake.fetched_at, fake.fetched_at[1:], strict=False)]
+    assert 3 <= len(fake.fetched_at) <= 9, fake.fetched_at
+    assert min(gaps) >= 0.039, gaps
+    assert len(producer.futures) == sum(fake.next.values())  # each fetched one answered
+
+
+async def test_a_partition_revoked_while_paused_is_not_resumed() -> None:
+    """The pause outlives an assignment: a partition revoked before the interval ends
+    must not be resumed (aiokafka raises for a partition not assigned), the rest must."""
+    from dataclasses import replace
+
+    rc, _, _, _ = consumer()
+    rc.settings = replace(rc.settings, fetch_interval_ms=20)
+    fake = PausingConsumer(rc.topic, range(2))
+    rc.consumer = fake  # type: ignore[assignment]
+    rc._pace()
+    assert fake.paused == fake.tps
+    fake.tps = {TopicPartition(rc.topic, 1)}  # partition 0 revoked meanwhile
+    await asyncio.sleep(0.05)
+    assert fake.paused == {TopicPartition(rc.topic, 0)}  # 1 resumed; 0 left alone
