@@ -59,10 +59,11 @@ class Settings:
     #: 5 ms cost ~0.03 of a core more in each than 10, README "Capacity")
     fetch_max_wait_ms: int = 10
     #: a recall-requests partition is fetched at most once per this many ms (paused after
-    #: a fetch, stream.requests): each fetch costs the broker CPU, on Tansu's memory
-    #: engine more the more batches a partition holds, so at high rates fewer, bigger
-    #: fetches leave the shared core more room; a request can wait this much longer; 0: off
-    fetch_interval_ms: int = 20
+    #: a fetch, stream.requests); 0: off. Each fetch costs the broker CPU (on Tansu's
+    #: memory engine more the more batches a partition holds): fewer, bigger fetches
+    #: cost it and the worker less, but a request waits up to this much longer. Off by
+    #: default: at 20 ms the capacity ramp's latency rose at every rate (README "Capacity")
+    fetch_interval_ms: int = 0
     #: clicks consumer fetch wait, ms (bounds how late a click shows; each idle fetch
     #: costs the broker CPU, so not as short as the requests')
     clicks_fetch_wait_ms: int = 50

@@ -6,15 +6,16 @@ their request_id is readable), answered together by :meth:`RecallService.answer`
 the responses handed to the producer in one go (they leave as one produce request per
 partition). A lone request is never held back: the fetch returns as soon as it arrives.
 
-Fetches are paced: after a fetch that returned records, the consumer's partitions are
-paused for ``RECALL_FETCH_INTERVAL_MS`` (20 ms), so they are fetched at most that often
-(a full fetch, a backlog, is not paced). Each fetch costs the broker CPU whatever it
-returns, and on Tansu's memory engine more the more batches the partitions hold (~1.4 ms
-a fetch of 4 fresh partitions, ~3.5-4 ms with 1,500 single-record batches each): at 500
-requests/s unpaced fetches came every ~15 ms with ~8 requests each (README "Capacity"
-has what pacing gave back). The pause is set in the turn the fetch returns, before
-aiokafka's fetcher can prefetch, so a request waits at most the interval more, and a
-lone request after a quiet spell not at all.
+Fetches can be paced (``RECALL_FETCH_INTERVAL_MS``, off by default): after a fetch that
+returned records, the consumer's partitions are paused for the interval, so they are
+fetched at most that often (a full fetch, a backlog, is not paced). Each fetch costs the
+broker CPU whatever it returns, and on Tansu's memory engine more the more batches the
+partitions hold (~1.4 ms a fetch of 4 fresh partitions, ~3.5-4 ms with 1,500
+single-record batches each); unpaced, at 500 requests/s, fetches come every ~15 ms with
+~8 requests each. The pause is set in the turn the fetch returns, before aiokafka's
+fetcher can prefetch, so a request waits at most the interval more, and a lone request
+after a quiet spell not at all. Off by default because at 20 ms every rate of the
+capacity ramp waited longer for no more capacity (README "Capacity").
 
 Why not a faust agent: faust reads in a consumer *thread* and hands each record to the
 event loop one event and ack at a time, which costs as much CPU as the recall work
