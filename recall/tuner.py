@@ -10,11 +10,8 @@ probes per table T (1, 2, 4, ...) until recall@k reaches the target with its who
 interval (the query as the unit: the target is a promise about queries not seen). Among
 the settings that reach it, and the untuned default as shipped (:func:`suggested_params`,
 its probes included, on the same queries: tuning never picks a layout the default beats),
-the one with the lowest median time per query wins (measured, not
-modelled from candidates and probes: a vote setting re-ranks few candidates but gathers
-and counts all it finds. At 100k isotropic items, candidates + 10 per probed bucket
-chose a vote-2 layout with 3,156 candidates and 64 probes, 0.332 ms, over one with 5,831
-and 256 probes, twice the modelled work, 0.256 ms: two runs at load ~2.5).
+the one with the lowest median time per query wins (measured, not modelled from
+candidates and probes: a vote setting re-ranks few candidates but gathers all it finds).
 
 A layout's cost depends on the catalogue's size: a bucket holds n/m times more items at n
 than on an m-item sample, so the layout cheapest on a fifth of a 1M catalogue (k=9, T=8:
@@ -27,17 +24,13 @@ user-like queries made from the whole catalogue, and the choice is made there
 sample of what it serves) gets k scaled to that size, which cannot be measured yet: the
 worker's recall monitor measures it live and sets the probes.
 
-Memory. A worker's memory is a budget, not a price: a deployment is sized for it (at 1M
-x 64, 600 MB of peak RSS with the default layout's 279 MiB of index arrays), and a layout
-that needs more does not serve a little slower, it does not fit (and a merge builds a
-second table beside the first, so a bigger table also raises the peak while items
-stream in). Time, on the other hand, is paid per query, in proportion. So the choice is
-lexicographic, not a weighted sum (no exchange rate between MiB and microseconds would be
-right for every deployment): index arrays held to ``max_index_bytes`` (by default what the
-default layout takes on the same items, so tuning never costs memory the defaults did not
-already need), and within that the fastest; times within ``TIME_TIE`` of the fastest are
-a tie, which the smaller index wins (memory left over is headroom for merges). Before, the
-tuner picked simhash k=21 L=16 T=4 at 1M: 312 MiB of arrays against the default's 279.
+Memory. A worker's memory is a budget, not a price: a deployment is sized for it, and
+a layout that needs more does not serve a little slower, it does not fit. Time is paid
+per query, in proportion. So the choice is lexicographic, not a weighted sum: index
+arrays held to ``max_index_bytes`` (by default what the default layout takes on the same
+items: tuning never costs memory the defaults did not already need), and within that
+the fastest; times within ``TIME_TIE`` of the fastest are a tie, which the smaller index
+wins (memory left over is headroom for merges).
 """
 
 from __future__ import annotations
@@ -52,6 +45,7 @@ import numpy as np
 
 from recall.lsh import LSHIndex, LSHParams, normalize
 from recall.lsh.index import _normalize_blocks
+from recall.lsh.params import UNIT_TOL
 from recall.monitor import Estimate, mean_interval
 
 PROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -236,8 +230,7 @@ def default_layouts(n: int, dim: int) -> list[tuple[str, int, int, float]]:
 
 def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> Trial:
     """Recall (with its 95% interval), candidates and the median time of one search per
-    query (the latency a lone request sees). The median and not the mean: on a shared
-    machine a few preempted queries moved the mean of 300 by 2x between runs."""
+    query (what a lone request sees; a few preempted queries moved the mean 2x)."""
     index.search(queries[0], k)  # a first call may find cold caches
     found, cands = [], 0
     lat = np.empty(len(queries))
@@ -253,6 +246,17 @@ def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) ->
     return Trial(index.params, mean, cands / len(queries), 1000 * float(np.median(lat)),
                  items=len(index), recall_low=est.low, recall_high=est.high,
                  nbytes=index.nbytes())
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """The rows as unit float32: ``vectors`` itself when they are (read-only here: no
+    second 256 MB at 1M x 64), else a copy made block by block (normalize() of a whole
+    1M x 64 matrix held a float64 copy: 512 MB)."""
+    blocks = (vectors[i:i + 65_536] for i in range(0, len(vectors), 65_536))
+    if vectors.dtype == np.float32 and vectors.ndim == 2 and all(
+            np.all(np.abs(np.einsum("ij,ij->i", b, b) - 1) <= UNIT_TOL) for b in blocks):
+        return vectors
+    return _normalize_blocks(vectors)
 
 
 def _index(params: LSHParams, ids: list[str], x: np.ndarray) -> LSHIndex:
@@ -282,9 +286,8 @@ def _ramp(index: LSHIndex, votes: Sequence[int], q: np.ndarray, truth: np.ndarra
 def _walk(layouts: Sequence[tuple[str, int, int, float]], x: np.ndarray, q: np.ndarray,
           truth: np.ndarray, k: int, target: float, votes: Sequence[int], seed: int,
           default: LSHParams, desc: str, progress: bool) -> tuple[list[Trial], Trial | None]:
-    """Each layout built on every row of x (one at a time) and its probes ramped per vote
-    setting (:func:`_ramp`); and, when the default layout is among them, its baseline
-    (:func:`_baseline`) on the index already built."""
+    """Each layout built on x (one at a time), its probes ramped per vote (:func:`_ramp`);
+    and the default's baseline (:func:`_baseline`) when its layout is among them."""
     from tqdm import tqdm
 
     ids = [str(i) for i in range(len(x))]
@@ -311,9 +314,8 @@ def _baseline(index: LSHIndex, default: LSHParams, q: np.ndarray, truth: np.ndar
     return evaluate(index, q, truth, k)
 
 
-#: medians of one search within this fraction of the fastest are a tie: on this shared
-#: machine one layout's median moved by ~10% between runs; of tied layouts the one with
-#: the smaller index wins
+#: medians within this fraction of the fastest are a tie (one layout's median moved ~10%
+#: between runs here), won by the smaller index
 TIME_TIE = 0.10
 
 
@@ -411,8 +413,7 @@ def tune(
         raise ValueError(f"k must be >= 1, got {k}")
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
-    # block by block: normalize() of a whole 1M x 64 matrix held a float64 copy (512 MB)
-    full = _normalize_blocks(np.asarray(vectors))
+    full = _unit_rows(np.asarray(vectors))
     if full.ndim != 2 or len(full) == 0:
         raise ValueError("tune needs a non-empty (n, D) matrix of vectors")
     x = full
@@ -517,26 +518,25 @@ def cheaper_move(result: TuneResult, current: tuple[str, int, int, float],
     return None
 
 
-#: alternated passes over the same queries timing the served layout and the choice when
-#: a move is judged on the whole catalogue (:func:`confirmed_move`)
+#: alternated timing passes of a move judged on a whole catalogue (:func:`confirmed_move`)
 CONFIRM_PASSES = 5
 
 
 def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
-    lat = np.empty(len(queries))
-    for i, q in enumerate(queries):
+    lat = []
+    for q in queries:
         t0 = time.perf_counter()
         index.search(q, k)
-        lat[i] = time.perf_counter() - t0
+        lat.append(time.perf_counter() - t0)
     return 1000 * float(np.median(lat))
 
 
 def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
                     ) -> tuple[Trial | None, list[Trial], str]:
     """(the ``current`` layout shape at its best setting, the layouts a move could go to,
-    best first, why none), from the trials judged at the result's size: by the tuner's
-    rule (:func:`_cheapest`) among the other layouts, the pick within the current one's
-    index memory (a move then frees memory), then the pick within the tune's budget."""
+    why none), of the trials judged at the result's size: by :func:`_cheapest` among the
+    other layouts, the pick within the current one's index memory (a move then frees
+    memory), then the pick within the tune's budget."""
     judged = [t for t in result.trials if t.items == result.judged_items]
     mine = [t for t in judged if shape_of(t.params) == current]
     if not mine:
