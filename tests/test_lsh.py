@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import recall.lsh.hashing as lsh_hashing
+import recall.lsh.index as lsh_index
 import recall.lsh.reserve as reserve
 from offline.synthetic import clustered_catalogue, user_like_queries
 from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
@@ -448,6 +449,46 @@ def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays()
     stats = index.stats()
     assert stats["pending_items"] == 0 and stats["sorted_entries"] == 5000 * 4
     assert index.nbytes() > x.nbytes
+
+
+@pytest.mark.parametrize("least", [10**9, 2000, 1])
+def test_a_bulk_build_in_ranges_of_parts_gives_the_table_merges_give(monkeypatch, least):
+    """build() scatters a range of the table's parts at a time (half the entries left,
+    at least ``_BUILD_RANGE``, at least one part): whatever the ranges,
+    every part holds the entries of its keys, in slot order within a bucket, as the
+    same items merged into an empty table, big buckets (skewed data: a cell sorted by
+    merge sort) and empty parts included; and each part's arrays are its own, so a
+    merge replacing a part frees them."""
+    monkeypatch.setattr(lsh_index, "_BUILD_RANGE", least)
+    rng = np.random.default_rng(31)
+    x = np.concatenate([unit(rng, 2500, 16), np.repeat(unit(rng, 3, 16), 200, axis=0)])
+    ids = [f"i{j}" for j in range(len(x))]
+    params = LSHParams(dim=16, family="pstable", k=3, L=5, w=0.8)
+    built = LSHIndex(params)
+    built.stage(ids, x)
+    built.build()
+    merged = LSHIndex(params)
+    merged.MERGE_MIN = 1
+    merged.add(ids, x)  # one batch above the merge threshold: merged into the empty table
+    assert built._buckets.size == merged._buckets.size == len(x) * params.L
+    for a, b in zip(built._buckets.parts, merged._buckets.parts, strict=True):
+        np.testing.assert_array_equal(a.ukeys, b.ukeys)
+        np.testing.assert_array_equal(a.starts, b.starts)
+        np.testing.assert_array_equal(a.slots, b.slots)
+        np.testing.assert_array_equal(a.directory, b.directory)
+    assert all(arr.flags.owndata for part in built._buckets.parts  # no views of a whole
+               for arr in (part.ukeys, part.starts, part.slots))
+    q = unit(rng, 30, 16)
+    assert _answers(built, q) == _answers(merged, q)
+
+
+def test_build_ranges_halve_what_is_left_down_to_the_least_and_take_whole_parts():
+    first = [0, 10, 20, 30, 70, 80, 80]  # six parts: 10, 10, 10, 40, 10 and 0 entries
+    assert lsh_index._part_ranges(first, 25) == [(0, 3), (3, 4), (4, 6)]
+    assert lsh_index._part_ranges(first, 80) == [(0, 6)]
+    assert lsh_index._part_ranges(first, 0) == [(0, 3), (3, 4), (4, 5), (5, 6)]
+    even = list(range(0, 17_000_000, 1_000_000))  # 1M x 16 entries in 16 parts
+    assert lsh_index._part_ranges(even, 2_000_000) == [(0, 8), (8, 12), (12, 14), (14, 16)]
 
 
 def test_a_bulk_build_hashes_its_blocks_on_one_blas_thread(monkeypatch):

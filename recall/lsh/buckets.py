@@ -17,6 +17,10 @@ from recall import kernels
 #: the parts: a merge's transient is one part's arrays (~6-9 MB at 1M x 16)
 PART_BITS = 4
 PARTS = 1 << PART_BITS
+#: entries a part of the table holds at most, plus one: its offsets are int32 and the
+#: last one is the part's entry count (a part holds ~1/16 of the entries: ~2 billion
+#: items at L = 16)
+OFFSET_LIMIT = 2**31 - 1
 _SIGN = np.uint64(1 << 63)
 
 
@@ -59,9 +63,9 @@ class SortedBuckets:
         # offsets as int32 (a part's entries: below 2**31, 2 billion items at L = 16):
         # half the memory of int64 for starts and directory (~30 MB at 1M x 16), and
         # the one type the search kernel reads
-        if len(slots) >= 2**31 - 1:
+        if len(slots) >= OFFSET_LIMIT:
             raise ValueError(f"a part of the bucket table holds {len(slots)} entries; at "
-                             "most 2**31 - 2 fit its int32 offsets")
+                             f"most {OFFSET_LIMIT - 1} fit its int32 offsets")
         self.ukeys, self.starts, self.slots = ukeys, starts.astype(np.int32, copy=False), slots
         self.prefix = prefix
         self.size = len(slots)
@@ -90,9 +94,9 @@ class SortedBuckets:
         compiled pass over both (:func:`recall.buildkernels.merge_buckets`)."""
         kept = len(self.slots) if keep is None else int(np.count_nonzero(keep))
         m = len(new_keys)
-        if kept + m >= 2**31 - 1:
+        if kept + m >= OFFSET_LIMIT:
             raise ValueError(f"a part of the bucket table would hold {kept + m} entries; "
-                             "at most 2**31 - 2 fit its int32 offsets")
+                             f"at most {OFFSET_LIMIT - 1} fit its int32 offsets")
         out_keys = np.empty(len(self.ukeys) + m, dtype=np.int64)
         # offsets written as int32 (written as int64 and then converted, a merge at
         # 1M x 16 held both: +~8 bytes a bucket)

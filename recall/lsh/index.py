@@ -26,18 +26,17 @@ import asyncio
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from itertools import pairwise
 from typing import BinaryIO, Literal
 
 import numpy as np
 
 from recall import kernels
 from recall.lsh.buckets import (
+    OFFSET_LIMIT,
     PART_BITS,
     PARTS,
     BucketTable,
     SortedBuckets,
-    part_first_key,
     part_of,
 )
 from recall.lsh.hashing import Hasher
@@ -289,17 +288,20 @@ class LSHIndex(SearchMixin):
     def build(self) -> None:
         """Bulk load, part 2: index every staged item. Keys are hashed block by block:
         once to count the entries per cell of the keys' top bits, then once per range of
-        cells (:data:`_BUILD_PARTS` of them) to scatter that range's entries, whose small
-        cells are then sorted and their unique keys taken (:mod:`recall.kernels`). The
-        memory is the final table plus one int64 per entry of one range, where add() of a
-        big batch sorted all entries with an index array and copies, and merged each
-        batch into a copy of the table."""
+        the table's parts (:func:`_part_ranges`: half of the entries left, then less) to
+        scatter that range's entries, each part into its own slot array, whose small
+        cells are then sorted, the part's unique keys taken and copied out
+        (:mod:`recall.kernels`). The table grows by its final arrays, a range at a time,
+        beside the one a re-layout still serves, and a range's keys (8 bytes an entry)
+        fit in what the table still lacks: the peak is the final table plus ~16 MB of
+        keys and the cells' offsets. Building the whole table's slots and two ranges'
+        keys and then cutting them into parts held ~50 MB more at 1M x 16 (a re-pick
+        landing at 1M: the new table beside the served one)."""
         self._check_writable()
         if self._buckets.size or self._n_pending:
             raise RuntimeError("build() indexes a staged load of an empty index")
         slots = np.flatnonzero(self._alive[: self._high])
-        L = self.params.L
-        entries = len(slots) * L
+        entries = len(slots) * self.params.L
         if not entries:
             return
         # ~16 entries per cell, and at least a cell per part of the table
@@ -312,37 +314,44 @@ class LSHIndex(SearchMixin):
         cell_starts = np.zeros(2**bits + 1, dtype=np.int64)
         np.cumsum(counts, out=cell_starts[1:])
         del counts
-        # ranges of cells holding about entries / _BUILD_PARTS entries each
-        cuts = np.searchsorted(cell_starts, entries * np.arange(1, _BUILD_PARTS) // _BUILD_PARTS)
-        edges = np.unique(np.concatenate([[0], cuts, [2**bits]])).tolist()
-        bounds = cell_starts[edges].tolist()  # their first entries (and the total)
-        table_slots = np.empty(entries, dtype=np.int32)
-        buffer = np.empty(int(np.diff(bounds).max()), dtype=np.int64)  # one range's keys
-        odt = np.int32 if entries < 2**31 - 1 else np.int64
-        ukeys: list[np.ndarray] = []  # each range's unique keys
-        starts: list[np.ndarray] = []  # and where their entries begin, in table_slots
-        for (c0, c1), (e0, e1) in zip(pairwise(edges), pairwise(bounds), strict=True):
-            keys, out = buffer[: e1 - e0], table_slots[e0:e1]
-            cells = cell_starts[c0 : c1 + 1] - e0
-            pos = cells[:-1].copy()
-            for block in blocks:
-                kernels.scatter_cells(self.hasher.keys(self._vecs[block]), block, shift, c0,
-                                      c1, pos, keys, out)
-            n_keys = kernels.finish_cells(keys, out, cells)
-            range_starts = np.empty(n_keys + 1, dtype=odt)
-            kernels.unique_csr(keys, range_starts)  # the range's unique keys to keys[:n_keys]
-            range_starts += odt(e0)
-            ukeys.append(keys[:n_keys].copy())
-            starts.append(range_starts[:-1])
-        del cell_starts, buffer, keys, out
-        starts.append(np.array([entries], dtype=odt))
-        all_keys = np.concatenate(ukeys)
-        del ukeys
-        all_starts = np.concatenate(starts)
-        del starts
-        self._buckets = _split_parts(all_keys, all_starts, table_slots)
+        per_part = 2 ** (bits - PART_BITS)  # cells per part: the keys' next bits
+        first = cell_starts[::per_part].tolist()  # each part's first entry, and the total
+        widest = int(np.diff(first).max())
+        if widest >= OFFSET_LIMIT:
+            raise ValueError(f"a part of the bucket table would hold {widest} entries; at "
+                             f"most {OFFSET_LIMIT - 1} fit its int32 offsets")
+        parts: list[SortedBuckets] = []
+        for a, b in _part_ranges(first, _BUILD_RANGE):
+            parts += self._build_parts(blocks, shift, cell_starts, per_part, first, a, b)
+        del cell_starts
+        self._buckets = BucketTable(tuple(parts))
         self._in_main[slots] = True
         self.merges += 1
+
+    def _build_parts(self, blocks: list[np.ndarray], shift: int, cell_starts: np.ndarray,
+                     per_part: int, first: list[int], a: int, b: int) -> list[SortedBuckets]:
+        """build()'s parts a..b-1: every item hashed once more, the entries of these
+        parts' cells scattered (their keys into one buffer, each part's slots into an
+        array of its own: a merge frees a part's arrays alone), each part's cells sorted
+        and its unique keys copied out. The buffer goes when this returns."""
+        buffer = np.empty(first[b] - first[a], dtype=np.int64)
+        keys = [buffer[first[p] - first[a] : first[p + 1] - first[a]] for p in range(a, b)]
+        slots = [np.empty(first[p + 1] - first[p], dtype=np.int32) for p in range(a, b)]
+        cells = [cell_starts[p * per_part : (p + 1) * per_part + 1] - first[p]
+                 for p in range(a, b)]
+        pos = [c[:-1].copy() for c in cells]
+        for block in blocks:
+            block_keys = self.hasher.keys(self._vecs[block])
+            for i, p in enumerate(range(a, b)):
+                kernels.scatter_cells(block_keys, block, shift, p * per_part,
+                                      (p + 1) * per_part, pos[i], keys[i], slots[i])
+        parts = []
+        for part_keys, part_slots, part_cells in zip(keys, slots, cells, strict=True):
+            n_keys = kernels.finish_cells(part_keys, part_slots, part_cells)
+            starts = np.empty(n_keys + 1, dtype=np.int32)
+            kernels.unique_csr(part_keys, starts)  # its unique keys to part_keys[:n_keys]
+            parts.append(SortedBuckets.from_csr(part_keys[:n_keys].copy(), starts, part_slots))
+        return parts
 
     def relayout(self, params: LSHParams) -> LSHIndex:
         """A new index over this one's items with another hash layout (a re-pick's new
@@ -507,24 +516,6 @@ class _MergeJob:
         self.keys = keys
 
 
-def _split_parts(ukeys: np.ndarray, starts: np.ndarray, slots: np.ndarray) -> BucketTable:
-    """The table of a whole CSR (sorted unique keys, where their entries begin and the
-    total, the entries' slots), cut into its parts from the last one: each part's
-    arrays are copied out and the whole ones shrunk in place past it (realloc), so the
-    cut holds one part twice, not the whole table. The arrays given are consumed."""
-    cuts = np.searchsorted(ukeys, [part_first_key(p) for p in range(1, PARTS)]).tolist()
-    bounds = [0, *cuts, len(ukeys)]
-    parts: list[SortedBuckets] = []
-    for a, b in reversed(list(pairwise(bounds))):
-        e0, e1 = int(starts[a]), int(starts[b])
-        parts.append(SortedBuckets.from_csr(
-            ukeys[a:b].copy(), (starts[a : b + 1] - starts[a]).astype(np.int32),
-            slots[e0:e1].copy()))
-        for arr, end in ((ukeys, a), (starts, a + 1), (slots, e0)):
-            arr.resize(end, refcheck=False)
-    return BucketTable(tuple(reversed(parts)))
-
-
 #: rows normalised at once by add(): normalize() works in float64, so a block bounds its
 #: temporaries (~3 x 16 MB) where a 250k-row batch made ~380 MB of them
 _NORM_BLOCK = 32768
@@ -534,10 +525,31 @@ _NORM_BLOCK = 32768
 #: their floors and int64 codes: ~10 MB; 8192 held ~40 MB at the peak of the build)
 _BUILD_BLOCK = 2048
 
-#: ranges of cells build() scatters one after the other, hashing every item again for
-#: each: their entry keys (8 bytes per entry: 128 MB at 1M x 16 in one range) are held
-#: one range at a time, for one more hashing pass (~0.2 s per 64k items, quiet)
-_BUILD_PARTS = 2
+#: entries of the last range of the table's parts build() scatters (their keys: 8
+#: bytes each, 32 MB), and of the one range of a table up to that size
+#: (:func:`_part_ranges`): every item is hashed again for each range (~1 s of CPU a pass
+#: at 1M x 16), 3 ranges at 1M x 16, 1 up to 250k x 16
+_BUILD_RANGE = 4_000_000
+
+
+def _part_ranges(first: list[int], least: int) -> list[tuple[int, int]]:
+    """Ranges [a, b) of consecutive parts (``first``: each part's first entry, and the
+    total) for build() to scatter one after the other: each as many parts as hold half
+    the entries left, or ``least`` where that is more, and at least one part. The keys
+    of a range are held while it is built (8 bytes an entry) beside the parts built
+    before it (~6.5-8.5 bytes an entry at 1M x 16): halving them as the table fills
+    keeps the two near the whole table's size, in few passes (3 ranges at 1M x 16 with
+    the default ``least``; one up to ``least`` entries in all)."""
+    ranges: list[tuple[int, int]] = []
+    a, end = 0, len(first) - 1
+    while a < end:
+        most = max(least, (first[end] - first[a]) // 2)
+        b = a + 1
+        while b < end and first[b + 1] - first[a] <= most:
+            b += 1
+        ranges.append((a, b))
+        a = b
+    return ranges
 
 
 def _normalize_blocks(vectors: np.ndarray) -> np.ndarray:
