@@ -19,7 +19,9 @@ the worker took to reach ``RECALL_TARGET_RECALL``.
 
 Prints a timeline, the seconds until the gauge reached the target (and stayed: probes
 unchanged to the end), peak memory (worker VmHWM, this process), load averages and one
-JSON line; ``--plot`` draws the gauge with its interval and the probes over time.
+JSON line; ``--plot`` draws the gauge with its interval and the probes over time, and
+the worker's RSS (sampled every 0.2 s) from the first item produced, with the index
+versions served.
 """
 
 from __future__ import annotations
@@ -47,6 +49,66 @@ WATCHED = ("recall_lsh_probes", "recall_lsh_recall", "recall_lsh_recall_low",
            "recall_index_version", "recall_lsh_recall_target")
 #: items produced per batch of sends awaited together
 PRODUCE_BATCH = 5_000
+
+
+class RssTrail:
+    """The worker's VmRSS every ``every`` seconds in a thread, from the first item
+    produced to the end, and its index's items and version (``/metrics``) every
+    ``every_state`` seconds: where its peak is made (a merge, a re-pick's re-layout) is
+    what VmHWM alone does not say."""
+
+    def __init__(self, pid: int, port: int, every: float = 0.2,
+                 every_state: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.port, self.every, self.every_state = pid, port, every, every_state
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, float]] = []  # (s since t0, MB)
+        self.states: list[tuple[float, float, float]] = []  # (s since t0, items, version)
+        self._stop = threading.Event()
+        # two threads: a scrape the worker is slow to answer holds up no RSS sample
+        self._threads = [threading.Thread(target=f, daemon=True, name=f"rss-trail-{n}")
+                         for n, f in enumerate((self._rss, self._index))]
+        for th in self._threads:
+            th.start()
+
+    def _rss(self) -> None:
+        path = Path(f"/proc/{self.pid}/status")
+        while not self._stop.wait(self.every):
+            try:
+                line = next(ln for ln in path.read_text().splitlines()
+                            if ln.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                return
+            self.samples.append((time.monotonic() - self.t0, int(line.split()[1]) / 1024))
+
+    def _index(self) -> None:
+        while not self._stop.wait(self.every_state):
+            text = scrape(metrics_url(self.port))  # "" when the worker did not answer
+            if text:
+                self.states.append((time.monotonic() - self.t0,
+                                    metric_value(text, "recall_index_items"),
+                                    metric_value(text, "recall_index_version")))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join()
+
+
+def rss_figures(trail: RssTrail, applied_at: float) -> dict[str, Any]:
+    """The sampled peak of the worker's RSS, when (s since the first item produced), the
+    index's items and version then (the last scrape before it), and the RSS once the
+    catalogue was in."""
+    if not trail.samples:
+        return {}
+    at, peak = max(trail.samples, key=lambda s: s[1])
+    state = max((s for s in trail.states if s[0] <= at), key=lambda s: s[0],
+                default=(0.0, math.nan, math.nan))
+    after = [mb for t, mb in trail.samples if t >= applied_at]
+    return {"rss_sampled_peak_mb": round(peak, 1), "rss_sampled_peak_at_s": round(at, 1),
+            "rss_sampled_peak_items": state[1], "rss_sampled_peak_version": state[2],
+            "rss_at_catalogue_applied_mb": round(after[0], 1) if after else None}
 
 
 def add_parser(sub: Any, bench_sub: Any) -> None:
@@ -307,15 +369,17 @@ def figures(args: argparse.Namespace, ids: list[str], vectors: np.ndarray,
     }
 
 
-def plot(path: str, scrapes: list[dict[str, float]], out: dict[str, Any], title: str) -> None:
+def plot(path: str, scrapes: list[dict[str, float]], out: dict[str, Any], title: str,
+         trail: RssTrail | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [r["t"] for r in scrapes]
-    fig, (ax, ax2) = plt.subplots(2, 1, sharex=True, figsize=(8, 5),
-                                  gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax2, ax3) = plt.subplots(3, 1, figsize=(8, 7.5),
+                                       gridspec_kw={"height_ratios": [3, 1, 2]})
+    ax2.sharex(ax)
     ax.fill_between(t, [r["recall_lsh_recall_low"] for r in scrapes],
                     [r["recall_lsh_recall_high"] for r in scrapes], alpha=0.3,
                     label="gauge 95% interval")
@@ -331,6 +395,20 @@ def plot(path: str, scrapes: list[dict[str, float]], out: dict[str, Any], title:
     ax2.step(t, [r["recall_lsh_probes"] for r in scrapes], where="post")
     ax2.set_ylabel("probes T")
     ax2.set_xlabel("seconds since the first request")
+    if trail is not None and trail.samples:
+        ts, mb = zip(*trail.samples, strict=True)
+        ax3.plot(ts, mb, lw=1, label="worker RSS")
+        seen = None
+        for at, items, version in trail.states:
+            if version != seen and seen is not None:  # a new index version served
+                ax3.axvline(at, color="C1", lw=0.8, ls=":")
+                ax3.annotate(f"v{version:.0f} at {items:,.0f}", (at, max(mb)), fontsize=7,
+                             rotation=90, va="top", ha="right")
+            seen = version
+        ax3.set_ylabel("worker RSS (MB)")
+        ax3.set_xlabel("seconds since the first item produced (dotted: a new index version)")
+    else:
+        ax3.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -378,10 +456,11 @@ def run(args: argparse.Namespace) -> int:
         assert worker is not None
         port = settings.metrics_port
         rss = RssWatch(worker.proc.pid)
+        trail = RssTrail(worker.proc.pid, port)
         print(f"local stack: Kafka (Tansu) {settings.kafka_bootstrap}, Redis "
               f"{settings.redis_url}; worker pid {worker.proc.pid}, log {worker.log_path}",
               flush=True)
-        t0 = time.monotonic()
+        t0 = trail.t0 = time.monotonic()
         took = asyncio.run(produce_items(settings, ids, vectors, args.produce_rate))
         out["produce_seconds"] = round(took, 1)
         out["produce_items_per_s"] = round(args.items / took, 1)
@@ -399,6 +478,8 @@ def run(args: argparse.Namespace) -> int:
               f"at {args.rate:g} requests/s", flush=True)
         answers, scrapes, _ = asyncio.run(paced_requests(settings, args, run_id, port))
         out.update(memory_figures(rss))
+        trail.stop()
+        out.update(rss_figures(trail, reached - t0))
         log_tail = worker.log_path.read_text(errors="replace").splitlines()
     timeline(scrapes)
     out.update(figures(args, ids, vectors, answers, scrapes))
@@ -410,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
     summary(out)
     if args.plot:
         plot(args.plot, scrapes, out, f"recall bench watch-live: {args.items} items from the "
-             f"topic, {args.rate:g} req/s (load {out['loadavg_end']})")
+             f"topic, {args.rate:g} req/s (load {out['loadavg_end']})", trail)
         print(f"plot: {args.plot}", flush=True)
     print(json.dumps(out), flush=True)
     return 0
@@ -433,3 +514,9 @@ def summary(out: dict[str, Any]) -> None:
           f"request)", flush=True)
     print(f"worker peak RSS {out.get('worker_rss_peak_mb')} MB, bench {out['bench_peak_rss_mb']}"
           f" MB; load average {out['loadavg_start']} -> {out['loadavg_end']}", flush=True)
+    if "rss_sampled_peak_mb" in out:
+        print(f"worker RSS sampled every 0.2 s: peak {out['rss_sampled_peak_mb']} MB at "
+              f"{out['rss_sampled_peak_at_s']} s after the first item produced (index "
+              f"{out['rss_sampled_peak_items']:.0f} items, version "
+              f"{out['rss_sampled_peak_version']:.0f}); {out['rss_at_catalogue_applied_mb']} "
+              "MB once the catalogue was in", flush=True)

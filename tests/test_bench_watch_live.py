@@ -78,15 +78,20 @@ def test_time_to_target_is_from_when_the_gauge_stayed_at_or_above_it() -> None:
 
 
 @pytest.mark.integration
-def test_bench_watch_live_smoke(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+def test_bench_watch_live_smoke(capsys: pytest.CaptureFixture[str], monkeypatch,
+                                tmp_path) -> None:
     from recall.cli import main
 
     monkeypatch.delenv("RECALL_METRICS_PORT", raising=False)
     status = main(["bench", "watch-live", "--items", "2000", "--users", "100", "--rate", "30",
-                   "--seconds", "4"])
+                   "--seconds", "4", "--plot", str(tmp_path / "w.png")])
     assert status == 0
     out = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.strip()][-1])
     assert out["answers"] == 120
     assert out["answers_by_status_source"] == {"ok/lsh": 120}
     assert out["catalogue_applied_s"] > 0 and out["worker_rss_peak_mb"] > 0
+    # the RSS trail: its peak is the kernel's at most, and says where the index stood
+    assert 0 < out["rss_sampled_peak_mb"] <= out["worker_rss_peak_mb"] + 1
+    assert 0 <= out["rss_sampled_peak_items"] <= 2000 and out["rss_sampled_peak_version"] >= 1
+    assert (tmp_path / "w.png").stat().st_size > 0
     assert out["offline_users"] > 0 and 0 <= out["offline_recall"] <= 1
