@@ -684,6 +684,22 @@ async def test_searches_between_the_parts_of_a_merge_answer_as_a_fresh_build(mon
     assert _answers(index, q) == want
 
 
+async def test_a_forced_merge_folds_what_is_pending_before_it_is_due():
+    """merge_off_loop(force=True) (a re-layout folds the served layout's pending buckets
+    into its table before building the new one, so their memory is not held beside it)
+    merges pending items and stale entries below the merge threshold, the answers those
+    of a fresh build; with nothing pending or stale it does nothing."""
+    index, fresh, q, _ = _merging_index(14)
+    index.MERGE_MIN = 10**9  # far from due
+    assert not index.merge_due() and index._n_pending and index._stale
+    want = _answers(fresh, q)
+    assert await index.merge_off_loop() is False
+    assert await index.merge_off_loop(force=True) is True
+    assert not index._pending and index._n_pending == 0 and index._stale == 0
+    assert _answers(index, q) == want
+    assert await index.merge_off_loop(force=True) is False
+
+
 async def test_a_merge_stopped_by_an_error_is_finished_before_the_next_write(monkeypatch):
     """A part that fails (memory, say) leaves the merged parts served and the others
     waiting: searches still answer as a fresh build; the next write finishes the merge

@@ -524,7 +524,8 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
         new_params = LSHParams(dim=DIM, k=6, L=6, T=3, seed=5)
         v2 = await copy_version(store, v1, new_params, DIM, {})
         await store.switch_live(v2)
-        vecs = slot.index._vecs
+        vecs, served = slot.index._vecs, slot.index
+        assert served._n_pending  # the items arrived one by one: pending buckets
         # while the version switches: updates, deletes and new items on the topic
         y, _ = clustered_catalogue(n + 20, DIM, seed=2)
         catalogue = dict(zip(ids, x, strict=True))
@@ -546,6 +547,9 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
         await eventually(lambda: slot.version == v2 and sorted(slot.index.ids())
                          == sorted(catalogue), 30)
         assert np.shares_memory(slot.index._vecs, vecs)  # no second vector matrix
+        # the old layout's pending buckets were folded into its table before the new
+        # table was built (their memory is not held beside it)
+        assert not served._pending and served._buckets.size
         assert slot.index.params == new_params
         assert slot.user == user  # the same vectors: the same user-vector settings
         fresh = LSHIndex(new_params)

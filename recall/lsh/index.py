@@ -423,12 +423,14 @@ class LSHIndex(SearchMixin):
         """Fold pending items (and a batch) into the sorted table; drop stale entries."""
         self._run_merge(self._merge_job(slots, keys))
 
-    async def merge_off_loop(self) -> bool:
-        """Merge if due, part by part in a thread: searches on the caller's event loop go
-        on meanwhile, each against the table as it is (every item found once: see
+    async def merge_off_loop(self, force: bool = False) -> bool:
+        """Merge if due (``force``: if anything is pending or stale at all), part by part
+        in a thread: searches on the caller's event loop go on meanwhile, each against
+        the table as it is (every item found once: see
         :class:`~recall.lsh.buckets.BucketTable`'s ``fresh``); :meth:`add` and
         :meth:`remove` raise until this returns. Returns whether a merge ran."""
-        if self._merging or (self._job is None and not self.merge_due()):
+        due = self.merge_due() or (force and (self._n_pending > 0 or self._stale > 0))
+        if self._merging or (self._job is None and not due):
             return False
         job = self._job if self._job is not None else self._merge_job()
         self._merging = True
