@@ -293,10 +293,10 @@ class LSHIndex(SearchMixin):
         cells are then sorted, the part's unique keys taken and copied out
         (:mod:`recall.kernels`). The table grows by its final arrays, a range at a time,
         beside the one a re-layout still serves, and a range's keys (8 bytes an entry)
-        fit in what the table still lacks: the peak is the final table plus ~16 MB of
-        keys and the cells' offsets. Building the whole table's slots and two ranges'
-        keys and then cutting them into parts held ~50 MB more at 1M x 16 (a re-pick
-        landing at 1M: the new table beside the served one)."""
+        fit in what the table still lacks: the peak is the final table plus ~10-30 MB
+        (the last range's keys, the cells' offsets). Building the whole table's slots
+        and two ranges' keys and then cutting them into parts held ~30 MB more at 1M x
+        16 (a re-pick landing at 1M: the new table beside the served one)."""
         self._check_writable()
         if self._buckets.size or self._n_pending:
             raise RuntimeError("build() indexes a staged load of an empty index")
