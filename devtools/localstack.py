@@ -180,6 +180,16 @@ def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
         yield stack
     finally:
         stack.stop()
+        drop_redis_files(workdir)
+
+
+def drop_redis_files(workdir: Path) -> None:
+    """Remove the stopped redis-server's append-only log and snapshot from ``workdir``,
+    keeping the logs: a 1M-item benchmark leaves ~600 MB there, and the stack is
+    throwaway (Tansu keeps nothing on disk either)."""
+    shutil.rmtree(workdir / "appendonlydir", ignore_errors=True)  # redis >= 7
+    for data in [*workdir.glob("*.aof"), *workdir.glob("*.rdb")]:
+        data.unlink(missing_ok=True)
 
 
 def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
@@ -189,7 +199,10 @@ def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
     run on (set before it starts, so every thread it starts inherits them)."""
     import sys
 
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    # faust's data dir (empty: the worker's tables are in memory) beside the log, not
+    # in the caller's working directory
+    full_env = {"APP_DATADIR": str(log_path.parent / "faust-data"), **os.environ, **env,
+                "PYTHONUNBUFFERED": "1"}
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     proc = subprocess.Popen(
         [sys.executable, "-m", "recall.cli", "worker"], env=full_env,

@@ -32,6 +32,9 @@ KEYS = {
 def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:
     # a metrics port of its own, whatever the environment says
     monkeypatch.delenv("RECALL_METRICS_PORT", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the worker's files go to the bench's own directory, not here
     plot = tmp_path / "latency.png"
     profile = tmp_path / "worker.speedscope.json"
     import os
@@ -73,6 +76,7 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["py_spy"] == str(profile)
     speedscope = json.loads(profile.read_text())
     assert sum(len(p["samples"]) for p in speedscope["profiles"]) > 0
+    assert not list(cwd.iterdir())
     # CPU per process over the phase (fractions of a core) and per CPU
     share = figures["cpu_share"]
     assert set(share) >= {"worker", "broker", "redis", "bench", "load_requests", "load_clicks"}
@@ -267,3 +271,20 @@ def test_the_click_load_leaves_in_one_send_per_tick_and_requests_one_by_one() ->
 
     assert len(run(5000, every_tick=True)) <= 0.3 / 0.05 + 2
     assert len(run(100, every_tick=False)) >= 15  # 30 requests, not a few batches
+
+
+def test_the_local_stack_keeps_its_logs_and_drops_the_redis_data_on_exit() -> None:
+    """A 1M-item bench leaves ~600 MB of Redis append-only log in its stack's directory;
+    hundreds of runs filled this machine's disk. The logs stay for a look afterwards."""
+    import redis
+
+    from devtools.localstack import local_stack
+
+    with local_stack() as stack:
+        redis.Redis.from_url(stack.redis_url).set("k", "v" * 1000)
+        workdir = stack.workdir
+        persisted = [*workdir.glob("*.aof"), *workdir.glob("appendonlydir")]
+        assert persisted  # redis-server writes its append-only log there
+    assert not any(p.exists() for p in persisted)
+    assert not list(workdir.glob("*.rdb"))
+    assert (workdir / "redis.log").is_file() and (workdir / "tansu.log").is_file()
