@@ -555,7 +555,7 @@ def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
 
 
 def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
-                   vectors: np.ndarray, queries: np.ndarray, gain: float = MOVE_GAIN,
+                   vectors: np.ndarray, queries: np.ndarray, gain: float = TIME_TIE,
                    ) -> tuple[LSHParams | None, str, list[float]]:
     """A layout worth moving to from the ``current`` layout shape, from a tune judged on
     the whole catalogue ``vectors`` with that shape beside its choice (``judge_also``),
@@ -564,12 +564,12 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
     The current layout at its best setting and the proposals (:func:`move_candidates`)
     all reach the target with their whole recall interval on the same queries (a worker
     holds its target: the probe controller lowers T toward it). The first proposal
-    ``gain`` faster in the median of ``CONFIRM_PASSES`` passes over ``queries``, every
-    pass faster, is the move. Timed alternately, every index in memory over one vector
-    matrix (:meth:`LSHIndex.relayout`): the tune's one pass per layout is taken minutes
-    apart beside a worker's traffic (in a quiet 1M run the default timed 0.135 ms in the
-    tuner, 0.188 ms in the bench). Candidates do not decide: at 1M the tuner's simhash
-    L=8 layouts re-rank more than the default but probe half the tables, and are faster."""
+    faster by more than the tuner's tie in the median of ``CONFIRM_PASSES`` passes, and
+    in every pass, is the move (a 1M run found 0.84x, passes 0.77-0.96, 191 MiB against
+    256: MOVE_GAIN's 20% guards a sample's guess). Timed alternately, all over one vector
+    matrix (:meth:`LSHIndex.relayout`): the tune's one pass per layout is minutes apart
+    beside a worker's traffic (a quiet 1M run: the default 0.135 ms in the tuner, 0.188
+    in the bench). Candidates do not decide: simhash L=8 re-ranks more but is faster."""
     base, picks, why = move_candidates(result, current)
     if base is None or not picks:
         return None, why, []

@@ -66,9 +66,10 @@ Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or exp
   the whole catalogue as ``recall tune`` does (grid on a sample, the best layouts, the
   default and the served layout judged on every item); the best other layout, held to
   the served layout's index memory when one reaches the target there, is re-picked when
-  20% faster in alternated timing passes (``recall.tuner.confirmed_move``). A streamed 1M
-  catalogue otherwise kept the size re-pick's default, ~4x hnswlib's time where the
-  tuner's layout is ~1.7x. The monitor then sets T. The next try waits for this one's CPU time over
+  over 10% faster (the tuner's tie) in alternated timing passes
+  (``recall.tuner.confirmed_move``). A streamed 1M catalogue otherwise kept the size
+  re-pick's default, ~4x hnswlib's time where the tuner's layout is ~1.7x. The monitor
+  then sets T. The next try waits for this one's CPU time over
   the budget (at 20,000 items a try takes a few seconds of CPU: one every few minutes at
   0.01 of a core). The probe controller alone cannot do this: it lowers T until the
   recall nears the target, whatever the layout re-ranks there. Probe changes go on while
