@@ -45,11 +45,34 @@ def tune_cheaper(vectors: np.ndarray, target: float, current: dict[str, Any],
             "summary": result.summary(), "cpu": time.process_time()}
 
 
+#: a snapshot's file name: the prefix, the writing worker's process id, a random part
+SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "recall-retune-", ".f16"
+
+
+def drop_orphan_snapshots(directory: str | None = None) -> list[str]:
+    """Delete the snapshots of workers no longer running (a worker killed during a try
+    cannot delete its own: 128 MB at 1M x 64 each); the paths deleted."""
+    from pathlib import Path
+
+    dropped = []
+    pattern = f"{SNAPSHOT_PREFIX}*-*{SNAPSHOT_SUFFIX}"
+    for path in Path(directory or tempfile.gettempdir()).glob(pattern):
+        pid = path.name[len(SNAPSHOT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                dropped.append(str(path))
+    return dropped
+
+
 def write_snapshot(index: LSHIndex) -> tuple[str, int]:
     """The index's stored vectors in a temporary file (path, rows) for a cost re-tune's
     child process: written a block at a time, so the worker holds no second matrix (the
-    file's pages are the page cache's, not the worker's RSS); the caller deletes it."""
-    fd, path = tempfile.mkstemp(prefix="recall-retune-", suffix=".f16")
+    file's pages are the page cache's, not the worker's RSS); the caller deletes it, and
+    the next try of any worker on the machine deletes those of workers gone."""
+    drop_orphan_snapshots()
+    fd, path = tempfile.mkstemp(prefix=f"{SNAPSHOT_PREFIX}{os.getpid()}-",
+                                suffix=SNAPSHOT_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as out:
             rows = index.write_vectors(out)

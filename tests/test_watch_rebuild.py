@@ -688,3 +688,30 @@ async def test_a_catalogue_larger_than_the_sample_moves_to_a_cheaper_layout_judg
     await serve(w, 40)  # the controller settles T on the new layout
     assert served_recall(w) >= 0.94
     assert mean_candidates(w) <= 0.8 * cost_before, (w.slot.index.params, cost_before)
+
+
+def test_a_snapshot_left_by_a_worker_gone_is_deleted_by_the_next_try(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed during a cost re-tune cannot delete its snapshot (128 MB at 1M):
+    the next try on the machine does, and leaves those of workers still running."""
+    import os
+    import subprocess
+
+    from stream.tunejobs import write_snapshot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f"recall-retune-{gone.pid}-abc.f16"
+    alive = tmp_path / f"recall-retune-{os.getppid()}-def.f16"
+    other = tmp_path / "recall-retune-notes.txt"
+    for f in (orphan, alive, other):
+        f.write_bytes(b"x" * 64)
+    x, _ = clustered_catalogue(200, DIM, seed=1)
+    index = LSHIndex(LSHParams(dim=DIM, k=4, L=2, seed=3))
+    index.add([f"i{i}" for i in range(200)], x)
+    path, rows = write_snapshot(index)
+    assert rows == 200 and Path(path).parent == tmp_path
+    assert Path(path).name.startswith(f"recall-retune-{os.getpid()}-")
+    assert not orphan.exists()
+    assert alive.exists() and other.exists()
