@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from recall import kernels
 from recall.lsh import LSHIndex, LSHParams, normalize
 from recall.lsh.index import _normalize_blocks
 from recall.lsh.params import UNIT_TOL
@@ -251,10 +252,11 @@ def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) ->
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     """The rows as unit float32: ``vectors`` itself when they are (read-only here: no
     second 256 MB at 1M x 64), else a copy made block by block (normalize() of a whole
-    1M x 64 matrix held a float64 copy: 512 MB)."""
-    blocks = (vectors[i:i + 65_536] for i in range(0, len(vectors), 65_536))
-    if vectors.dtype == np.float32 and vectors.ndim == 2 and all(
-            np.all(np.abs(np.einsum("ij,ij->i", b, b) - 1) <= UNIT_TOL) for b in blocks):
+    1M x 64 matrix held a float64 copy: 512 MB). The check is the search's own
+    (:func:`recall.kernels.unit_rows` at half normalize()'s tolerance): rows it passes
+    are those normalize() returns unchanged."""
+    if (vectors.dtype == np.float32 and vectors.ndim == 2
+            and kernels.unit_rows(vectors, 0.5 * UNIT_TOL)):
         return vectors
     return _normalize_blocks(vectors)
 
