@@ -73,14 +73,12 @@ class RssTrail:
             th.start()
 
     def _rss(self) -> None:
-        path = Path(f"/proc/{self.pid}/status")
+        proc = RssWatch(self.pid)
         while not self._stop.wait(self.every):
-            try:
-                line = next(ln for ln in path.read_text().splitlines()
-                            if ln.startswith("VmRSS"))
-            except (OSError, StopIteration):
+            rss = proc.status().get("VmRSS")
+            if rss is None:  # the worker is gone
                 return
-            self.samples.append((time.monotonic() - self.t0, int(line.split()[1]) / 1024))
+            self.samples.append((time.monotonic() - self.t0, rss / 2**20))
 
     def _index(self) -> None:
         while not self._stop.wait(self.every_state):
