@@ -204,8 +204,7 @@ class RequestsConsumer:
             if not batches:
                 continue
             fetched_at = time.time()
-            if sum(len(rs) for rs in batches.values()) < REQUEST_BATCH:
-                self._pace()
+            self._pace(batches)
             async with self.lock:
                 batches = self.current(batches)
                 if not batches:
@@ -216,13 +215,16 @@ class RequestsConsumer:
                     await rewind(self.consumer, batch_starts(batches), "requests",
                                  sum(len(rs) for rs in batches.values()))
 
-    def _pace(self) -> None:
-        """After a fetch that returned records, pause every assigned partition for the
-        fetch interval (module docstring): all of them, so that the next fetch asks for
-        them together rather than the quiet ones alone in fetches of their own."""
+    def _pace(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """After a fetch that returned records and was not full, pause every assigned
+        partition for the fetch interval (module docstring): all of them, so that the
+        next fetch asks for them together rather than the quiet ones alone in fetches of
+        their own. Nothing to do when pacing is off (the default)."""
         interval = self.settings.fetch_interval_ms / 1000.0
+        if interval <= 0 or sum(len(rs) for rs in batches.values()) >= REQUEST_BATCH:
+            return
         assigned = list(self.consumer.assignment())
-        if interval <= 0 or not assigned:
+        if not assigned:
             return
         self.consumer.pause(*assigned)
         asyncio.get_running_loop().call_later(interval, self._resume, assigned)

@@ -388,7 +388,7 @@ async def test_a_partition_revoked_while_paused_is_not_resumed() -> None:
     rc.settings = replace(rc.settings, fetch_interval_ms=20)
     fake = PausingConsumer(rc.topic, range(2))
     rc.consumer = fake  # type: ignore[assignment]
-    rc._pace()
+    rc._pace({TopicPartition(rc.topic, 0): [b"a request"]})  # a fetch, not full
     assert fake.paused == fake.tps
     fake.tps = {TopicPartition(rc.topic, 1)}  # partition 0 revoked meanwhile
     await asyncio.sleep(0.05)
