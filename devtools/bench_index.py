@@ -158,7 +158,7 @@ def _recall(found: list[Any], truth: Any) -> tuple[float, list[float]]:
     """Recall@k and its 95% interval, the query as the unit (as the tuner and the worker's
     gauge report it)."""
     from recall.monitor import mean_interval
-    from recall.tuner import query_hits
+    from recall.tunejudge import query_hits
 
     hits = query_hits(found, truth)
     mean = sum(hits) / len(hits)

@@ -13,7 +13,7 @@ import recall.lsh.index as lsh_index
 import recall.lsh.reserve as reserve
 from offline.synthetic import clustered_catalogue, user_like_queries
 from recall.lsh import Hasher, LSHIndex, LSHParams, normalize
-from recall.tuner import exact_topk, recall_at_k
+from recall.tunejudge import exact_topk, recall_at_k
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

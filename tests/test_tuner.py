@@ -10,13 +10,13 @@ import pytest
 
 from offline.synthetic import clustered_catalogue
 from recall.lsh import LSHIndex, LSHParams
+from recall.tunejudge import recall_at_k
 from recall.tuner import (
     Trial,
     TuneResult,
     cheaper_move,
     exact_topk,
     move_candidates,
-    recall_at_k,
     scaled_k,
     shape_of,
     suggested_params,
