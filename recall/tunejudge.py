@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from recall.lsh import LSHIndex, LSHParams, normalize
+from recall.lsh import LSHIndex, LSHParams, QueryResult, normalize
 from recall.monitor import Estimate, mean_interval
 
 
@@ -95,15 +95,9 @@ def evaluate(index: LSHIndex, queries: np.ndarray, truth: np.ndarray, k: int) ->
     """Recall (with its 95% interval), candidates and the median time of one search per
     query (what a lone request sees; a few preempted queries moved the mean 2x)."""
     index.search(queries[0], k)  # a first call may find cold caches
-    found, cands = [], 0
-    lat = np.empty(len(queries))
-    for i, q in enumerate(queries):
-        t0 = time.perf_counter()
-        res = index.search(q, k)[0]
-        lat[i] = time.perf_counter() - t0
-        found.append(res.ids)
-        cands += res.candidates
-    hits = query_hits([[int(i) for i in f] for f in found], truth)
+    results, lat = _timed_searches(index, queries, k)
+    cands = sum(res.candidates for res in results)
+    hits = query_hits([[int(i) for i in res.ids] for res in results], truth)
     mean = float(np.mean(hits)) if hits else 0.0
     est = mean_interval(hits) or Estimate(mean, mean, mean, len(hits))
     return Trial(index.params, mean, cands / len(queries), 1000 * float(np.median(lat)),
@@ -133,12 +127,22 @@ def _cheapest(trials: Sequence[Trial], target: float,
     return min(tied, key=lambda t: (t.nbytes, t.query_ms)), True, True
 
 
-def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
-    lat = []
-    for q in queries:
+def _timed_searches(index: LSHIndex, queries: np.ndarray, k: int,
+                    ) -> tuple[list[QueryResult], np.ndarray]:
+    """Each query searched alone, as a lone request is, and its wall time in seconds: the
+    one timing loop of a layout's pass, whether its recall is judged too
+    (:func:`evaluate`) or only its time (:func:`_median_ms`), so both time the same."""
+    results: list[QueryResult] = []
+    lat = np.empty(len(queries))
+    for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        index.search(q, k)
-        lat.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(lat))
+        results.append(index.search(q, k)[0])
+        lat[i] = time.perf_counter() - t0
+    return results, lat
+
+
+def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
+    """The median ms of one search over ``queries`` (:func:`_timed_searches`)."""
+    return 1000 * float(np.median(_timed_searches(index, queries, k)[1]))
 
 
