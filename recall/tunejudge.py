@@ -146,3 +146,28 @@ def _median_ms(index: LSHIndex, queries: np.ndarray, k: int) -> float:
     return 1000 * float(np.median(_timed_searches(index, queries, k)[1]))
 
 
+def alternated_ms(runs: Sequence[tuple[LSHIndex, LSHParams]], queries: np.ndarray, k: int,
+                  passes: int) -> list[list[float]]:
+    """Per run (an index searched at its params' probes and vote; runs may share an
+    index), its median ms (:func:`_median_ms`) in each of ``passes`` passes, the runs
+    timed one after another within each pass. Load that comes and goes then falls on all
+    of them alike: one pass per layout, minutes apart in the tuner's walk, timed the
+    default 0.135 ms there and 0.188 ms in the bench on a quiet 1M run."""
+    for index, params in runs:
+        index.probes, index.vote = params.T, params.vote
+        index.search(queries[0], k)  # a first call may find cold caches
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(passes):
+        for out, (index, params) in zip(times, runs, strict=True):
+            index.probes, index.vote = params.T, params.vote
+            out.append(_median_ms(index, queries, k))
+    return times
+
+
+def clearly_faster(times: Sequence[float], than: Sequence[float],
+                   gain: float = TIME_TIE) -> bool:
+    """``times`` beat ``than`` (the same alternated passes, :func:`alternated_ms`) by more
+    than ``gain`` in the median pass's ratio and in every pass: a median alone let a
+    layout win on a few passes taken while the other was preempted."""
+    ratios = [a / b for a, b in zip(times, than, strict=True)]
+    return bool(ratios) and float(np.median(ratios)) <= 1 - gain and max(ratios) < 1

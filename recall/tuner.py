@@ -50,7 +50,8 @@ from recall.tunejudge import (
     TIME_TIE,
     Trial,
     _cheapest,
-    _median_ms,
+    alternated_ms,
+    clearly_faster,
     evaluate,
     exact_topk,
     user_like_queries,
@@ -466,27 +467,20 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
     if base is None or not picks:
         return None, why, []
     served = _index(base.params, [str(i) for i in range(len(vectors))], vectors)
-    served.probes, served.vote = base.params.T, base.params.vote
-    rivals, last = [], served
+    runs, last = [(served, base.params)], served
     for pick in picks:  # each over the last one's arrays: all stay searchable
         last = last.relayout(pick.params)
-        last.probes, last.vote = pick.params.T, pick.params.vote
-        last.search(queries[0], result.k)  # first calls may find cold caches
-        rivals.append(last)
-    served.search(queries[0], result.k)
-    ratios: list[list[float]] = [[] for _ in picks]
-    for _ in range(CONFIRM_PASSES):
-        before = _median_ms(served, queries, result.k)
-        for r, rival in zip(ratios, rivals, strict=True):
-            r.append(_median_ms(rival, queries, result.k) / before)
+        runs.append((last, pick.params))
+    mine, *theirs = alternated_ms(runs, queries, result.k, CONFIRM_PASSES)
+    ratios = [[a / b for a, b in zip(t, mine, strict=True)] for t in theirs]
     whys = []
-    for pick, r in zip(picks, ratios, strict=True):
+    for pick, r, t in zip(picks, ratios, theirs, strict=True):
         ratio = float(np.median(r))
         whys.append(f"{pick.params.describe()}: {ratio:.2f}x the time of "
                     f"{base.params.describe()} (passes {min(r):.2f}-{max(r):.2f}), recall "
                     f"{pick.recall:.3f} against {base.recall:.3f}, {pick.nbytes / 2**20:.0f} "
                     f"against {base.nbytes / 2**20:.0f} MiB of index arrays, on all "
                     f"{len(vectors)} items")
-        if ratio <= 1 - gain and max(r) < 1:
+        if clearly_faster(t, mine, gain):
             return pick.params, whys[-1], r
     return None, "not clearly faster: " + "; ".join(whys), ratios[0]
