@@ -12,6 +12,9 @@ the settings that reach it, and the untuned default as shipped (:func:`suggested
 its probes included, on the same queries: tuning never picks a layout the default beats),
 the one with the lowest median time per query wins (measured, not modelled from
 candidates and probes: a vote setting re-ranks few candidates but gathers all it finds).
+That time is one pass per setting, minutes apart, on a shared machine: the finalists (the
+settings whose pass is within ``TIME_TIE`` of the fastest) are timed again in alternated
+passes over one vector matrix, and the choice is made from those (:func:`_confirmed`).
 
 A layout's cost depends on the catalogue's size: a bucket holds n/m times more items at n
 than on an m-item sample, so the layout cheapest on a fifth of a 1M catalogue (k=9, T=8:
@@ -66,6 +69,12 @@ FULL_SIZE_SHAPES = 3
 #: meet the target with its whole 95% interval (:meth:`Trial.meets`), +-0.007 on 1,000
 #: queries against +-0.012 on 300, so it need not over-shoot the target as far
 JUDGE_QUERIES = 1000
+#: the most finalists (settings within TIME_TIE of the fastest single pass) timed again in
+#: alternated passes, each shape's bucket table held at once (<= 256 MiB each at 1M)
+FINALISTS = 3
+#: alternated timing passes of the tuner's finalists (:func:`_confirmed`) and of a move
+#: judged on a whole catalogue (:func:`confirmed_move`)
+CONFIRM_PASSES = 5
 
 
 @dataclass
@@ -97,6 +106,10 @@ class TuneResult:
     #: False when no layout within the memory budget reached the target (the one
     #: reaching it with the least memory was chosen)
     within_budget: bool = True
+    #: the finalists timed again in alternated passes (:func:`_confirmed`; none: the
+    #: single passes chose), and each one's median ms in each pass
+    finalists: list[Trial] = field(default_factory=list)
+    finalist_ms: list[list[float]] = field(default_factory=list)
 
     def summary(self) -> str:
         verdict = ("cheapest whose recall interval reaches" if self.reached
@@ -121,6 +134,12 @@ class TuneResult:
                          f"({b.recall_low:.3f}-{b.recall_high:.3f}), {b.candidates:.0f} "
                          f"candidates/query, {b.query_ms:.3f} ms/query, index arrays "
                          f"{b.nbytes / 2**20:.0f} MiB")
+        if self.finalists:
+            lines.append(f"finalists (within {TIME_TIE:.0%} of the fastest in one pass) in "
+                         f"{len(self.finalist_ms[0])} alternated passes: " + "; ".join(
+                             f"{t.params.describe()} {np.median(ms):.3f} ms "
+                             f"({min(ms):.3f}-{max(ms):.3f})"
+                             for t, ms in zip(self.finalists, self.finalist_ms, strict=True)))
         if self.serve_items:
             lines.append(f"k scaled for {self.serve_items} items (not measured there: the "
                          "recall monitor sets the probes)")
@@ -277,6 +296,45 @@ def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: in
     return list(dict.fromkeys([*out, base, *also]))
 
 
+def _finalists(trials: Sequence[Trial], target: float, budget: float,
+               most: int = FINALISTS) -> list[Trial]:
+    """The settings :func:`_cheapest` ties (reaching the target within ``budget``, one
+    pass within TIME_TIE of the fastest): the ``most`` fastest of them, smallest index
+    first (the one the tie rule picks); none when fewer than two."""
+    fits = [t for t in trials if t.meets(target) and t.nbytes <= budget]
+    if not fits:
+        return []
+    fastest = min(t.query_ms for t in fits)
+    tied = sorted((t for t in fits if t.query_ms <= fastest * (1 + TIME_TIE)),
+                  key=lambda t: t.query_ms)[:most]
+    return sorted(tied, key=lambda t: (t.nbytes, t.query_ms)) if len(tied) > 1 else []
+
+
+def _confirmed(finalists: Sequence[Trial], x: np.ndarray, q: np.ndarray, k: int,
+               ) -> tuple[Trial, list[list[float]]]:
+    """The choice among ``finalists`` (smallest index first) and each one's median ms in
+    each of CONFIRM_PASSES alternated passes (:func:`alternated_ms`, all over one vector
+    matrix: :meth:`LSHIndex.relayout`). The smallest index holds unless a larger one is
+    faster by more than TIME_TIE in the median pass and in every pass
+    (:func:`clearly_faster`), as a worker's move must be; each one that is becomes the one
+    to beat. One pass per setting chose simhash k=20 L=8 T=16 on one quiet 1M run and
+    k=18 L=16 T=4 on two, their p50 1.88x and 0.63-0.67x hnswlib's in the bench."""
+    indexes: dict[tuple[str, int, int, float], LSHIndex] = {}
+    last: LSHIndex | None = None
+    for t in finalists:  # one index per shape, each over the last one's arrays
+        if shape_of(t.params) not in indexes:
+            last = (_index(t.params, [str(i) for i in range(len(x))], x) if last is None
+                    else last.relayout(t.params))
+            indexes[shape_of(t.params)] = last
+    times = alternated_ms([(indexes[shape_of(t.params)], t.params) for t in finalists],
+                          q, k, CONFIRM_PASSES)
+    best = 0
+    for i in range(1, len(finalists)):
+        if clearly_faster(times[i], times[best]):
+            best = i
+    return finalists[best], times
+
+
 def tune(
     vectors: np.ndarray,
     queries: np.ndarray | None = None,
@@ -292,6 +350,7 @@ def tune(
     seed: int = 42,
     max_index_bytes: int | None = None,
     judge_also: Sequence[tuple[str, int, int, float]] = (),
+    finalists: int = FINALISTS,
     progress: bool = True,
 ) -> TuneResult:
     """Pick the cheapest LSH parameters reaching `target_recall` recall@k on the
@@ -308,6 +367,8 @@ def tune(
     (:func:`suggested_params`) takes there (see "Memory" in the module docstring).
     judge_also: layouts (family, k, L, w) judged at full size whatever the sample says
     (a worker's served layout, to compare a move with on the same queries).
+    finalists: the most settings tied in their one pass that are timed again in
+    alternated passes to choose (:func:`_confirmed`); below 2: the single pass chooses.
     """
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
@@ -357,6 +418,10 @@ def tune(
         judged, trials = [*judged, baseline], [*trials, baseline]
     budget = baseline.nbytes if max_index_bytes is None else int(max_index_bytes)
     best, reached, fits = _cheapest(judged, target_recall, budget)
+    final = _finalists(judged, target_recall, budget, finalists) if finalists > 1 else []
+    final_ms: list[list[float]] = []
+    if final:  # tied in one pass each: timed again side by side
+        best, final_ms = _confirmed(final, judged_on, q, k)
     params = best.params
     serve = 0
     if serve_items is not None and serve_items > len(full):
@@ -370,7 +435,8 @@ def tune(
         seconds=time.perf_counter() - started, judged_items=len(full) if len(full) > n
         else n, serve_items=serve, recall_low=best.recall_low,
         recall_high=best.recall_high, baseline=baseline, nbytes=best.nbytes,
-        max_index_bytes=budget, within_budget=fits,
+        max_index_bytes=budget, within_budget=fits, finalists=final,
+        finalist_ms=final_ms,
     )
 
 
@@ -418,10 +484,6 @@ def cheaper_move(result: TuneResult, current: tuple[str, int, int, float],
                 f"{base.params.describe()}'s {base.candidates:.0f}, {base.query_ms:.3f} ms, "
                 f"{base.nbytes / 2**20:.1f} MiB on the same sample")
     return None
-
-
-#: alternated timing passes of a move judged on a whole catalogue (:func:`confirmed_move`)
-CONFIRM_PASSES = 5
 
 
 def move_candidates(result: TuneResult, current: tuple[str, int, int, float],

@@ -3,15 +3,21 @@ the sample it walked its grid on."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
+from itertools import groupby
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from offline.synthetic import clustered_catalogue
+from recall import tunejudge
 from recall.lsh import LSHIndex, LSHParams
 from recall.tunejudge import recall_at_k
 from recall.tuner import (
+    CONFIRM_PASSES,
     Trial,
     TuneResult,
     cheaper_move,
@@ -284,3 +290,65 @@ def test_a_move_on_the_whole_catalogue_frees_memory_when_a_layout_can():
     assert move_candidates(_result(big, [big, small]), shape_of(served))[:2] == (None, [])
     low = [replace(t, recall=0.89, recall_low=0.88) for t in mine]
     assert move_candidates(_result(big, [*low, big]), shape_of(served))[:2] == (None, [])
+
+
+SMALL, LARGE = ("simhash", 10, 8, 1.0), ("simhash", 10, 16, 1.0)  # 8 tables, then 16
+
+
+def _timed_tune(monkeypatch: pytest.MonkeyPatch,
+                cost: dict[tuple[str, int, int, float], Callable[[int], float]],
+                n_queries: int = 60) -> tuple[TuneResult, list[tuple[str, int, int, float]]]:
+    """tune() on SMALL and LARGE with an injected clock: each search takes
+    ``cost[shape](pass)`` ms, pass -1 being a setting's one pass in the walk and 0, 1, ...
+    the passes after it (other shapes: 5 ms). Returns the result and the shape of every
+    search in order."""
+    clock = SimpleNamespace(now=0.0)
+    calls: Counter[tuple[object, ...]] = Counter()
+    order: list[tuple[str, int, int, float]] = []
+    search = LSHIndex.search
+
+    def timed(self: LSHIndex, *args: object, **kwargs: object) -> object:
+        found = search(self, *args, **kwargs)
+        shape = shape_of(self.params)
+        calls[shape, self.probes, self.vote] += 1
+        after = calls[shape, self.probes, self.vote] - (n_queries + 1)  # warm-up + pass
+        step = -1 if after <= 1 else (after - 2) // n_queries  # (its warm-up: pass 0)
+        clock.now += cost.get(shape, lambda _: 5.0)(step) / 1000
+        order.append(shape)
+        return found
+
+    monkeypatch.setattr(LSHIndex, "search", timed)
+    monkeypatch.setattr(tunejudge, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    x, _ = clustered_catalogue(4000, 16, seed=3)
+    result = tune(x, target_recall=0.8, k=10, n_queries=n_queries, layouts=[SMALL, LARGE],
+                  votes=(1,), seed=5, max_index_bytes=10**9, progress=False)
+    return result, order
+
+
+def test_the_finalists_tied_in_one_pass_are_timed_again_in_alternated_passes(monkeypatch):
+    """One pass per setting, minutes apart on a shared machine, put the smaller index
+    within the tie of the larger (1.00 against 1.05 ms: the tie goes to the smaller),
+    where side by side it is 1.5 ms: the two are timed again in alternated passes, and
+    the larger, faster by over TIME_TIE in the median pass and in every pass, is chosen."""
+    result, order = _timed_tune(monkeypatch, {SMALL: lambda p: 1.0 if p < 0 else 1.5,
+                                              LARGE: lambda p: 1.05})
+    walked = {shape_of(t.params): t.query_ms for t in result.trials if t.meets(0.8)}
+    assert walked[SMALL] == pytest.approx(1.0) and walked[LARGE] == pytest.approx(1.05)
+    assert shape_of(result.params) == LARGE, result.summary()
+    assert [shape_of(t.params) for t in result.finalists] == [SMALL, LARGE]
+    assert [np.median(ms) for ms in result.finalist_ms] == pytest.approx([1.5, 1.05])
+    assert [len(ms) for ms in result.finalist_ms] == [CONFIRM_PASSES] * 2
+    # alternated: a pass of all 60 queries of one, then of the other, and again
+    blocks = [(shape, len(list(run))) for shape, run in groupby(order)]
+    assert blocks[-2 * CONFIRM_PASSES:] == [(SMALL, 60), (LARGE, 60)] * CONFIRM_PASSES
+    assert "alternated passes" in result.summary()
+
+
+def test_a_larger_finalist_must_be_faster_in_every_alternated_pass(monkeypatch):
+    """Faster by over TIME_TIE in the median pass but slower in one (preempted there):
+    not clearly faster, so the tie goes to the smaller index, as a worker's move would
+    not be made on such passes."""
+    result, _ = _timed_tune(monkeypatch, {SMALL: lambda p: 1.0 if p < 0 else 1.5,
+                                          LARGE: lambda p: 1.6 if p == 2 else 1.05})
+    assert [np.median(ms) for ms in result.finalist_ms] == pytest.approx([1.5, 1.05])
+    assert shape_of(result.params) == SMALL, result.summary()
