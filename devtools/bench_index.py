@@ -333,7 +333,11 @@ def _bench(args: argparse.Namespace, params: Any, inserts: int, probes: list[int
             "index_mib": round(tuned.nbytes / 2**20, 1),
             "budget_mib": round(tuned.max_index_bytes / 2**20, 1),
             "within_budget": tuned.within_budget,
-            "default": None if base is None else base.as_dict()}
+            "default": None if base is None else base.as_dict(),
+            # the settings tied in one pass, timed again side by side: what chose
+            "finalists": [{"params": t.params.describe(), "one_pass_ms": round(t.query_ms, 4),
+                           "passes_ms": [round(m, 4) for m in ms]}
+                          for t, ms in zip(tuned.finalists, tuned.finalist_ms, strict=True)]}
     if params is None:
         params = default
     res["params"] = params.to_dict()
