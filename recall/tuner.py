@@ -13,8 +13,8 @@ its probes included, on the same queries: tuning never picks a layout the defaul
 the one with the lowest median time per query wins (measured, not modelled from
 candidates and probes: a vote setting re-ranks few candidates but gathers all it finds).
 That time is one pass per setting, minutes apart, on a shared machine: the finalists (the
-settings whose pass is within ``TIME_TIE`` of the fastest) are timed again in alternated
-passes over one vector matrix, and the choice is made from those (:func:`_confirmed`).
+fastest few whose pass is within ``FINALIST_SPAN`` of the fastest) are timed again in
+alternated passes over one vector matrix, and the choice is made there (:func:`_confirmed`).
 
 A layout's cost depends on the catalogue's size: a bucket holds n/m times more items at n
 than on an m-item sample, so the layout cheapest on a fifth of a 1M catalogue (k=9, T=8:
@@ -69,9 +69,14 @@ FULL_SIZE_SHAPES = 3
 #: meet the target with its whole 95% interval (:meth:`Trial.meets`), +-0.007 on 1,000
 #: queries against +-0.012 on 300, so it need not over-shoot the target as far
 JUDGE_QUERIES = 1000
-#: the most finalists (settings within TIME_TIE of the fastest single pass) timed again in
-#: alternated passes, each shape's bucket table held at once (<= 256 MiB each at 1M)
+#: the most finalists timed again in alternated passes (:func:`_confirmed`), each shape's
+#: bucket table held at once (<= 256 MiB each at 1M, the default's budget)
 FINALISTS = 3
+#: a setting is a finalist when its one pass is within this fraction of the fastest, wider
+#: than the tie: one pass each in a loaded 1M run put simhash k=18 L=16 T=4 29% behind
+#: k=20 L=8 T=16 (0.116 against 0.090 ms), which quiet benches timed 0.121-0.128 against
+#: 0.134 ms; within the 10% tie no finalists were left to confirm in that run or the next
+FINALIST_SPAN = 0.5
 #: alternated timing passes of the tuner's finalists (:func:`_confirmed`) and of a move
 #: judged on a whole catalogue (:func:`confirmed_move`)
 CONFIRM_PASSES = 5
@@ -135,7 +140,7 @@ class TuneResult:
                          f"candidates/query, {b.query_ms:.3f} ms/query, index arrays "
                          f"{b.nbytes / 2**20:.0f} MiB")
         if self.finalists:
-            lines.append(f"finalists (within {TIME_TIE:.0%} of the fastest in one pass) in "
+            lines.append(f"finalists (the fastest within {FINALIST_SPAN:.0%} in one pass) in "
                          f"{len(self.finalist_ms[0])} alternated passes: " + "; ".join(
                              f"{t.params.describe()} {np.median(ms):.3f} ms "
                              f"({min(ms):.3f}-{max(ms):.3f})"
@@ -298,14 +303,14 @@ def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: in
 
 def _finalists(trials: Sequence[Trial], target: float, budget: float,
                most: int = FINALISTS) -> list[Trial]:
-    """The settings :func:`_cheapest` ties (reaching the target within ``budget``, one
-    pass within TIME_TIE of the fastest): the ``most`` fastest of them, smallest index
-    first (the one the tie rule picks); none when fewer than two."""
+    """Of the settings reaching the target within ``budget``, the ``most`` fastest whose
+    one pass is within FINALIST_SPAN of the fastest, smallest index first (the one the
+    tie rule favours); none when fewer than two."""
     fits = [t for t in trials if t.meets(target) and t.nbytes <= budget]
     if not fits:
         return []
     fastest = min(t.query_ms for t in fits)
-    tied = sorted((t for t in fits if t.query_ms <= fastest * (1 + TIME_TIE)),
+    tied = sorted((t for t in fits if t.query_ms <= fastest * (1 + FINALIST_SPAN)),
                   key=lambda t: t.query_ms)[:most]
     return sorted(tied, key=lambda t: (t.nbytes, t.query_ms)) if len(tied) > 1 else []
 
