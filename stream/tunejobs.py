@@ -90,6 +90,39 @@ WALK_ITEMS = 200_000
 CONFIRM_QUERIES, CONFIRM_FROM = 500, 50_000
 
 
+#: snapshot rows read (and normalised in float64) at a time: 32 MB of temporaries at 64-D
+READ_ROWS = 65_536
+
+
+def read_snapshot(path: str, rows: int, dim: int) -> np.ndarray:
+    """The ``rows`` stored vectors at ``path`` (raw :data:`VECTOR_DTYPE`) as one float32
+    matrix of unit rows, read a block at a time, each row divided by its float64 norm.
+
+    Not :func:`normalize`: it keeps rows within its tolerance (1e-5) as they are, and a
+    half-precision row often is (87,687 of the 1M bench rows) but beyond the half of it
+    that the tuner's check of unit rows allows, so the tuner made its own normalised copy
+    of the whole matrix and held both (+244 MB at 1M x 64, for the whole run). Divided
+    here, every row is within ~4e-8 of unit: the tuner uses this matrix as it is, and
+    normalize() returns its rows unchanged. Mapped instead of read, the file's pages
+    (122 MiB at 1M x 64) were this process's RSS beside the matrix."""
+    from recall.lsh.params import VECTOR_DTYPE
+
+    vectors = np.empty((rows, dim), dtype=np.float32)
+    with open(path, "rb") as f:
+        for start in range(0, rows, READ_ROWS):
+            m = min(READ_ROWS, rows - start)
+            block = np.fromfile(f, dtype=VECTOR_DTYPE, count=m * dim)
+            if len(block) != m * dim:
+                raise ValueError(f"{path}: {start + len(block) // dim} rows, not {rows}")
+            x = block.reshape(m, dim).astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+            if not (norms.min(initial=1.0) > 0 and np.isfinite(norms).all()):
+                raise ValueError(f"{path}: a zero or non-finite row in rows {start}-"
+                                 f"{start + m - 1}")
+            vectors[start:start + m] = x / norms[:, None]
+    return vectors
+
+
 def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, Any],
                        walk_items: int = WALK_ITEMS) -> dict[str, Any]:
     """Child process, at the lowest priority: the tuner on a whole catalogue of ``rows``
@@ -101,19 +134,10 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     figures, and the CPU seconds this process took."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
-    from recall.lsh.params import VECTOR_DTYPE, normalize
     from recall.tuner import confirmed_move, shape_of, tune, user_like_queries
 
     cur = LSHParams.from_dict(current)
-    # read a block at a time into one normalised float32 matrix, which the tuner uses
-    # as it is: mapped, the file's pages (128 MB at 1M x 64) were this process's RSS
-    # beside the tuner's float32 copy (1.2 GB peak at 1M)
-    vectors = np.empty((rows, cur.dim), dtype=np.float32)
-    with open(path, "rb") as f:
-        for start in range(0, rows, 65_536):
-            m = min(65_536, rows - start)
-            block = np.fromfile(f, dtype=VECTOR_DTYPE, count=m * cur.dim)
-            vectors[start:start + m] = normalize(block.reshape(m, cur.dim))
+    vectors = read_snapshot(path, rows, cur.dim)
     mine = shape_of(cur)
     result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed,
                   max_items=walk_items, judge_also=[mine], progress=False)
