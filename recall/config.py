@@ -107,6 +107,12 @@ class Settings:
     #: a temporary file and tuned whole in the child process (~1.2 GB there at 1M x 64,
     #: none in the worker's own memory); 0 = only catalogues the sample holds whole
     retune_cost_max_items: int = 2_000_000
+    #: seconds a served layout is left alone before a cost re-tune looks for a cheaper
+    #: one (from the worker's start or the layout's swap): its probes settle first, and a
+    #: catalogue still streaming in is re-picked for size every 4x anyway (a layout tuned
+    #: in between would be replaced within minutes, and each move re-hashes every item).
+    #: Shorter only to see a move sooner (a benchmark)
+    retune_cost_settle: float = 600.0
     #: a request is answered within this many ms of being read: from memory, or, when
     #: its user must be read from Redis and Redis does not answer in time, with an error
     request_deadline_ms: int = 1000
@@ -164,6 +170,7 @@ class Settings:
             (self.retune_items >= 0, "retune_items", "must be >= 0"),
             (0 <= self.retune_cost_cpu <= 1, "retune_cost_cpu", "must be in [0, 1]"),
             (self.retune_cost_max_items >= 0, "retune_cost_max_items", "must be >= 0"),
+            (self.retune_cost_settle >= 0, "retune_cost_settle", "must be >= 0"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
             (0 <= self.fetch_interval_ms <= 1000, "fetch_interval_ms", "must be 0..1000"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
@@ -237,6 +244,7 @@ ENV_NAMES: dict[str, str] = {
     "retune_items": "RECALL_RETUNE_ITEMS",
     "retune_cost_cpu": "RECALL_RETUNE_COST_CPU",
     "retune_cost_max_items": "RECALL_RETUNE_COST_MAX_ITEMS",
+    "retune_cost_settle": "RECALL_RETUNE_COST_SETTLE",
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",

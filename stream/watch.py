@@ -55,12 +55,13 @@ Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or exp
   in the worker while it is sent); the live monitor measures the result at full size and
   sets T.
 - **cost**: the recall holds (a full window at or above target, the probes settled), the
-  layout has been served ``COST_SETTLE`` seconds, and ``RECALL_RETUNE_COST_CPU`` allows a
-  try: the tuner runs in a child process at the lowest priority, beside the traffic, on
-  what is served (no size extrapolated). Up to ``RECALL_RETUNE_ITEMS`` items: on all of
-  them, the served layout's shape walked beside its grid; a choice with
-  ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates at the target, or that much less
-  index memory, within the memory budget (``recall.tuner.cheaper_move``) is re-picked.
+  layout has been served ``RECALL_RETUNE_COST_SETTLE`` seconds (600), and
+  ``RECALL_RETUNE_COST_CPU`` allows a try: the tuner runs in a child process at the
+  lowest priority, beside the traffic, on what is served (no size extrapolated). Up to
+  ``RECALL_RETUNE_ITEMS`` items: on all of them, the served layout's shape walked beside
+  its grid; a choice with ``recall.tuner.MOVE_GAIN`` (20%) fewer candidates at the
+  target, or that much less index memory, within the memory budget
+  (``recall.tuner.cheaper_move``) is re-picked.
   Larger, up to ``RECALL_RETUNE_COST_MAX_ITEMS``: the stored vectors are written to a
   temporary file (a block at a time: no second matrix in the worker) and the child tunes
   the whole catalogue as ``recall tune`` does (grid on a sample, the best layouts, the
@@ -151,11 +152,6 @@ COPY_BATCH = 20_000
 REPICK_QUIET = 30.0
 #: seconds the re-pick lock is held at most (a crashed holder does not block forever)
 REPICK_LOCK_SECONDS = 600
-#: seconds a served layout is left alone before the first cost re-tune looks for a
-#: cheaper one (from the worker's start or the layout's swap): its probes settle first,
-#: and a catalogue still streaming in is re-picked for size every 4x anyway (a layout
-#: tuned in between would be replaced within minutes, and each move re-hashes every item)
-COST_SETTLE = 600.0
 #: the niceness of the thread computing exact answers: the lowest priority, so on a busy
 #: (or pinned) core the event loop's thread runs first whenever it has work
 EXACT_NICE = 19
@@ -281,7 +277,7 @@ class RecallWatch:
         self.rebuilding = False
         self.quiet_until = 0.0  # no re-pick before (clock): one was just made or refused
         #: no cost re-tune before (clock): the last one's CPU over RECALL_RETUNE_COST_CPU
-        self.cost_at = clock() + COST_SETTLE
+        self.cost_at = clock() + settings.retune_cost_settle
         self.cost_began = 0.0  # when the last one began (clock)
         self._cost_task: asyncio.Task | None = None
         self.dropped = 0
@@ -402,7 +398,7 @@ class RecallWatch:
             # layout); a version another worker picked: its size now
             self.chosen_for = self._picked_for.pop(self.slot.version, len(index))
             self.quiet_until = 0.0
-            self.cost_at = max(self.cost_at, self.clock() + COST_SETTLE)
+            self.cost_at = max(self.cost_at, self.clock() + self.settings.retune_cost_settle)
 
     def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
         """Count the samples still describing the served index; returns how many."""
@@ -511,6 +507,8 @@ class RecallWatch:
                                            index.params.to_dict(), len(index))
             else:
                 snapshot, n = await asyncio.to_thread(write_snapshot, index)
+                log.info("LSH cost re-tune: %d items written out in %.1fs, tuned whole in "
+                         "a child process", n, self.clock() - began)
                 job = loop.run_in_executor(pool, tune_cheaper_whole, snapshot, n,
                                            self.settings.target_recall,
                                            index.params.to_dict())

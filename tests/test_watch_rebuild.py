@@ -24,7 +24,6 @@ from recall.monitor import query_recall
 from recall.store import Store
 from recall.tuner import exact_topk, shape_of, suggested_params, user_like_queries
 from stream import items as items_mod
-from stream import watch as watch_mod
 from stream.items import ItemBatch, ItemsFollower, ItemsWriter, load_index
 from stream.kafka import create_topics
 from stream.metrics import Metrics
@@ -579,14 +578,13 @@ async def serve_until(w: World, done: object, seconds: float = 120.0) -> None:
 
 
 async def test_a_worker_whose_recall_is_far_above_target_moves_to_a_cheaper_layout(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Store) -> None:
     """A coarse layout holds the target easily but re-ranks most of the catalogue. With
     the recall comfortably above target, the worker re-tunes in the background for cost,
     moves (a new version, every item kept) to a layout re-ranking clearly fewer
     candidates, and the target still holds there."""
-    monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)  # no wait for the layout to settle
     w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
-                    retune_items=3000, retune_cost_cpu=1.0)
+                    retune_items=3000, retune_cost_cpu=1.0, retune_cost_settle=0.0)
     before, v0 = w.slot.index, w.slot.version
     cost_before = mean_candidates(w)
     assert served_recall(w) > 0.99
@@ -645,20 +643,19 @@ async def coarse_world_holding_the_target(store: Store, retune_items: int) -> Wo
 async def test_a_layout_is_served_a_while_before_it_is_tuned_for_cost(store: Store) -> None:
     """A fresh layout (worker start, or just swapped in) settles its probes, and a
     catalogue streaming in is re-picked for size anyway: no cost re-tune before
-    COST_SETTLE seconds, however well its recall holds."""
+    RECALL_RETUNE_COST_SETTLE seconds, however well its recall holds."""
     w = await coarse_world_holding_the_target(store, retune_items=3000)
     assert w.watch._cost_task is None
-    assert w.watch.cost_at >= w.watch.clock() + watch_mod.COST_SETTLE - 60
+    assert w.watch.cost_at >= w.watch.clock() + w.watch.settings.retune_cost_settle - 60
 
 
-async def test_a_catalogue_larger_than_allowed_is_not_tuned_for_cost(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_catalogue_larger_than_allowed_is_not_tuned_for_cost(store: Store) -> None:
     """A layout tuned on a sample and scaled up to the catalogue is a guess (the tuner
     judges such guesses again at full size before it chooses): beyond the sample, only
     a catalogue the child may hold whole (RECALL_RETUNE_COST_MAX_ITEMS) is tuned."""
-    monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)
     w = await world(store, 3000, LSHParams(dim=DIM, k=3, L=16, T=8, seed=3),
-                    retune_items=2000, retune_cost_cpu=1.0, retune_cost_max_items=2500)
+                    retune_items=2000, retune_cost_cpu=1.0, retune_cost_max_items=2500,
+                    retune_cost_settle=0.0)
     await serve(w, 80)
     est = w.watch.controller.estimate()
     assert est is not None and est.mean >= 0.95
@@ -673,10 +670,9 @@ async def test_a_catalogue_larger_than_the_sample_moves_to_a_cheaper_layout_judg
     layout judged beside its choice, and the worker moves (a new version, every item
     kept, no temporary file left) to a layout re-ranking clearly fewer candidates, the
     target still held."""
-    monkeypatch.setattr(watch_mod, "COST_SETTLE", 0.0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     w = await world(store, 4000, LSHParams(dim=DIM, k=2, L=16, T=8, seed=3),
-                    retune_items=1000, retune_cost_cpu=1.0)
+                    retune_items=1000, retune_cost_cpu=1.0, retune_cost_settle=0.0)
     before, v0 = w.slot.index, w.slot.version
     cost_before = mean_candidates(w)
     costs = w.metrics.lsh_retunes.labels("cost")
