@@ -1,0 +1,114 @@
+"""The cost re-tune's CPU budget (stream/watch.py), at unit level: an injected clock and a
+fake tuning job that reports the CPU seconds it took, run in place of the child process.
+
+A try may begin only once the last one's CPU time over ``RECALL_RETUNE_COST_CPU`` has
+passed since it began; the integration test that moves a live index to a cheaper layout
+(tests/test_watch_rebuild.py) also checks this, but there the tries' timing is the
+machine's, and it passed with the check removed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recall.config import Settings
+from recall.lsh import LSHIndex, LSHParams
+from stream import watch as watch_mod
+from stream.metrics import Metrics
+from stream.state import IndexSlot
+from stream.watch import MIN_SAMPLES, RecallWatch
+
+#: CPU seconds each fake try reports, and the budget: a try "costs" 300 s of waiting
+TRY_CPU, BUDGET = 3.0, 0.01
+#: seconds a layout is served before its first try (RECALL_RETUNE_COST_SETTLE's default)
+COST_SETTLE = Settings().retune_cost_settle
+
+
+class InPlace(Executor):
+    """Runs a submitted job at once, in the caller (a process pool's stand-in)."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
+
+
+def holding_watch(monkeypatch: pytest.MonkeyPatch
+                  ) -> tuple[RecallWatch, list[float], list[float]]:
+    """A watch on 300 items (a catalogue the sample holds) whose recall holds at the
+    lowest probes (no probe decision is due), with a clock the test moves (``now[0]``)
+    and cost tries that take ``TRY_CPU`` seconds of CPU and find nothing cheaper; and the
+    clock readings at which the tries ran."""
+    now, tries = [0.0], []
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    index = LSHIndex(LSHParams(dim=8, k=4, L=2, T=1, seed=1))
+    index.add([f"i{i}" for i in range(len(x))], x)
+
+    def fake_tune(vectors: np.ndarray, target: float, current: dict[str, Any],
+                  serve_items: int) -> dict[str, Any]:
+        tries.append(now[0])
+        return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
+
+    monkeypatch.setattr(watch_mod, "tune_cheaper", fake_tune)
+    monkeypatch.setattr(watch_mod, "ProcessPoolExecutor", InPlace)
+
+    async def positions() -> dict[int, int]:
+        return {}
+
+    settings = Settings(dim=8, retune_items=1000, retune_cost_cpu=BUDGET)
+    w = RecallWatch(settings, IndexSlot(index, 1), Metrics(), None,  # type: ignore[arg-type]
+                    positions, exact_max_items=100, clock=lambda: now[0])
+    for _ in range(MIN_SAMPLES):
+        w.controller.observe(1.0, index.params.T)
+    return w, now, tries
+
+
+async def look(w: RecallWatch) -> None:
+    """What the watch does every second: act, and let a try it began run to its end."""
+    await w.act()
+    if w._cost_task is not None:
+        await w._cost_task
+
+
+async def test_a_cost_try_waits_for_the_last_ones_cpu_time_over_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w, now, tries = holding_watch(monkeypatch)
+    try:
+        now[0] = COST_SETTLE - 1.0
+        await look(w)
+        assert tries == []  # the layout settles first
+        now[0] = COST_SETTLE
+        await look(w)
+        assert tries == [COST_SETTLE]
+        allowed = COST_SETTLE + TRY_CPU / BUDGET
+        assert w.cost_at == pytest.approx(allowed)
+        for t in np.arange(COST_SETTLE + 1.0, allowed, 10.0):  # every look until allowed
+            now[0] = float(t)
+            await look(w)
+        assert tries == [COST_SETTLE]
+        now[0] = allowed
+        await look(w)
+        assert tries == [COST_SETTLE, allowed]
+        assert w.metrics.lsh_cost_tune_seconds._value.get() == pytest.approx(2 * TRY_CPU)
+    finally:
+        await w.stop()
+
+
+async def test_no_cost_try_while_the_budget_is_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w, now, tries = holding_watch(monkeypatch)
+    w.settings = Settings(dim=8, retune_items=1000, retune_cost_cpu=0.0)
+    try:
+        now[0] = 10 * COST_SETTLE
+        await look(w)
+        assert tries == []
+    finally:
+        await w.stop()
