@@ -106,7 +106,33 @@ def rss_figures(trail: RssTrail, applied_at: float) -> dict[str, Any]:
     after = [mb for t, mb in trail.samples if t >= applied_at]
     return {"rss_sampled_peak_mb": round(peak, 1), "rss_sampled_peak_at_s": round(at, 1),
             "rss_sampled_peak_items": state[1], "rss_sampled_peak_version": state[2],
-            "rss_at_catalogue_applied_mb": round(after[0], 1) if after else None}
+            "rss_at_catalogue_applied_mb": round(after[0], 1) if after else None,
+            "rss_by_version_after_catalogue": rss_by_version(trail, applied_at)}
+
+
+def rss_by_version(trail: RssTrail, since: float) -> list[dict[str, float]]:
+    """From ``since`` on, per index version served (the last scrape at or before each
+    sample): its first, largest and last RSS. A move made once the catalogue is in (a
+    cost re-tune: the copy, then the new table built beside the served one) peaks in the
+    window of the version it leaves, which the whole run's peak (often the catalogue's
+    merges) does not show."""
+    out: list[dict[str, float]] = []
+    states = sorted(trail.states)
+    i, version = 0, math.nan
+    for t, mb in trail.samples:
+        while i < len(states) and states[i][0] <= t:
+            version = states[i][2]
+            i += 1
+        if t < since:
+            continue
+        if not out or out[-1]["version"] != version:
+            out.append({"version": version, "from_s": round(t, 1), "first_mb": round(mb, 1),
+                        "max_mb": round(mb, 1), "max_at_s": round(t, 1)})
+        w = out[-1]
+        if mb > w["max_mb"]:
+            w["max_mb"], w["max_at_s"] = round(mb, 1), round(t, 1)
+        w["last_mb"] = round(mb, 1)
+    return out
 
 
 def add_parser(sub: Any, bench_sub: Any) -> None:
@@ -518,3 +544,7 @@ def summary(out: dict[str, Any]) -> None:
               f"{out['rss_sampled_peak_items']:.0f} items, version "
               f"{out['rss_sampled_peak_version']:.0f}); {out['rss_at_catalogue_applied_mb']} "
               "MB once the catalogue was in", flush=True)
+        for w in out.get("rss_by_version_after_catalogue", []):
+            print(f"  then version {w['version']:.0f} from {w['from_s']} s: RSS "
+                  f"{w['first_mb']} MB, peak {w['max_mb']} MB at {w['max_at_s']} s, "
+                  f"{w['last_mb']} MB at its end", flush=True)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from devtools.bench_watch_live import figures, held_from, settled_since
+from devtools.bench_watch_live import figures, held_from, rss_by_version, settled_since
 from devtools.e2e.catalogue import catalogue, item_of, user_cluster
 from devtools.e2e.traffic import WARM_CLICKS
 
@@ -75,6 +75,20 @@ def test_time_to_target_is_from_when_the_gauge_stayed_at_or_above_it() -> None:
     assert held_from([*rows, scrape(5, 6, 0.94)], 0.95) is None
     assert settled_since(rows) == 2  # the first scrape after the last one at T=5
     assert settled_since(rows[:2]) == 0
+
+
+def test_the_rss_after_the_catalogue_is_split_by_the_version_served() -> None:
+    """A move once the catalogue is in peaks in the window of the version it leaves
+    (its new table built beside the served one), not in the run's peak (the merges)."""
+    trail = argparse.Namespace(
+        samples=[(0.0, 300.0), (1.0, 700.0), (2.0, 640.0), (3.0, 690.0), (4.0, 650.0),
+                 (5.0, 566.0), (6.0, 565.0)],
+        states=[(0.5, 900.0, 4.0), (4.5, 1000.0, 5.0)])
+    assert rss_by_version(trail, since=2.0) == [  # type: ignore[arg-type]
+        {"version": 4.0, "from_s": 2.0, "first_mb": 640.0, "max_mb": 690.0, "max_at_s": 3.0,
+         "last_mb": 650.0},
+        {"version": 5.0, "from_s": 5.0, "first_mb": 566.0, "max_mb": 566.0, "max_at_s": 5.0,
+         "last_mb": 565.0}]
 
 
 @pytest.mark.integration
