@@ -1,0 +1,39 @@
+"""The cost re-tune child's reading of the worker's snapshot (stream/tunejobs.py): the
+matrix it hands the tuner must be one the tuner uses as it is, or the child holds two
+float32 copies of the catalogue (244 MB each at 1M x 64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recall.lsh import LSHIndex, LSHParams
+from recall.tuner import _unit_rows
+from stream.tunejobs import read_snapshot, write_snapshot
+
+
+def test_the_snapshot_is_read_into_rows_the_tuner_uses_as_they_are(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 64)).astype(np.float32)
+    index = LSHIndex(LSHParams(dim=64, k=4, L=2, seed=1))
+    index.stage([f"i{i}" for i in range(len(x))], x)
+    path, rows = write_snapshot(index)
+    got = read_snapshot(path, rows, 64)
+    assert got.shape == (20_000, 64) and got.dtype == np.float32
+    assert _unit_rows(got) is got  # no second matrix in the tuner
+    # the same rows the worker stores, to half precision
+    stored = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.abs(got - stored).max() < 2e-3
+
+
+def test_a_short_snapshot_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short.f16"
+    path.write_bytes(np.ones((3, 4), dtype=np.float16).tobytes())
+    with pytest.raises(ValueError, match="3 rows, not 5"):
+        read_snapshot(str(path), 5, 4)
