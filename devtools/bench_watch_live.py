@@ -126,13 +126,13 @@ def rss_by_version(trail: RssTrail, since: float) -> list[dict[str, float]]:
         if t < since:
             continue
         if not out or out[-1]["version"] != version:
-            out.append({"version": version, "from_s": round(t, 1), "first_mb": round(mb, 1),
-                        "max_mb": round(mb, 1), "max_at_s": round(t, 1)})
+            out.append({"version": version, "from_s": t, "first_mb": mb, "max_mb": mb,
+                        "max_at_s": t})
         w = out[-1]
         if mb > w["max_mb"]:
-            w["max_mb"], w["max_at_s"] = round(mb, 1), round(t, 1)
-        w["last_mb"] = round(mb, 1)
-    return out
+            w["max_mb"], w["max_at_s"] = mb, t
+        w["last_mb"] = mb
+    return [{k: v if k == "version" else round(v, 1) for k, v in w.items()} for w in out]
 
 
 def add_parser(sub: Any, bench_sub: Any) -> None:

@@ -81,8 +81,8 @@ def test_the_rss_after_the_catalogue_is_split_by_the_version_served() -> None:
     """A move once the catalogue is in peaks in the window of the version it leaves
     (its new table built beside the served one), not in the run's peak (the merges)."""
     trail = argparse.Namespace(
-        samples=[(0.0, 300.0), (1.0, 700.0), (2.0, 640.0), (3.0, 690.0), (4.0, 650.0),
-                 (5.0, 566.0), (6.0, 565.0)],
+        samples=[(0.0, 300.0), (1.0, 700.0), (2.0, 640.0), (3.0, 690.04), (3.5, 690.02),
+                 (4.0, 650.0), (5.0, 566.0), (6.0, 565.0)],
         states=[(0.5, 900.0, 4.0), (4.5, 1000.0, 5.0)])
     assert rss_by_version(trail, since=2.0) == [  # type: ignore[arg-type]
         {"version": 4.0, "from_s": 2.0, "first_mb": 640.0, "max_mb": 690.0, "max_at_s": 3.0,
