@@ -23,6 +23,9 @@ from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
 from recall.userstate import UserState
 
+#: how UserState holds its sums (little-endian float64 bytes)
+_F8 = np.dtype("<f8")
+
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
 UserClick = tuple[UserState, str, float, float, "str | None"]
 
@@ -177,10 +180,13 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
                 clicks: Sequence[UserClick],
                 new_vecs: np.ndarray, new_has: np.ndarray, lookup: Lookup) -> None:
     """The one-segment states' part of :meth:`apply_batch` (userkernels.add_clicks)."""
-    # the users' sums gathered by one C call each (an empty window has no row: zeros)
-    zero_v, zero_w = np.zeros((1, policy.dim)), np.zeros(1)
-    vsum = np.concatenate([st.seg_vsum if st.starts else zero_v for st in states])
-    wsum = np.concatenate([st.seg_wsum if st.starts else zero_w for st in states])
+    # the users' sums gathered by one C call each, from their bytes (UserState: why; an
+    # empty window has no row: zeros), into writable float64 arrays
+    dim = policy.dim
+    zero_v, zero_w = bytes(8 * dim), bytes(8)
+    vsum = _floats(bytearray().join([st._vsum if st.starts else zero_v for st in states]))
+    vsum = vsum.reshape(len(states), dim)
+    wsum = _floats(bytearray().join([st._wsum if st.starts else zero_w for st in states]))
     t_ref = np.array([st.t_ref for st in states], dtype=np.float64)
     # due a recompute later in the batch: skipped here
     redo = np.array([id(st) in recut for st in states], dtype=bool)
@@ -202,14 +208,23 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
                np.array(unit_old, dtype=np.float64), np.array(unit_left, dtype=np.float64),
                policy.half_life, RESCALE_MAX)
     refs = t_ref.tolist()
-    one = [0]
-    for r, st in enumerate(states):
-        if redo[r]:
+    # scattered back as bytes slices (one allocation per user, no numpy call)
+    vb, wb = vsum.astype(_F8, copy=False).tobytes(), wsum.astype(_F8, copy=False).tobytes()
+    row = 8 * dim
+    for r, (st, again) in enumerate(zip(states, redo.tolist(), strict=True)):
+        if again:
             recut[id(st)] = st
             continue
-        st.starts = one.copy()
-        st.seg_vsum, st.seg_wsum = vsum[r:r + 1].copy(), wsum[r:r + 1].copy()
+        st.starts = [0]
+        st._vsum, st._wsum = vb[r * row:(r + 1) * row], wb[8 * r:8 * r + 8]
         st.t_ref = refs[r]
+
+
+def _floats(buf: bytearray) -> np.ndarray:
+    """Little-endian float64 bytes as a writable native float64 array (no copy on a
+    little-endian machine)."""
+    arr = np.frombuffer(buf, dtype=_F8)
+    return arr if arr.dtype.isnative else arr.astype(np.float64)
 
 
 def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
@@ -239,10 +254,12 @@ def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
     starts_l = starts.tolist()
     flags = present.view(np.uint8).tobytes()  # has_vector as found now
     first = ptr.tolist()
+    vb, wb = vsum.astype(_F8, copy=False).tobytes(), wsum.astype(_F8, copy=False).tobytes()
+    row = 8 * policy.dim
     for u, st in enumerate(states):
         a, b = bounds[u], bounds[u + 1]
         st.starts = starts_l[a:b]
-        st.seg_vsum, st.seg_wsum = vsum[a:b].copy(), wsum[a:b].copy()
+        st._vsum, st._wsum = vb[a * row:b * row], wb[8 * a:8 * b]
         if lens[u]:
             st.t_ref = refs[u]
         st.since_recompute = 0

@@ -248,8 +248,8 @@ class RollingUserVectors:
                 state.t_ref = ts
             elif ts > state.t_ref:
                 scale = self._factor(state.t_ref, ts)
-                state.seg_vsum *= scale
-                state.seg_wsum *= scale
+                state.seg_vsum = state.seg_vsum * scale
+                state.seg_wsum = state.seg_wsum * scale
                 state.t_ref = ts
         elif not win or ts > state.t_ref:
             state.t_ref = ts

@@ -76,6 +76,9 @@ _HEADER3 = struct.Struct("<BIIdII")
 #: ``array('d')`` is native-endian; stored states are little-endian
 _SWAP = sys.byteorder != "little"
 _F8 = np.dtype("<f8")
+#: format 3's segment starts of a one-segment window, the usual case
+_ONE_START = struct.pack("<I", 0)
+_ONE_SUM = struct.Struct("<d")
 _FORMAT_VERSION = 1
 _FORMAT_SEGMENTS = 2
 #: :meth:`UserState.to_bytes` formats: 3, the columns (the default), or "json" (1 or 2)
@@ -113,17 +116,25 @@ class UserState:
     (``in``, ``bisect``, ``max``) without a Python call per click. :attr:`clicks` still
     reads and sets the window as ``(item_id, ts, weight, event_id, has_vector)`` tuples
     (the reference :meth:`recall.users.RollingUserVectors.apply` works on those).
+
+    The sums are held as the little-endian bytes format 3 stores (``_vsum``, ``_wsum``);
+    :attr:`seg_vsum` and :attr:`seg_wsum` read them as (read-only) float64 arrays and
+    take any array. Why bytes: a click batch gathers and scatters a few hundred users'
+    sums, and the encoding copies them, every batch; as numpy arrays (two objects, a
+    header and a separate buffer, each) that was ~1 us of numpy calls and cold cache
+    lines per user per step; a bytes object is one allocation, sliced, joined and
+    copied by C with no numpy call.
     """
 
     __slots__ = (
         "_n_top",
         "_top",
+        "_vsum",
+        "_wsum",
         "dim",
         "events",
         "has",
         "items",
-        "seg_vsum",
-        "seg_wsum",
         "since_recompute",
         "starts",
         "t_ref",
@@ -138,12 +149,34 @@ class UserState:
         self.dim = dim
         self.clicks = clicks  # type: ignore[assignment]
         self.starts: list[int] = [] if starts is None else starts
-        self.seg_vsum: np.ndarray = (np.zeros((len(self.starts), dim), dtype=np.float64)
-                                     if seg_vsum is None else seg_vsum)
-        self.seg_wsum: np.ndarray = (np.zeros(len(self.starts), dtype=np.float64)
-                                     if seg_wsum is None else seg_wsum)
+        self._vsum: bytes = bytes(8 * dim * len(self.starts))
+        self._wsum: bytes = bytes(8 * len(self.starts))
+        if seg_vsum is not None:
+            self.seg_vsum = seg_vsum
+        if seg_wsum is not None:
+            self.seg_wsum = seg_wsum
         self.t_ref = t_ref
         self.since_recompute = since_recompute
+
+    @property
+    def seg_vsum(self) -> np.ndarray:
+        """Per segment, the sum of its contributions: float64 (S, D), read-only (set it to
+        change it)."""
+        return np.frombuffer(self._vsum, dtype=_F8).reshape(-1, self.dim)
+
+    @seg_vsum.setter
+    def seg_vsum(self, value: np.ndarray) -> None:
+        self._vsum = np.ascontiguousarray(value, dtype=_F8).tobytes()
+
+    @property
+    def seg_wsum(self) -> np.ndarray:
+        """Per segment, the sum of its shares: float64 (S,), read-only (set it to change
+        it)."""
+        return np.frombuffer(self._wsum, dtype=_F8)
+
+    @seg_wsum.setter
+    def seg_wsum(self, value: np.ndarray) -> None:
+        self._wsum = np.ascontiguousarray(value, dtype=_F8).tobytes()
 
     @property
     def clicks(self) -> list[Click]:
@@ -188,14 +221,14 @@ class UserState:
     @property
     def vsum(self) -> np.ndarray:
         """Sum of the window's contributions (all segments, in one unit), float64 (D,)."""
-        if len(self.seg_vsum) == 1:
-            return self.seg_vsum[0]
+        if len(self._wsum) == 8:  # one segment
+            return np.frombuffer(self._vsum, dtype=_F8)
         return self._to_common_unit() @ self.seg_vsum
 
     @property
     def wsum(self) -> float:
-        if len(self.seg_wsum) == 1:
-            return float(self.seg_wsum[0])
+        if len(self._wsum) == 8:  # one segment
+            return float(_ONE_SUM.unpack(self._wsum)[0])
         return float(self._to_common_unit() @ self.seg_wsum)
 
     def _bounds(self) -> list[tuple[int, int]]:
@@ -237,20 +270,20 @@ class UserState:
     def to_bytes(self, fmt: int = FORMAT_COLUMNS) -> bytes:
         """Encode (module docstring): ``fmt`` 3 (columns, the default) or
         :data:`FORMAT_JSON` (formats 1 and 2, what workers before format 3 read)."""
-        n_seg = len(self.starts)
+        starts = self.starts
+        n_seg = len(starts)
         if fmt == FORMAT_COLUMNS:
             ts, weight = self.ts, self.weight
             if _SWAP:  # stored little-endian
                 ts, weight = array("d", ts), array("d", weight)
                 ts.byteswap()
                 weight.byteswap()
+            # (the columns' own buffers: join copies them once)
             return b"".join((
                 _HEADER3.pack(FORMAT_COLUMNS, self.dim, self.since_recompute, self.t_ref,
                               n_seg, len(ts)),
-                struct.pack(f"<{n_seg}I", *self.starts),
-                self.seg_wsum.astype(_F8, copy=False).tobytes(),
-                self.seg_vsum.astype(_F8, copy=False).tobytes(),
-                ts.tobytes(), weight.tobytes(), self.has,
+                _ONE_START if starts == [0] else struct.pack(f"<{n_seg}I", *starts),
+                self._wsum, self._vsum, ts, weight, self.has,
                 orjson.dumps((self.items, self.events))))
         if fmt != FORMAT_JSON:
             raise ValueError(f"user state: unknown format {fmt}")
@@ -325,12 +358,11 @@ class UserState:
             raise ValueError("user state: truncated or inconsistent columns")
         starts = np.frombuffer(data, dtype="<u4", count=n_seg, offset=at).tolist()
         at += 4 * n_seg
-        seg_wsum = np.frombuffer(data, dtype="<f8", count=n_seg, offset=at).copy()
+        state = cls(dim, (), None, None, starts, float(t_ref), int(since))
+        state._wsum = bytes(data[at:at + 8 * n_seg])
         at += 8 * n_seg
-        seg_vsum = np.frombuffer(data, dtype="<f8", count=n_seg * d, offset=at).reshape(
-            n_seg, d).copy()
+        state._vsum = bytes(data[at:at + 8 * n_seg * d])
         at += 8 * n_seg * d
-        state = cls(dim, (), seg_vsum, seg_wsum, starts, float(t_ref), int(since))
         state.ts = array("d", data[at:at + 8 * n])
         state.weight = array("d", data[at + 8 * n:at + 16 * n])
         if _SWAP:
