@@ -104,7 +104,7 @@ class Settings:
     #: take on average (each waits for the last one's CPU time over it; 0 = none)
     retune_cost_cpu: float = 0.01
     #: the largest catalogue a cost re-tune runs on beyond RETUNE_ITEMS: it is written to
-    #: a temporary file and tuned whole in the child process (~0.9 GB there at 1M x 64,
+    #: a temporary file and tuned whole in the child process (~1 GB there at 1M x 64,
     #: none in the worker's own memory); 0 = only catalogues the sample holds whole
     retune_cost_max_items: int = 2_000_000
     #: seconds a served layout is left alone before a cost re-tune looks for a cheaper

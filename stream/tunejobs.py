@@ -139,8 +139,11 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     cur = LSHParams.from_dict(current)
     vectors = read_snapshot(path, rows, cur.dim)
     mine = shape_of(cur)
+    # finalists=0: confirmed_move times its own candidates against the served layout in
+    # alternated passes (move_candidates reads the trials, not the tune's pick), so the
+    # tune's finalist passes would only hold up to three more tables (+~80 MB at 1M)
     result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed,
-                  max_items=walk_items, judge_also=[mine], progress=False)
+                  max_items=walk_items, judge_also=[mine], finalists=0, progress=False)
     rng = np.random.default_rng(cur.seed)
     some = np.sort(rng.choice(rows, size=min(rows, CONFIRM_FROM), replace=False))
     queries = user_like_queries(vectors[some], CONFIRM_QUERIES, seed=cur.seed)
