@@ -21,10 +21,7 @@ import numpy as np
 
 from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
-from recall.userstate import UserState
-
-#: how UserState holds its sums (little-endian float64 bytes)
-_F8 = np.dtype("<f8")
+from recall.userstate import _F8, UserState
 
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
 UserClick = tuple[UserState, str, float, float, "str | None"]
