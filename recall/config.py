@@ -113,6 +113,10 @@ class Settings:
     #: in between would be replaced within minutes, and each move re-hashes every item).
     #: Shorter only to see a move sooner (a benchmark)
     retune_cost_settle: float = 600.0
+    #: MiB the worker's RSS may reach when it moves to a new hash layout (its new bucket
+    #: table is built beside the one served): a move that would exceed it waits
+    #: (stream.memory); -1 = the cgroup's memory limit if there is one, 0 = no limit
+    memory_limit_mb: int = -1
     #: a request is answered within this many ms of being read: from memory, or, when
     #: its user must be read from Redis and Redis does not answer in time, with an error
     request_deadline_ms: int = 1000
@@ -171,6 +175,7 @@ class Settings:
             (0 <= self.retune_cost_cpu <= 1, "retune_cost_cpu", "must be in [0, 1]"),
             (self.retune_cost_max_items >= 0, "retune_cost_max_items", "must be >= 0"),
             (self.retune_cost_settle >= 0, "retune_cost_settle", "must be >= 0"),
+            (self.memory_limit_mb >= -1, "memory_limit_mb", "must be >= -1"),
             (self.request_deadline_ms >= 10, "request_deadline_ms", "must be >= 10"),
             (0 <= self.fetch_interval_ms <= 1000, "fetch_interval_ms", "must be 0..1000"),
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
@@ -245,6 +250,7 @@ ENV_NAMES: dict[str, str] = {
     "retune_cost_cpu": "RECALL_RETUNE_COST_CPU",
     "retune_cost_max_items": "RECALL_RETUNE_COST_MAX_ITEMS",
     "retune_cost_settle": "RECALL_RETUNE_COST_SETTLE",
+    "memory_limit_mb": "RECALL_MEMORY_LIMIT_MB",
     "request_deadline_ms": "RECALL_REQUEST_DEADLINE_MS",
     "redis_timeout": "RECALL_REDIS_TIMEOUT",
     "startup_timeout": "RECALL_STARTUP_TIMEOUT",

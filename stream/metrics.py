@@ -106,6 +106,10 @@ class Metrics:
         self.lsh_retunes = Counter(
             "recall_lsh_retunes", "in-memory index rebuilds with new LSH parameters",
             ["reason"], registry=r)
+        self.lsh_retunes_postponed = Counter(
+            "recall_lsh_retunes_postponed", "new LSH parameters not moved to because the "
+            "new table would not fit the memory budget (RECALL_MEMORY_LIMIT_MB)",
+            ["reason"], registry=r)
         self.lsh_cost_tune_seconds = Counter(
             "recall_lsh_cost_tune_seconds", "CPU seconds of background re-tunes looking "
             "for a cheaper layout (RECALL_RETUNE_COST_CPU)", registry=r)
@@ -114,6 +118,7 @@ class Metrics:
         self.lsh_recall_high.set(float("nan"))
         for reason in ("size", "recall", "cost"):
             self.lsh_retunes.labels(reason)
+            self.lsh_retunes_postponed.labels(reason)
         for status in ("ok", "invalid", "error"):
             self.requests.labels(status)
         for op in ("upsert", "delete"):

@@ -41,8 +41,21 @@ def tune_cheaper(vectors: np.ndarray, target: float, current: dict[str, Any],
     result = tune(vectors, target_recall=target, k=TUNE_K, seed=cur.seed, layouts=layouts,
                   serve_items=serve_items, progress=False)
     why = cheaper_move(result, mine)
+    served = layout_bytes(result, mine)
     return {"params": None if why is None else result.params.to_dict(), "why": why,
+            "table_delta": None if served is None else result.nbytes - served,
             "summary": result.summary(), "cpu": time.process_time()}
+
+
+def layout_bytes(result: Any, shape: tuple[str, int, int, float]) -> int | None:
+    """Bytes of the index arrays of the layout ``shape`` as the tune ``result`` measured
+    them on all the items it judged (None: not judged there). Two layouts' figures on the
+    same items differ by their bucket tables alone: what a move adds to the worker's
+    memory (``LSHIndex.relayout_bytes``'s ``table_delta``)."""
+    from recall.tuner import shape_of
+
+    return next((t.nbytes for t in result.trials
+                 if shape_of(t.params) == shape and t.items == result.judged_items), None)
 
 
 #: a snapshot's file name: the prefix, the writing worker's process id, a random part
@@ -148,7 +161,10 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     some = np.sort(rng.choice(rows, size=min(rows, CONFIRM_FROM), replace=False))
     queries = user_like_queries(vectors[some], CONFIRM_QUERIES, seed=cur.seed)
     params, why, ratios = confirmed_move(result, mine, vectors, queries)
+    new = None if params is None else layout_bytes(result, shape_of(params))
+    served = layout_bytes(result, mine)
     return {"params": None if params is None else params.to_dict(), "why": why,
+            "table_delta": None if new is None or served is None else new - served,
             "ratios": [round(r, 3) for r in ratios], "summary": result.summary(),
             "cpu": time.process_time()}
 

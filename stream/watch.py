@@ -90,7 +90,8 @@ the same ones (and gives the same answers):
   index, only the tables are built anew, item changes held back meanwhile and applied
   to the new index after); any other reads the copy from Redis, replaying item changes
   from its recorded offsets. Cost: the copy in Redis, and a second set of tables (not
-  a second index) in each worker while it builds.
+  a second index) in each worker while it builds: a move that would take the deciding
+  worker past its memory budget waits (:mod:`stream.memory`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
+from stream.memory import MoveGuard, memory_budget
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 from stream.tunejobs import tune_cheaper, tune_cheaper_whole, tune_layout, write_snapshot
@@ -269,6 +271,7 @@ class RecallWatch:
                                           min_samples=MIN_SAMPLES,
                                           early_samples=EARLY_SAMPLES)
         self.repick = settings.retune_items > 0 and not explicit_params
+        self.guard = MoveGuard(memory_budget(settings.memory_limit_mb))
         self._index = slot.index
         #: catalogue size the served parameters were chosen for (None: at load time)
         self.chosen_for = len(slot.index) if chosen_for is None else chosen_for
@@ -535,11 +538,13 @@ class RecallWatch:
         params = LSHParams.from_dict(out["params"])
         log.info("LSH parameters: %s -> %s, cheaper at the target: %s\n%s",
                  index.params.describe(), params.describe(), out["why"], out["summary"])
-        await self._repick("cost", params)
+        await self._repick("cost", params, out.get("table_delta"))
 
-    async def _repick(self, reason: str, params: LSHParams | None) -> bool:
+    async def _repick(self, reason: str, params: LSHParams | None,
+                      table_delta: int | None = None) -> bool:
         """New parameters (``None``: tune them) as a new live version (module docstring);
-        False when another worker holds the lock or the live version moved on."""
+        False when another worker holds the lock, the live version moved on, or the move
+        would not fit the memory budget (``table_delta``: LSHIndex.relayout_bytes's)."""
         self.rebuilding = True
         t0 = time.perf_counter()
         store, version = self.store, self.slot.version
@@ -551,6 +556,11 @@ class RecallWatch:
         try:
             if params is None:
                 params = await self._tuned(self.slot.index)
+            why = self.guard.refusal(self.slot.index.relayout_bytes(params, table_delta))
+            if why is not None:
+                self.metrics.lsh_retunes_postponed.labels(reason).inc()
+                log.warning("LSH parameters %s (%s) postponed: %s", params.describe(), reason, why)
+                return False
             if not await store.acquire(lock, REPICK_LOCK_SECONDS):
                 log.info("LSH parameters: another worker is re-picking them")
                 return False
@@ -581,12 +591,10 @@ class RecallWatch:
         import multiprocessing as mp
 
         vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
-        n = len(vectors)
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             out = await loop.run_in_executor(pool, tune_layout, vectors,
                                              self.settings.target_recall,
                                              index.params.seed, len(index))
-        log.info("LSH re-tune on %d items: %s", n, out["summary"])
-        params = LSHParams.from_dict(out["params"])
-        return params
+        log.info("LSH re-tune on %d items: %s", len(vectors), out["summary"])
+        return LSHParams.from_dict(out["params"])

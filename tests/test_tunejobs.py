@@ -37,3 +37,26 @@ def test_a_short_snapshot_is_refused(tmp_path: Path) -> None:
     path.write_bytes(np.ones((3, 4), dtype=np.float16).tobytes())
     with pytest.raises(ValueError, match="3 rows, not 5"):
         read_snapshot(str(path), 5, 4)
+
+
+def test_the_move_reports_its_table_over_the_served_one() -> None:
+    """A cost try's ``table_delta``: the index arrays of two layouts judged on the same
+    items (the tuner's trials, looked up by shape at the size judged), whose difference
+    is their bucket tables' alone: what a move adds beside the served table."""
+    from types import SimpleNamespace
+
+    from recall.tuner import _index, shape_of
+    from stream.tunejobs import layout_bytes
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a, b = LSHParams(dim=8, k=4, L=8, w=1.25), LSHParams(family="simhash", dim=8, k=9, L=4)
+    ia, ib = _index(a, x), _index(b, x)
+    trials = [SimpleNamespace(params=a, items=3000, nbytes=ia.nbytes()),
+              SimpleNamespace(params=b, items=3000, nbytes=ib.nbytes()),
+              SimpleNamespace(params=b, items=500, nbytes=1)]  # a sample's: not it
+    result = SimpleNamespace(trials=trials, judged_items=3000)
+    delta = layout_bytes(result, shape_of(b)) - layout_bytes(result, shape_of(a))
+    assert delta == ib._buckets.nbytes() - ia._buckets.nbytes()
+    assert layout_bytes(result, ("simhash", 99, 4, 1.0)) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -110,5 +111,77 @@ async def test_no_cost_try_while_the_budget_is_off(
         now[0] = 10 * COST_SETTLE
         await look(w)
         assert tries == []
+    finally:
+        await w.stop()
+
+
+class LockStore:
+    """The store a re-pick reaches first: its lock, held by another worker (so a move
+    that passes the memory guard stops there); records that it was asked."""
+
+    keys = SimpleNamespace(repick_lock="repick")
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def acquire(self, lock: str, seconds: float) -> bool:
+        self.asked.append(lock)
+        return False
+
+
+def cheaper_watch(monkeypatch: pytest.MonkeyPatch, rss: int, budget: int,
+                  table_delta: int) -> tuple[RecallWatch, LockStore, list[float]]:
+    """A holding watch whose cost try finds a cheaper layout, the new table
+    ``table_delta`` bytes over the served one, in a worker of ``rss`` bytes with a memory
+    budget of ``budget`` (injected: no /proc, no cgroup)."""
+    from stream.memory import MoveGuard
+
+    w, now, tries = holding_watch(monkeypatch)
+    cheaper = LSHParams(dim=8, k=3, L=2, T=1, seed=1).to_dict()
+
+    def fake_tune(vectors: np.ndarray, target: float, current: dict[str, Any],
+                  serve_items: int) -> dict[str, Any]:
+        tries.append(now[0])
+        return {"params": cheaper, "why": "fake", "summary": "fake", "cpu": TRY_CPU,
+                "table_delta": table_delta}
+
+    monkeypatch.setattr(watch_mod, "tune_cheaper", fake_tune)
+    store = LockStore()
+    w.store = store  # type: ignore[assignment]
+    w.guard = MoveGuard(budget, rss=lambda: rss)
+    now[0] = COST_SETTLE
+    return w, store, tries
+
+
+async def test_a_move_that_would_exceed_the_memory_budget_is_postponed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mib = 2**20
+    w, store, tries = cheaper_watch(monkeypatch, rss=560 * mib, budget=600 * mib,
+                                    table_delta=40 * mib)
+    try:
+        await look(w)
+        assert len(tries) == 1
+        assert store.asked == []  # no version made: the move waits
+        need = w.slot.index.relayout_bytes(LSHParams(dim=8, k=3, L=2, T=1, seed=1),
+                                           40 * mib)
+        assert need >= 40 * mib  # the new table at least: 560 + it > 600
+        postponed = w.metrics.lsh_retunes_postponed.labels("cost")._value.get()
+        assert postponed == 1
+        assert w.metrics.lsh_retunes.labels("cost")._value.get() == 0
+        assert not w.rebuilding
+    finally:
+        await w.stop()
+
+
+async def test_a_move_within_the_memory_budget_goes_ahead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mib = 2**20
+    w, store, tries = cheaper_watch(monkeypatch, rss=400 * mib, budget=600 * mib,
+                                    table_delta=40 * mib)
+    try:
+        await look(w)
+        assert len(tries) == 1
+        assert store.asked == ["repick"]  # on to the re-pick lock (another worker's)
+        assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 0
     finally:
         await w.stop()

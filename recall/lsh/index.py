@@ -384,6 +384,29 @@ class LSHIndex(SearchMixin):
         self._moved = True
         return new
 
+    def relayout_bytes(self, params: LSHParams, table_delta: int | None = None) -> int:
+        """Bytes :meth:`relayout` to ``params`` holds beside this index at its peak (what a
+        worker's memory guard weighs before a move): the new bucket table, its per-slot
+        arrays and :meth:`build`'s transient (a range's keys: 8 bytes an entry, at most
+        ``_BUILD_RANGE`` of them or one byte an entry of the whole table; the cells'
+        offsets and two copies, 3 x 8 bytes a cell; a block's hashing). ``table_delta``: the
+        new table's bytes less this one's when known (the tuner built both layouts on the
+        same items: their index arrays differ by the tables alone); else this table's
+        bytes per entry at the new entry count, or 16 (a key, an offset and a slot per
+        entry) with no table."""
+        entries = len(self) * params.L
+        if table_delta is not None:
+            table_bytes = self._buckets.nbytes() + table_delta
+        else:
+            per_entry = (self._buckets.nbytes() / self._buckets.size if self._buckets.size
+                         else 16.0)
+            table_bytes = math.ceil(per_entry * entries)
+        own = self._capacity * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT)
+        bits = max(PART_BITS, min(30, math.ceil(math.log2(max(entries, 2))) - 4))
+        transient = (max(8 * min(entries, _BUILD_RANGE), entries) + 3 * 8 * (2**bits + 1)
+                     + 8 * _BUILD_BLOCK * (params.L * params.k + 2 * params.dim))
+        return int(table_bytes + own + (self._capacity + 63) // 64 * 8 + transient)
+
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; returns how many were present. Unknown ids are ignored."""
         self._check_writable()
