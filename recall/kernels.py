@@ -586,8 +586,8 @@ def warm_up() -> None:
     count_cells(keys, 63, counts)
     fold_keys(q.astype(np.float64) @ proj, np.zeros(L * k), 1.0, True, mult, keys[0].copy(),
               np.empty((1, L), dtype=np.int64))
-    starts = np.zeros(3, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
+    starts = np.zeros(3, dtype=np.int32)  # a part's cell offsets, as build() has them
+    np.cumsum(counts, dtype=np.int32, out=starts[1:])
     out_k = np.empty(keys.size, dtype=np.int64)
     out_s = np.empty(keys.size, dtype=np.int32)
     scatter_cells(keys, np.zeros(1, dtype=np.int64), 63, 0, 2, starts[:-1].copy(), out_k,

@@ -369,3 +369,19 @@ def test_a_merge_equals_a_dict_of_bucket_lists(stale):
         assert (hi - lo).tolist() == [len(ref[k]) for k in sorted(ref)]
     empty = table.merged(np.zeros(400, dtype=bool), new_keys[:0], new_slots[:0])
     assert empty.size == 0 and len(empty.ukeys) == 0
+
+
+def test_warm_up_compiles_the_types_a_build_uses():
+    """A re-layout's build (a move, in a running worker) must not compile its kernels
+    for other array types than the warm-up did (the cells' offsets are int32)."""
+    from recall.lsh import LSHIndex
+
+    kernels.warm_up()
+    fns = (kernels.count_cells, kernels.scatter_cells, kernels.finish_cells,
+           kernels.unique_csr, kernels.radix_directory)
+    before = {fn: len(fn.signatures) for fn in fns}
+    rng = np.random.default_rng(3)
+    staged = LSHIndex(LSHParams(dim=16, k=4, L=4, seed=3))
+    staged.stage([f"s{j}" for j in range(300)], unit(rng, 300, 16))
+    staged.build()
+    assert {fn: len(fn.signatures) for fn in fns} == before

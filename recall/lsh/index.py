@@ -311,24 +311,29 @@ class LSHIndex(SearchMixin):
         counts = np.zeros(2**bits, dtype=np.int64)
         for block in blocks:
             kernels.count_cells(self.hasher.keys(self._vecs[block]), shift, counts)
-        cell_starts = np.zeros(2**bits + 1, dtype=np.int64)
-        np.cumsum(counts, out=cell_starts[1:])
-        del counts
         per_part = 2 ** (bits - PART_BITS)  # cells per part: the keys' next bits
-        first = cell_starts[::per_part].tolist()  # each part's first entry, and the total
-        widest = int(np.diff(first).max())
+        by_part = counts.reshape(PARTS, per_part)
+        totals = by_part.sum(axis=1)
+        first = [0, *np.cumsum(totals).tolist()]  # each part's first entry, and the total
+        widest = int(totals.max())
         if widest >= OFFSET_LIMIT:
             raise ValueError(f"a part of the bucket table would hold {widest} entries; at "
                              f"most {OFFSET_LIMIT - 1} fit its int32 offsets")
+        # each part's cell offsets from its own first entry, int32 (a part's entries fit):
+        # int64 offsets over the whole table and each range's part-relative copies of them
+        # held 16 MB at the peak of a build at 1M x 16, these 4-6 MB
+        cells = np.zeros((PARTS, per_part + 1), dtype=np.int32)
+        np.cumsum(by_part, axis=1, dtype=np.int32, out=cells[:, 1:])
+        del counts, by_part
         parts: list[SortedBuckets] = []
         for a, b in _part_ranges(first, _BUILD_RANGE):
-            parts += self._build_parts(blocks, shift, cell_starts, per_part, first, a, b)
-        del cell_starts
+            parts += self._build_parts(blocks, shift, cells, per_part, first, a, b)
+        del cells
         self._buckets = BucketTable(tuple(parts))
         self._in_main[slots] = True
         self.merges += 1
 
-    def _build_parts(self, blocks: list[np.ndarray], shift: int, cell_starts: np.ndarray,
+    def _build_parts(self, blocks: list[np.ndarray], shift: int, cells: np.ndarray,
                      per_part: int, first: list[int], a: int, b: int) -> list[SortedBuckets]:
         """build()'s parts a..b-1: every item hashed once more, the entries of these
         parts' cells scattered (their keys into one buffer, each part's slots into an
@@ -337,16 +342,14 @@ class LSHIndex(SearchMixin):
         buffer = np.empty(first[b] - first[a], dtype=np.int64)
         keys = [buffer[first[p] - first[a] : first[p + 1] - first[a]] for p in range(a, b)]
         slots = [np.empty(first[p + 1] - first[p], dtype=np.int32) for p in range(a, b)]
-        cells = [cell_starts[p * per_part : (p + 1) * per_part + 1] - first[p]
-                 for p in range(a, b)]
-        pos = [c[:-1].copy() for c in cells]
+        pos = [cells[p, :-1].copy() for p in range(a, b)]  # (the next free entry of a cell)
         for block in blocks:
             block_keys = self.hasher.keys(self._vecs[block])
             for i, p in enumerate(range(a, b)):
                 kernels.scatter_cells(block_keys, block, shift, p * per_part,
                                       (p + 1) * per_part, pos[i], keys[i], slots[i])
         parts = []
-        for part_keys, part_slots, part_cells in zip(keys, slots, cells, strict=True):
+        for part_keys, part_slots, part_cells in zip(keys, slots, cells[a:b], strict=True):
             n_keys = kernels.finish_cells(part_keys, part_slots, part_cells)
             starts = np.empty(n_keys + 1, dtype=np.int32)
             kernels.unique_csr(part_keys, starts)  # its unique keys to part_keys[:n_keys]
@@ -389,11 +392,11 @@ class LSHIndex(SearchMixin):
         worker's memory guard weighs before a move): the new bucket table, its per-slot
         arrays and :meth:`build`'s transient (a range's keys: 8 bytes an entry, at most
         ``_BUILD_RANGE`` of them or one byte an entry of the whole table; the cells'
-        offsets and two copies, 3 x 8 bytes a cell; a block's hashing). ``table_delta``: the
-        new table's bytes less this one's when known (the tuner built both layouts on the
-        same items: their index arrays differ by the tables alone); else this table's
-        bytes per entry at the new entry count, or 16 (a key, an offset and a slot per
-        entry) with no table."""
+        offsets and a range's running copy, 2 x 4 bytes a cell; a block's hashing).
+        ``table_delta``: the new table's bytes less this one's when known (the tuner built
+        both layouts on the same items: their index arrays differ by the tables alone);
+        else this table's bytes per entry at the new entry count, or 16 (a key, an offset
+        and a slot per entry) with no table."""
         entries = len(self) * params.L
         if table_delta is not None:
             table_bytes = self._buckets.nbytes() + table_delta
@@ -403,7 +406,7 @@ class LSHIndex(SearchMixin):
             table_bytes = math.ceil(per_entry * entries)
         own = self._capacity * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT)
         bits = max(PART_BITS, min(30, math.ceil(math.log2(max(entries, 2))) - 4))
-        transient = (max(8 * min(entries, _BUILD_RANGE), entries) + 3 * 8 * (2**bits + 1)
+        transient = (max(8 * min(entries, _BUILD_RANGE), entries) + 8 * (2**bits + PARTS)
                      + 8 * _BUILD_BLOCK * (params.L * params.k + 2 * params.dim))
         return int(table_bytes + own + (self._capacity + 63) // 64 * 8 + transient)
 
@@ -550,11 +553,12 @@ _NORM_BLOCK = 32768
 #: their floors and int64 codes: ~10 MB; 8192 held ~40 MB at the peak of the build)
 _BUILD_BLOCK = 2048
 
-#: entries of the last range of the table's parts build() scatters (their keys: 8
-#: bytes each, 32 MB), and of the one range of a table up to that size
-#: (:func:`_part_ranges`): every item is hashed again for each range (~1 s of CPU a pass
-#: at 1M x 16), 3 ranges at 1M x 16, 1 up to 250k x 16
-_BUILD_RANGE = 4_000_000
+#: entries of the last range of the table's parts build() scatters (their keys: 8 bytes
+#: each, 16 MB: the peak's excess over the new table), and of the one range of a table up
+#: to that size (:func:`_part_ranges`): every item is hashed again for each range (~0.5-1
+#: s of CPU a pass at 1M), 4 ranges at 1M x 16. 4M held 14.7 MiB more at the peak of a
+#: re-layout at 1M x 64 to simhash L=8 (6.3 to pstable L=16), for one pass less
+_BUILD_RANGE = 2_000_000
 
 
 def _part_ranges(first: list[int], least: int) -> list[tuple[int, int]]:
@@ -563,7 +567,7 @@ def _part_ranges(first: list[int], least: int) -> list[tuple[int, int]]:
     the entries left, or ``least`` where that is more, and at least one part. The keys
     of a range are held while it is built (8 bytes an entry) beside the parts built
     before it (~6.5-8.5 bytes an entry at 1M x 16): halving them as the table fills
-    keeps the two near the whole table's size, in few passes (3 ranges at 1M x 16 with
+    keeps the two near the whole table's size, in few passes (4 ranges at 1M x 16 with
     the default ``least``; one up to ``least`` entries in all)."""
     ranges: list[tuple[int, int]] = []
     a, end = 0, len(first) - 1
