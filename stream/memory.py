@@ -1,4 +1,5 @@
-"""The worker's memory budget for its own index moves (``RECALL_MEMORY_LIMIT_MB``).
+"""The worker's memory budget for its own index moves and whole-catalogue re-tunes
+(``RECALL_MEMORY_LIMIT_MB``).
 
 A re-pick of the hash layout builds a second bucket table beside the one served
 (``LSHIndex.relayout``): at 1M x 64, +60-140 MB for a few seconds. A worker that re-tunes
@@ -7,23 +8,22 @@ loses far more than the move gains. So before a move the watch asks :class:`Move
 whether the worker's resident memory now plus what the move holds at its peak
 (``LSHIndex.relayout_bytes``) fits the budget; when not, the move is postponed (a
 warning in the log, ``recall_lsh_retunes_postponed_total{reason}``) and tried again
-later, when items removed or a smaller layout may let it fit.
+later, when items removed or a smaller layout may let it fit. A cost re-tune of a whole
+catalogue is skipped the same way when its child process (:func:`child_bytes`, ~1 GB at
+1M x 64, beside the worker in its container) would not fit.
 
 The budget: ``RECALL_MEMORY_LIMIT_MB`` when set above 0; unset (-1), the memory limit of
 the worker's cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) when it has one;
 0, or no limit found: no guard. Only this process's RSS is counted (not the page cache,
-nor other processes in the container, e.g. the cost re-tune's child, which has exited
-when a move is decided): a container running more than the worker sets the variable
-to the worker's share.
+nor other processes in the container; the cost re-tune's child has exited when a move
+is decided): a container running more than the worker sets the variable to the
+worker's share.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 MIB = 2**20
 #: cgroup limit files, v2 then v1, read for the default budget
@@ -72,6 +72,19 @@ def rss_bytes(status: str = "/proc/self/status") -> int | None:
     return None
 
 
+#: the peak RSS of a whole-catalogue cost re-tune's child (stream.tunejobs.
+#: tune_cheaper_whole) per item, beyond 6 bytes a dimension (the float32 matrix it tunes
+#: and its indexes' float16 one): its tables, ids and queries. 865-920 MiB was measured at
+#: 1M x 64 (``python -m devtools.bench_retune_child --items 1000000``, README)
+CHILD_ITEM_BYTES = 600
+
+
+def child_bytes(rows: int, dim: int) -> int:
+    """Bytes a whole-catalogue re-tune's child takes at its peak for ``rows`` x ``dim``
+    (~940 MiB at 1M x 64): it runs beside the worker, in its container."""
+    return rows * (6 * dim + CHILD_ITEM_BYTES)
+
+
 class MoveGuard:
     """Whether a move that holds ``extra`` bytes at its peak fits the budget beside the
     worker's resident memory now. ``budget`` None: every move fits (no guard)."""
@@ -81,15 +94,16 @@ class MoveGuard:
         self.budget = budget
         self.rss = rss
 
-    def refusal(self, extra: int) -> str | None:
-        """Why a move holding ``extra`` more bytes would not fit, or None when it does
-        (or there is no budget, or the RSS cannot be read: the guard never blocks a move
-        on what it does not know)."""
+    def refusal(self, extra: int, what: str = "the new bucket table and its build"
+                ) -> str | None:
+        """Why a move holding ``extra`` more bytes (for ``what``) would not fit, or None
+        when it does (or there is no budget, or the RSS cannot be read: the guard never
+        blocks a move on what it does not know)."""
         if self.budget is None:
             return None
         now = self.rss()
         if now is None or now + extra <= self.budget:
             return None
-        return (f"RSS {now / MIB:.0f} MiB + {extra / MIB:.0f} MiB for the new bucket table "
-                f"and its build would exceed the memory budget of {self.budget / MIB:.0f} "
-                f"MiB (RECALL_MEMORY_LIMIT_MB or the cgroup's limit)")
+        return (f"RSS {now / MIB:.0f} MiB + {extra / MIB:.0f} MiB for {what} would exceed "
+                f"the memory budget of {self.budget / MIB:.0f} MiB (RECALL_MEMORY_LIMIT_MB "
+                f"or the cgroup's limit)")

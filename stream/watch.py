@@ -114,7 +114,7 @@ from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
-from stream.memory import MoveGuard, memory_budget
+from stream.memory import MoveGuard, child_bytes, memory_budget
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 from stream.tunejobs import tune_cheaper, tune_cheaper_whole, tune_layout, write_snapshot
@@ -497,24 +497,25 @@ class RecallWatch:
 
         began = self.cost_began = self.clock()
         self.cost_at = began + REPICK_LOCK_SECONDS  # (if this one fails)
+        if len(index) > self.settings.retune_items and (why := self.guard.refusal(
+                child_bytes(len(index), index.dim), "the re-tune's child")) is not None:
+            log.warning("LSH cost re-tune skipped, again in %ds: %s", REPICK_LOCK_SECONDS, why)
+            return
         loop = asyncio.get_running_loop()
         pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         snapshot = None
         try:
             if len(index) <= self.settings.retune_items:
-                vectors = index.sample_vectors(self.settings.retune_items,
-                                               np.random.default_rng())
+                vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
                 n = len(vectors)
-                job = loop.run_in_executor(pool, tune_cheaper, vectors,
-                                           self.settings.target_recall,
+                job = loop.run_in_executor(pool, tune_cheaper, vectors, self.settings.target_recall,
                                            index.params.to_dict(), len(index))
             else:
                 snapshot, n = await asyncio.to_thread(write_snapshot, index)
                 log.info("LSH cost re-tune: %d items written out in %.1fs, tuned whole in "
                          "a child process", n, self.clock() - began)
                 job = loop.run_in_executor(pool, tune_cheaper_whole, snapshot, n,
-                                           self.settings.target_recall,
-                                           index.params.to_dict())
+                                           self.settings.target_recall, index.params.to_dict())
             out = await job
         except asyncio.CancelledError:
             raise
@@ -556,8 +557,7 @@ class RecallWatch:
         try:
             if params is None:
                 params = await self._tuned(self.slot.index)
-            why = self.guard.refusal(self.slot.index.relayout_bytes(params, table_delta))
-            if why is not None:
+            if why := self.guard.refusal(self.slot.index.relayout_bytes(params, table_delta)):
                 self.metrics.lsh_retunes_postponed.labels(reason).inc()
                 log.warning("LSH parameters %s (%s) postponed: %s", params.describe(), reason, why)
                 return False

@@ -95,3 +95,10 @@ def test_relayout_bytes_bounds_what_a_relayout_allocates(src: LSHParams,
     known = index.relayout_bytes(dst, new._buckets.nbytes() - index._buckets.nbytes())
     assert new._buckets.nbytes() < peak <= known < 2 * peak
     assert peak <= guess < 3 * peak
+
+
+def test_the_childs_estimate_covers_what_was_measured_at_1m() -> None:
+    """865-920 MiB was the whole-catalogue child's peak at 1M x 64 (README)."""
+    from stream.memory import child_bytes
+
+    assert 920 * MIB <= child_bytes(1_000_000, 64) <= 1000 * MIB

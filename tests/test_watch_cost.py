@@ -185,3 +185,35 @@ async def test_a_move_within_the_memory_budget_goes_ahead(
         assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 0
     finally:
         await w.stop()
+
+
+@pytest.mark.parametrize("room", [-1, 1])
+async def test_a_whole_catalogue_try_needs_room_for_its_child(
+        monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """A catalogue larger than the sample is tuned whole in a child process beside the
+    worker (~1 GB at 1M x 64): with less room than the child takes under the budget, the
+    try is skipped (no snapshot written, no child) and waits as a failed one does."""
+    from stream.memory import MoveGuard, child_bytes
+
+    w, now, tries = holding_watch(monkeypatch)
+    w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET)
+    whole: list[int] = []
+
+    def fake_whole(path: str, rows: int, target: float, current: dict[str, Any]
+                   ) -> dict[str, Any]:
+        whole.append(rows)
+        return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
+
+    monkeypatch.setattr(watch_mod, "tune_cheaper_whole", fake_whole)
+    budget = 600 * 2**20
+    need = child_bytes(len(w.slot.index), 8)
+    w.guard = MoveGuard(budget, rss=lambda: budget - need + (1 if room < 0 else 0))
+    try:
+        now[0] = COST_SETTLE
+        await look(w)
+        assert tries == []  # (the sample's tuner: not for this size)
+        assert whole == ([] if room < 0 else [300])
+        if room < 0:
+            assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
+    finally:
+        await w.stop()
