@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import mmap
 
 import numpy as np
 import pytest
@@ -449,6 +450,22 @@ def test_bulk_add_above_the_merge_threshold_goes_straight_to_the_sorted_arrays()
     stats = index.stats()
     assert stats["pending_items"] == 0 and stats["sorted_entries"] == 5000 * 4
     assert index.nbytes() > x.nbytes
+
+
+def test_a_merged_part_lives_in_mappings_of_its_own():
+    """A merge's new parts are not carved from malloc's heap: each array is a view of an
+    anonymous mapping of its own (unmapped once the part is replaced). From the heap, a
+    replaced part stayed resident in a merge thread's arena until the trim after the
+    whole merge, and the next, bigger part did not fit its hole."""
+    index, _ = small_index(n=3000, L=4)  # pending: below the merge threshold
+    index._merge_now()  # merged in: every part replaced
+    assert index.merges == 1 and index._buckets.size == 3000 * 4
+    for part in index._buckets.parts:
+        for arr in (part.ukeys, part.starts, part.slots, part.directory):
+            base = arr
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 @pytest.mark.parametrize("least", [10**9, 2000, 1])

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from recall import kernels
+from recall.lsh.reserve import reserve
 
 #: bits of a key (its top bits in signed order) that pick its part of the table, and
 #: the parts: a merge's transient is one part's arrays (~6-9 MB at 1M x 16)
@@ -74,7 +75,7 @@ class SortedBuckets:
         self.shift = 64 - self.bits
         # directory[d] = first key whose top bits after the part's (in signed order) are
         # >= d: one compiled pass over the sorted keys (their top bits are sorted too)
-        self.directory = np.zeros(2**self.bits + 1, dtype=np.int32)
+        self.directory = reserve(2**self.bits + 1, np.int32)  # zeros, unmapped when freed
         widest = (kernels.radix_directory(self.ukeys, prefix, self.shift, self.directory)
                   if n_keys else 0)
         self._ramp = np.arange(max(widest, 1), dtype=np.int64)
@@ -97,21 +98,25 @@ class SortedBuckets:
         if kept + m >= OFFSET_LIMIT:
             raise ValueError(f"a part of the bucket table would hold {kept + m} entries; "
                              f"at most {OFFSET_LIMIT - 1} fit its int32 offsets")
-        out_keys = np.empty(len(self.ukeys) + m, dtype=np.int64)
+        # each array in a mapping of its own (not malloc's heap): unmapped as soon as the
+        # part is replaced. From the heap, the merge threads' arenas kept every replaced
+        # part resident, a hole the next (bigger) part did not fit, until the trim after
+        # the whole merge: +60-80 MB at 0.9-1M x 16, the peak of a worker whose catalogue
+        # streams in. Pages never written (room for keys that were not new) stay
+        # unmapped too, so the arrays are views of the written rows, not shrunk copies.
+        out_keys = reserve(len(self.ukeys) + m, np.int64)
         # offsets written as int32 (written as int64 and then converted, a merge at
         # 1M x 16 held both: +~8 bytes a bucket)
-        out_starts = np.empty(len(out_keys) + 1, dtype=np.int32)
-        out_slots = np.empty(kept + m, dtype=self.slots.dtype)
+        out_starts = reserve(len(out_keys) + 1, np.int32)
+        out_slots = reserve(kept + m, self.slots.dtype)
         nb = kernels.merge_buckets(
             self.ukeys, self.starts, self.slots,
             keep if keep is not None else np.ones(0, dtype=bool), keep is not None,
             np.ascontiguousarray(new_keys, dtype=np.int64),
             np.ascontiguousarray(new_slots, dtype=self.slots.dtype),
             out_keys, out_starts, out_slots)
-        # shrunk in place (realloc): the room left for keys that were not new
-        out_keys.resize(nb, refcheck=False)
-        out_starts.resize(nb + 1, refcheck=False)
-        return SortedBuckets.from_csr(out_keys, out_starts, out_slots, self.prefix)
+        return SortedBuckets.from_csr(out_keys[:nb], out_starts[: nb + 1], out_slots,
+                                      self.prefix)
 
     def lookup(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) entry ranges of each probe key (empty where the key is absent).
