@@ -103,3 +103,20 @@ def test_removing_a_buckets_last_slot_then_adding_keeps_both_buckets_right():
     pending.add(np.array([9]), np.array([[5]]))
     pending.add(np.array([3]), one)
     assert (pending.bucket(1), pending.bucket(5)) == ([1, 3], [9])
+
+
+def test_the_table_is_sized_by_its_keys_at_most_three_quarters_full():
+    """Many slots share a bucket (a merge's worth at 1M x 16: ~1.4 entries a key): the
+    cells follow the distinct keys, up to three quarters full, not the entries. Sized by
+    entries, half full, a 1M x 16 catalogue's pending table grew to 2M cells (32 MiB,
+    while the 1M-cell one was still held) where its ~0.7M keys fit 1M."""
+    pending = PendingBuckets(cells=2)
+    keys = np.arange(700)
+    rows = keys.reshape(175, 4)  # an item's keys in 4 tables
+    for rep in range(8):  # 8 slots in each of the 700 buckets, one item an add
+        for i in range(175):
+            pending.add(np.array([175 * rep + i]), rows[i:i + 1])
+            assert 4 * int(pending.meta[0]) <= 3 * len(pending.keys)
+    assert len(pending) == 8 * 700
+    assert len(pending.keys) == 1024  # 700 keys; 5600 entries would have taken 16384
+    assert pending.bucket(699) == [174 + 175 * rep for rep in range(8)]

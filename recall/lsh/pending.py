@@ -3,9 +3,10 @@ in numpy arrays that the compiled search reads (a Python dict of lists cost a qu
 ~80 us at 1M items: 80 probe keys looked up in the interpreter, their slots copied
 into a list).
 
-Layout: an open-addressing hash table (linear probing, power-of-two size, at most half
-full) of bucket keys, each cell the head and tail of a singly linked list of entries
-(entry = one slot in one bucket; keys are salted per table, so one table serves all L).
+Layout: an open-addressing hash table (linear probing, power-of-two size, at most
+:data:`MAX_LOAD` full) of bucket keys, each cell the head and tail of a singly linked list
+of entries (entry = one slot in one bucket; keys are salted per table, so one table serves
+all L).
 Lists keep insertion order and removals unlink in place, so a bucket reads as the dict's
 list would (the search's ``cap`` reads the oldest entries first). Freed entries are
 reused; cells whose list emptied stay until the table grows or is cleared (a merge).
@@ -26,6 +27,13 @@ from recall.kernels import EMPTY_CELL, pending_home, pending_lookup, pending_pro
 
 #: cells of a fresh table (grows by doubling; a merge clears back to this)
 _MIN_CELLS = 1024
+#: the most of its cells the table fills (a fraction: numerator, denominator). Three
+#: quarters, not a half: at a merge's ~60k items at 1M x 16 the ~0.7M distinct keys fit
+#: 1M cells (16 MiB) instead of 2M (32 MiB, doubled into while the 1M-cell table was
+#: still held: ~48 MiB at once), the top of the worker's RSS while a catalogue streams
+#: in. A lookup's linear probe reads a few more neighbouring cells, in cache lines it
+#: already has.
+MAX_LOAD = (3, 4)
 
 
 class PendingBuckets:
@@ -103,11 +111,15 @@ class PendingBuckets:
 
     def _room(self, new: int) -> None:
         """Grow so ``new`` more entries (and as many new cells) fit, the table at most
-        half full: rehash the non-empty cells into a bigger table, enlarge the entries."""
+        :data:`MAX_LOAD` full: rehash the non-empty cells into a bigger table, enlarge
+        the entries."""
         cells, handed, live = (int(v) for v in self.meta[:3])
-        if 2 * (cells + new) > len(self.keys):
+        num, den = MAX_LOAD
+        if den * (cells + new) > num * len(self.keys):
             size = len(self.keys)
-            while 2 * (live + new) > size:  # at most one cell per live entry
+            # by the cells taken (each new entry may take one more), not the live entries:
+            # a bucket holds ~1.4 of a merge's entries, so sizing by entries doubled early
+            while den * (min(cells, live) + new) > num * size:
                 size *= 2
             keys = np.zeros(size, dtype=np.int64)
             head = np.full(size, EMPTY_CELL, dtype=np.int32)
