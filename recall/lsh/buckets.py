@@ -23,11 +23,20 @@ PARTS = 1 << PART_BITS
 #: items at L = 16)
 OFFSET_LIMIT = 2**31 - 1
 _SIGN = np.uint64(1 << 63)
+#: keys :func:`part_of` takes at once (its temporaries: 16 bytes a key)
+_PART_BLOCK = 1 << 16
 
 
 def part_of(keys: np.ndarray) -> np.ndarray:
-    """The part (uint8) of each int64 key."""
-    return ((keys.view(np.uint64) ^ _SIGN) >> np.uint64(64 - PART_BITS)).astype(np.uint8)
+    """The part (uint8) of each int64 key, a block of keys at a time: at once, the
+    uint64 temporaries were twice the keys (~15 MB for a merge of 60k items x 16, left
+    in the merge thread's arena until the trim after the merge)."""
+    out = np.empty(keys.shape, dtype=np.uint8)
+    flat, into = np.ascontiguousarray(keys).reshape(-1), out.reshape(-1)
+    for i in range(0, len(flat), _PART_BLOCK):
+        into[i:i + _PART_BLOCK] = (flat[i:i + _PART_BLOCK].view(np.uint64) ^ _SIGN
+                                   ) >> np.uint64(64 - PART_BITS)
+    return out
 
 
 def part_first_key(part: int) -> int:
