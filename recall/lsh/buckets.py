@@ -39,6 +39,12 @@ def part_of(keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def cell_bits(entries: int) -> int:
+    """Bits of the cells a table of ``entries`` is built in (``LSHIndex.build``), by its
+    keys' top bits: ~16 entries per cell, and at least a cell per part."""
+    return max(PART_BITS, min(30, math.ceil(math.log2(max(entries, 2))) - 4))
+
+
 def part_first_key(part: int) -> int:
     """The smallest int64 key of a part (keys sort in signed order, parts with them)."""
     return int(np.array([(part << (64 - PART_BITS)) ^ (1 << 63)], dtype=np.uint64

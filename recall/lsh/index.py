@@ -37,6 +37,7 @@ from recall.lsh.buckets import (
     PARTS,
     BucketTable,
     SortedBuckets,
+    cell_bits,
     part_of,
 )
 from recall.lsh.hashing import Hasher
@@ -304,8 +305,7 @@ class LSHIndex(SearchMixin):
         entries = len(slots) * self.params.L
         if not entries:
             return
-        # ~16 entries per cell, and at least a cell per part of the table
-        bits = max(PART_BITS, min(30, math.ceil(math.log2(entries)) - 4))
+        bits = cell_bits(entries)
         shift = 64 - bits
         blocks = [slots[i : i + _BUILD_BLOCK] for i in range(0, len(slots), _BUILD_BLOCK)]
         counts = np.zeros(2**bits, dtype=np.int64)
@@ -405,7 +405,7 @@ class LSHIndex(SearchMixin):
                          else 16.0)
             table_bytes = math.ceil(per_entry * entries)
         own = self._capacity * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT)
-        bits = max(PART_BITS, min(30, math.ceil(math.log2(max(entries, 2))) - 4))
+        bits = cell_bits(entries)
         transient = (max(8 * min(entries, _BUILD_RANGE), entries) + 8 * (2**bits + PARTS)
                      + 8 * _BUILD_BLOCK * (params.L * params.k + 2 * params.dim))
         return int(table_bytes + own + (self._capacity + 63) // 64 * 8 + transient)
