@@ -111,13 +111,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recall.config import Settings
-from recall.lsh import Hasher, LSHIndex, LSHParams
+from recall.lsh import LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
 from stream.memory import MoveGuard, child_bytes, memory_budget
 from stream.metrics import Metrics
 from stream.state import IndexSlot
 from stream.tunejobs import tune_cheaper, tune_cheaper_whole, tune_layout, write_snapshot
+from stream.versions import copy_version
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,6 @@ WINDOW, MIN_SAMPLES = 200, 100
 EARLY_SAMPLES = 30
 #: size trigger: parameters are re-picked when the catalogue grows by this factor
 GROWTH = 4.0
-#: items read and written per round trip when copying a version to a new layout
-COPY_BATCH = 20_000
 #: seconds between re-pick attempts of one worker
 REPICK_QUIET = 30.0
 #: seconds the re-pick lock is held at most (a crashed holder does not block forever)
@@ -217,30 +216,6 @@ def _exact(samples: Sequence[Sample]) -> tuple[list[list[str] | None], float]:
             for i, r in zip(members, results, strict=True):
                 out[i] = r.ids
     return out, time.thread_time() - t0
-
-
-async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
-                       positions: dict[int, int]) -> int:
-    """A new (not live) version with ``version``'s items hashed with ``params``, complete
-    up to the offsets recorded for ``version`` (read first; ``positions`` stand in for
-    partitions it has none for). Returns the new version."""
-    offsets = {**positions, **await store.item_offsets(version)}
-    hasher = Hasher(params)
-    # marked as a re-layout of ``version``: a worker serving it re-hashes its own items
-    # (ItemsFollower.rebuild) instead of reading this copy back; the same vectors, so the
-    # same user-vector settings
-    user = (await store.get_meta(version) or {}).get("user")
-    new = await store.create_version(params.to_dict(), dim, user=user, relayout_of=version)
-    try:
-        async for ids, vectors in store.iter_items(version, COPY_BATCH, dim=dim):
-            keys = await asyncio.to_thread(hasher.keys, vectors)
-            await store.upsert_items(new, ids, vectors, keys)
-        await store.set_item_offsets(new, offsets)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await store.delete_version(new)
-        raise
-    return new
 
 
 class RecallWatch:
