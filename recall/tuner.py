@@ -496,9 +496,14 @@ def cheaper_move(result: TuneResult, current: tuple[str, int, int, float],
 def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
                     ) -> tuple[Trial | None, list[Trial], str]:
     """(the ``current`` layout shape at its best setting, the layouts a move could go to,
-    why none), of the trials judged at the result's size: by :func:`_cheapest` among the
-    other layouts, the pick within the current one's index memory (a move then frees
-    memory), then the pick within the tune's budget."""
+    why none), of the trials judged at the result's size. The other layouts at their best
+    setting (:func:`_cheapest`) reaching the target within the tune's budget, the
+    ``FINALISTS`` fastest whose one pass is within ``FINALIST_SPAN`` of the fastest (as
+    the tuner's finalists), smallest index first: the one the tie rule favours (a smaller
+    table is a lower RSS, and a move that holds less beside the served one). Before, the
+    one-pass pick within the served layout's memory and within the budget were the only
+    ones timed: one pass put a 16-table layout ahead of an 8-table one by more than the
+    tie, and the worker moved to the larger table."""
     judged = [t for t in result.trials if t.items == result.judged_items]
     mine = [t for t in judged if shape_of(t.params) == current]
     if not mine:
@@ -506,35 +511,61 @@ def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
     base, reached, _ = _cheapest(mine, result.target_recall)
     if not reached:
         return None, [], f"{base.params.describe()} does not reach the target here"
-    others = [t for t in judged if shape_of(t.params) != current]
-    picks: list[Trial] = []
-    for budget in (min(base.nbytes, result.max_index_bytes), result.max_index_bytes):
-        if others:
-            pick, ok, fits = _cheapest(others, result.target_recall, budget)
-            if ok and fits and pick not in picks:
-                picks.append(pick)
-    return base, picks, "" if picks else "no other layout reaches the target in budget"
+    best: list[Trial] = []
+    for shape in dict.fromkeys(shape_of(t.params) for t in judged):
+        if shape != current:
+            pick, ok, fits = _cheapest([t for t in judged if shape_of(t.params) == shape],
+                                       result.target_recall, result.max_index_bytes)
+            if ok and fits:
+                best.append(pick)
+    if not best:
+        return base, [], "no other layout reaches the target in budget"
+    fastest = min(t.query_ms for t in best)
+    near = sorted((t for t in best if t.query_ms <= fastest * (1 + FINALIST_SPAN)),
+                  key=lambda t: t.query_ms)[:FINALISTS]
+    return base, sorted(near, key=lambda t: (t.nbytes, t.query_ms)), ""
+
+
+def preferred(picks: Sequence[Trial], times: Sequence[Sequence[float]]) -> list[int]:
+    """The order a worker would move to ``picks`` (smallest index first, each one's
+    alternated ``times``): the smallest, unless a larger one is clearly faster than it
+    (:func:`clearly_faster`, the tuner's tie), each such one becoming the one to beat (as
+    :func:`_confirmed`); then, should that one not fit the worker's memory, the same
+    choice among the smaller ones (a smaller table holds less beside the served one)."""
+    order: list[int] = []
+    left = list(range(len(picks)))
+    while left:
+        best = left[0]
+        for i in left[1:]:
+            if clearly_faster(times[i], times[best]):
+                best = i
+        order.append(best)
+        left = [i for i in left if picks[i].nbytes < picks[best].nbytes]
+    return order
 
 
 def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
                    vectors: np.ndarray, queries: np.ndarray, gain: float = TIME_TIE,
-                   ) -> tuple[LSHParams | None, str, list[float]]:
-    """A layout worth moving to from the ``current`` layout shape, from a tune judged on
-    the whole catalogue ``vectors`` with that shape beside its choice (``judge_also``),
-    or None; why (or why not); the time ratios (it / current) of the alternated passes.
+                   ) -> tuple[list[tuple[LSHParams, str]], str, list[float]]:
+    """The layouts worth moving to from the ``current`` layout shape, best first, each
+    with why, from a tune judged on the whole catalogue ``vectors`` with that shape
+    beside its choice (``judge_also``); none: why not; the time ratios (the first move,
+    else the first proposal, against the current layout) of the alternated passes.
 
     The current layout at its best setting and the proposals (:func:`move_candidates`)
     all reach the target with their whole recall interval on the same queries (a worker
-    holds its target: the probe controller lowers T toward it). The first proposal
-    faster by more than the tuner's tie in the median of ``CONFIRM_PASSES`` passes, and
-    in every pass, is the move (a 1M run found 0.84x, passes 0.77-0.96, 191 MiB against
-    256: MOVE_GAIN's 20% guards a sample's guess). Timed alternately, all over one vector
+    holds its target: the probe controller lowers T toward it). A proposal faster by
+    more than the tuner's tie in the median of ``CONFIRM_PASSES`` passes, and in every
+    pass, is worth a move (a 1M run found 0.84x, passes 0.77-0.96, 191 MiB against 256:
+    MOVE_GAIN's 20% guards a sample's guess); among those, the smallest index first
+    unless a larger one is clearly faster than it (:func:`preferred`): the worker moves
+    to the first its memory budget allows. Timed alternately, all over one vector
     matrix (:meth:`LSHIndex.relayout`): the tune's one pass per layout is minutes apart
     beside a worker's traffic (a quiet 1M run: the default 0.135 ms in the tuner, 0.188
     in the bench). Candidates do not decide: simhash L=8 re-ranks more but is faster."""
     base, picks, why = move_candidates(result, current)
     if base is None or not picks:
-        return None, why, []
+        return [], why, []
     served = _index(base.params, vectors)
     runs, last = [(served, base.params)], served
     for pick in picks:  # each over the last one's arrays: all stay searchable
@@ -543,13 +574,16 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
     mine, *theirs = alternated_ms(runs, queries, result.k, CONFIRM_PASSES)
     ratios = [[a / b for a, b in zip(t, mine, strict=True)] for t in theirs]
     whys = []
-    for pick, r, t in zip(picks, ratios, theirs, strict=True):
+    for pick, r in zip(picks, ratios, strict=True):
         ratio = float(np.median(r))
         whys.append(f"{pick.params.describe()}: {ratio:.2f}x the time of "
                     f"{base.params.describe()} (passes {min(r):.2f}-{max(r):.2f}), recall "
                     f"{pick.recall:.3f} against {base.recall:.3f}, {pick.nbytes / 2**20:.0f} "
                     f"against {base.nbytes / 2**20:.0f} MiB of index arrays, on all "
                     f"{len(vectors)} items")
-        if clearly_faster(t, mine, gain):
-            return pick.params, whys[-1], r
-    return None, "not clearly faster: " + "; ".join(whys), ratios[0]
+    movable = [i for i, t in enumerate(theirs) if clearly_faster(t, mine, gain)]
+    if not movable:
+        return [], "not clearly faster: " + "; ".join(whys), ratios[0]
+    order = [movable[i] for i in preferred([picks[i] for i in movable],
+                                           [theirs[i] for i in movable])]
+    return [(picks[i].params, whys[i]) for i in order], "; ".join(whys), ratios[order[0]]

@@ -143,8 +143,10 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     served with the ``current`` layout: its grid walked on ``walk_items`` of them, the best
     layouts, the default and the served layout's shape judged on all of them (as ``recall
     tune`` does), and the choice timed against the served layout in alternated passes
-    (:func:`recall.tuner.confirmed_move`); the choice if it is clearly cheaper, the
-    figures, and the CPU seconds this process took."""
+    (:func:`recall.tuner.confirmed_move`); the layouts clearly cheaper (``options``, each
+    with its table's bytes over the served one's, in the order the worker tries them
+    against its memory budget; the first also as ``params``), the figures, and the CPU
+    seconds this process took."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
     from recall.tuner import confirmed_move, shape_of, tune, user_like_queries
@@ -160,13 +162,17 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     rng = np.random.default_rng(cur.seed)
     some = np.sort(rng.choice(rows, size=min(rows, CONFIRM_FROM), replace=False))
     queries = user_like_queries(vectors[some], CONFIRM_QUERIES, seed=cur.seed)
-    params, why, ratios = confirmed_move(result, mine, vectors, queries)
-    new = None if params is None else layout_bytes(result, shape_of(params))
+    moves, why, ratios = confirmed_move(result, mine, vectors, queries)
     served = layout_bytes(result, mine)
-    return {"params": None if params is None else params.to_dict(), "why": why,
-            "table_delta": None if new is None or served is None else new - served,
-            "ratios": [round(r, 3) for r in ratios], "summary": result.summary(),
-            "cpu": time.process_time()}
+    options = []
+    for params, its_why in moves:
+        new = layout_bytes(result, shape_of(params))
+        options.append({"params": params.to_dict(), "why": its_why,
+                        "table_delta": None if new is None or served is None
+                        else new - served})
+    first = options[0] if options else {"params": None, "why": why, "table_delta": None}
+    return {**first, "options": options, "ratios": [round(r, 3) for r in ratios],
+            "summary": result.summary(), "cpu": time.process_time()}
 
 
 def tune_layout(vectors: np.ndarray, target: float, seed: int, serve_items: int) -> dict[str, Any]:

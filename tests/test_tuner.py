@@ -21,8 +21,10 @@ from recall.tuner import (
     Trial,
     TuneResult,
     cheaper_move,
+    confirmed_move,
     exact_topk,
     move_candidates,
+    preferred,
     scaled_k,
     shape_of,
     suggested_params,
@@ -290,6 +292,77 @@ def test_a_move_on_the_whole_catalogue_frees_memory_when_a_layout_can():
     assert move_candidates(_result(big, [big, small]), shape_of(served))[:2] == (None, [])
     low = [replace(t, recall=0.89, recall_low=0.88) for t in mine]
     assert move_candidates(_result(big, [*low, big]), shape_of(served))[:2] == (None, [])
+
+
+def test_a_smaller_table_is_timed_for_a_move_even_when_one_pass_put_it_past_the_tie():
+    """One pass each put the larger table 27% ahead (0.08 against 0.11 ms): beyond the
+    tie, yet within the span the tuner times again. Both are proposed, smallest first,
+    so the alternated passes decide, not the one pass (before, only the larger was)."""
+    served = LSHParams(dim=8, k=4, L=16, T=4)
+    mine = [_trial(served, 0.96, 3000, 0.20, nbytes=1500)]
+    big = _trial(LSHParams(family="simhash", dim=8, k=12, L=16, T=4), 0.96, 900, 0.08,
+                 nbytes=1400)
+    small = _trial(LSHParams(family="simhash", dim=8, k=10, L=8, T=8), 0.96, 1800, 0.11,
+                   nbytes=1200)
+    base, picks, _ = move_candidates(_result(big, [*mine, big, small]), shape_of(served))
+    assert base is mine[0] and picks == [small, big]
+
+
+def _move_times(monkeypatch: pytest.MonkeyPatch, ms: dict[tuple[str, int, int, float], float],
+                ) -> None:
+    """Alternated passes that time each layout shape at ``ms[shape]`` in every pass."""
+    import recall.tuner as tuner_mod
+
+    def fake(runs, queries, k, passes):
+        return [[ms[shape_of(params)]] * passes for _, params in runs]
+
+    monkeypatch.setattr(tuner_mod, "alternated_ms", fake)
+
+
+def test_a_move_goes_to_the_smaller_table_unless_a_larger_one_is_clearly_faster(
+        monkeypatch):
+    """Both proposals clearly faster than the served layout side by side; the larger
+    one only 7% faster than the smaller (0.70 against 0.75 ms: within the tie): the
+    worker moves to the smaller table (a lower RSS, and less held beside the served
+    one during the move), as the tuner's own tie rule chooses. Before, the one pass
+    (0.60 against 0.75) made the larger the only proposal, and the move went there."""
+    x, _ = clustered_catalogue(2000, 8, seed=3)
+    served = LSHParams(dim=8, k=4, L=16, T=4)
+    big_p = LSHParams(family="simhash", dim=8, k=10, L=16, T=4)
+    small_p = LSHParams(family="simhash", dim=8, k=10, L=8, T=8)
+    mine = _trial(served, 0.96, 3000, 1.0, nbytes=1500)
+    big = _trial(big_p, 0.96, 900, 0.60, nbytes=1400)
+    small = _trial(small_p, 0.96, 1800, 0.75, nbytes=1200)
+    result = _result(big, [mine, big, small])
+    _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.70,
+                              shape_of(small_p): 0.75})
+    moves, _, ratios = confirmed_move(result, shape_of(served), x, x[:20])
+    assert [p for p, _ in moves] == [small_p]  # the larger is no fallback: not smaller
+    assert ratios == pytest.approx([0.75] * CONFIRM_PASSES)
+    # clearly faster than the smaller (0.60 / 0.75 = 0.8): the larger first, then the
+    # smaller for a worker whose memory does not allow the larger's move
+    _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.60,
+                              shape_of(small_p): 0.75})
+    moves, _, _ = confirmed_move(result, shape_of(served), x, x[:20])
+    assert [p for p, _ in moves] == [big_p, small_p]
+    # neither clearly faster than the served layout: no move
+    _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.95,
+                              shape_of(small_p): 0.92})
+    moves, why, _ = confirmed_move(result, shape_of(served), x, x[:20])
+    assert moves == [] and why.startswith("not clearly faster")
+
+
+def test_the_fallbacks_of_a_move_are_the_smaller_tables_by_the_same_rule():
+    """Three layouts clearly faster than the served one, smallest first: the middle one
+    clearly faster than the smallest, the largest not clearly faster than the middle.
+    The worker tries the middle, then (its memory not allowing it) the smallest; never
+    the largest, whose table is bigger than the preferred one's."""
+    p = LSHParams(dim=8, k=4, L=8, T=4)
+    picks = [_trial(p, 0.96, 1000, 0.5, nbytes=n) for n in (1000, 1500, 1900)]
+    times = [[0.80] * 5, [0.60] * 5, [0.58] * 5]
+    assert preferred(picks, times) == [1, 0]
+    assert preferred(picks, [[0.80] * 5, [0.78] * 5, [0.77] * 5]) == [0]
+    assert preferred(picks, [[0.80] * 5, [0.70] * 5, [0.50] * 5]) == [2, 1, 0]
 
 
 SMALL, LARGE = ("simhash", 10, 8, 1.0), ("simhash", 10, 16, 1.0)  # 8 tables, then 16
