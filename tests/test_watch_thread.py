@@ -15,8 +15,9 @@ from recall.config import Settings
 from recall.lsh import LSHIndex, LSHParams
 from stream import watch as watch_mod
 from stream.metrics import Metrics
+from stream.samples import EXACT_NICE
 from stream.state import IndexSlot
-from stream.watch import EXACT_NICE, RecallWatch
+from stream.watch import RecallWatch
 
 
 async def test_exact_search_runs_in_one_lowest_priority_thread(
