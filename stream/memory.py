@@ -10,7 +10,8 @@ whether the worker's resident memory now plus what the move holds at its peak
 warning in the log, ``recall_lsh_retunes_postponed_total{reason}``) and tried again
 later, when items removed or a smaller layout may let it fit. A cost re-tune of a whole
 catalogue is skipped the same way when its child process (:func:`child_bytes`, ~1 GB at
-1M x 64, beside the worker in its container) would not fit.
+1M x 64, beside the worker in its container: :func:`container_budget`) would not fit, or
+when not even the smallest move it could propose would.
 
 The budget: ``RECALL_MEMORY_LIMIT_MB`` when set above 0; unset (-1), the memory limit of
 the worker's cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) when it has one;
@@ -58,6 +59,17 @@ def memory_budget(limit_mb: int, cgroup: Callable[[], int | None] = cgroup_limit
     if limit_mb > 0:
         return limit_mb * MIB
     return cgroup() if limit_mb < 0 else None
+
+
+def container_budget(limit_mb: int, cgroup: Callable[[], int | None] = cgroup_limit
+                     ) -> int | None:
+    """Bytes the worker and a whole-catalogue re-tune's child may take together: the
+    memory limit of the container (the cgroup's), which the kernel enforces on both;
+    None with ``RECALL_MEMORY_LIMIT_MB=0`` (no guard) or no limit found. A value set
+    above 0 is the worker's own share, for its moves: the child, another process, is
+    held to the container (counting it against the worker's 600 MiB skipped every try
+    at 1M x 64, the child alone being ~940 MiB)."""
+    return None if limit_mb == 0 else cgroup()
 
 
 def rss_bytes(status: str = "/proc/self/status") -> int | None:

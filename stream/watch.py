@@ -104,6 +104,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -111,7 +112,7 @@ from recall.config import Settings
 from recall.lsh import LSHIndex, LSHParams
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
-from stream.memory import MoveGuard, child_bytes, memory_budget
+from stream.memory import MoveGuard, child_bytes, container_budget, memory_budget
 from stream.metrics import Metrics
 from stream.samples import Sample, _exact, _lower_priority, drift, index_token
 from stream.state import IndexSlot
@@ -149,8 +150,12 @@ EARLY_SAMPLES = 30
 GROWTH = 4.0
 #: seconds between re-pick attempts of one worker
 REPICK_QUIET = 30.0
+#: the fewest tables of a layout a cost re-tune proposes (recall.tuner.default_layouts)
+LEAST_TABLES = 8
 #: seconds the re-pick lock is held at most (a crashed holder does not block forever)
 REPICK_LOCK_SECONDS = 600
+
+
 class RecallWatch:
     """Samples LSH answers, measures their recall, adjusts probes, re-picks parameters."""
 
@@ -180,6 +185,7 @@ class RecallWatch:
                                           early_samples=EARLY_SAMPLES)
         self.repick = settings.retune_items > 0 and not explicit_params
         self.guard = MoveGuard(memory_budget(settings.memory_limit_mb))
+        self.container = MoveGuard(container_budget(settings.memory_limit_mb))  # + child
         self._index = slot.index
         #: catalogue size the served parameters were chosen for (None: at load time)
         self.chosen_for = len(slot.index) if chosen_for is None else chosen_for
@@ -405,8 +411,11 @@ class RecallWatch:
 
         began = self.cost_began = self.clock()
         self.cost_at = began + REPICK_LOCK_SECONDS  # (if this one fails)
-        if len(index) > self.settings.retune_items and (why := self.guard.refusal(
-                child_bytes(len(index), index.dim), "the re-tune's child")) is not None:
+        least = replace(index.params, L=min(index.params.L, LEAST_TABLES))
+        if len(index) > self.settings.retune_items and (why := self.container.refusal(
+                child_bytes(len(index), index.dim), "the re-tune's child") or self.guard.refusal(
+                index.relayout_bytes(least), f"the least move it could propose (L={least.L})")):
+            self.metrics.lsh_retunes_postponed.labels("cost").inc()
             log.warning("LSH cost re-tune skipped, again in %ds: %s", REPICK_LOCK_SECONDS, why)
             return
         loop = asyncio.get_running_loop()

@@ -13,7 +13,14 @@ import pytest
 
 from recall.config import Settings, SettingsError
 from recall.lsh import LSHIndex, LSHParams
-from stream.memory import MIB, MoveGuard, cgroup_limit, memory_budget, rss_bytes
+from stream.memory import (
+    MIB,
+    MoveGuard,
+    cgroup_limit,
+    container_budget,
+    memory_budget,
+    rss_bytes,
+)
 
 
 def limit_files(tmp_path: Path, v2: str | None, v1: str | None) -> tuple[str, str]:
@@ -35,6 +42,18 @@ def limit_files(tmp_path: Path, v2: str | None, v1: str | None) -> tuple[str, st
 def test_the_cgroup_limit_is_read_from_v2_then_v1(tmp_path: Path, v2: str | None,
                                                   v1: str | None, limit: int | None) -> None:
     assert cgroup_limit(limit_files(tmp_path, v2, v1)) == limit
+
+
+def test_the_re_tunes_child_is_held_to_the_container_not_the_workers_share() -> None:
+    """The cost re-tune's child is another process in the worker's container: it is
+    held to the container's limit (the cgroup's, what the kernel enforces), not to a
+    RECALL_MEMORY_LIMIT_MB set for the worker's own RSS (600 MiB against a ~940 MiB
+    child at 1M x 64 skipped every try); 0 turns every guard off."""
+    two_gib = 2048 * MIB
+    assert container_budget(600, lambda: two_gib) == two_gib
+    assert container_budget(600, lambda: None) is None
+    assert container_budget(-1, lambda: two_gib) == two_gib
+    assert container_budget(0, lambda: two_gib) is None
 
 
 def test_the_budget_is_the_setting_else_the_cgroups_limit() -> None:

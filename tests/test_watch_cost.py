@@ -191,7 +191,7 @@ async def test_a_move_within_the_memory_budget_goes_ahead(
 async def test_a_whole_catalogue_try_needs_room_for_its_child(
         monkeypatch: pytest.MonkeyPatch, room: int) -> None:
     """A catalogue larger than the sample is tuned whole in a child process beside the
-    worker (~1 GB at 1M x 64): with less room than the child takes under the budget, the
+    worker (~1 GB at 1M x 64): with less room than the child takes in the container, the
     try is skipped (no snapshot written, no child) and waits as a failed one does."""
     from stream.memory import MoveGuard, child_bytes
 
@@ -207,7 +207,8 @@ async def test_a_whole_catalogue_try_needs_room_for_its_child(
     monkeypatch.setattr(watch_mod, "tune_cheaper_whole", fake_whole)
     budget = 600 * 2**20
     need = child_bytes(len(w.slot.index), 8)
-    w.guard = MoveGuard(budget, rss=lambda: budget - need + (1 if room < 0 else 0))
+    w.container = MoveGuard(budget, rss=lambda: budget - need + (1 if room < 0 else 0))
+    w.guard = MoveGuard(None)  # (the worker's own share: no limit)
     try:
         now[0] = COST_SETTLE
         await look(w)
@@ -215,5 +216,62 @@ async def test_a_whole_catalogue_try_needs_room_for_its_child(
         assert whole == ([] if room < 0 else [300])
         if room < 0:
             assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
+    finally:
+        await w.stop()
+
+
+def whole_watch(monkeypatch: pytest.MonkeyPatch, rss: int, child: int
+                ) -> tuple[RecallWatch, list[float], list[int]]:
+    """A holding watch whose catalogue is tuned whole (larger than the sample), with a
+    worker budget of 600 MiB at ``rss`` bytes, no container limit, and a child that
+    would take ``child`` bytes; and the rows of each whole try."""
+    from stream.memory import MoveGuard
+
+    w, now, _ = holding_watch(monkeypatch)
+    w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET,
+                          memory_limit_mb=600)
+    whole: list[int] = []
+
+    def fake_whole(path: str, rows: int, target: float, current: dict[str, Any]
+                   ) -> dict[str, Any]:
+        whole.append(rows)
+        return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
+
+    monkeypatch.setattr(watch_mod, "tune_cheaper_whole", fake_whole)
+    monkeypatch.setattr(watch_mod, "child_bytes", lambda rows, dim: child)
+    w.guard = MoveGuard(600 * 2**20, rss=lambda: rss)
+    w.container = MoveGuard(None, rss=lambda: rss)
+    now[0] = COST_SETTLE
+    return w, now, whole
+
+
+async def test_the_whole_try_runs_when_the_container_holds_its_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECALL_MEMORY_LIMIT_MB=600 is the worker's own share: a ~900 MiB child, another
+    process, is held to the container (no limit here), so the try runs while the worker
+    has room for a move. Before, the child was added to the worker's 600 MiB and every
+    try at 1M x 64 was skipped: the worker never looked for a cheaper layout."""
+    mib = 2**20
+    w, _, whole = whole_watch(monkeypatch, rss=500 * mib, child=900 * mib)
+    try:
+        await look(w)
+        assert whole == [300]
+    finally:
+        await w.stop()
+
+
+async def test_no_whole_try_when_not_even_the_least_move_would_fit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker with no room under its budget for the smallest move a try could propose
+    (8 tables at the served table's bytes per entry) does not pay for a ~1 GB child
+    whose answer it could not use: skipped, counted as postponed, again after
+    REPICK_LOCK_SECONDS."""
+    mib = 2**20
+    w, _, whole = whole_watch(monkeypatch, rss=600 * mib - 1024, child=mib)
+    try:
+        await look(w)
+        assert whole == []
+        assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 1
+        assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
     finally:
         await w.stop()
