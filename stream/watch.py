@@ -150,6 +150,9 @@ EARLY_SAMPLES = 30
 GROWTH = 4.0
 #: seconds between re-pick attempts of one worker
 REPICK_QUIET = 30.0
+#: seconds before a move postponed for memory is tried again: the budget is read against
+#: the RSS then (no new tuning child); every 30 s (REPICK_QUIET) it was a warning each time
+POSTPONED_RETRY = 300.0
 #: the fewest tables of a layout a cost re-tune proposes (recall.tuner.default_layouts)
 LEAST_TABLES = 8
 #: seconds the re-pick lock is held at most (a crashed holder does not block forever)
@@ -193,6 +196,9 @@ class RecallWatch:
         self._picked_for: dict[int, int] = {}
         self.rebuilding = False
         self.quiet_until = 0.0  # no re-pick before (clock): one was just made or refused
+        #: a cost move postponed for memory: (the index it was measured on, its options)
+        self._postponed: tuple[LSHIndex, list[dict]] | None = None
+        self._size_held = False  # a size re-pick was postponed for memory on this index
         #: no cost re-tune before (clock): the last one's CPU over RECALL_RETUNE_COST_CPU
         self.cost_at = clock() + settings.retune_cost_settle
         self.cost_began = 0.0  # when the last one began (clock)
@@ -314,7 +320,7 @@ class RecallWatch:
             # and the next came only at 4x that: 1M items served with a 3,000-item
             # layout); a version another worker picked: its size now
             self.chosen_for = self._picked_for.pop(self.slot.version, len(index))
-            self.quiet_until = 0.0
+            self.quiet_until, self._postponed, self._size_held = 0.0, None, False
             self.cost_at = max(self.cost_at, self.clock() + self.settings.retune_cost_settle)
 
     def record(self, batch: Sequence[Sample], truths: Sequence[list[str] | None]) -> int:
@@ -362,8 +368,12 @@ class RecallWatch:
         elif d is not None and d.retune and repick:
             log.info("LSH parameters: %s", d.reason)
             await self._repick("recall", None)
-        elif repick and grown(len(index), self.chosen_for, self.exact_max_items,
-                                   GROWTH):
+        elif repick and self._postponed is not None:
+            await self._cost_move(*self._postponed)
+        elif repick and grown(len(index), self.chosen_for, self.exact_max_items, GROWTH
+                              ) and not (self._size_held and self._cost_due()):
+            # (a size re-pick the memory budget holds back lets a cost try look for a
+            # layout that fits: it judges smaller tables too)
             from recall.tuner import suggested_params
 
             p = index.params
@@ -451,12 +461,32 @@ class RecallWatch:
                      "(%s); next try in %.0fs\n%s", n, index.params.describe(),
                      out["why"] or "", self.cost_at - self.clock(), out["summary"])
             return
+        log.info("LSH cost re-tune on %d items: cheaper than %s at the target: %s\n%s", n,
+                 index.params.describe(), out["why"], out["summary"])
+        await self._cost_move(index, out.get("options") or [out])
+
+    async def _cost_move(self, index: LSHIndex, options: list[dict]) -> None:
+        """The first of a cost try's ``options`` (best first, ``recall.tuner.
+        confirmed_move``) whose move fits the memory budget, re-picked; none: all kept and
+        tried again after POSTPONED_RETRY against the RSS then, without a new child."""
+        self._postponed = None
         if self.slot.index is not index or self.rebuilding:
             return  # the index moved on meanwhile: what was measured is not served
-        params = LSHParams.from_dict(out["params"])
-        log.info("LSH parameters: %s -> %s, cheaper at the target: %s\n%s",
-                 index.params.describe(), params.describe(), out["why"], out["summary"])
-        await self._repick("cost", params, out.get("table_delta"))
+        refused = []
+        for o in options:
+            params = LSHParams.from_dict(o["params"])
+            if why := self.guard.refusal(index.relayout_bytes(params, o.get("table_delta"))):
+                refused.append(f"{params.describe()}: {why}")
+                continue
+            log.info("LSH parameters: %s -> %s (cost)", index.params.describe(),
+                     params.describe())
+            await self._repick("cost", params, o.get("table_delta"))
+            return
+        self._postponed = (index, options)
+        self.quiet_until = self.clock() + POSTPONED_RETRY
+        self.metrics.lsh_retunes_postponed.labels("cost").inc()
+        log.warning("LSH cost move postponed, again in %.0fs: %s", POSTPONED_RETRY,
+                    "; ".join(refused))
 
     async def _repick(self, reason: str, params: LSHParams | None,
                       table_delta: int | None = None) -> bool:
@@ -476,7 +506,10 @@ class RecallWatch:
                 params = await self._tuned(self.slot.index)
             if why := self.guard.refusal(self.slot.index.relayout_bytes(params, table_delta)):
                 self.metrics.lsh_retunes_postponed.labels(reason).inc()
-                log.warning("LSH parameters %s (%s) postponed: %s", params.describe(), reason, why)
+                self.quiet_until = self.clock() + POSTPONED_RETRY
+                self._size_held = self._size_held or reason == "size"
+                log.warning("LSH parameters %s (%s) postponed, again in %.0fs: %s",
+                            params.describe(), reason, POSTPONED_RETRY, why)
                 return False
             if not await store.acquire(lock, REPICK_LOCK_SECONDS):
                 log.info("LSH parameters: another worker is re-picking them")

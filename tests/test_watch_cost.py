@@ -275,3 +275,104 @@ async def test_no_whole_try_when_not_even_the_least_move_would_fit(
         assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
     finally:
         await w.stop()
+
+
+def options_watch(monkeypatch: pytest.MonkeyPatch, rss: list[int],
+                  options: list[tuple[LSHParams, int]]
+                  ) -> tuple[RecallWatch, LockStore, list[float], list[float]]:
+    """A holding watch whose one cost try proposes ``options`` (layout, its table's
+    bytes over the served one's), best first, in a worker of ``rss[0]`` bytes (the test
+    may change it) with a budget of 600 MiB; the clock, the store, the tries."""
+    from stream.memory import MoveGuard
+
+    w, now, tries = holding_watch(monkeypatch)
+    found = [{"params": p.to_dict(), "why": "fake", "table_delta": d} for p, d in options]
+
+    def fake_tune(vectors: np.ndarray, target: float, current: dict[str, Any],
+                  serve_items: int) -> dict[str, Any]:
+        tries.append(now[0])
+        return {**found[0], "options": found, "summary": "fake", "cpu": TRY_CPU}
+
+    monkeypatch.setattr(watch_mod, "tune_cheaper", fake_tune)
+    store = LockStore()
+    w.store = store  # type: ignore[assignment]
+    w.guard = MoveGuard(600 * 2**20, rss=lambda: rss[0])
+    now[0] = COST_SETTLE
+    return w, store, now, tries
+
+
+BIG = LSHParams(dim=8, k=3, L=4, T=1, seed=1)
+SMALL = LSHParams(dim=8, k=3, L=2, T=1, seed=1)
+
+
+async def test_a_cost_move_goes_to_the_best_layout_that_fits_the_budget(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The try's first choice would take the worker past its budget (its table 100 MiB
+    over the served one, at 560 of 600 MiB); the next, a smaller table, fits: the
+    worker moves there rather than stay where it is. Before, the first choice alone was
+    weighed and the move was postponed."""
+    mib = 2**20
+    w, store, _, tries = options_watch(monkeypatch, [560 * mib],
+                                       [(BIG, 100 * mib), (SMALL, 0)])
+    caplog.set_level("INFO", logger="stream.watch")
+    try:
+        await look(w)
+        assert len(tries) == 1
+        assert store.asked == ["repick"]  # on to the re-pick lock (another worker's)
+        assert f"-> {SMALL.describe()} (cost)" in caplog.text
+        assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 0
+    finally:
+        await w.stop()
+
+
+async def test_a_postponed_move_is_tried_again_later_without_a_new_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No option fits: the move is postponed (counted, no version made) and kept; it is
+    weighed again only after POSTPONED_RETRY, against the RSS then, and goes ahead once
+    it fits, from the same try (no second ~1 GB child). Before, a postponed cost move
+    was dropped until the next try, hours later at 1M (its CPU over 0.01 of a core)."""
+    mib = 2**20
+    rss = [560 * mib]
+    w, store, now, tries = options_watch(monkeypatch, rss, [(BIG, 100 * mib)])
+    try:
+        await look(w)
+        assert store.asked == []
+        assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 1
+        now[0] = COST_SETTLE + watch_mod.POSTPONED_RETRY - 1
+        await look(w)
+        assert store.asked == [] and len(tries) == 1  # nothing weighed meanwhile
+        rss[0] = 400 * mib
+        now[0] = COST_SETTLE + watch_mod.POSTPONED_RETRY
+        await look(w)
+        assert store.asked == ["repick"] and len(tries) == 1
+        assert w.metrics.lsh_retunes_postponed.labels("cost")._value.get() == 1
+    finally:
+        await w.stop()
+
+
+async def test_a_size_repick_held_back_by_memory_lets_a_cost_try_look_for_one_that_fits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A size re-pick the budget postpones is weighed again only after POSTPONED_RETRY
+    (every 30 s it was a warning each time), and meanwhile a due cost try runs: it
+    judges smaller tables too. Before, the size re-pick was retried every 30 s and, the
+    catalogue staying grown, no cost try ever ran."""
+    from stream.memory import MoveGuard
+
+    w, now, tries = holding_watch(monkeypatch)
+    w.chosen_for = 10  # the catalogue (300) has grown 4x past it
+    w.store = LockStore()  # type: ignore[assignment]
+    w.guard = MoveGuard(600 * 2**20, rss=lambda: 600 * 2**20 - 1024)
+    try:
+        now[0] = COST_SETTLE
+        await look(w)
+        assert w.metrics.lsh_retunes_postponed.labels("size")._value.get() == 1
+        assert tries == []
+        for t in np.arange(COST_SETTLE + 10, COST_SETTLE + watch_mod.POSTPONED_RETRY, 10.0):
+            now[0] = float(t)
+            await look(w)
+        assert w.metrics.lsh_retunes_postponed.labels("size")._value.get() == 1
+        now[0] = COST_SETTLE + watch_mod.POSTPONED_RETRY
+        await look(w)
+        assert tries == [now[0]]
+    finally:
+        await w.stop()
