@@ -65,10 +65,10 @@ Re-picking parameters. Three triggers, off with ``RECALL_RETUNE_ITEMS=0`` or exp
   Larger, up to ``RECALL_RETUNE_COST_MAX_ITEMS``: the stored vectors are written to a
   temporary file (a block at a time: no second matrix in the worker) and the child tunes
   the whole catalogue as ``recall tune`` does (grid on a sample, the best layouts, the
-  default and the served layout judged on every item); the best other layout, held to
-  the served layout's index memory when one reaches the target there, is re-picked when
-  over 10% faster (the tuner's tie) in alternated timing passes
-  (``recall.tuner.confirmed_move``). A streamed 1M catalogue otherwise kept the size
+  default and the served layout judged on every item); the other layouts over 10%
+  faster (the tuner's tie) in alternated timing passes, smallest table first unless a
+  larger one is clearly faster (``recall.tuner.confirmed_move``), are re-picked: the
+  first whose move fits the memory budget. A streamed 1M catalogue otherwise kept the size
   re-pick's default, ~4x hnswlib's time where the tuner's layout is ~1.7x. The monitor
   then sets T. The next try waits for this one's CPU time over
   the budget (at 20,000 items a try takes a few seconds of CPU: one every few minutes at
