@@ -545,12 +545,15 @@ def preferred(picks: Sequence[Trial], times: Sequence[Sequence[float]]) -> list[
 
 
 def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
-                   vectors: np.ndarray, queries: np.ndarray, gain: float = TIME_TIE,
+                   served: LSHIndex | None, queries: np.ndarray, gain: float = TIME_TIE,
                    ) -> tuple[list[tuple[LSHParams, str]], str, list[float]]:
     """The layouts worth moving to from the ``current`` layout shape, best first, each
-    with why, from a tune judged on the whole catalogue ``vectors`` with that shape
-    beside its choice (``judge_also``); none: why not; the time ratios (the first move,
-    else the first proposal, against the current layout) of the alternated passes.
+    with why, from a tune judged on the whole catalogue with that shape beside its
+    choice (``judge_also``); ``served``: that shape's index over the whole catalogue
+    (None only when :func:`move_candidates` proposes nothing); none: why not; the time
+    ratios (the first move, else the first proposal, against the current layout) of the
+    alternated passes. The proposals' tables are built over the served index's arrays
+    (:meth:`LSHIndex.relayout`): the caller need not hold the float32 matrix meanwhile.
 
     The current layout at its best setting and the proposals (:func:`move_candidates`)
     all reach the target with their whole recall interval on the same queries (a worker
@@ -564,9 +567,8 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
     beside a worker's traffic (a quiet 1M run: the default 0.135 ms in the tuner, 0.188
     in the bench). Candidates do not decide: simhash L=8 re-ranks more but is faster."""
     base, picks, why = move_candidates(result, current)
-    if base is None or not picks:
+    if base is None or not picks or served is None:
         return [], why, []
-    served = _index(base.params, vectors)
     runs, last = [(served, base.params)], served
     for pick in picks:  # each over the last one's arrays: all stay searchable
         last = last.relayout(pick.params)
@@ -580,7 +582,7 @@ def confirmed_move(result: TuneResult, current: tuple[str, int, int, float],
                     f"{base.params.describe()} (passes {min(r):.2f}-{max(r):.2f}), recall "
                     f"{pick.recall:.3f} against {base.recall:.3f}, {pick.nbytes / 2**20:.0f} "
                     f"against {base.nbytes / 2**20:.0f} MiB of index arrays, on all "
-                    f"{len(vectors)} items")
+                    f"{len(served)} items")
     movable = [i for i, t in enumerate(theirs) if clearly_faster(t, mine, gain)]
     if not movable:
         return [], "not clearly faster: " + "; ".join(whys), ratios[0]

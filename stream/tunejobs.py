@@ -149,7 +149,14 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     seconds this process took."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
-    from recall.tuner import confirmed_move, shape_of, tune, user_like_queries
+    from recall.tuner import (
+        _index,
+        confirmed_move,
+        move_candidates,
+        shape_of,
+        tune,
+        user_like_queries,
+    )
 
     cur = LSHParams.from_dict(current)
     vectors = read_snapshot(path, rows, cur.dim)
@@ -162,7 +169,13 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     rng = np.random.default_rng(cur.seed)
     some = np.sort(rng.choice(rows, size=min(rows, CONFIRM_FROM), replace=False))
     queries = user_like_queries(vectors[some], CONFIRM_QUERIES, seed=cur.seed)
-    moves, why, ratios = confirmed_move(result, mine, vectors, queries)
+    # the served layout over every item; then the float32 matrix goes (244 MiB at 1M x
+    # 64): the alternated passes search the index's own vectors, the proposals' tables
+    # built over them, and the child's peak was made there, the matrix beside the tables
+    base, picks, _ = move_candidates(result, mine)
+    served = _index(base.params, vectors) if base is not None and picks else None
+    del vectors, some
+    moves, why, ratios = confirmed_move(result, mine, served, queries)
     served = layout_bytes(result, mine)
     options = []
     for params, its_why in moves:

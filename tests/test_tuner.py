@@ -334,21 +334,26 @@ def test_a_move_goes_to_the_smaller_table_unless_a_larger_one_is_clearly_faster(
     big = _trial(big_p, 0.96, 900, 0.60, nbytes=1400)
     small = _trial(small_p, 0.96, 1800, 0.75, nbytes=1200)
     result = _result(big, [mine, big, small])
+
+    def index() -> LSHIndex:  # the served layout over the catalogue (a move's relayout
+        built = LSHIndex(served)  # leaves it read-only: one per move judged)
+        built.add([str(i) for i in range(len(x))], x)
+        return built
     _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.70,
                               shape_of(small_p): 0.75})
-    moves, _, ratios = confirmed_move(result, shape_of(served), x, x[:20])
+    moves, _, ratios = confirmed_move(result, shape_of(served), index(), x[:20])
     assert [p for p, _ in moves] == [small_p]  # the larger is no fallback: not smaller
     assert ratios == pytest.approx([0.75] * CONFIRM_PASSES)
     # clearly faster than the smaller (0.60 / 0.75 = 0.8): the larger first, then the
     # smaller for a worker whose memory does not allow the larger's move
     _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.60,
                               shape_of(small_p): 0.75})
-    moves, _, _ = confirmed_move(result, shape_of(served), x, x[:20])
+    moves, _, _ = confirmed_move(result, shape_of(served), index(), x[:20])
     assert [p for p, _ in moves] == [big_p, small_p]
     # neither clearly faster than the served layout: no move
     _move_times(monkeypatch, {shape_of(served): 1.0, shape_of(big_p): 0.95,
                               shape_of(small_p): 0.92})
-    moves, why, _ = confirmed_move(result, shape_of(served), x, x[:20])
+    moves, why, _ = confirmed_move(result, shape_of(served), index(), x[:20])
     assert moves == [] and why.startswith("not clearly faster")
 
 
