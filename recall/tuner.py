@@ -499,8 +499,10 @@ def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
     why none), of the trials judged at the result's size. The other layouts at their best
     setting (:func:`_cheapest`) reaching the target within the tune's budget, the
     ``FINALISTS`` fastest whose one pass is within ``FINALIST_SPAN`` of the fastest (as
-    the tuner's finalists), smallest index first: the one the tie rule favours (a smaller
-    table is a lower RSS, and a move that holds less beside the served one). Before, the
+    the tuner's finalists), and the smallest table of all (a worker whose memory budget
+    allows no larger move may still gain from it, if it is clearly faster than the served
+    one), smallest index first: the one the tie rule favours (a smaller table is a lower
+    RSS, and a move that holds less beside the served one). Before, the
     one-pass pick within the served layout's memory and within the budget were the only
     ones timed: one pass put a 16-table layout ahead of an 8-table one by more than the
     tie, and the worker moved to the larger table."""
@@ -523,6 +525,8 @@ def move_candidates(result: TuneResult, current: tuple[str, int, int, float],
     fastest = min(t.query_ms for t in best)
     near = sorted((t for t in best if t.query_ms <= fastest * (1 + FINALIST_SPAN)),
                   key=lambda t: t.query_ms)[:FINALISTS]
+    smallest = min(best, key=lambda t: (t.nbytes, t.query_ms))
+    near += [] if smallest in near else [smallest]
     return base, sorted(near, key=lambda t: (t.nbytes, t.query_ms)), ""
 
 

@@ -306,6 +306,16 @@ def test_a_smaller_table_is_timed_for_a_move_even_when_one_pass_put_it_past_the_
                    nbytes=1200)
     base, picks, _ = move_candidates(_result(big, [*mine, big, small]), shape_of(served))
     assert base is mine[0] and picks == [small, big]
+    # twice the fastest's time in one pass, past the span: still proposed, as the
+    # smallest table (timed side by side, it may be clearly faster than the served one)
+    slow = replace(small, query_ms=0.17)
+    base, picks, _ = move_candidates(_result(big, [*mine, big, slow]), shape_of(served))
+    assert picks == [slow, big]
+    # a larger table past the span is not
+    wide = _trial(LSHParams(family="simhash", dim=8, k=13, L=16, T=4), 0.96, 800, 0.17,
+                  nbytes=1450)
+    base, picks, _ = move_candidates(_result(big, [*mine, big, small, wide]), shape_of(served))
+    assert picks == [small, big]
 
 
 def _move_times(monkeypatch: pytest.MonkeyPatch, ms: dict[tuple[str, int, int, float], float],
