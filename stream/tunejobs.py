@@ -183,8 +183,9 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
         options.append({"params": params.to_dict(), "why": its_why,
                         "table_delta": None if new is None or served is None
                         else new - served})
-    first = options[0] if options else {"params": None, "why": why, "table_delta": None}
-    return {**first, "options": options, "ratios": [round(r, 3) for r in ratios],
+    first = options[0] if options else {"params": None, "table_delta": None}
+    # why: every proposal's figures (the worker's log says what was weighed)
+    return {**first, "why": why, "options": options, "ratios": [round(r, 3) for r in ratios],
             "summary": result.summary(), "cpu": time.process_time()}
 
 
