@@ -18,10 +18,12 @@ Every module defining ``cache=True`` kernels imports this module before its firs
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
 from numba.core import config
+from numba.core.dispatcher import Dispatcher
 
 #: the files whose kernels are cached, relative to the ``recall`` package
 KERNEL_FILES = ("kernels.py", "rerankkernels.py", "buildkernels.py", "userkernels.py",
@@ -48,3 +50,37 @@ def cache_dir(root: Path, environ: dict[str, str] | os._Environ[str] = os.enviro
 # set directly on numba's config, not in the environment: child processes compute their
 # own key, and numba keeps a value set here until a NUMBA_* variable changes
 config.CACHE_DIR = cache_dir(Path(__file__).parent)
+
+
+def kernel_modules(files: tuple[str, ...] = KERNEL_FILES) -> list[str]:
+    """The modules of the kernel files (``lsh/ids.py`` -> ``recall.lsh.ids``)."""
+    return ["recall." + name[:-3].replace("/", ".") for name in files]
+
+
+def uncached(modules: list[str] | None = None) -> list[str]:
+    """The kernel modules of which numba's cache holds no kernel for this machine: a cache
+    directory not filled yet (new kernel sources, a new ``NUMBA_CACHE_DIR``), a checkout
+    at another path (numba keys its entries by the source file's path too), a kernel file
+    touched since (and by its modification time), another CPU. Their first calls compile.
+
+    A module counts as cached when one of its kernels is: the others are inlined into
+    callers or compiled from the same warm-up. A module whose entries cannot be read (numba's
+    cache internals changed) counts as not cached."""
+    missing = []
+    for name in modules if modules is not None else kernel_modules():
+        module = importlib.import_module(name)
+        try:
+            found = False
+            for value in vars(module).values():
+                if (isinstance(value, Dispatcher) and value.__module__ == name
+                        and hasattr(value._cache, "_cache_file")):
+                    magic = value.targetctx.codegen().magic_tuple()
+                    index = value._cache._cache_file._load_index()
+                    if any(key[1] == magic for key in index):
+                        found = True
+                        break
+        except Exception:  # numba's internals changed: count it as not cached
+            found = False
+        if not found:
+            missing.append(name)
+    return missing

@@ -24,10 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
-from recall import exactkernels, kernels, userkernels
+from numba.core import config as numba_config
+
+from recall import exactkernels, jit, kernels, userkernels
 from recall.config import Settings, kafka_client_kwargs
 from recall.lsh import ids
 from recall.store import Store
@@ -97,6 +102,40 @@ def _release_load_memory() -> None:
 
 
 def _warm_up() -> None:
+    """Load the compiled kernels from numba's cache; those not in it yet (a first start, new
+    kernel sources, another checkout path) are first compiled by a child process into the
+    cache. Compiled here, the worker kept LLVM's modules of the compile for its life: after
+    the warm-up 178 MB of malloc in use and 375 MB of RSS, against 34 and 183 MB with the
+    kernels loaded from the cache."""
+    missing = jit.uncached()
+    if missing:
+        _compile_in_child(missing)
+    _load_kernels()
+
+
+def _compile_in_child(missing: list[str]) -> None:
+    """Run :func:`_load_kernels` in a child process (same interpreter, sources and
+    ``NUMBA_CACHE_DIR``) to fill numba's cache; a child that fails leaves the compile to
+    this process, as before."""
+    t0 = time.perf_counter()
+    log.info("start-up: kernels of %s not in numba's cache %s: compiling them in a child "
+             "process", ", ".join(missing), numba_config.CACHE_DIR)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", "from stream.worker import _load_kernels; _load_kernels()"],
+        env=env, check=False, stdin=subprocess.DEVNULL)
+    still = jit.uncached(missing)
+    if done.returncode != 0 or still:
+        log.warning("compiling the kernels in a child process failed (exit %d; not in numba's "
+                    "cache: %s): compiling them here", done.returncode, ", ".join(still) or "-")
+    else:
+        log.info("start-up: kernels compiled in a child process in %.1fs",
+                 time.perf_counter() - t0)
+
+
+def _load_kernels() -> None:
     try:
         kernels.warm_up()
         userkernels.warm_up()  # click application's
