@@ -581,7 +581,7 @@ def warm_up() -> None:
                    np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64),
                    np.zeros(1, dtype=np.uint8), np.zeros(1, dtype=np.uint64))
     pending.warm_up()
-    keys = probes[:, :, 0]
+    keys = np.ascontiguousarray(probes[:, :, 0])  # as build() has them (Hasher.keys)
     counts = np.zeros(2, dtype=np.int64)
     count_cells(keys, 63, counts)
     fold_keys(q.astype(np.float64) @ proj, np.zeros(L * k), 1.0, True, mult, keys[0].copy(),

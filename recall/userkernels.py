@@ -96,9 +96,16 @@ def window_sums(ptr: np.ndarray, ts: np.ndarray, weight: np.ndarray, present: np
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's disk cache) :func:`window_sums` before traffic."""
-    window_sums(np.array([0, 2], dtype=np.int64), np.array([0.0, 1.0]), np.ones(2),
+    """Compile (or load from numba's disk cache) :func:`window_sums` and :func:`add_clicks`
+    before traffic: one user's first click, the arrays typed as ``apply_batch`` has them."""
+    ts = np.frombuffer(np.array([0.0, 1.0]).tobytes())  # read-only, as apply_batch's are
+    window_sums(np.array([0, 2], dtype=np.int64), ts, np.frombuffer(np.ones(2).tobytes()),
                 np.ones(2, dtype=bool), np.ones((2, 2), dtype=np.float32), 2, 0.5, 1.0)
+    one, no, yes = np.ones(1), np.zeros(1, dtype=bool), np.ones(1, dtype=bool)
+    vec = np.ones((1, 2), dtype=np.float32)
+    add_clicks(np.zeros((1, 2)), np.zeros(1), np.zeros(1), no.copy(), np.zeros(1, dtype=np.int64),
+               one.copy(), one.copy(), vec, yes.copy(), yes.copy(), no.copy(), no.copy(),
+               no.copy(), vec.copy(), one.copy(), one.copy(), one.copy(), one.copy(), 0.0, 8.0)
 
 
 @njit(cache=True, nogil=True)

@@ -4,6 +4,7 @@ in use."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from numba.core import config
 from numba.core.dispatcher import Dispatcher
 
@@ -111,3 +113,61 @@ def test_kernels_missing_from_the_cache_are_compiled_by_a_child_not_the_worker(
                           text=True, check=True)
     compiled_here, missing = done.stdout.split("\n")[:2]
     assert (compiled_here, missing) == ("0", "[]"), done.stderr[-2000:]
+
+
+def _signatures() -> dict[str, int]:
+    return {f"{name}.{key}": len(value.signatures)
+            for name in jit.kernel_modules()
+            for key, value in vars(importlib.import_module(name)).items()
+            if isinstance(value, Dispatcher)}
+
+
+def _signatures_after_a_worker_s_calls() -> None:
+    """In a fresh process (the test's below): the warm-up, then what a worker runs; prints
+    the kernels that met a signature the warm-up did not compile."""
+    from recall.lsh import LSHIndex, LSHParams
+    from recall.userbatch import apply_batch
+    from recall.users import RollingUserVectors
+    from stream.worker import _warm_up
+
+    _warm_up()
+    before = _signatures()
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((6000, 64)).astype(np.float32)
+    ids = [f"i{j}" for j in range(len(vecs))]
+    for family in ("pstable", "simhash"):
+        index = LSHIndex(LSHParams(family=family, dim=64), merge="deferred")  # a load
+        index.reserve(4000)
+        index.stage(ids[:4000], vecs[:4000])
+        index.build()
+        index.add(ids[4000:], vecs[4000:])  # the items topic, then a merge off the loop
+        asyncio.run(index.merge_off_loop(force=True))
+        index.remove(ids[:10])
+        index = index.relayout(LSHParams(family=family, dim=64, k=7, L=8))  # a re-pick
+        index.search(vecs[:16], 10)
+        index.search(vecs[:1], 10, exclude=[["i20"]])
+    table = dict(zip(ids, vecs, strict=True))
+
+    def lookup(items: list[str]) -> tuple[np.ndarray, list[bool]]:
+        return (np.stack([table.get(i, np.zeros(64, np.float32)) for i in items]),
+                [i in table for i in items])
+
+    for interests in (1, 3):
+        roll = RollingUserVectors(64, 4, 60.0, lookup=lookup, interests=interests)
+        users = [roll.new_state() for _ in range(3)]
+        apply_batch(roll, [(users[j % 3], f"i{j}", float(j), 1.0, f"e{j}") for j in range(20)])
+    print(sorted(k for k, v in _signatures().items() if v != before[k]))
+
+
+def test_the_warm_up_compiles_what_a_worker_runs() -> None:
+    """Every kernel signature a worker calls is the warm-up's: one it first met later (a
+    bulk build's keys, a first click batch) was compiled in the worker when numba's cache
+    lacked it, the compile's memory kept for the worker's life. In a process of its own:
+    this one's kernels met other tests' calls."""
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from tests.test_jit import _signatures_after_a_worker_s_calls as f; f()"],
+        env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().split("\n")[-1] == "[]", done.stderr[-2000:]
