@@ -341,3 +341,38 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     faults = int(out.stdout.strip())
     pages = 40 * (900 * 1024 * 3 // 2) // 4096  # if given back every batch: ~13,500
     assert faults < pages // 10, f"{faults} page faults over 40 batches"
+
+
+def test_the_worker_s_threads_share_a_few_malloc_arenas() -> None:
+    """glibc gives each thread that contends for malloc an arena of its own (up to 8 per
+    core), and what one thread frees stays in its arena: the worker's threads (event
+    loop, merges, the recall monitor) share MALLOC_ARENAS of them
+    (stream.worker._return_big_frees). Counted by glibc's malloc_stats in a fresh
+    process: 8 threads allocating at once."""
+    import subprocess
+    import sys
+
+    from stream.worker import MALLOC_ARENAS
+
+    code = """
+import ctypes, os, threading
+from stream.worker import _return_big_frees
+_return_big_frees()
+libc = ctypes.CDLL("libc.so.6")
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()
+    held = [libc.malloc(1000) for _ in range(2000)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+os.dup2(1, 2)  # malloc_stats writes to stderr
+libc.malloc_stats()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    arenas = sum(1 for line in out.stdout.splitlines() if line.startswith("Arena "))
+    assert 1 <= arenas <= MALLOC_ARENAS, out.stdout
