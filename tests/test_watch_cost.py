@@ -187,49 +187,19 @@ async def test_a_move_within_the_memory_budget_goes_ahead(
         await w.stop()
 
 
-@pytest.mark.parametrize("room", [-1, 1])
-async def test_a_whole_catalogue_try_needs_room_for_its_child(
-        monkeypatch: pytest.MonkeyPatch, room: int) -> None:
-    """A catalogue larger than the sample is tuned whole in a child process beside the
-    worker (~1 GB at 1M x 64): with less room than the child takes in the container, the
-    try is skipped (no snapshot written, no child) and waits as a failed one does."""
-    from stream.memory import MoveGuard, child_bytes
-
-    w, now, tries = holding_watch(monkeypatch)
-    w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET)
-    whole: list[int] = []
-
-    def fake_whole(path: str, rows: int, target: float, current: dict[str, Any]
-                   ) -> dict[str, Any]:
-        whole.append(rows)
-        return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
-
-    monkeypatch.setattr(watch_mod, "tune_cheaper_whole", fake_whole)
-    budget = 600 * 2**20
-    need = child_bytes(len(w.slot.index), 8)
-    w.container = MoveGuard(budget, rss=lambda: budget - need + (1 if room < 0 else 0))
-    w.guard = MoveGuard(None)  # (the worker's own share: no limit)
-    try:
-        now[0] = COST_SETTLE
-        await look(w)
-        assert tries == []  # (the sample's tuner: not for this size)
-        assert whole == ([] if room < 0 else [300])
-        if room < 0:
-            assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
-    finally:
-        await w.stop()
-
-
-def whole_watch(monkeypatch: pytest.MonkeyPatch, rss: int, child: int
+def whole_watch(monkeypatch: pytest.MonkeyPatch, rss: int, child: int,
+                worker_mb: int | None = 600, container_mb: int | None = None
                 ) -> tuple[RecallWatch, list[float], list[int]]:
-    """A holding watch whose catalogue is tuned whole (larger than the sample), with a
-    worker budget of 600 MiB at ``rss`` bytes, no container limit, and a child that
-    would take ``child`` bytes; and the rows of each whole try."""
+    """A holding watch whose catalogue is tuned whole (larger than the sample), at ``rss``
+    bytes, with a worker budget of ``worker_mb`` MiB (None: none) and a container limit
+    of ``container_mb`` (None: none), and a child that would take ``child`` bytes; and
+    the clock readings of the sample's tries (none should run: not for this size) and
+    the rows of each whole try."""
     from stream.memory import MoveGuard
 
-    w, now, _ = holding_watch(monkeypatch)
+    w, now, tries = holding_watch(monkeypatch)
     w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET,
-                          memory_limit_mb=600)
+                          memory_limit_mb=0 if worker_mb is None else worker_mb)
     whole: list[int] = []
 
     def fake_whole(path: str, rows: int, target: float, current: dict[str, Any]
@@ -239,10 +209,32 @@ def whole_watch(monkeypatch: pytest.MonkeyPatch, rss: int, child: int
 
     monkeypatch.setattr(watch_mod, "tune_cheaper_whole", fake_whole)
     monkeypatch.setattr(watch_mod, "child_bytes", lambda rows, dim: child)
-    w.guard = MoveGuard(600 * 2**20, rss=lambda: rss)
-    w.container = MoveGuard(None, rss=lambda: rss)
+    mib = 2**20
+    w.guard = MoveGuard(None if worker_mb is None else worker_mb * mib, rss=lambda: rss)
+    w.container = MoveGuard(None if container_mb is None else container_mb * mib,
+                            rss=lambda: rss)
     now[0] = COST_SETTLE
-    return w, now, whole
+    return w, tries, whole
+
+
+@pytest.mark.parametrize("room", [-1, 1])
+async def test_a_whole_catalogue_try_needs_room_for_its_child(
+        monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """A catalogue larger than the sample is tuned whole in a child process beside the
+    worker (~1 GB at 1M x 64): with less room than the child takes in the container, the
+    try is skipped (no snapshot written, no child) and waits as a failed one does."""
+    budget = 600 * 2**20
+    need = 900 * 2**20
+    w, tries, whole = whole_watch(monkeypatch, rss=budget - need + (1 if room < 0 else 0),
+                                  child=need, worker_mb=None, container_mb=600)
+    try:
+        await look(w)
+        assert tries == []
+        assert whole == ([] if room < 0 else [300])
+        if room < 0:
+            assert w.cost_at == COST_SETTLE + watch_mod.REPICK_LOCK_SECONDS
+    finally:
+        await w.stop()
 
 
 async def test_the_whole_try_runs_when_the_container_holds_its_child(
