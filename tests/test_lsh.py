@@ -804,3 +804,21 @@ def test_a_relayout_answers_as_a_fresh_build_and_takes_the_vectors_over():
     new.add(["x"], x[0])  # the new one is writable
     new.remove(ids[:5])
     assert "x" in new and ids[0] not in new
+
+
+async def test_a_catalogue_streaming_in_keeps_at_most_a_64th_of_its_items_pending():
+    """Pending items cost ~500 bytes each in their buckets, and a merge's temporaries
+    grow with them: a worker streaming a catalogue in (batches, merged off its loop when
+    due) holds at most items / 64 pending past MERGE_MIN (plus the batch that made the
+    merge due), which bounds the teeth of its RSS at 1M items (~45 MB at 1/16)."""
+    rng = np.random.default_rng(3)
+    index = LSHIndex(LSHParams(dim=8, k=4, L=2, T=1, seed=1), merge="deferred")
+    index.MERGE_MIN = 16
+    batch, over = 50, []
+    for start in range(0, 40_000, batch):
+        index.add([f"i{i}" for i in range(start, start + batch)], unit(rng, batch, 8))
+        if index._n_pending > max(16, len(index) // 64) + batch:
+            over.append((len(index), index._n_pending))
+        await index.merge_off_loop()
+    assert over == []
+    assert index.merges > 0

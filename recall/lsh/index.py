@@ -70,10 +70,10 @@ class LSHIndex(SearchMixin):
     only, the buckets stay as they are.
     """
 
-    #: merge pending items into the sorted table when pending + stale slots exceed
-    #: max(MERGE_MIN, items / MERGE_RATIO); batches of at least that size go straight in
+    #: merge when pending + stale slots reach max(MERGE_MIN, items / MERGE_RATIO), a batch
+    #: that large going straight in; 1/64: pending items (~500 B each) set a merge's peak
     MERGE_MIN = 4096
-    MERGE_RATIO = 16
+    MERGE_RATIO = 64
 
     def __init__(self, params: LSHParams, *, merge: MergeMode = "inline") -> None:
         if merge not in ("inline", "deferred"):
