@@ -198,8 +198,8 @@ def whole_watch(monkeypatch: pytest.MonkeyPatch, rss: int, child: int,
     from stream.memory import MoveGuard
 
     w, now, tries = holding_watch(monkeypatch)
-    w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET,
-                          memory_limit_mb=0 if worker_mb is None else worker_mb)
+    # (the budgets are the guards set below: the watch reads memory_limit_mb only when built)
+    w.settings = Settings(dim=8, retune_items=100, retune_cost_cpu=BUDGET)
     whole: list[int] = []
 
     def fake_whole(path: str, rows: int, target: float, current: dict[str, Any]
