@@ -56,7 +56,8 @@ class Settings:
     #: recall-requests consumer fetch wait, ms (faust hardcodes 1500; we lower it for
     #: latency: Tansu holds an empty fetch about half of this even when a record arrives,
     #: so a request can wait that; each idle fetch costs the broker and the worker CPU:
-    #: 5 ms cost ~0.03 of a core more in each than 10, README "Capacity")
+    #: 5 ms cost ~0.03 of a core more in each than 10: docs/benchmarks.md, "How the request
+    #: path was tuned")
     fetch_max_wait_ms: int = 10
     #: a recall-requests partition is fetched at most once per this many ms (paused after
     #: a fetch, stream.requests); 0: off. Each fetch costs the broker CPU (on Tansu's

@@ -26,7 +26,8 @@ from tests.support import eventually, isolated_settings, metric, ready_client, r
 
 pytestmark = pytest.mark.integration
 
-#: catalogue size (RECALL_WATCH_ITEMS=20000 for the README's larger figure)
+#: catalogue size (RECALL_WATCH_ITEMS=20000 for the larger figure in docs/benchmarks.md,
+#: "The gauge against exact search")
 N_ITEMS = int(os.environ.get("RECALL_WATCH_ITEMS", "3000"))
 DIM = 64
 N_USERS = 150
