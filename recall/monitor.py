@@ -122,6 +122,10 @@ def mean_interval(values: Collection[float]) -> Estimate | None:
     return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)
 
 
+#: T steps down only when the whole 95% interval is above the target by this much
+DOWN_MARGIN = 0.02
+
+
 def probe_ladder(max_probes: int) -> list[int]:
     """Probe counts the controller moves between: 1, 2, 3, 4, 6, 8, 12, 16, ... (steps of
     about 1.5x, so one step changes the candidates by a bounded factor) up to the max."""
@@ -151,7 +155,7 @@ class ProbeController:
     """
 
     def __init__(self, target: float, probes: int, max_probes: int, *,
-                 window: int = 200, min_samples: int = 40, margin: float = 0.02,
+                 window: int = 200, min_samples: int = 40, margin: float = DOWN_MARGIN,
                  early_samples: int | None = None) -> None:
         if not 0 < target <= 1:
             raise ValueError(f"target must be in (0, 1], got {target!r}")

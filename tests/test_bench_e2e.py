@@ -53,6 +53,11 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["responses"] == figures["requests_sent"]
     assert figures["errors"] == 0
     assert figures["freshness_missed"] == 0
+    # measured once the worker's recall monitor held its target (RECALL_TARGET_RECALL
+    # 0.95), not while it was still raising the probes
+    assert figures["settled"] is True
+    assert figures["lsh_recall_gauge_start"] >= 0.95 and figures["lsh_probes_start"] >= 1
+    assert figures["settle_requests"] > 0
     assert figures["e2e_p50_ms"] is not None and figures["e2e_p50_ms"] > 0
     # e2e split at the worker's send: both legs measured
     assert figures["e2e_to_worker_p50_ms"] > 0 and figures["e2e_from_worker_p50_ms"] > 0

@@ -72,6 +72,9 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--lag-ms", type=float, default=250.0,
                    help="end-to-end p99 above which the worker is taken as lagging "
                         "(default 250 ms)")
+    p.add_argument("--settle", type=float, default=180.0, metavar="SECONDS",
+                   help="before the ramp, requests until the worker's recall monitor holds "
+                        "its target, for at most this long (0: ramp at once)")
     p.add_argument("--plot", default="", metavar="PATH", help="write p99 vs rate PNG here")
     p.set_defaults(func=run_capacity)
 
@@ -253,6 +256,7 @@ async def _measure_all(settings: Any, args: argparse.Namespace, counts: list[int
                        pins: Any, workdir: Path, first: Any, stack: Any) -> dict[str, Any]:
     from devtools.e2e.phase import PhaseWatch
     from devtools.e2e.run import wait_ready
+    from devtools.e2e.settle import settle
     from devtools.e2e.traffic import warm_users
     from devtools.localstack import free_port, start_worker
 
@@ -261,7 +265,12 @@ async def _measure_all(settings: Any, args: argparse.Namespace, counts: list[int
     print(f"worker answers ({took:.1f}s)", flush=True)
     await warm_users(settings, args, f"cw{os.getpid()}", settings.metrics_port)
     rss = RssWatch(first.proc.pid)
-    out: dict[str, Any] = {"best": {}, "limit": {}, "pinned": {}, "steps": []}
+    # the first worker's probes settled before the ramp (a worker added later settles
+    # during it, as one joining a deployment would)
+    settled = await settle(settings, args, f"cs{os.getpid()}", settings.metrics_port,
+                           args.start, args.settle)
+    out: dict[str, Any] = {"best": {}, "limit": {}, "pinned": {}, "steps": [],
+                           "settle": settled}
     for n in counts:
         while len(workers) < n:
             j = len(workers)
@@ -368,7 +377,7 @@ def run_capacity(args: argparse.Namespace) -> int:
                                   for n, r in res["best"].items() if n > 1}
                                  if one else None),
         **cpu,
-        "worker_rss_peak_mb": res["worker_rss_peak_mb"],
+        "worker_rss_peak_mb": res["worker_rss_peak_mb"], **res["settle"],
         "loadavg_start": load_start, "loadavg_end": loadavg(),
         "wall_seconds": round(time.monotonic() - t0, 1), "steps": res["steps"],
     }

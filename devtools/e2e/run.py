@@ -52,6 +52,7 @@ from devtools.e2e.measure import measure
 from devtools.e2e.phase import PhaseWatch
 from devtools.e2e.probes import broker_floor, broker_round_trip, trace_lost
 from devtools.e2e.report import ms, plot, summary
+from devtools.e2e.settle import settle
 from devtools.e2e.traffic import warm_users
 from devtools.errors import DevtoolsError
 from devtools.procinfo import RssWatch, loadavg
@@ -97,9 +98,11 @@ async def _bench(settings: Any, args: argparse.Namespace, run: str, port: int | 
     n = await warm_users(settings, args, run, port)
     print(f"{args.users} warm users: {n} clicks applied in {time.monotonic() - t0:.1f}s",
           flush=True)
+    settled = await settle(settings, args, run, port, args.rate, getattr(args, "settle", 0))
     print(f"measuring {args.seconds:g}s: {args.rate:g} requests/s, {args.click_rate:g} "
           f"clicks/s, {args.freshness} freshness probes", flush=True)
     out = await measure(settings, args, run, port, rss, phase)
+    out.update(settled)
     if out["lost"] and not external:
         out["lost_trace"] = await trace_lost(settings, run, out["lost_seqs"])
         print(f"lost requests {out['lost_seqs']}: {out['lost_trace']}", flush=True)

@@ -1,0 +1,123 @@
+"""Before a measured phase: recall requests until the worker's recall monitor holds.
+
+A worker serves a new layout at T=5 probes per table and its monitor (``stream/watch.py``)
+raises T a step at a time until the answers it samples reach ``RECALL_TARGET_RECALL``: at
+1M items 20-40 s of traffic (README "How long until the target"). A phase measured from
+the first request was therefore partly measured at fewer probes than the worker settles
+on: cheaper answers of a recall below the target (at 1M x 64, 500 requests/s, the
+answers sampled over a 30 s phase had recall 0.89; the gauge was 0.96, at T=9, only at
+its end). So the benches first send requests at :data:`SETTLE_RATE` (no clicks) until the
+monitor holds T by its own rules (:func:`holds`): not up, not down. The monitor steps
+down too when the recall is well above the target (T=4 -> 2 on a 2,000-item catalogue), so
+"at target" alone was not enough. The requests of this phase carry their own run id, so
+the measured phase does not count their responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from devtools.e2e.traffic import request_process
+from devtools.scrape import metric_value, metrics_url, scrape
+from recall.monitor import DOWN_MARGIN
+from stream.watch import MIN_SAMPLES, WINDOW
+
+#: requests per second while settling (at most the measured rate): the monitor samples
+#: at most 20 answers a second, and each record sent now is one more the broker holds
+#: during the measured phase
+SETTLE_RATE = 100.0
+#: seconds without a single sampled answer after which there is nothing to wait for (the
+#: monitor is off, or every answer is exact)
+NO_SAMPLES_AFTER = 20.0
+#: seconds between two reads of the worker's metrics, and between progress lines
+POLL = 1.0
+PROGRESS_EVERY = 5.0
+
+
+def monitor_state(text: str) -> dict[str, float]:
+    """The recall monitor's figures in one exposition (the gauge is NaN until measured;
+    absent figures read 0)."""
+    return {key: metric_value(text, name) for key, name in (
+        ("gauge", "recall_lsh_recall"), ("low", "recall_lsh_recall_low"),
+        ("samples", "recall_lsh_recall_samples"),
+        ("target", "recall_lsh_recall_target"), ("probes", "recall_lsh_probes"),
+        ("sampled_total", "recall_lsh_recall_queries_total"))}
+
+
+def holds(state: dict[str, float]) -> bool:
+    """The monitor keeps T (``recall.monitor.ProbeController.decide``): its gauge at or
+    above the target over at least ``MIN_SAMPLES`` answers (else it steps up), and
+    either the interval's low end within ``DOWN_MARGIN`` of the target (else it may step
+    down) or its window full without a step down (the lower T fell short before, or T is
+    the least)."""
+    return (state["samples"] >= MIN_SAMPLES and state["target"] > 0
+            and state["gauge"] >= state["target"]
+            and (state["low"] <= state["target"] + DOWN_MARGIN
+                 or state["samples"] >= WINDOW))
+
+
+async def settle(settings: Any, args: Any, run: str, port: int | None, rate: float,
+                 max_seconds: float) -> dict[str, Any]:
+    """Requests at ``min(rate, SETTLE_RATE)`` until the worker on ``port`` :func:`holds`,
+    for at most ``max_seconds``; the figures of the wait. ``settled``: True when it holds,
+    False after ``max_seconds``, None when nothing was sampled (or no wait: ``max_seconds``
+    0 or no metrics port)."""
+    if max_seconds <= 0 or not port:
+        return {"settle_seconds": 0.0, "settled": None}
+    import multiprocessing as mp
+
+    url = metrics_url(port)
+    rate = min(rate, SETTLE_RATE)
+    ctx = mp.get_context("spawn")
+    count, out = ctx.Value("q", 0, lock=False), ctx.Queue()
+    start_at = time.time() + 3.0  # the child needs a moment to import and connect
+    proc = ctx.Process(target=request_process, name="bench-settle", daemon=True, args=(
+        settings.kafka_bootstrap, settings.topic_requests, f"{run}s", rate, max_seconds,
+        args.users, args.k, args.seed, start_at, count, out))
+    proc.start()
+    print(f"settling: {rate:g} requests/s until the worker's recall monitor holds "
+          f"(at most {max_seconds:g}s)", flush=True)
+    first = monitor_state(await asyncio.to_thread(scrape, url))
+    settled: bool | None = False
+    state = first
+    printed = 0.0
+    try:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < max_seconds and proc.is_alive():
+            await asyncio.sleep(POLL)
+            was, state = state, monitor_state(await asyncio.to_thread(scrape, url))
+            # twice in a row: a read between a batch's gauges and the decision on them
+            # (the metrics are served from another thread) would not see the step
+            if holds(state) and holds(was):
+                settled = True
+                break
+            if elapsed >= NO_SAMPLES_AFTER and not state["sampled_total"] > first[
+                    "sampled_total"]:
+                settled = None
+                print("settling: the worker sampled no answer: nothing to wait for",
+                      flush=True)
+                break
+            if elapsed - printed >= PROGRESS_EVERY:
+                printed = elapsed
+                print(f"settling [{elapsed:5.1f}s] T={state['probes']:g}, gauge "
+                      f"{state['gauge']:.3f} over {state['samples']:g} samples (target "
+                      f"{state['target']:g})", flush=True)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.join(10)
+    verdict = {True: "holds", False: "did not hold in time", None: "no samples"}[settled]
+    print(f"settled ({verdict}) after {elapsed:.1f}s, {count.value} requests: T="
+          f"{state['probes']:g}, gauge {state['gauge']:.3f} over {state['samples']:g} "
+          f"samples", flush=True)
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else round(x, 4)
+
+    return {"settle_seconds": round(elapsed, 1), "settled": settled,
+            "settle_requests": count.value, "lsh_probes_start": num(state["probes"]),
+            "lsh_recall_gauge_start": num(state["gauge"])}
