@@ -71,7 +71,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                    help="record the worker with py-spy (200 Hz, not pausing it) during the "
                         "measured phase into this speedscope JSON file (local stack only)")
     p.add_argument("--settle", type=float, default=180.0, metavar="SECONDS",
-                   help="before the phase, requests (at most 100/s) until the worker's recall "
+                   help="before the phase, requests (at most 25/s) until the worker's recall "
                         "monitor holds its target, for at most this long: the phase is then "
                         "measured at the probes the worker settles on (0: measure at once)")
     p.add_argument("--broker-floor", action="store_true",

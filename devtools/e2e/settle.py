@@ -26,9 +26,11 @@ from recall.monitor import DOWN_MARGIN
 from stream.watch import MIN_SAMPLES, WINDOW
 
 #: requests per second while settling (at most the measured rate): the monitor samples
-#: at most 20 answers a second, and each record sent now is one more the broker holds
-#: during the measured phase
-SETTLE_RATE = 100.0
+#: at most 20 answers a second (~6 at 1M, its CPU budget), and each record sent now is
+#: one more the broker holds during the measured phase: on Tansu, whose produce and
+#: fetch slow down as a topic fills, 100 a second (~5,000 records) took the e2e p50 of a
+#: 100 requests/s phase at 1M from 11 to 19 ms
+SETTLE_RATE = 25.0
 #: seconds without a single sampled answer after which there is nothing to wait for (the
 #: monitor is off, or every answer is exact)
 NO_SAMPLES_AFTER = 20.0
