@@ -76,3 +76,13 @@ def test_settled_when_the_monitor_keeps_t() -> None:
     # well above target with a full window and no step down (the lower T fell short)
     assert holds(monitor_state(exposition([1.0] * WINDOW)))
     assert not holds(monitor_state(exposition([1.0] * (WINDOW - 1))))
+
+
+def test_a_phase_whose_probes_moved_says_so() -> None:
+    from devtools.e2e.report import probes_moved
+
+    assert probes_moved({"lsh_probes_start": 14.0, "lsh_probes": 21.0}) == (
+        "the worker's probes moved during the phase (T=14 -> 21): its figures mix both "
+        "settings")
+    assert probes_moved({"lsh_probes_start": 14.0, "lsh_probes": 14.0}) == ""
+    assert probes_moved({"lsh_probes_start": None, "lsh_probes": 9.0}) == ""

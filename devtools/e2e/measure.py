@@ -162,8 +162,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
 
 def lsh_recall_figures(before: str, after: str) -> dict[str, Any]:
     """The worker's own recall monitor (stream/watch.py) over the measured phase: found /
-    compared of the answers it sampled against exact search, its windowed gauge at the
-    end, and the probes it served then."""
+    compared of the answers it sampled against exact search, its windowed gauge and the
+    probes it served at the start and at the end."""
     def value(text: str, name: str) -> float | None:
         v = metric_value(text, name) if text else math.nan
         return None if math.isnan(v) else v
@@ -172,10 +172,12 @@ def lsh_recall_figures(before: str, after: str) -> dict[str, Any]:
         value(before, "recall_lsh_recall_queries_total") or 0.0)
     found = (value(after, "recall_lsh_recall_found_total") or 0.0) - (
         value(before, "recall_lsh_recall_found_total") or 0.0)
-    gauge = value(after, "recall_lsh_recall")
+    gauge, gauge_start = value(after, "recall_lsh_recall"), value(before, "recall_lsh_recall")
     return {"lsh_recall_sampled": round(found / queries, 4) if queries > 0 else None,
             "lsh_recall_samples": int(queries),
+            "lsh_recall_gauge_start": None if gauge_start is None else round(gauge_start, 4),
             "lsh_recall_gauge": None if gauge is None else round(gauge, 4),
+            "lsh_probes_start": value(before, "recall_lsh_probes"),
             "lsh_probes": value(after, "recall_lsh_probes")}
 
 

@@ -52,6 +52,18 @@ def plot(path: str, lat_s: Any, fresh_s: list[float], title: str) -> None:
     plt.close(fig)
 
 
+def probes_moved(o: dict[str, Any]) -> str:
+    """Why the phase's figures mix two settings, when the worker's recall monitor moved T
+    between the end of the settle phase and the end of the measured one ("" if not): it
+    steps T up whenever its recent samples' mean dips below the target, so a T settled
+    close to the target can still move (devtools/e2e/settle.py)."""
+    start, end = o.get("lsh_probes_start"), o.get("lsh_probes")
+    if start is None or end is None or start == end:
+        return ""
+    return (f"the worker's probes moved during the phase (T={start:g} -> {end:g}): its "
+            f"figures mix both settings")
+
+
 def summary(o: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return "-" if x is None else f"{x:.2f}"
@@ -87,6 +99,9 @@ def summary(o: dict[str, Any]) -> None:
     print(f"LSH recall sampled by the worker against exact search: {o.get('lsh_recall_sampled')}"
           f" over {o.get('lsh_recall_samples')} answers; gauge at the end "
           f"{o.get('lsh_recall_gauge')} at T={o.get('lsh_probes')}", flush=True)
+    moved = probes_moved(o)
+    if moved:
+        print(f"warning: {moved}", flush=True)
     if o.get("cpu_share"):
         used = ", ".join(f"{k} {v:.2f}" for k, v in o["cpu_share"].items() if v is not None)
         print(f"CPU over the measured phase, cores: {used}; each CPU busy "
