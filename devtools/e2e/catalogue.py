@@ -46,8 +46,8 @@ async def load_catalogue(settings: Any, args: argparse.Namespace, keep_old: bool
 
     t0 = time.perf_counter()
     ids, vectors = catalogue(args.items, settings.dim, args.seed)
-    # as a user would after `recall tune`: parameters for this catalogue's size, unless
-    # RECALL_LSH_* ask for others
+    # the default layout for this catalogue's size (what a worker serves before any
+    # tuning), unless RECALL_LSH_* ask for others
     explicit = settings.lsh_tables or settings.lsh_hashes or settings.lsh_width or \
         settings.lsh_probes
     params = default_params(settings) if explicit else suggested_params(
