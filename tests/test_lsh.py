@@ -229,6 +229,29 @@ def test_a_capped_crowded_bucket_does_not_hide_its_later_items(compiled):
     assert all(r.candidates <= 40 for r in index.search(x, 1))  # 10 per table at most
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("family", ["pstable", "simhash"])
+def test_probes_given_to_one_search_answer_as_that_t_set_on_the_index_would(compiled,
+                                                                             family):
+    # the recall monitor measures the answers of the next lower T beside those served:
+    # a search with probes=t must be the search the index gives at T=t, and leave T alone
+    index, x = small_index(n=3000, family=family, k=6, L=4, T=6)
+    index.compiled = compiled
+    q = x[:40] + 0.3 * unit(np.random.default_rng(9), 40, x.shape[1])
+    skip = [{f"i{j}"} for j in range(40)]
+    served = index.search(q, 10, skip)
+    for t in (1, 2, 4):
+        other = index.search(q, 10, skip, probes=t)
+        assert index.probes == 6
+        index.probes = t
+        assert [r.ids for r in other] == [r.ids for r in index.search(q, 10, skip)]
+        assert sum(r.candidates for r in other) < sum(r.candidates for r in served)
+        index.probes = 6
+    assert [r.ids for r in index.search(q, 10, skip)] == [r.ids for r in served]
+    with pytest.raises(ValueError, match="probes"):
+        index.search(q, 10, skip, probes=0)
+
+
 def test_an_index_grows_where_the_system_refuses_big_reservations(monkeypatch):
     # under strict overcommit (vm.overcommit_memory=2) the kernel counts a whole
     # MAP_NORESERVE mapping against the commit limit and refuses it: the index must

@@ -76,7 +76,7 @@ class SearchMixin:
 
     def search(self, queries: np.ndarray, k: int | Sequence[int],
                exclude: Sequence[Collection[str]] | None = None, *,
-               exact: bool = False) -> list[QueryResult]:
+               exact: bool = False, probes: int | None = None) -> list[QueryResult]:
         """The top k items of each query, best first, by exact cosine.
 
         ``queries``: (n, D), or one query (D,) (then n = 1); any norm (normalised here).
@@ -89,8 +89,14 @@ class SearchMixin:
         the same scores): a mode rather than another class because it reads this index's
         slots, vectors and ids; the worker uses it on small catalogues, where it is as
         fast as LSH, and checks use it as the truth.
+
+        ``probes``: probes per table for this call only (default: the index's T), as
+        faiss's per-call search parameters: the recall monitor measures the answers the
+        next lower T would give (``stream/watch.py``) without changing what is served.
         """
-        if exclude is None and not exact and self.compiled:
+        if probes is not None and not (type(probes) is int and probes >= 1):
+            raise ValueError(f"probes must be an int >= 1, got {probes!r}")
+        if exclude is None and not exact and self.compiled and probes is None:
             one = self._search_one(queries, k)
             if one is not None:
                 return one
@@ -104,10 +110,10 @@ class SearchMixin:
         if n == 0:
             return []
         if self.compiled:
-            return self._search_compiled(qn, ks, excluded)
-        probes = self.hasher.probe_keys(qn, self.params.T)  # (n, L, T')
-        per_query = probes.shape[1] * probes.shape[2]
-        flat = probes.reshape(-1)
+            return self._search_compiled(qn, ks, excluded, probes)
+        keys = self.hasher.probe_keys(qn, probes or self.params.T)  # (n, L, T')
+        per_query = keys.shape[1] * keys.shape[2]
+        flat = keys.reshape(-1)
         table = self._buckets
         part, lo, hi = table.lookup(flat)
         out = []
@@ -134,12 +140,13 @@ class SearchMixin:
             return None
         return self._search_compiled(qn, [k], _NO_EXCLUSIONS)
 
-    def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray]
-                         ) -> list[QueryResult]:
+    def _search_compiled(self, qn: np.ndarray, ks: list[int], excluded: list[np.ndarray],
+                         probes: int | None = None) -> list[QueryResult]:
         """:meth:`search` through :func:`recall.kernels.search_queries`: hashing, probing,
         lookup, gather, dedupe, vote, re-rank and top k of the whole batch in one compiled
         call (the pending buckets included)."""
         p, h, b, pend = self.params, self.hasher, self._buckets, self._pending
+        t = probes or p.T
         n = len(ks)
         if n == 1:
             excl_ptr = _EXCL_PTR_ONE if not len(excluded[0]) else np.array(
@@ -153,10 +160,10 @@ class SearchMixin:
             ks_arr = np.asarray(ks, dtype=np.int64)
         # b (the table's parts, whose addresses b.desc gives the kernel) is held until
         # the kernel returns, whatever a merge swaps in meanwhile
-        opts = np.array([p.family == "pstable", h.probes_per_table(p.T) - 1, b.fresh,
+        opts = np.array([p.family == "pstable", h.probes_per_table(t) - 1, b.fresh,
                          self._stale > 0, p.cap, p.vote], dtype=np.int64)
         top_slots, top_scores, n_cand = kernels.search_queries(
-            qn, ks_arr, h.proj, h.offset, h.mult, h.salt, h.template(p.T), h.w_array, opts,
+            qn, ks_arr, h.proj, h.offset, h.mult, h.salt, h.template(t), h.w_array, opts,
             b.desc, self._vecs.view(np.uint16),
             self._in_main, pend.keys, pend.head, pend.entries, excl_ptr, excl, self._mark,
             self._seen)
