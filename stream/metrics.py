@@ -87,6 +87,18 @@ class Metrics:
         self.lsh_recall_samples = Gauge(
             "recall_lsh_recall_samples", "samples behind recall_lsh_recall (its interval "
             "narrows as 1/sqrt of this)", registry=r)
+        self.lsh_probes_below = Gauge(
+            "recall_lsh_probes_below", "the next lower probes per table the monitor also "
+            "answers its samples with (0: none)", registry=r)
+        self.lsh_recall_below = Gauge(
+            "recall_lsh_recall_below", "recall@k the same samples get at "
+            "recall_lsh_probes_below (NaN until there are any)", registry=r)
+        self.lsh_recall_below_low = Gauge(
+            "recall_lsh_recall_below_low", "lower end of recall_lsh_recall_below's 95% "
+            "interval: above the target, the monitor steps down to those probes", registry=r)
+        self.lsh_recall_below_samples = Gauge(
+            "recall_lsh_recall_below_samples", "samples behind recall_lsh_recall_below",
+            registry=r)
         self.lsh_sample_rate = Gauge(
             "recall_lsh_recall_sample_rate", "LSH answers a second the monitor compares: "
             "RECALL_RECALL_SAMPLE_PER_S, lowered to fit RECALL_RECALL_SAMPLE_CPU",
@@ -116,6 +128,8 @@ class Metrics:
         self.lsh_recall.set(float("nan"))
         self.lsh_recall_low.set(float("nan"))
         self.lsh_recall_high.set(float("nan"))
+        self.lsh_recall_below.set(float("nan"))
+        self.lsh_recall_below_low.set(float("nan"))
         for reason in ("size", "recall", "cost"):
             self.lsh_retunes.labels(reason)
             self.lsh_retunes_postponed.labels(reason)

@@ -31,6 +31,9 @@ class Sample:
     probes: int
     index: LSHIndex
     token: tuple[int, ...]
+    #: the next lower T, and the ids the same search gives with it (None: not measured)
+    below: int | None = None
+    found_below: list[str] | None = None
 
 
 def index_token(index: LSHIndex) -> tuple[int, ...]:

@@ -219,16 +219,30 @@ class RecallWatch:
         """One LSH answer (``found``: the ids answered, best first, after exclusions)."""
         if not self.budget.take(self.clock()):
             return
+        sample = Sample(np.array(vector, dtype=np.float32), int(k), frozenset(exclude),
+                        list(found), index.params.T, index, index_token(index),
+                        below=self.controller.below)
         try:
-            self.queue.put_nowait(Sample(
-                np.array(vector, dtype=np.float32), int(k), frozenset(exclude), list(found),
-                index.params.T, index, index_token(index)))
+            self.queue.put_nowait(sample)
         except asyncio.QueueFull:
             self.dropped += 1
+            return
+        if sample.below is not None:
+            # after the answer is on its way: one search at the T below, on this thread
+            # (the index's kernels share per-slot scratch: not in the exact thread)
+            asyncio.get_running_loop().call_soon(self._answer_below, sample)
         if self.queue.qsize() == 1:
             self._oldest = self.clock()
         if self.queue.qsize() >= BATCH:
             self._full.set()
+
+    @staticmethod
+    def _answer_below(s: Sample) -> None:
+        """The sample's query answered again with the next lower T (what serving it would
+        give); the catalogue moved since by at most the loop's turn (``record``'s drift
+        check covers both answers)."""
+        with contextlib.suppress(ValueError):  # an index replaced or emptied meanwhile
+            s.found_below = s.index.search(s.vector, s.k, [s.exclude], probes=s.below)[0].ids
 
     # --- the background task -----------------------------------------------------------
 
@@ -336,17 +350,15 @@ class RecallWatch:
             m.lsh_recall_queries.inc()
             m.lsh_recall_found.inc(r)
             self.controller.observe(r, s.probes)
+            r_below = None if s.found_below is None else query_recall(s.found_below, truth)
+            if r_below is not None and s.below is not None:
+                self.controller.observe(r_below, s.below)
             counted += 1
         self._publish()
         return counted
 
     def _publish(self) -> None:
-        """The gauges: the estimate at the probes served now (NaN: none yet)."""
-        est = self.controller.estimate()
-        self.metrics.lsh_recall.set(est.mean if est is not None else math.nan)
-        self.metrics.lsh_recall_low.set(est.low if est is not None else math.nan)
-        self.metrics.lsh_recall_high.set(est.high if est is not None else math.nan)
-        self.metrics.lsh_recall_samples.set(est.n if est is not None else 0)
+        publish_estimates(self.metrics, self.controller)
 
     async def act(self) -> None:
         """Apply the controller's decision; re-pick parameters when due."""
@@ -548,3 +560,19 @@ class RecallWatch:
                                              index.params.seed, len(index))
         log.info("LSH re-tune on %d items: %s", len(vectors), out["summary"])
         return LSHParams.from_dict(out["params"])
+
+
+def publish_estimates(m: Metrics, controller: ProbeController) -> None:
+    """The monitor's gauges: the estimates at the probes served now and at the next lower
+    T (NaN: none yet). A function of the controller alone, so what a scraper reads of it
+    (``devtools/e2e/settle.py``) is checked against the controller's own decisions."""
+    est = controller.estimate()
+    m.lsh_recall.set(est.mean if est is not None else math.nan)
+    m.lsh_recall_low.set(est.low if est is not None else math.nan)
+    m.lsh_recall_high.set(est.high if est is not None else math.nan)
+    m.lsh_recall_samples.set(est.n if est is not None else 0)
+    below = controller.estimate_below()
+    m.lsh_probes_below.set(controller.below or 0)
+    m.lsh_recall_below.set(below.mean if below is not None else math.nan)
+    m.lsh_recall_below_low.set(below.low if below is not None else math.nan)
+    m.lsh_recall_below_samples.set(below.n if below is not None else 0)

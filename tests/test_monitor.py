@@ -71,10 +71,14 @@ def test_the_probe_ladder_climbs_by_bounded_steps():
 
 def feed(ctl: ProbeController, recall_at: Callable[[int], float], n: int, seed: int = 0
          ) -> None:
-    """n queries of 10 items each, found with probability recall_at(T) at the current T."""
+    """n queries of 10 items each, found with probability recall_at(T) at the current T,
+    and answered again at the T below (as the worker does)."""
     rng = np.random.default_rng(seed)
+    below = ctl.below
     for v in rng.binomial(10, recall_at(ctl.probes), size=n) / 10:
         ctl.observe(float(v), ctl.probes)
+        if below is not None:
+            ctl.observe(float(rng.binomial(10, recall_at(below)) / 10), below)
 
 
 def run(ctl: ProbeController, recall_at: Callable[[int], float], rounds: int) -> list[int]:
@@ -103,9 +107,8 @@ def test_the_controller_raises_probes_until_the_target_holds_then_stays():
 def test_the_controller_lowers_probes_when_recall_is_well_above_target():
     ctl = ProbeController(0.95, probes=32, max_probes=64, min_samples=50)
     path = run(ctl, curve(6, 0.9, 1.0), 40)
-    assert path[-1] == 6, path  # went down to the cheapest T holding the target
-    # hysteresis: once 4 was seen short, it is not tried again
-    assert path.count(4) == 1 and path.count(6) == 2, path
+    assert path == [32, 21, 14, 9, 6], path  # down to the cheapest T holding the target,
+    # and no further: the answers at T=4 were measured beside those served, short of it
 
 
 def test_the_controller_asks_for_a_retune_once_when_probes_cannot_reach_the_target():
@@ -121,16 +124,55 @@ def test_the_controller_asks_for_a_retune_once_when_probes_cannot_reach_the_targ
     assert [d.probes for d in decisions if d.probes] == [21, 32]
     assert [d.retune for d in decisions].count(True) == 1
     ctl.reset(4)
-    assert ctl.probes == 4 and not ctl.short and len(ctl.window) == 0
+    assert ctl.probes == 4 and not ctl.windows and ctl.estimate() is None
     feed(ctl, lambda t: 0.7, 50)
     assert ctl.decide().probes == 6  # a new index: climbs again
 
 
 def test_samples_from_other_probes_do_not_count():
-    ctl = ProbeController(0.95, probes=8, max_probes=64, min_samples=10)
+    ctl = ProbeController(0.95, probes=9, max_probes=64, min_samples=10)
     for _ in range(50):
-        assert not ctl.observe(0.0, 4)
-    assert ctl.estimate() is None and ctl.decide() is None
+        assert not ctl.observe(0.0, 4) and not ctl.observe(0.0, 14)
+    assert ctl.estimate() is None and ctl.estimate_below() is None and ctl.decide() is None
+    assert ctl.below == 6 and ctl.observe(1.0, 6) and ctl.estimate() is None
+
+
+def serve(ctl: ProbeController, recall_at: Callable[[int], float], n: int, seed: int,
+          decide_every: int = 6) -> list[int]:
+    """n sampled queries as a worker sees them (each answered at the served T and at the
+    one below; a decision every ``decide_every`` samples): the T each was served with.
+    A query's recall@10 is Binomial(10, p) / 10 with p ~ Beta around recall_at(T) (some
+    queries are harder than others, so the spread is a real one's: std ~0.1)."""
+    rng = np.random.default_rng(seed)
+    served = []
+    for i in range(n):
+        t, below = ctl.probes, ctl.below
+        served.append(t)
+        for probes in (t, below) if below is not None else (t,):
+            m = recall_at(probes)
+            ctl.observe(float(rng.binomial(10, rng.beta(30 * m, 30 * (1 - m))) / 10), probes)
+        if i % decide_every == decide_every - 1:
+            d = ctl.decide()
+            if d is not None and d.probes is not None:
+                ctl.applied(d.probes)
+    return served
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_chance_dip_below_the_target_does_not_move_t_up_for_good(seed):
+    """T=14 holds the target (0.962) and T=21 costs more (0.985). Over a long run the mean
+    of a window at 14 dips below 0.95 by chance now and then; the controller may step up
+    then, but must come back once the samples at 14 (measured beside those at 21) say
+    it holds. Judged on the served window alone, with a T once seen short never tried
+    again, one dip left it at 21 for good (at 1M: 3,637 -> 5,224 candidates a request)."""
+    recall_at = {6: 0.85, 9: 0.92, 14: 0.962, 21: 0.985, 32: 0.995}.__getitem__
+    ctl = ProbeController(0.95, probes=9, max_probes=64, window=200, min_samples=100,
+                          early_samples=30)
+    served = serve(ctl, recall_at, 40_000, seed)
+    later = served[5_000:]
+    assert set(later) <= {14, 21}, sorted(set(later))
+    assert later.count(14) / len(later) > 0.8, (later.count(14), later.count(21))
+    assert served[-1] == 14 or later.count(21) < len(later) / 5
 
 
 def test_growth_trigger():
@@ -191,3 +233,17 @@ def test_a_recall_far_below_the_target_raises_probes_before_min_samples():
     assert ctl.decide() is None
     with pytest.raises(ValueError):
         ProbeController(0.95, probes=5, max_probes=64, min_samples=40, early_samples=50)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_t_just_short_of_the_target_is_seldom_served(seed):
+    """The other side of stepping down on the samples at the T below: a T whose recall is
+    just short of the target (0.94) is tried again only when a window of its samples,
+    measured beside those served, is wholly above the target, so it is seldom served and
+    the recall served stays above the target."""
+    recall_at = {6: 0.85, 9: 0.92, 14: 0.94, 21: 0.985, 32: 0.995}.__getitem__
+    ctl = ProbeController(0.95, probes=9, max_probes=64, window=200, min_samples=100,
+                          early_samples=30)
+    later = serve(ctl, recall_at, 40_000, seed)[5_000:]
+    assert later.count(21) / len(later) > 0.95, (later.count(14), later.count(21))
+    assert np.mean([recall_at(t) for t in later]) >= 0.95

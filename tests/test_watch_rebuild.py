@@ -125,6 +125,30 @@ async def test_the_estimate_is_the_recall_the_index_serves(store: Store) -> None
     assert true < 0.95  # (the setting of the next test: probes alone cannot help)
 
 
+async def test_the_estimate_below_is_the_recall_the_next_lower_probes_serve(
+        store: Store) -> None:
+    """Each sampled query is answered again at the next lower T (what the controller
+    steps down on); that estimate is the recall the index gives at that T, and serving
+    is left at the T it was."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=4, seed=3),
+                    lsh_max_probes=4, retune_items=0)
+    w.watch.controller.min_samples = 10**6  # no change: the estimate is the subject
+    w.watch.controller.early_samples = 10**6
+    await serve(w, 8, rotate=True)
+    ctl = w.watch.controller
+    assert w.slot.index.params.T == 4 and ctl.below == 3
+    est = ctl.estimate_below()
+    assert est is not None and est.n >= 100
+    w.slot.index.probes = 3
+    true = served_recall(w)
+    w.slot.index.probes = 4
+    assert est.low - 0.02 <= true <= est.high + 0.02, (est, true)
+    assert true < served_recall(w) - 0.02  # (the two T differ: a real check)
+    assert w.metrics.lsh_recall_below._value.get() == est.mean
+    assert w.metrics.lsh_recall_below_samples._value.get() == est.n
+    assert w.metrics.lsh_probes_below._value.get() == 3
+
+
 async def test_probes_that_cannot_reach_the_target_get_a_retuned_version(store: Store) -> None:
     w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
                     lsh_max_probes=2, retune_items=3000)
@@ -283,12 +307,17 @@ async def test_a_catalogue_changing_all_the_time_still_gets_an_estimate(
 
 
 async def test_the_gauge_describes_the_probes_served(store: Store) -> None:
-    """After a probe change the old estimate says nothing about the new T: NaN until new
-    samples arrive."""
+    """After a probe change the gauge is the estimate at the new T: the samples answered
+    with it beside those served (a step down is taken on them), never the old T's."""
     w = await world(store, 3000, LSHParams(dim=DIM, k=4, L=8, T=32, seed=3), retune_items=0)
     await serve(w, 40, until=lambda: w.slot.index.params.T < 32)
-    assert w.slot.index.params.T < 32
-    assert np.isnan(w.metrics.lsh_recall._value.get())
+    t, ctl = w.slot.index.params.T, w.watch.controller
+    assert t < 32 and ctl.probes == t and set(ctl.windows) <= {t, ctl.below}
+    est = ctl.estimate()
+    assert est is not None and est.n >= ctl.min_samples  # the samples the step rests on
+    assert w.metrics.lsh_recall._value.get() == est.mean
+    assert w.metrics.lsh_recall_samples._value.get() == est.n
+    assert w.metrics.lsh_probes_below._value.get() == ctl.below
     w.watch.controller.min_samples = 10**6  # no further change
     w.watch.controller.early_samples = 10**6
     await serve(w, 20)  # (the queue holds samples taken before the change, dropped)

@@ -8,9 +8,9 @@ on: cheaper answers of a recall below the target (at 1M x 64, 500 requests/s, th
 answers sampled over a 30 s phase had recall 0.89; the gauge was 0.96, at T=9, only at
 its end). So the benches first send requests at :data:`SETTLE_RATE` (no clicks) until the
 monitor holds T by its own rules (:func:`holds`): not up, not down. The monitor steps
-down too when the recall is well above the target (T=4 -> 2 on a 2,000-item catalogue), so
-"at target" alone was not enough. The requests of this phase carry their own run id, so
-the measured phase does not count their responses.
+down too when the answers it measures at the next lower T hold the target (T=4 -> 2 on a
+2,000-item catalogue), so "at target" alone was not enough. The requests of this phase
+carry their own run id, so the measured phase does not count their responses.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 
 from devtools.e2e.traffic import request_process
 from devtools.scrape import metric_value, metrics_url, scrape
-from recall.monitor import DOWN_MARGIN
-from stream.watch import MIN_SAMPLES, WINDOW
+from stream.watch import MIN_SAMPLES
 
 #: requests per second while settling (at most the measured rate): the monitor samples
 #: at most 20 answers a second (~6 at 1M, its CPU budget), and each record sent now is
@@ -44,20 +43,21 @@ def monitor_state(text: str) -> dict[str, float]:
     return {key: metric_value(text, name) for key, name in (
         ("gauge", "recall_lsh_recall"), ("low", "recall_lsh_recall_low"),
         ("samples", "recall_lsh_recall_samples"),
+        ("below", "recall_lsh_probes_below"), ("below_low", "recall_lsh_recall_below_low"),
+        ("below_samples", "recall_lsh_recall_below_samples"),
         ("target", "recall_lsh_recall_target"), ("probes", "recall_lsh_probes"),
         ("sampled_total", "recall_lsh_recall_queries_total"))}
 
 
 def holds(state: dict[str, float]) -> bool:
     """The monitor keeps T (``recall.monitor.ProbeController.decide``): its gauge at or
-    above the target over at least ``MIN_SAMPLES`` answers (else it steps up), and
-    either the interval's low end within ``DOWN_MARGIN`` of the target (else it may step
-    down) or its window full without a step down (the lower T fell short before, or T is
-    the least)."""
+    above the target over at least ``MIN_SAMPLES`` answers (else it steps up), and no
+    lower T, or the same answers at the next lower T over at least ``MIN_SAMPLES`` with
+    an interval not wholly above the target (else it steps down)."""
     return (state["samples"] >= MIN_SAMPLES and state["target"] > 0
             and state["gauge"] >= state["target"]
-            and (state["low"] <= state["target"] + DOWN_MARGIN
-                 or state["samples"] >= WINDOW))
+            and (state["below"] == 0 or (state["below_samples"] >= MIN_SAMPLES
+                                         and state["below_low"] <= state["target"])))
 
 
 async def settle(settings: Any, args: Any, run: str, port: int | None, rate: float,
