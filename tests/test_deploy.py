@@ -46,6 +46,7 @@ WORKER_METRICS = [
     "recall_event_loop_lag_seconds",
     "recall_lsh_recall", "recall_lsh_recall_low", "recall_lsh_recall_found_total",
     "recall_lsh_recall_queries_total", "recall_lsh_recall_target", "recall_lsh_probes",
+    "recall_lsh_recall_below",
     "recall_lsh_retunes_total",
     "recall_lsh_cost_tune_seconds_total", "recall_lsh_retunes_postponed_total",
 ]
