@@ -241,8 +241,10 @@ class RecallWatch:
         """The sample's query answered again with the next lower T (what serving it would
         give); the catalogue moved since by at most the loop's turn (``record``'s drift
         check covers both answers)."""
-        with contextlib.suppress(ValueError):  # an index replaced or emptied meanwhile
+        try:
             s.found_below = s.index.search(s.vector, s.k, [s.exclude], probes=s.below)[0].ids
+        except Exception:  # (as _exact) an index changed under us: no second answer
+            log.debug("recall monitor: the answer at T=%s failed", s.below, exc_info=True)
 
     # --- the background task -----------------------------------------------------------
 

@@ -149,6 +149,27 @@ async def test_the_estimate_below_is_the_recall_the_next_lower_probes_serve(
     assert w.metrics.lsh_probes_below._value.get() == 3
 
 
+async def test_a_failed_answer_at_the_lower_probes_leaves_the_served_estimate(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second answer is a check: when it fails (an index changed under it), the
+    sample still counts at the T served, nothing counts below, and nothing is raised."""
+    w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=4, seed=3),
+                    lsh_max_probes=4, retune_items=0)
+    index, search = w.slot.index, w.slot.index.search
+
+    def failing(*args: object, probes: int | None = None, **kwargs: object) -> object:
+        if probes is not None:
+            raise RuntimeError("the index moved on")
+        return search(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index, "search", failing)
+    await serve(w, 3)
+    est = w.watch.controller.estimate()
+    assert est is not None and est.n >= 50
+    assert w.watch.controller.estimate_below() is None
+    assert np.isnan(w.metrics.lsh_recall_below._value.get())
+
+
 async def test_probes_that_cannot_reach_the_target_get_a_retuned_version(store: Store) -> None:
     w = await world(store, 3000, LSHParams(dim=DIM, k=8, L=4, T=2, seed=3),
                     lsh_max_probes=2, retune_items=3000)
