@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -73,13 +72,11 @@ def sampled_child(path: str, rows: int, target: float, current: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    import multiprocessing as mp
-
     from devtools.procinfo import loadavg
     from offline.synthetic import clustered_catalogue
     from recall.lsh import LSHIndex
     from recall.tuner import suggested_params
-    from stream.tunejobs import write_snapshot
+    from stream.tunejobs import child_pool, write_snapshot
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--items", type=int, default=1_000_000)
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     path, rows = write_snapshot(index)
     del index
     try:
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        with child_pool() as pool:
             res = pool.submit(sampled_child, path, rows, args.target,
                               served.to_dict()).result()
     finally:

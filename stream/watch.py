@@ -103,7 +103,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -116,7 +116,13 @@ from stream.memory import MoveGuard, child_bytes, container_budget, memory_budge
 from stream.metrics import Metrics
 from stream.samples import Sample, _exact, _lower_priority, drift, index_token
 from stream.state import IndexSlot
-from stream.tunejobs import tune_cheaper, tune_cheaper_whole, tune_layout, write_snapshot
+from stream.tunejobs import (
+    child_pool,
+    tune_cheaper,
+    tune_cheaper_whole,
+    tune_layout,
+    write_snapshot,
+)
 from stream.versions import copy_version
 
 log = logging.getLogger(__name__)
@@ -431,8 +437,6 @@ class RecallWatch:
         there is re-picked as any other (:meth:`_repick`: a new version, swapped
         atomically). The next try waits for this one's CPU time over
         ``RECALL_RETUNE_COST_CPU``, so the tries take at most that share of a core."""
-        import multiprocessing as mp
-
         began = self.cost_began = self.clock()
         self.cost_at = began + REPICK_LOCK_SECONDS  # (if this one fails)
         least = replace(index.params, L=min(index.params.L, LEAST_TABLES))
@@ -443,7 +447,7 @@ class RecallWatch:
             log.warning("LSH cost re-tune skipped, again in %ds: %s", REPICK_LOCK_SECONDS, why)
             return
         loop = asyncio.get_running_loop()
-        pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+        pool = child_pool()
         snapshot = None
         try:
             if len(index) <= self.settings.retune_items:
@@ -552,11 +556,9 @@ class RecallWatch:
 
     async def _tuned(self, index: LSHIndex) -> LSHParams:
         """The tuner's parameters for a sample of the index, computed in a child process."""
-        import multiprocessing as mp
-
         vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
         loop = asyncio.get_running_loop()
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        with child_pool() as pool:
             out = await loop.run_in_executor(pool, tune_layout, vectors,
                                              self.settings.target_recall,
                                              index.params.seed, len(index))

@@ -1,9 +1,15 @@
-"""The cost re-tune child's reading of the worker's snapshot (stream/tunejobs.py): the
-matrix it hands the tuner must be one the tuner uses as it is, or the child holds two
-float32 copies of the catalogue (244 MB each at 1M x 64)."""
+"""The tuning child (stream/tunejobs.py): its reading of the worker's snapshot (the matrix
+it hands the tuner must be one the tuner uses as it is, or the child holds two float32
+copies of the catalogue, 244 MB each at 1M x 64), and its life, which ends with the
+worker's."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +66,43 @@ def test_the_move_reports_its_table_over_the_served_one() -> None:
     delta = layout_bytes(result, shape_of(b)) - layout_bytes(result, shape_of(a))
     assert delta == ib._buckets.nbytes() - ia._buckets.nbytes()
     assert layout_bytes(result, ("simhash", 99, 4, 1.0)) is None
+
+
+#: a worker's stand-in: a tuning child doing a long job, its pid printed, then waiting
+PARENT = """
+import os, time
+from stream.tunejobs import child_pool
+pool = child_pool()
+pid = pool.submit(os.getpid).result()
+job = pool.submit(time.sleep, 300)
+print(pid, flush=True)
+job.result()
+"""
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_tuning_child_dies_with_a_killed_worker() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert running(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(child), "the tuning child outlived its worker"
+    finally:
+        parent.kill()
+        if "child" in locals() and running(child):
+            os.kill(child, signal.SIGKILL)

@@ -59,7 +59,7 @@ def holding_watch(monkeypatch: pytest.MonkeyPatch
         return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
 
     monkeypatch.setattr(watch_mod, "tune_cheaper", fake_tune)
-    monkeypatch.setattr(watch_mod, "ProcessPoolExecutor", InPlace)
+    monkeypatch.setattr(watch_mod, "child_pool", InPlace)
 
     async def positions() -> dict[int, int]:
         return {}
