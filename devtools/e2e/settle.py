@@ -8,8 +8,9 @@ on: cheaper answers of a recall below the target (at 1M x 64, 500 requests/s, th
 answers sampled over a 30 s phase had recall 0.89; the gauge was 0.96, at T=9, only at
 its end). So the benches first send requests at :data:`SETTLE_RATE` (no clicks) until the
 monitor holds T by its own rules (:func:`holds`): not up, not down. The monitor steps
-down too when the answers it measures at the next lower T hold the target (T=4 -> 2 on a
-2,000-item catalogue), so "at target" alone was not enough. The requests of this phase
+down too, when the answers it measures at the next lower T hold the target (on a
+2,000-item catalogue, under the earlier rule, T went 4 -> 2), so "at target" alone was
+not enough. The requests of this phase
 carry their own run id, so the measured phase does not count their responses.
 """
 
