@@ -10,7 +10,10 @@ windows of ``--window`` clicks (``--fill`` clicks each to start shorter), decode
 their stored form as a worker would read them. Prints CPU microseconds per click of
 this process (Redis runs in its own), split into parse / apply / encode, the bytes of
 memory per window click the users' states hold (tracemalloc, over the first
-:data:`MEMORY_USERS`), peak RSS, and one JSON line.
+:data:`MEMORY_USERS`), how long a full collection of Python's cyclic GC takes with those
+users held (the pause it gives the worker's event loop: the GC runs in whichever thread
+allocates, and a full one walks every tracked object and what it references), peak RSS,
+and one JSON line.
 """
 
 from __future__ import annotations
@@ -221,6 +224,8 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
             st.to_bytes()
     encode_us = (time.process_time() - c0) / (reps * len(sample)) * 1e6
     size = float(np.mean([len(st.to_bytes()) for st in sample]))
+    del sample
+    full_gc_ms = _full_collection_ms()
     us = (parse_s + apply_s) / max(1, timed) * 1e6
     out = {
         "items": args.items, "users": args.users, "window": args.window, "fill": fill,
@@ -233,13 +238,31 @@ async def _bench(args: argparse.Namespace, url: str | None) -> int:
         "encode_us_per_user": round(encode_us, 2),
         "state_bytes_mean": round(size, 1),
         "state_memory_bytes_per_click": round(per_click_mem, 1),
+        "full_gc_ms": round(full_gc_ms, 1), "gc_tracked_objects": len(gc.get_objects()),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "load_before": load0, "load_after": loadavg(),
     }
     print(f"CPU per click {us:.2f} us (parse {out['parse_us_per_click']}, apply+encode+"
           f"write {out['apply_write_us_per_click']}, of which write "
           f"{out['write_us_per_click']}); encode {encode_us:.2f} us per user "
-          f"state of {size:.0f} B; peak RSS {out['peak_rss_mb']} MiB; load "
+          f"state of {size:.0f} B; a full GC collection {full_gc_ms:.1f} ms over "
+          f"{out['gc_tracked_objects']} tracked objects; peak RSS {out['peak_rss_mb']} MiB; load "
           f"{load0} -> {out['load_after']}")
     print(json.dumps(out))
     return 0
+
+
+def _full_collection_ms(repeats: int = 5) -> float:
+    """Median wall time of a full ``gc.collect()`` (the users' states held, nothing left
+    to free after the first)."""
+    import gc
+    import statistics
+    import time
+
+    gc.collect()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
