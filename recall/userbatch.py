@@ -38,7 +38,7 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     ValueError for a bad click, before any state changes.
 
     Per click the Python part is a few C-level steps on the window's columns (an event id
-    ``in`` a tuple, a ``bisect`` of an ``array('d')``, inserts and deletes): nothing loops
+    ``in`` a list, a ``bisect`` of an ``array('d')``, inserts and deletes): nothing loops
     over the window in Python, and the heaviest weight (the sums' unit) is kept by
     :meth:`UserState.top` instead of being searched for."""
     lookup = lookup or policy.lookup
@@ -89,19 +89,17 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
         items, weights, hass = state.items, state.weight, state.has
         if full:  # the oldest click leaves (pos > 0)
             o_item, o_ts, o_weight, o_has = items[0], tsa[0], weights[0], hass[0]
-            del tsa[0], weights[0], hass[0]
+            del items[0], events[0], tsa[0], weights[0], hass[0]
             pos -= 1
-        # the id columns are tuples, rebuilt (UserState: why): ~0.2 us a column at 50
-        # clicks, against 0.37 unpacked into a new tuple
         if pos == n - full:
-            state.items = items[full:] + (item_id,)  # noqa: RUF005
-            state.events = events[full:] + (event_id,)  # noqa: RUF005
+            items.append(item_id)
+            events.append(event_id)
             tsa.append(ts)
             weights.append(weight)
             hass.append(has)
         else:
-            state.items = items[full:pos + full] + (item_id,) + items[pos + full:]  # noqa: RUF005
-            state.events = events[full:pos + full] + (event_id,) + events[pos + full:]  # noqa: RUF005
+            items.insert(pos, item_id)
+            events.insert(pos, event_id)
             tsa.insert(pos, ts)
             weights.insert(pos, weight)
             hass.insert(pos, has)

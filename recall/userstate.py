@@ -107,7 +107,7 @@ ITEM, TS, WEIGHT, EVENT, HAS_VECTOR = range(5)
 class UserState:
     """One user's window and running sums (see the module docstring).
 
-    The window is held by columns, oldest first by ts: ``items`` and ``events`` (tuples
+    The window is held by columns, oldest first by ts: ``items`` and ``events`` (lists
     of str / None), ``ts`` and ``weight`` (``array('d')``), ``has`` (``bytearray`` of 0/1:
     the item had a vector). Why columns: a window of tuples cost ~270 bytes a click (a
     tuple, two floats, a bool slot and the pointers) and every batch re-encoded each
@@ -116,12 +116,6 @@ class UserState:
     (``in``, ``bisect``, ``max``) without a Python call per click. :attr:`clicks` still
     reads and sets the window as ``(item_id, ts, weight, event_id, has_vector)`` tuples
     (the reference :meth:`recall.users.RollingUserVectors.apply` works on those).
-
-    Why tuples for the ids: CPython's cyclic GC stops tracking a tuple that holds only
-    strings and None once a collection has seen it, but follows each element of a list in
-    every full collection, on whichever thread allocates: the event loop's. At the
-    default ``RECALL_USER_CACHE_USERS`` (50,000 users of 50 clicks) a full collection took
-    ~350 ms with the ids in lists, ~170 ms as tuples (``recall bench clicks``).
 
     The sums are held as the little-endian bytes format 3 stores (``_vsum``, ``_wsum``);
     :attr:`seg_vsum` and :attr:`seg_wsum` read them as (read-only) float64 arrays and
@@ -192,10 +186,10 @@ class UserState:
 
     @clicks.setter
     def clicks(self, clicks: Sequence[Click]) -> None:
-        self.items = tuple(c[ITEM] for c in clicks)
+        self.items = [c[ITEM] for c in clicks]
         self.ts = array("d", [c[TS] for c in clicks])
         self.weight = array("d", [c[WEIGHT] for c in clicks])
-        self.events = tuple(c[EVENT] for c in clicks)
+        self.events = [c[EVENT] for c in clicks]
         self.has = bytearray(bool(c[HAS_VECTOR]) for c in clicks)
         self.forget_top()
 
@@ -384,7 +378,7 @@ class UserState:
                 or not all(type(i) is str for i in items)
                 or not all(e is None or type(e) is str for e in events)):
             raise ValueError("user state: bad window columns")
-        state.items, state.events = tuple(items), tuple(events)
+        state.items, state.events = items, events
         _check_starts(starts, n)
         return state
 
