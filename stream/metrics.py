@@ -68,6 +68,11 @@ class Metrics:
             "how late the worker's event loop ran a timer (sampled 10 times a second); "
             "high = the worker is saturated and requests queue",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "recall_gc_pause_seconds",
+            "how long each collection of Python's cyclic GC held the thread that ran it, "
+            "mostly the event loop's (stream.gcpause)", ["generation"],
+            buckets=LATENCY_BUCKETS, registry=r)
         self.users_cached = Gauge("recall_users_cached", "user states held in memory",
                                   registry=r)
         self.users_evicted = Counter(
@@ -137,6 +142,8 @@ class Metrics:
             self.requests.labels(status)
         for op in ("upsert", "delete"):
             self.items.labels(op)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
         for stage in ("kafka", "queued", "delivery"):
             self.request_stage.labels(stage)
 

@@ -37,6 +37,7 @@ from recall.config import Settings, kafka_client_kwargs
 from recall.lsh import ids
 from recall.store import Store
 from stream.clicks import ClicksConsumer
+from stream.gcpause import GCPauses
 from stream.items import (
     ItemsFollower,
     ItemsWriter,
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 VERSION_POLL = 1.0
 #: seconds between event-loop lag samples
 LOOP_LAG_EVERY = 0.1
+#: seconds between two publishes of the GC pauses timed meanwhile
+GC_PUBLISH_EVERY = 1.0
 #: the largest index loaded while the group is joined (module docstring): about as long
 #: to load as the broker's ~1 s join wait (200,000 items took 3-5 s on a shared 2-core
 #: machine at load average ~4.5)
@@ -264,7 +267,8 @@ class Worker:
         await service.refresh_popular()
         await clicks.start()
         worker._tasks = [asyncio.create_task(worker._watch(), name="recall-watch"),
-                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag")]
+                         asyncio.create_task(worker._loop_lag(), name="recall-loop-lag"),
+                         asyncio.create_task(worker._gc_pauses(), name="recall-gc-pauses")]
         # last, once requests can be answered: take the assignment (joining now if the
         # group was not joined yet) and fetch
         await requests.start()
@@ -281,6 +285,18 @@ class Worker:
         await self.clicks.stop()
         await self.follower.stop()
         await self.store.close()
+
+    async def _gc_pauses(self) -> None:
+        """recall_gc_pause_seconds (stream.gcpause), published once a second."""
+        pauses = GCPauses(self.metrics.gc_pause)
+        pauses.install()
+        try:
+            while True:
+                await asyncio.sleep(GC_PUBLISH_EVERY)
+                pauses.publish()
+        finally:
+            pauses.remove()
+            pauses.publish()
 
     async def _watch(self) -> None:
         """Poll the live version (rebuild on change) and refresh popular items."""

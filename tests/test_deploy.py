@@ -43,7 +43,7 @@ WORKER_METRICS = [
     "recall_invalid_messages_total", "recall_click_duplicates_total", "recall_consumer_lag",
     "recall_redis_duration_seconds", "recall_batch_size", "recall_index_version",
     "recall_index_rebuild_seconds", "recall_users_cached", "recall_users_evicted_total",
-    "recall_event_loop_lag_seconds",
+    "recall_event_loop_lag_seconds", "recall_gc_pause_seconds",
     "recall_lsh_recall", "recall_lsh_recall_low", "recall_lsh_recall_found_total",
     "recall_lsh_recall_queries_total", "recall_lsh_recall_target", "recall_lsh_probes",
     "recall_lsh_recall_below",
