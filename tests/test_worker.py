@@ -138,6 +138,8 @@ async def test_users_beyond_the_cache_are_read_back_from_redis_with_the_same_ans
     assert metric(port, "recall_users_cached") <= CACHE_USERS + 1
     after = {uid: (await client.recall(uid, k=5)).item_ids for uid in users}
     assert after == before and all(len(v) == 5 for v in after.values())
+    # the worker's GC collections are timed (recall_gc_pause_seconds, published each second)
+    await eventually(lambda: metric(port, "recall_gc_pause_seconds_count") > 0)
     await client.clicks([{"user_id": users[0], "item_id": ids[2000], "ts": 5000.0}])
     await eventually(lambda: len(stored_user(r, settings, users[0]) or []) == 3)
 
