@@ -6,12 +6,14 @@ lowest priority."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -37,6 +39,37 @@ def child_pool() -> ProcessPoolExecutor:
 
     return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+async def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new child process (:func:`child_pool`), awaited; the child exits
+    after it. Cancelled (the worker stopping) or failed, the child is killed at once: a
+    pool's own shutdown leaves a running job to finish (a whole catalogue's cost try:
+    minutes at ~0.55 of a core), and used as a context manager waits for it on the event
+    loop's thread: a stopping worker hung there until the tune ended."""
+    loop = asyncio.get_running_loop()
+    pool = child_pool()
+    try:
+        out = await loop.run_in_executor(pool, fn, *args)
+    except BaseException:
+        kill_pool(pool)
+        raise
+    pool.shutdown(wait=False)
+    return out
+
+
+def kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Drop the pool's queued jobs and SIGKILL its processes, without waiting."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+: it shuts the pool down too
+    if kill is not None:
+        kill()
+        return
+    # before 3.14 no public call kills a pool's processes: its own table of them
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.kill()
 
 
 def die_with_parent(parent: int) -> None:

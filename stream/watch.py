@@ -117,7 +117,7 @@ from stream.metrics import Metrics
 from stream.samples import Sample, _exact, _lower_priority, drift, index_token
 from stream.state import IndexSlot
 from stream.tunejobs import (
-    child_pool,
+    in_child,
     tune_cheaper,
     tune_cheaper_whole,
     tune_layout,
@@ -446,29 +446,25 @@ class RecallWatch:
             self.metrics.lsh_retunes_postponed.labels("cost").inc()
             log.warning("LSH cost re-tune skipped, again in %ds: %s", REPICK_LOCK_SECONDS, why)
             return
-        loop = asyncio.get_running_loop()
-        pool = child_pool()
         snapshot = None
         try:
             if len(index) <= self.settings.retune_items:
                 vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
                 n = len(vectors)
-                job = loop.run_in_executor(pool, tune_cheaper, vectors, self.settings.target_recall,
-                                           index.params.to_dict(), len(index))
+                out = await in_child(tune_cheaper, vectors, self.settings.target_recall,
+                                     index.params.to_dict(), len(index))
             else:
                 snapshot, n = await asyncio.to_thread(write_snapshot, index)
                 log.info("LSH cost re-tune: %d items written out in %.1fs, tuned whole in "
                          "a child process", n, self.clock() - began)
-                job = loop.run_in_executor(pool, tune_cheaper_whole, snapshot, n,
-                                           self.settings.target_recall, index.params.to_dict())
-            out = await job
+                out = await in_child(tune_cheaper_whole, snapshot, n,
+                                     self.settings.target_recall, index.params.to_dict())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("LSH cost re-tune failed; not again for %ds", REPICK_LOCK_SECONDS)
             return
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
             if snapshot is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(snapshot)
@@ -557,11 +553,8 @@ class RecallWatch:
     async def _tuned(self, index: LSHIndex) -> LSHParams:
         """The tuner's parameters for a sample of the index, computed in a child process."""
         vectors = index.sample_vectors(self.settings.retune_items, np.random.default_rng())
-        loop = asyncio.get_running_loop()
-        with child_pool() as pool:
-            out = await loop.run_in_executor(pool, tune_layout, vectors,
-                                             self.settings.target_recall,
-                                             index.params.seed, len(index))
+        out = await in_child(tune_layout, vectors, self.settings.target_recall,
+                             index.params.seed, len(index))
         log.info("LSH re-tune on %d items: %s", len(vectors), out["summary"])
         return LSHParams.from_dict(out["params"])
 

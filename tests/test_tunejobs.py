@@ -5,6 +5,7 @@ worker's."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from recall.lsh import LSHIndex, LSHParams
 from recall.tuner import _unit_rows
-from stream.tunejobs import read_snapshot, write_snapshot
+from stream.tunejobs import in_child, read_snapshot, write_snapshot
 
 
 def test_the_snapshot_is_read_into_rows_the_tuner_uses_as_they_are(
@@ -106,3 +107,36 @@ def test_a_tuning_child_dies_with_a_killed_worker() -> None:
         parent.kill()
         if "child" in locals() and running(child):
             os.kill(child, signal.SIGKILL)
+
+
+def start_then_mark(started: str, finished: str, seconds: float) -> int:
+    """A tuning job's stand-in, run in the child: marks its start, and its end after
+    ``seconds``."""
+    Path(started).write_text("")
+    time.sleep(seconds)
+    Path(finished).write_text("")
+    return os.getpid()
+
+
+async def test_a_tuning_job_runs_in_a_child_and_returns_its_result(tmp_path: Path) -> None:
+    pid = await in_child(start_then_mark, str(tmp_path / "s"), str(tmp_path / "f"), 0.0)
+    assert pid != os.getpid() and (tmp_path / "f").exists()
+
+
+async def test_a_cancelled_tuning_job_is_killed_not_waited_for(tmp_path: Path) -> None:
+    """A worker stopping cancels its re-tune: the child is killed at once. Neither does
+    the cancel wait for the job (a pool used as a context manager did, on the event
+    loop's thread), nor does the job go on after it (a pool's shutdown leaves it to run:
+    a whole catalogue's cost try, for minutes)."""
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    job = asyncio.create_task(in_child(start_then_mark, str(started), str(finished), 2.0))
+    deadline = time.monotonic() + 60  # the spawned child imports this module first
+    while not started.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert started.exists()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert not finished.exists(), "the cancel waited for the job"
+    await asyncio.sleep(3.0)
+    assert not finished.exists(), "the job went on after the cancel"

@@ -9,7 +9,6 @@ machine's, and it passed with the check removed."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,16 +28,9 @@ TRY_CPU, BUDGET = 3.0, 0.01
 COST_SETTLE = Settings().retune_cost_settle
 
 
-class InPlace(Executor):
-    """Runs a submitted job at once, in the caller (a process pool's stand-in)."""
-
-    def __init__(self, *_: Any, **__: Any) -> None:
-        pass
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        done: Future[Any] = Future()
-        done.set_result(fn(*args, **kwargs))
-        return done
+async def in_place(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs a tuning job at once, in the caller (the child process's stand-in)."""
+    return fn(*args)
 
 
 def holding_watch(monkeypatch: pytest.MonkeyPatch
@@ -59,7 +51,7 @@ def holding_watch(monkeypatch: pytest.MonkeyPatch
         return {"params": None, "why": None, "summary": "fake", "cpu": TRY_CPU}
 
     monkeypatch.setattr(watch_mod, "tune_cheaper", fake_tune)
-    monkeypatch.setattr(watch_mod, "child_pool", InPlace)
+    monkeypatch.setattr(watch_mod, "in_child", in_place)
 
     async def positions() -> dict[int, int]:
         return {}
