@@ -56,6 +56,10 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--click-rate", type=float, default=5000.0, help="clicks per second")
     p.add_argument("--seconds", type=float, default=20.0, help="measured duration")
     p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
+                   help="clicks per warm user before the measured phase (default 3); "
+                        "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
+                        "as a long-running worker holds them (memory, GC pauses)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--external", action="store_true",
                    help="use a running stack and worker (KAFKA_BOOTSTRAP, REDIS_URL, "

@@ -43,11 +43,15 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     pin = ["--pin-worker", str(mine[-1])] if len(mine) >= 2 else []
     status = main(["bench", "e2e", "--items", "2000", "--users", "200", "--rate", "50",
                    "--click-rate", "100", "--seconds", "3", "--freshness", "5",
+                   "--warm-clicks", "4",
                    "--plot", str(plot), "--py-spy", str(profile), "--broker-floor", *pin])
     assert status == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     figures = json.loads(lines[-1])
     assert set(figures) >= KEYS
+    # --warm-clicks: each warm user's clicks, all applied before the phase
+    assert figures["warm_clicks"] == 4
+    assert any(ln.startswith("200 warm users: 800 clicks applied") for ln in lines)
     assert figures["requests_sent"] == 150
     assert figures["lost"] == 0
     assert figures["responses"] == figures["requests_sent"]

@@ -52,6 +52,10 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
         description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
+                   help="clicks per warm user before the measured phase (default 3); "
+                        "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
+                        "as a long-running worker holds them (memory, GC pauses)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
@@ -326,6 +330,7 @@ async def _wait_joined(settings: Any, port: int, timeout: float = 600) -> None:
 def run_capacity(args: argparse.Namespace) -> int:
     from devtools.e2e.catalogue import load_catalogue
     from devtools.e2e.run import affinity, pinning
+    from devtools.e2e.traffic import warm_clicks
     from devtools.localstack import free_port, worker_stack
     from recall.config import Settings
 
@@ -334,9 +339,10 @@ def run_capacity(args: argparse.Namespace) -> int:
     except ValueError:
         raise DevtoolsError(f"--workers must list integers, got {args.workers!r}") from None
     if (not counts or counts[0] < 1 or args.start <= 0 or args.step <= 0
-            or args.step_seconds <= 0 or args.click_ratio < 0 or args.items < 100):
+            or args.step_seconds <= 0 or args.click_ratio < 0 or args.items < 100
+            or warm_clicks(args) < 1):
         raise DevtoolsError("--workers >= 1, --start/--step/--step-seconds > 0, "
-                            "--click-ratio >= 0, --items >= 100")
+                            "--click-ratio >= 0, --items >= 100, --warm-clicks >= 1")
     settings = Settings.from_env()
     if settings.topic_partitions < max(counts):
         raise DevtoolsError(f"{max(counts)} workers need at least as many partitions "
@@ -366,6 +372,7 @@ def run_capacity(args: argparse.Namespace) -> int:
     cpu = cpu_summary(res["steps"], res["best"])
     summary = {
         "bench": "capacity", "items": args.items, "users": args.users,
+        "warm_clicks": warm_clicks(args),
         "click_ratio": args.click_ratio, "p99_limit_ms": args.p99_ms,
         "lag_limit_ms": args.lag_ms, "step_seconds": args.step_seconds,
         "pin_worker": args.pin_worker, "cpus": os.cpu_count(),

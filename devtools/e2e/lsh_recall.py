@@ -7,7 +7,8 @@ parameters the benchmark loads (``suggested_params``) at ``--probes`` T, takes t
 users' vectors (the mean of their WARM_CLICKS clicks), and measures what a worker answers
 them: recall@k of the LSH top k + clicks with the clicked items left out, against exact
 search with them left out. Prints the mean with a 95% interval and one JSON line. Run the
-benchmark with ``--click-rate 0`` so the users' vectors stay those of their warm clicks.
+benchmark with ``--click-rate 0`` (and the default ``--warm-clicks``) so the users' vectors
+stay those of their warm clicks.
 """
 
 from __future__ import annotations

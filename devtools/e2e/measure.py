@@ -12,7 +12,7 @@ from devtools.e2e.phase import PhaseWatch
 from devtools.e2e.probes import DRAIN, freshness_probes
 from devtools.e2e.report import TIMEOUT, ms, pct
 from devtools.e2e.responses import BenchResponses
-from devtools.e2e.traffic import click_process, request_process
+from devtools.e2e.traffic import click_process, request_process, warm_clicks
 from devtools.procinfo import RssWatch
 from devtools.scrape import histogram_delta, metric_value, metrics_url, scrape
 
@@ -106,7 +106,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     clicks_applied = (metric_value(after, "recall_clicks_total")
                       - metric_value(before, "recall_clicks_total")) if after else None
     out = {
-        "items": args.items, "users": args.users, "k": args.k,
+        "items": args.items, "users": args.users, "warm_clicks": warm_clicks(args),
+        "k": args.k,
         "rate": args.rate, "click_rate": args.click_rate, "seconds": args.seconds,
         "requests_sent": req["sent"], "responses": len(reader.ids),
         "lost": req["sent"] - len(reader.ids), "send_errors": req["send_errors"],

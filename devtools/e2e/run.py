@@ -10,8 +10,9 @@ What it does, in order:
    switched live (1M items never go through Kafka as JSON). Locally this happens before
    the worker starts, so the worker loads it at start-up; with ``--external`` the worker
    rebuilds when it sees the new live version.
-3. Warm users: ``--users`` users get a few clicks each (through ``clicks``) on items of
-   their interest cluster, so their recalls come from the LSH index.
+3. Warm users: ``--users`` users get ``--warm-clicks`` clicks each (3 by default; 50
+   fills the default window, as a long-running worker holds them) through ``clicks`` on
+   items of their interest cluster, so their recalls come from the LSH index.
 4. The measured phase, ``--seconds`` long: a separate process produces recall requests at
    ``--rate`` on a fixed schedule (open loop: a slow worker does not slow the offered
    load), another produces clicks at ``--click-rate``; each request id carries its send
@@ -53,7 +54,7 @@ from devtools.e2e.phase import PhaseWatch
 from devtools.e2e.probes import broker_floor, broker_round_trip, trace_lost
 from devtools.e2e.report import ms, plot, summary
 from devtools.e2e.settle import settle
-from devtools.e2e.traffic import warm_users
+from devtools.e2e.traffic import warm_clicks, warm_users
 from devtools.errors import DevtoolsError
 from devtools.procinfo import RssWatch, loadavg
 from devtools.scrape import metric_value, metrics_url, scrape
@@ -210,10 +211,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if (args.items < 100 or args.users < 1 or args.rate <= 0 or args.click_rate < 0
-            or args.seconds <= 0 or not 1 <= args.k <= 1000 or args.freshness < 0):
+            or args.seconds <= 0 or not 1 <= args.k <= 1000 or args.freshness < 0
+            or warm_clicks(args) < 1):
         raise DevtoolsError("--items must be >= 100, --users >= 1, --rate > 0, "
                             "--click-rate >= 0, --seconds > 0, --k in 1..1000, "
-                            "--freshness >= 0")
+                            "--freshness >= 0, --warm-clicks >= 1")
     args.users = min(args.users, args.items)
     pin_cpu = getattr(args, "pin_worker", None)
     if pin_cpu is not None and args.external:

@@ -179,10 +179,21 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
     out.put(asyncio.run(main()))
 
 
+def warm_clicks(args: argparse.Namespace) -> int:
+    """Clicks per warm user: ``--warm-clicks``, else WARM_CLICKS."""
+    n = getattr(args, "warm_clicks", None)
+    return WARM_CLICKS if n is None else n
+
+
 async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: int | None,
                      ) -> int:
-    """WARM_CLICKS clicks per warm user through ``clicks``; waits until applied."""
+    """``--warm-clicks`` (default WARM_CLICKS) clicks per warm user through ``clicks``, a
+    second apart; waits until applied. With the user window's size (50 by default) every
+    window is full, as a long-running worker holds them: the users' memory and the work
+    of the GC's full collections are then those of such a worker."""
     import orjson
+
+    per_user = warm_clicks(args)
 
     prod = producer(settings.kafka_bootstrap, 5)
     await prod.start()
@@ -190,11 +201,11 @@ async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: in
     n = 0
     try:
         futures = []
-        ts = time.time() - 60
+        ts = time.time() - 60 - per_user
         for u in range(args.users):
             uid = f"u{u}"
             cl = user_cluster(u, args.items, args.seed)
-            for j in range(WARM_CLICKS):
+            for j in range(per_user):
                 futures.append(await prod.send(settings.topic_clicks, orjson.dumps(
                     {"user_id": uid, "item_id": item_of(cl, u * 31 + j * 7, args.items),
                      "ts": ts + j, "event_id": f"{run}w{n}"}), key=uid.encode()))
@@ -206,7 +217,7 @@ async def warm_users(settings: Any, args: argparse.Namespace, run: str, port: in
     finally:
         await prod.stop()
     if port:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + max(120.0, n / 2000)  # (1M: ~70 s at 1M items)
         while time.monotonic() < deadline:
             applied = metric_value(scrape(metrics_url(port)), "recall_clicks_total") - before
             if applied >= n:
