@@ -26,6 +26,7 @@ KEYS = {
     "worker_queued_p50_ms", "worker_queued_p99_ms", "worker_delivery_p50_ms",
     "worker_delivery_p99_ms", "broker_floor_p50_ms", "broker_floor_p99_ms",
     "broker_floor_first_p50_ms", "broker_floor_last_p50_ms", "broker_floor_cpu",
+    "worker_gc_full_collections", "worker_gc_full_mean_ms", "worker_gc_gen1_collections",
 }
 
 

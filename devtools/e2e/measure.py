@@ -100,6 +100,8 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     worker_e2e = histogram_delta(before, after, "recall_end_to_end_seconds")
     cand = histogram_delta(before, after, "recall_candidates")
     lag = histogram_delta(before, after, "recall_event_loop_lag_seconds")
+    gc_pause = {g: histogram_delta(before, after, "recall_gc_pause_seconds", {"generation": g})
+                for g in ("1", "2")}
     stages = {st: histogram_delta(before, after, "recall_request_stage_seconds",
                                   {"stage": st}) for st in ("kafka", "queued", "delivery")}
     to_worker, from_worker = np.asarray(reader.to_worker), np.asarray(reader.from_worker)
@@ -139,6 +141,12 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         "worker_e2e_p95_ms": ms(worker_e2e["p95"]),
         "worker_e2e_p99_ms": ms(worker_e2e["p99"]),
         "worker_loop_lag_p50_ms": ms(lag["p50"]), "worker_loop_lag_p99_ms": ms(lag["p99"]),
+        # recall_gc_pause_seconds: the cyclic GC's full collections (generation 2) and the
+        # generation-1 ones over the phase
+        "worker_gc_full_collections": gc_pause["2"]["count"],
+        "worker_gc_full_mean_ms": ms(gc_pause["2"]["mean"]),
+        "worker_gc_gen1_collections": gc_pause["1"]["count"],
+        "worker_gc_gen1_p99_ms": ms(gc_pause["1"]["p99"]),
         # recall_request_stage_seconds: Kafka timestamp -> fetched, fetched -> handled,
         # response handed over -> acknowledged
         **{f"worker_{st}_{q}_ms": ms(h[q]) for st, h in stages.items() for q in ("p50", "p99")},
