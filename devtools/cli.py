@@ -59,7 +59,8 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
                    help="clicks per warm user before the measured phase (default 3); "
                         "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
-                        "as a long-running worker holds them (memory, GC pauses)")
+                        "as a long-running worker holds them (memory, GC pauses); clicks "
+                        "beyond 3 repeat the first three items")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--external", action="store_true",
                    help="use a running stack and worker (KAFKA_BOOTSTRAP, REDIS_URL, "

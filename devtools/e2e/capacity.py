@@ -55,7 +55,8 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
                    help="clicks per warm user before the measured phase (default 3); "
                         "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
-                        "as a long-running worker holds them (memory, GC pauses)")
+                        "as a long-running worker holds them (memory, GC pauses); clicks "
+                        "beyond 3 repeat the first three items")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",

@@ -11,8 +11,9 @@ What it does, in order:
    the worker starts, so the worker loads it at start-up; with ``--external`` the worker
    rebuilds when it sees the new live version.
 3. Warm users: ``--users`` users get ``--warm-clicks`` clicks each (3 by default; 50
-   fills the default window, as a long-running worker holds them) through ``clicks`` on
-   items of their interest cluster, so their recalls come from the LSH index.
+   fills the default window, as a long-running worker holds them; the clicks beyond 3
+   repeat the first three items) through ``clicks`` on items of their interest cluster,
+   so their recalls come from the LSH index.
 4. The measured phase, ``--seconds`` long: a separate process produces recall requests at
    ``--rate`` on a fixed schedule (open loop: a slow worker does not slow the offered
    load), another produces clicks at ``--click-rate``; each request id carries its send
