@@ -77,15 +77,16 @@ async def load_index(store: Any, ids: list[str], vectors: np.ndarray, params: An
 async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors: np.ndarray,
                           window: int, half_life: float = 0.0, batch: int = 2000,
                           progress: bool = True, interests: int = 1,
-                          session_gap: float = 1800.0, state_format: str = "columns") -> int:
+                          session_gap: float = 1800.0, state_format: str = "packed") -> int:
     """Store every user's last ``window`` clicks as their window (cut into ``interests``
     sessions, as the worker will keep it), in ``state_format`` (RECALL_USER_STATE_FORMAT:
-    "json" while workers older than format 3 run); returns users written."""
+    "columns" while workers older than format 4 run, "json" older than format 3);
+    returns users written."""
     from tqdm import tqdm
 
     from offline.userwin import window_mask
     from recall.users import RollingUserVectors
-    from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON
+    from recall.userstate import FORMATS
 
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     dim = vectors.shape[1]
@@ -113,8 +114,7 @@ async def bootstrap_users(store: Any, clicks: ClickLog, ids: list[str], vectors:
             state.clicks = [(names[item[j]], ts[j], w[j], ev[j], False)
                             for j in range(a, b)]
             policy.recompute(state)
-            pending[users[int(win.user[a])]] = state.to_bytes(
-                FORMAT_JSON if state_format == "json" else FORMAT_COLUMNS)
+            pending[users[int(win.user[a])]] = state.to_bytes(FORMATS[state_format])
             if len(pending) >= batch:
                 await store.put_users(pending)
                 bar.update(len(pending))

@@ -129,12 +129,14 @@ class Settings:
     startup_timeout: float = 15.0
     #: most user states a worker keeps in memory (least recently used ones are dropped
     #: between click batches and read from Redis again on their next click or request;
-    #: 0 = no limit). A state takes ~150 bytes per click in its window, ~8 KB full
+    #: 0 = no limit). A state takes ~57 bytes per click in its window with ids like
+    #: "i123456" (`recall bench clicks`), ~3 KB full
     user_cache_users: int = 50_000
-    #: how user states are written to Redis: "columns" (format 3, binary columns: the
-    #: cheaper one) or "json" (formats 1-2, which workers before format 3 read: set it
-    #: while a rolling upgrade from such a version runs). Every format is read
-    user_state_format: str = "columns"
+    #: how user states are written to Redis: "packed" (format 4, binary columns and
+    #: packed ids: the cheapest), "columns" (format 3, which workers before format 4
+    #: read) or "json" (formats 1-2, which workers before format 3 read): set an older
+    #: one while a rolling upgrade from such a version runs. Every format is read
+    user_state_format: str = "packed"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -182,8 +184,8 @@ class Settings:
             (self.redis_timeout > 0, "redis_timeout", "must be > 0"),
             (self.startup_timeout > 0, "startup_timeout", "must be > 0"),
             (self.user_cache_users >= 0, "user_cache_users", "must be >= 0"),
-            (self.user_state_format in ("columns", "json"), "user_state_format",
-             "must be columns or json"),
+            (self.user_state_format in ("packed", "columns", "json"), "user_state_format",
+             "must be packed, columns or json"),
         ]
         for ok, name, why in checks:
             if not ok:

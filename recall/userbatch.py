@@ -19,6 +19,7 @@ from itertools import compress
 
 import numpy as np
 
+from recall.packedids import contains, drop_first, first, insert, token
 from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
 from recall.userstate import _F8, UserState
@@ -38,8 +39,8 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     ValueError for a bad click, before any state changes.
 
     Per click the Python part is a few C-level steps on the window's columns (an event id
-    ``in`` a list, a ``bisect`` of an ``array('d')``, inserts and deletes): nothing loops
-    over the window in Python, and the heaviest weight (the sums' unit) is kept by
+    searched for in the packed ids, a ``bisect`` of an ``array('d')``, appends and cuts):
+    nothing loops over the window in Python, and the heaviest weight (the sums' unit) is kept by
     :meth:`UserState.top` instead of being searched for."""
     lookup = lookup or policy.lookup
     if lookup is None:
@@ -70,7 +71,7 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     unit_left: list[float] = []
     for j, (state, item_id, ts, weight, event_id) in enumerate(clicks):
         events = state.events
-        if event_id is not None and event_id in events:
+        if event_id and contains(events, event_id):
             out.append(False)
             continue
         out.append(True)
@@ -88,18 +89,18 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
             top, n_top = state.top()
         items, weights, hass = state.items, state.weight, state.has
         if full:  # the oldest click leaves (pos > 0)
-            o_item, o_ts, o_weight, o_has = items[0], tsa[0], weights[0], hass[0]
-            del items[0], events[0], tsa[0], weights[0], hass[0]
+            o_item, o_ts, o_weight, o_has = first(items), tsa[0], weights[0], hass[0]
+            items, events = drop_first(items), drop_first(events)
+            del tsa[0], weights[0], hass[0]
             pos -= 1
         if pos == n - full:
-            items.append(item_id)
-            events.append(event_id)
+            state.items, state.events = items + token(item_id), events + token(event_id)
             tsa.append(ts)
             weights.append(weight)
             hass.append(has)
         else:
-            items.insert(pos, item_id)
-            events.insert(pos, event_id)
+            state.items = insert(items, pos, token(item_id))
+            state.events = insert(events, pos, token(event_id))
             tsa.insert(pos, ts)
             weights.insert(pos, weight)
             hass.insert(pos, has)
@@ -239,7 +240,7 @@ def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
     ptr = np.zeros(len(states) + 1, dtype=np.int64)
     np.cumsum(lens, out=ptr[1:])
     # the columns by C-level copies (a Python loop cost as much as the update it replaces)
-    mat, present = lookup([i for st in states for i in st.items])
+    mat, present = lookup([i for st in states for i in st.item_ids()])
     present = np.asarray(present, dtype=bool)
     ts = np.frombuffer(b"".join([st.ts.tobytes() for st in states]), dtype=np.float64)
     weight = np.frombuffer(b"".join([st.weight.tobytes() for st in states]),

@@ -6,8 +6,29 @@ Why apart from the policy (:mod:`recall.users`): the encoding is a contract with
 worker version that reads a stored state (rolling upgrades), and changes for other
 reasons than the rules of the rolling mean.
 
-Encoding of :meth:`UserState.to_bytes` (stored in Redis by :mod:`recall.store`). Three
-formats are read; the worker writes format 3 unless ``RECALL_USER_STATE_FORMAT=json``.
+Encoding of :meth:`UserState.to_bytes` (stored in Redis by :mod:`recall.store`). Four
+formats are read; the worker writes format 4 unless ``RECALL_USER_STATE_FORMAT`` says
+``columns`` (format 3) or ``json`` (formats 1-2).
+
+Format 4, format 3 with the id columns as the worker holds them, packed
+(:mod:`recall.packedids`; why: encoding and decoding are buffer copies, no JSON of
+100 strings per changed user per batch)::
+
+    offset  size   field (little-endian)
+    0       1      format version = 4
+    1       4      uint32  D
+    5       4      uint32  applies since the last recompute
+    9       8      float64 t_ref (seconds; 0 when empty)
+    17      4      uint32  S segments (0 when the window is empty)
+    21      4      uint32  n clicks
+    25      4      uint32  I, bytes of the packed item ids
+    29      ...    as format 3 from its offset 25, up to has_vector
+    ...     I      packed item ids (0xFF, then each id's UTF-8 and 0xFF)
+    ...     ...    packed event ids (the same; an empty id: no event id)
+
+Workers before format 4 do not read it (as below for format 3): a rolling upgrade from
+such a version runs with ``RECALL_USER_STATE_FORMAT=columns`` until every worker is
+upgraded.
 
 Format 3, the window as columns (why: encoding is buffer copies; JSON of the window's
 floats cost ~100 ns a number, every batch, for each changed user)::
@@ -70,9 +91,12 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
+from recall import packedids
+
 _HEADER = struct.Struct("<BIIdd")
 _HEADER2 = struct.Struct("<BIIdI")
 _HEADER3 = struct.Struct("<BIIdII")
+_HEADER4 = struct.Struct("<BIIdIII")
 #: ``array('d')`` is native-endian; stored states are little-endian
 _SWAP = sys.byteorder != "little"
 _F8 = np.dtype("<f8")
@@ -81,9 +105,13 @@ _ONE_START = struct.pack("<I", 0)
 _ONE_SUM = struct.Struct("<d")
 _FORMAT_VERSION = 1
 _FORMAT_SEGMENTS = 2
-#: :meth:`UserState.to_bytes` formats: 3, the columns (the default), or "json" (1 or 2)
+#: :meth:`UserState.to_bytes` formats: 4, packed ids (the default), 3, the ids as JSON
+#: lists, or "json" (1 or 2)
+FORMAT_PACKED = 4
 FORMAT_COLUMNS = 3
 FORMAT_JSON = 1
+#: ``RECALL_USER_STATE_FORMAT`` -> format
+FORMATS = {"packed": FORMAT_PACKED, "columns": FORMAT_COLUMNS, "json": FORMAT_JSON}
 
 
 class WindowClick(NamedTuple):
@@ -107,13 +135,14 @@ ITEM, TS, WEIGHT, EVENT, HAS_VECTOR = range(5)
 class UserState:
     """One user's window and running sums (see the module docstring).
 
-    The window is held by columns, oldest first by ts: ``items`` and ``events`` (lists
-    of str / None), ``ts`` and ``weight`` (``array('d')``), ``has`` (``bytearray`` of 0/1:
-    the item had a vector). Why columns: a window of tuples cost ~270 bytes a click (a
-    tuple, two floats, a bool slot and the pointers) and every batch re-encoded each
-    changed window as JSON, ~100 ns a float; columns are ~33 bytes a click beside the id
-    strings, are encoded by copying their buffers (format 3) and are scanned by C loops
-    (``in``, ``bisect``, ``max``) without a Python call per click. :attr:`clicks` still
+    The window is held by columns, oldest first by ts: ``items`` and ``events`` (packed
+    id columns, :mod:`recall.packedids`: one ``bytes`` each; no event id is an empty
+    one), ``ts`` and ``weight`` (``array('d')``), ``has`` (``bytearray`` of 0/1: the item
+    had a vector). Why columns: a window of tuples cost ~270 bytes a click (a tuple, two
+    floats, a bool slot and the pointers) and every batch re-encoded each changed window
+    as JSON, ~100 ns a float; columns are ~19 bytes a click beside the ids' UTF-8, are
+    encoded by copying their buffers (format 4) and are scanned by C loops (``find``,
+    ``bisect``, ``max``) without a Python call per click. :attr:`clicks` still
     reads and sets the window as ``(item_id, ts, weight, event_id, has_vector)`` tuples
     (the reference :meth:`recall.users.RollingUserVectors.apply` works on those).
 
@@ -181,15 +210,16 @@ class UserState:
     @property
     def clicks(self) -> list[Click]:
         """The window as tuples, oldest first (a copy: set it to change the window)."""
-        return list(zip(self.items, self.ts, self.weight, self.events,
-                        map(bool, self.has), strict=True))
+        return list(zip(packedids.unpack(self.items), self.ts, self.weight,
+                        packedids.unpack_optional(self.events), map(bool, self.has),
+                        strict=True))
 
     @clicks.setter
     def clicks(self, clicks: Sequence[Click]) -> None:
-        self.items = [c[ITEM] for c in clicks]
+        self.items = packedids.pack([c[ITEM] for c in clicks])
         self.ts = array("d", [c[TS] for c in clicks])
         self.weight = array("d", [c[WEIGHT] for c in clicks])
-        self.events = [c[EVENT] for c in clicks]
+        self.events = packedids.pack([c[EVENT] or None for c in clicks])
         self.has = bytearray(bool(c[HAS_VECTOR]) for c in clicks)
         self.forget_top()
 
@@ -253,7 +283,11 @@ class UserState:
 
     def seen(self) -> set[str]:
         """Item ids in the window."""
-        return set(self.items)
+        return set(packedids.unpack(self.items))
+
+    def item_ids(self) -> list[str]:
+        """The window's item ids, oldest first."""
+        return packedids.unpack(self.items)
 
     @property
     def window(self) -> list[WindowClick]:
@@ -267,24 +301,31 @@ class UserState:
         return (f"UserState(dim={self.dim}, clicks={len(self)}, starts={self.starts}, "
                 f"t_ref={self.t_ref}, since_recompute={self.since_recompute})")
 
-    def to_bytes(self, fmt: int = FORMAT_COLUMNS) -> bytes:
-        """Encode (module docstring): ``fmt`` 3 (columns, the default) or
-        :data:`FORMAT_JSON` (formats 1 and 2, what workers before format 3 read)."""
+    def to_bytes(self, fmt: int = FORMAT_PACKED) -> bytes:
+        """Encode (module docstring): ``fmt`` 4 (packed, the default), 3 (what workers
+        before format 4 read) or :data:`FORMAT_JSON` (formats 1 and 2, what workers
+        before format 3 read)."""
         starts = self.starts
         n_seg = len(starts)
-        if fmt == FORMAT_COLUMNS:
+        if fmt in (FORMAT_PACKED, FORMAT_COLUMNS):
             ts, weight = self.ts, self.weight
             if _SWAP:  # stored little-endian
                 ts, weight = array("d", ts), array("d", weight)
                 ts.byteswap()
                 weight.byteswap()
             # (the columns' own buffers: join copies them once)
+            if fmt == FORMAT_PACKED:
+                head = _HEADER4.pack(FORMAT_PACKED, self.dim, self.since_recompute,
+                                     self.t_ref, n_seg, len(ts), len(self.items))
+                ids: tuple[bytes, ...] = (self.items, self.events)
+            else:
+                head = _HEADER3.pack(FORMAT_COLUMNS, self.dim, self.since_recompute,
+                                     self.t_ref, n_seg, len(ts))
+                ids = (orjson.dumps((packedids.unpack(self.items),
+                                     packedids.unpack_optional(self.events))),)
             return b"".join((
-                _HEADER3.pack(FORMAT_COLUMNS, self.dim, self.since_recompute, self.t_ref,
-                              n_seg, len(ts)),
-                _ONE_START if starts == [0] else struct.pack(f"<{n_seg}I", *starts),
-                self._wsum, self._vsum, ts, weight, self.has,
-                orjson.dumps((self.items, self.events))))
+                head, _ONE_START if starts == [0] else struct.pack(f"<{n_seg}I", *starts),
+                self._wsum, self._vsum, ts, weight, self.has, *ids))
         if fmt != FORMAT_JSON:
             raise ValueError(f"user state: unknown format {fmt}")
         clicks = orjson.dumps(self.clicks)  # tuples encode as the JSON arrays
@@ -300,7 +341,7 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, data: bytes, dim: int) -> UserState:
-        """Decode :meth:`to_bytes` (formats 1, 2 and 3); ValueError when corrupt or of
+        """Decode :meth:`to_bytes` (formats 1 to 4); ValueError when corrupt or of
         another dimension."""
         if len(data) < _HEADER.size:
             raise ValueError("user state: truncated header")
@@ -311,7 +352,7 @@ class UserState:
         elif version == _FORMAT_SEGMENTS:
             _, d, since, t_ref, n_seg = _HEADER2.unpack_from(data)
             at = _HEADER2.size
-        elif version == FORMAT_COLUMNS:
+        elif version in (FORMAT_COLUMNS, FORMAT_PACKED):
             return cls._from_columns(data, dim)
         else:
             raise ValueError(f"user state: unknown format version {version}")
@@ -347,12 +388,15 @@ class UserState:
 
     @classmethod
     def _from_columns(cls, data: bytes, dim: int) -> UserState:
-        if len(data) < _HEADER3.size:
+        """Formats 3 and 4 (the same but for the header and the id columns)."""
+        packed = data[0] == FORMAT_PACKED
+        header = _HEADER4 if packed else _HEADER3
+        if len(data) < header.size:
             raise ValueError("user state: truncated header")
-        _, d, since, t_ref, n_seg, n = _HEADER3.unpack_from(data)
+        _, d, since, t_ref, n_seg, n, *n_items = header.unpack_from(data)
         if d != dim:
             raise ValueError(f"user state: dimension {d}, expected {dim}")
-        at = _HEADER3.size
+        at = header.size
         end = at + n_seg * (4 + 8 + 8 * d) + n * 17
         if len(data) < end or (n_seg == 0) != (n == 0) or n_seg > n:
             raise ValueError("user state: truncated or inconsistent columns")
@@ -370,15 +414,29 @@ class UserState:
             state.weight.byteswap()
         at += 16 * n
         state.has = bytearray(data[at:at + n])
-        try:
-            items, events = orjson.loads(data[end:])
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"user state: bad window: {exc}") from None
-        if (len(items) != n or len(events) != n or max(state.has, default=0) > 1
-                or not all(type(i) is str for i in items)
-                or not all(e is None or type(e) is str for e in events)):
+        if max(state.has, default=0) > 1:
             raise ValueError("user state: bad window columns")
-        state.items, state.events = items, events
+        if packed:
+            state.items = data[end:end + n_items[0]]
+            state.events = data[end + n_items[0]:]
+            try:
+                packedids.check(state.items)
+                packedids.check(state.events)
+            except ValueError:
+                raise ValueError("user state: bad id columns") from None
+            if packedids.count(state.items) != n or packedids.count(state.events) != n:
+                raise ValueError("user state: bad window columns")
+        else:
+            try:
+                items, events = orjson.loads(data[end:])
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ValueError(f"user state: bad window: {exc}") from None
+            if (len(items) != n or len(events) != n
+                    or not all(type(i) is str for i in items)
+                    or not all(e is None or type(e) is str for e in events)):
+                raise ValueError("user state: bad window columns")
+            state.items = packedids.pack(items)
+            state.events = packedids.pack([e or None for e in events])
         _check_starts(starts, n)
         return state
 

@@ -43,7 +43,7 @@ from recall.messages import Click, Invalid, Request, response_record
 from recall.store import ClickOffsetsConflict
 from recall.userbatch import apply_batch
 from recall.users import RollingUserVectors
-from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON, UserState
+from recall.userstate import FORMATS, UserState
 from stream import deadline
 from stream.metrics import Metrics
 from stream.state import IndexSlot, PopularCache, UserCache
@@ -422,7 +422,7 @@ class RecallService:
         # one write round trip, atomic and safe to repeat (Store.write_clicks)
         try:
             blobs: dict[str, bytes] = {}
-            fmt = FORMAT_JSON if s.user_state_format == "json" else FORMAT_COLUMNS
+            fmt = FORMATS[s.user_state_format]
             for j, (u, st) in enumerate(changed.items()):
                 if j and not j % CLICK_CHUNK:
                     await turn()

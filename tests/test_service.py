@@ -68,7 +68,7 @@ class FakeStore:
 
 
 def service(n_items: int = 2000, seed: int = 0, cache: int = 0, store: FakeStore | None = None,
-            fmt: str = "columns") -> tuple[RecallService, FakeStore, np.ndarray]:
+            fmt: str = "packed") -> tuple[RecallService, FakeStore, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = normalize(rng.standard_normal((n_items, DIM)))
     index = LSHIndex(LSHParams(dim=DIM, k=2, L=8, T=4, w=1.0))
@@ -145,27 +145,40 @@ async def test_every_click_applies_once_across_replays_and_event_ids() -> None:
 
 async def test_a_rolling_upgrade_keeps_windows_and_event_ids_across_formats() -> None:
     """Workers writing the JSON formats (as before format 3, or with
-    RECALL_USER_STATE_FORMAT=json during an upgrade) and workers writing columns hand a
-    user over both ways: the window, its event ids (a replayed click is not counted
-    again) and the vector go on as if one worker had applied every click."""
+    RECALL_USER_STATE_FORMAT=json during an upgrade), format 3 (``columns``) and format 4
+    (``packed``, the default) hand a user over every way: the window, its event ids (a
+    replayed click is not counted again) and the vector go on as if one worker had
+    applied every click."""
     store = FakeStore()
     old, _, _ = service(store=store, fmt="json")
     await old.take_partitions([0])
     await old.apply(clicks("u1", [1, 2]), {0: 2})
     assert store.users["u1"][0] == 1  # what a worker before format 3 reads
-    new, _, _ = service(store=store)  # the partition moves to an upgraded worker
-    await new.take_partitions([0])
+    cols, _, _ = service(store=store, fmt="columns")  # to a worker of format 3
+    await cols.take_partitions([0])
     replay = clicks("u1", [1, 2, 3], first_offset=0)  # i1, i2 again (same event ids), i3
-    await new.apply([ClickAt(0, 2 + j, c.click) for j, c in enumerate(replay)], {0: 5})
+    await cols.apply([ClickAt(0, 2 + j, c.click) for j, c in enumerate(replay)], {0: 5})
     assert store.users["u1"][0] == 3
-    back, _, _ = service(store=store, fmt="json")  # and back (a rollback, or json set)
+    new, _, _ = service(store=store)  # to an upgraded worker
+    await new.take_partitions([0])
+    await new.apply([ClickAt(0, 5, Click("u1", "i3", 1002.0, 1.0, "u1-e2")),
+                     ClickAt(0, 6, Click("u1", "i5", 1500.0, 1.0, "u1-e8"))], {0: 7})
+    assert store.users["u1"][0] == 4
+    back, _, _ = service(store=store, fmt="columns")  # and back (a rollback)
     await back.take_partitions([0])
-    await back.apply([ClickAt(0, 5, Click("u1", "i4", 2000.0, 1.0, "u1-e0")),
-                      ClickAt(0, 6, Click("u1", "i4", 2000.0, 1.0, "u1-e9"))], {0: 7})
+    await back.apply([ClickAt(0, 7, Click("u1", "i5", 1500.0, 1.0, "u1-e8")),
+                      ClickAt(0, 8, Click("u1", "i4", 2000.0, 1.0, "u1-e0")),
+                      ClickAt(0, 9, Click("u1", "i4", 2000.0, 1.0, "u1-e9"))], {0: 10})
+    assert store.users["u1"][0] == 3
+    back, _, _ = service(store=store, fmt="json")  # and back again
+    await back.take_partitions([0])
+    await back.apply([ClickAt(0, 10, Click("u1", "i4", 2000.0, 1.0, "u1-e9")),
+                      ClickAt(0, 11, Click("u1", "i6", 2100.0, 1.0, "u1-e10"))], {0: 12})
     assert store.users["u1"][0] == 1
     state = UserState.from_bytes(store.users["u1"], DIM)
-    assert [c[0] for c in state.clicks] == ["i1", "i2", "i3", "i4"]  # each once
-    mat, _ = back.slot.lookup(["i1", "i2", "i3", "i4"])  # the index's stored vectors
+    ids = ["i1", "i2", "i3", "i5", "i4", "i6"]
+    assert [c[0] for c in state.clicks] == ids  # each once
+    mat, _ = back.slot.lookup(ids)  # the index's stored vectors
     np.testing.assert_allclose(state.vector(), mat.astype(np.float64).mean(axis=0),
                                rtol=1e-5, atol=1e-6)
 

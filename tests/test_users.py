@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recall.users import RollingUserVectors
-from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON, UserState
+from recall.userstate import FORMAT_COLUMNS, FORMAT_JSON, FORMAT_PACKED, UserState
 
 DIM = 8
 RTOL, ATOL = 1e-5, 1e-6  # the documented tolerance (float32 output of float64 sums)
@@ -257,7 +257,7 @@ def test_from_bytes_rejects_other_dimension_and_garbage() -> None:
     roll = RollingUserVectors(DIM, 3)
     state = roll.new_state()
     roll.apply(state, "x", 1.0, 1.0, np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
-    for fmt in (FORMAT_JSON, FORMAT_COLUMNS):
+    for fmt in (FORMAT_JSON, FORMAT_COLUMNS, FORMAT_PACKED):
         data = state.to_bytes(fmt)
         with pytest.raises(ValueError, match="dimension"):
             UserState.from_bytes(data, DIM + 1)
@@ -466,6 +466,67 @@ def test_state_stored_by_single_vector_workers_is_read() -> None:
     assert state.to_bytes(FORMAT_JSON)[0] == 1
 
 
+#: a user state written by the format-3 worker of commit 0dd37fb: make_table(12, {3});
+#: RollingUserVectors(DIM, 6, 0.0, lookup=table); OLD_CLICKS and ("é-9", 9200.0, 1.0,
+#: "ë1") applied (no vector for "é-9")
+FORMAT3_BLOB = bytes.fromhex(
+    "0308000000030000000000000000f8c1400100000006000000000000000000000000001240000000"
+    "00eee4aebf000000c84574e53f0000003e128fe63f00000078de7de63f0000006e5ecfa83f000000"
+    "601956dbbf00000079f7d7e03f00000074df7aea3f000000000088b3400000000000bab340000000"
+    "0000ecb340000000000094c1400000000000c6c1400000000000f8c140000000000000f03f000000"
+    "000000f03f000000000000e03f000000000000f03f000000000000f03f000000000000f03f010101"
+    "0101005b5b226935222c226937222c226936222c226938222c226932222c22c3a92d39225d2c5b6e"
+    "756c6c2c6e756c6c2c226534222c6e756c6c2c6e756c6c2c22c3ab31225d5d"
+)
+
+
+def test_state_stored_by_format_3_workers_is_read_and_can_be_written_for_them() -> None:
+    """A rolling upgrade from a format-3 worker: its states are read as they were, and
+    RECALL_USER_STATE_FORMAT=columns writes what it reads, byte for byte."""
+    table = make_table(12, {3})
+    state = UserState.from_bytes(FORMAT3_BLOB, DIM)
+    clicks = [*OLD_CLICKS, ("é-9", 9200.0, 1.0, "ë1")]
+    want_window, want = reference(clicks, 6, 0.0, table)
+    assert [(c.item_id, c.ts, c.event_id) for c in state.window] == want_window
+    assert [c.has_vector for c in state.window] == [True] * 5 + [False]
+    np.testing.assert_allclose(state.vector(), want, rtol=RTOL, atol=ATOL)
+    assert state.to_bytes(FORMAT_COLUMNS) == FORMAT3_BLOB
+    packed = state.to_bytes()
+    assert packed[0] == FORMAT_PACKED
+    back = UserState.from_bytes(packed, DIM)
+    assert back.window == state.window and back.to_bytes(FORMAT_COLUMNS) == FORMAT3_BLOB
+    # clicks redelivered after the upgrade are still recognised by their event ids
+    from recall.userbatch import apply_batch
+
+    roll = RollingUserVectors(DIM, 6, 0.0, lookup=table)
+    assert apply_batch(roll, [(back, "i6", 5100.0, 0.5, "e4"), (back, "é-9", 9200.0, 1.0,
+                                                                "ë1")]) == [False, False]
+    assert back.window == state.window
+
+
+def test_corrupt_packed_id_columns_are_rejected() -> None:
+    """Format 4's id columns are checked as they are read: the right number of ids in
+    each, and valid UTF-8 (a state that fails is "unreadable", never a wrong window)."""
+    state = UserState.from_bytes(FORMAT3_BLOB, DIM)
+    data = bytearray(state.to_bytes())
+    n_items = int.from_bytes(data[25:29], "little")
+    items_at = len(data) - n_items - len(state.events)
+    assert data[items_at:items_at + n_items] == state.items
+    shifted = bytearray(data)  # the last item id read as the first event's
+    shifted[25:29] = (n_items - len(b"\xc3\xa9-9\xff")).to_bytes(4, "little")
+    # one byte later: an empty item id more, an event id fewer, both columns well formed
+    # (the first event id is missing: its token is the separator alone)
+    assert state.events.startswith(b"\xff\xff")
+    longer = bytearray(data)
+    longer[25:29] = (n_items + 1).to_bytes(4, "little")
+    bad_utf8 = bytearray(data)
+    bad_utf8[items_at + 1] = 0x80  # a continuation byte where "i5" starts
+    for bad in (shifted, longer, bad_utf8, data + b"e9\xff"):
+        with pytest.raises(ValueError, match="columns"):
+            UserState.from_bytes(bytes(bad), DIM)
+    assert UserState.from_bytes(bytes(data), DIM).window == state.window
+
+
 def test_recutting_needs_a_lookup_when_sessions_split() -> None:
     state = UserState.from_bytes(OLD_BLOB, DIM)
     with pytest.raises(ValueError, match="lookup"):
@@ -479,7 +540,8 @@ def test_bad_segment_starts_are_rejected() -> None:
     state = roll.new_state()
     for item, ts in (("i0", 0.0), ("i1", 100.0)):
         roll.apply(state, item, ts, 1.0, table.get(item))
-    for fmt, version, at in ((FORMAT_JSON, 2, 21), (FORMAT_COLUMNS, 3, 25)):
+    for fmt, version, at in ((FORMAT_JSON, 2, 21), (FORMAT_COLUMNS, 3, 25),
+                             (FORMAT_PACKED, 4, 29)):
         data = bytearray(state.to_bytes(fmt))
         assert data[0] == version and state.starts == [0, 1]
         data[at + 4:at + 8] = (7).to_bytes(4, "little")  # 2nd segment starts past the window
