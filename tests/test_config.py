@@ -21,10 +21,22 @@ def test_env_overrides_and_round_trip():
 
 
 @pytest.mark.parametrize("var,value", [("RECALL_DIM", "abc"), ("RECALL_DIM", "0"),
-                                       ("RECALL_LSH_FAMILY", "nope")])
+                                       ("RECALL_LSH_FAMILY", "nope"),
+                                       ("RECALL_USER_STATE_FORMAT", "binary")])
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: value})
+
+
+def test_every_user_state_format_setting_names_a_format_states_are_written_in():
+    """RECALL_USER_STATE_FORMAT: packed (format 4) by default; columns and json for
+    rolling upgrades from workers that read only the older formats."""
+    from recall.userstate import FORMATS, UserState
+
+    assert Settings().user_state_format == "packed"
+    for name, version in (("packed", 4), ("columns", 3), ("json", 1)):
+        s = Settings.from_env({"RECALL_USER_STATE_FORMAT": name})
+        assert UserState(8).to_bytes(FORMATS[s.user_state_format])[0] == version
 
 
 def test_the_metrics_endpoint_binds_the_configured_address():
