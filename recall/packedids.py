@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 SEP = b"\xff"
-EMPTY = SEP
 #: the separator as :func:`unpack` sees it (``surrogateescape`` decodes 0xFF to it)
 _SEP_STR = "\udcff"
 

@@ -19,7 +19,7 @@ from itertools import compress
 
 import numpy as np
 
-from recall.packedids import contains, drop_first, first, insert, token
+from recall.packedids import SEP, drop_first, first, insert, token
 from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
 from recall.userstate import _F8, UserState
@@ -39,16 +39,18 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     ValueError for a bad click, before any state changes.
 
     Per click the Python part is a few C-level steps on the window's columns (an event id
-    searched for in the packed ids, a ``bisect`` of an ``array('d')``, appends and cuts):
-    nothing loops over the window in Python, and the heaviest weight (the sums' unit) is kept by
-    :meth:`UserState.top` instead of being searched for."""
+    searched for in the packed ids, a ``bisect`` of an ``array('d')``, appends and
+    cuts): nothing loops over the window in Python, and the heaviest weight (the sums'
+    unit) is kept by :meth:`UserState.top` instead of being searched for."""
     lookup = lookup or policy.lookup
     if lookup is None:
         raise ValueError("apply_batch needs a lookup of item vectors")
-    for _, _, ts, weight, _ in clicks:
+    tokens = []  # the ids as they are packed (an id that cannot be encoded raises here)
+    for _, item_id, ts, weight, event_id in clicks:
         if not (math.isfinite(ts) and math.isfinite(weight) and weight > 0):
             raise ValueError(f"click needs a finite ts and weight > 0, got {ts!r}, "
                              f"{weight!r}")
+        tokens.append((token(item_id), token(event_id or None)))
     out: list[bool] = []
     if not clicks:
         return out
@@ -71,7 +73,8 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     unit_left: list[float] = []
     for j, (state, item_id, ts, weight, event_id) in enumerate(clicks):
         events = state.events
-        if event_id and contains(events, event_id):
+        tok_item, tok_event = tokens[j]
+        if event_id and SEP + tok_event in events:  # (packedids.contains)
             out.append(False)
             continue
         out.append(True)
@@ -94,13 +97,13 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
             del tsa[0], weights[0], hass[0]
             pos -= 1
         if pos == n - full:
-            state.items, state.events = items + token(item_id), events + token(event_id)
+            state.items, state.events = items + tok_item, events + tok_event
             tsa.append(ts)
             weights.append(weight)
             hass.append(has)
         else:
-            state.items = insert(items, pos, token(item_id))
-            state.events = insert(events, pos, token(event_id))
+            state.items = insert(items, pos, tok_item)
+            state.events = insert(events, pos, tok_event)
             tsa.insert(pos, ts)
             weights.insert(pos, weight)
             hass.insert(pos, has)

@@ -119,3 +119,19 @@ def test_a_bad_click_changes_no_state() -> None:
     with pytest.raises(ValueError, match="weight > 0"):
         apply_batch(roll, [(s, "i1", 1.0, 1.0, None), (s, "i2", 2.0, 0.0, None)])
     assert s.window == [] and s.vector() is None
+
+
+def test_an_id_that_cannot_be_stored_changes_no_state() -> None:
+    """An id with a lone surrogate cannot be packed (or stored): the batch is refused
+    before any click of it is applied, even to a full window whose oldest click would
+    leave first."""
+    table = make_table(12, set())
+    roll = RollingUserVectors(DIM, 2, lookup=table)
+    s = roll.new_state()
+    apply_batch(roll, [(s, "i1", 1.0, 1.0, "e1"), (s, "i2", 2.0, 1.0, "e2")])
+    before = s.to_bytes()
+    for bad in ([(s, "i3", 3.0, 1.0, None), (s, "\ud800", 4.0, 1.0, None)],
+                [(s, "i3", 3.0, 1.0, "\udfff")]):
+        with pytest.raises(ValueError):
+            apply_batch(roll, bad)
+        assert s.to_bytes() == before
