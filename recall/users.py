@@ -71,6 +71,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from recall.packedids import token
 from recall.userstate import (
     EVENT,
     HAS_VECTOR,
@@ -206,6 +207,7 @@ class RollingUserVectors:
             raise ValueError(f"click needs a finite ts and weight > 0, got {ts!r}, {weight!r}")
         if vector is not None and np.shape(vector) != (self.dim,):
             raise ValueError(f"item vector of shape {np.shape(vector)}, expected ({self.dim},)")
+        token(item_id), token(event_id)  # an id that cannot be stored raises here, not later
         if event_id is not None and any(c[EVENT] == event_id for c in state.clicks):
             return False
         lookup = lookup or self.lookup

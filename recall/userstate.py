@@ -216,10 +216,12 @@ class UserState:
 
     @clicks.setter
     def clicks(self, clicks: Sequence[Click]) -> None:
-        self.items = packedids.pack([c[ITEM] for c in clicks])
+        # (both id columns packed first: an id that cannot be encoded changes nothing)
+        items = packedids.pack([c[ITEM] for c in clicks])
+        self.events = packedids.pack([c[EVENT] or None for c in clicks])
+        self.items = items
         self.ts = array("d", [c[TS] for c in clicks])
         self.weight = array("d", [c[WEIGHT] for c in clicks])
-        self.events = packedids.pack([c[EVENT] or None for c in clicks])
         self.has = bytearray(bool(c[HAS_VECTOR]) for c in clicks)
         self.forget_top()
 

@@ -285,6 +285,16 @@ def test_bad_click_values_are_rejected_before_changing_state() -> None:
         with pytest.raises(ValueError):
             roll.apply(state, "a", ts, weight, vec)
     assert len(state) == 0 and state.vector() is None
+    # an id that cannot be stored (a lone surrogate) neither
+    roll.apply(state, "a", 1.0, 1.0, v, "e1")
+    before = state.to_bytes()
+    for item, event in (("\ud800", "e2"), ("b", "\udfff")):
+        with pytest.raises(ValueError):
+            roll.apply(state, item, 2.0, 1.0, v, event)
+        assert state.to_bytes() == before
+        with pytest.raises(ValueError):  # nor a window set whole
+            state.clicks = [*state.clicks, (item, 2.0, 1.0, event, True)]
+        assert state.to_bytes() == before
 
 
 def test_window_clicks_leave_the_cyclic_gc() -> None:
