@@ -21,7 +21,7 @@ from recall.messages import Click, Invalid, Request
 from recall.store import ClickOffsetsConflict
 from recall.userstate import UserState
 from stream.service import EXACT_MAX_ITEMS, Ask, ClickAt, RecallService
-from stream.state import IndexSlot
+from stream.state import IndexSlot, UserCache
 
 DIM = 8
 
@@ -381,3 +381,18 @@ async def test_a_user_is_not_dropped_while_its_click_batch_is_being_written() ->
     same_users(bounded_store, free_store)
     assert sorted(c[0] for c in UserState.from_bytes(bounded_store.users["a"], DIM).clicks) == [
         "i1", "i2", "i3", "i4", "i5", "i7"]
+
+
+def test_the_user_cache_keeps_recent_users_and_forgets_partitions_with_them() -> None:
+    """Least recently used users go first; a user's partition is forgotten with it (a
+    revoked partition drops exactly its users, and nothing is left behind)."""
+    cache = UserCache(limit=2)
+    for user, partition in (("a", 0), ("b", 1), ("c", 0)):
+        cache.put(user, UserState(4), partition)
+    assert cache.get("a") is not None  # now the most recently used
+    assert cache.trim() == 1
+    assert list(cache.entries) == ["c", "a"] and cache.partitions == {"c": 0, "a": 0}
+    cache.put("d", UserState(4), 1)
+    assert cache.drop_partitions([0]) == 2
+    assert list(cache.entries) == ["d"] and cache.partitions == {"d": 1}
+    assert cache.missing(["d", "a", "a"]) == ["a"]
