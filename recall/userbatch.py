@@ -22,7 +22,7 @@ import numpy as np
 from recall.packedids import SEP, drop_first, first, insert, token
 from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
-from recall.userstate import _F8, UserState
+from recall.userstate import _F8, ONE_SEGMENT, UserState
 
 #: a click given to :func:`apply_batch`: (state, item_id, ts, weight, event_id)
 UserClick = tuple[UserState, str, float, float, "str | None"]
@@ -216,7 +216,7 @@ def _add_clicks(policy: RollingUserVectors, states: list[UserState], rows: dict[
         if again:
             recut[id(st)] = st
             continue
-        st.starts = [0]
+        st.starts = ONE_SEGMENT
         st._vsum, st._wsum = vb[r * row:(r + 1) * row], wb[8 * r:8 * r + 8]
         st.t_ref = refs[r]
 
@@ -259,7 +259,7 @@ def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
     row = 8 * policy.dim
     for u, st in enumerate(states):
         a, b = bounds[u], bounds[u + 1]
-        st.starts = starts_l[a:b]
+        st.starts = ONE_SEGMENT if starts_l[a:b] == [0] else tuple(starts_l[a:b])
         st._vsum, st._wsum = vb[a * row:b * row], wb[8 * a:8 * b]
         if lens[u]:
             st.t_ref = refs[u]

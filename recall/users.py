@@ -76,6 +76,7 @@ from recall.userstate import (
     EVENT,
     HAS_VECTOR,
     ITEM,
+    ONE_SEGMENT,
     TS,
     WEIGHT,
     Click,
@@ -140,21 +141,21 @@ class RollingUserVectors:
     def new_state(self) -> UserState:
         return UserState(self.dim)
 
-    def starts_of(self, clicks: Sequence[Click]) -> list[int]:
+    def starts_of(self, clicks: Sequence[Click]) -> tuple[int, ...]:
         """The segment starts this policy cuts a window into."""
         if not clicks:
-            return []
+            return ()
         if self.interests == 1:
-            return [0]
+            return ONE_SEGMENT
         return self.starts_of_ts([c[TS] for c in clicks])
 
-    def starts_of_ts(self, ts: Sequence[float]) -> list[int]:
+    def starts_of_ts(self, ts: Sequence[float]) -> tuple[int, ...]:
         """:meth:`starts_of` a window given by its timestamps."""
         if not len(ts):
-            return []
+            return ()
         if self.interests == 1:
-            return [0]
-        return session_starts(ts, self.interests, self.session_gap)
+            return ONE_SEGMENT
+        return tuple(session_starts(ts, self.interests, self.session_gap))
 
     def queries(self, state: UserState, lookup: Lookup | None = None) -> list[np.ndarray]:
         """A request's query vectors: the window mean, or (interests > 1) the interest
@@ -174,7 +175,7 @@ class RollingUserVectors:
     def conform(self, state: UserState, lookup: Lookup | None = None) -> bool:
         """Re-cut a state stored under other interest settings (True if it was): segments
         that are unions of the stored ones are summed, otherwise recomputed."""
-        want = self.starts_of_ts(state.ts)  # (no tuples made: requests call this)
+        want = self.starts_of_ts(state.ts)  # (one interest: nothing made; requests call this)
         if state.starts == want:
             return False
         if want and set(want) <= set(state.starts):  # fewer segments: sum neighbours

@@ -110,6 +110,10 @@ _FORMAT_SEGMENTS = 2
 FORMAT_PACKED = 4
 FORMAT_COLUMNS = 3
 FORMAT_JSON = 1
+#: the segment starts of a one-segment window (shared: a tuple of ints is immutable and
+#: untracked by the cyclic GC, where a list per user was one more object each full
+#: collection walked)
+ONE_SEGMENT: tuple[int, ...] = (0,)
 #: ``RECALL_USER_STATE_FORMAT`` -> format
 FORMATS = {"packed": FORMAT_PACKED, "columns": FORMAT_COLUMNS, "json": FORMAT_JSON}
 
@@ -173,11 +177,12 @@ class UserState:
 
     def __init__(self, dim: int, clicks: Sequence[Click] = (),
                  seg_vsum: np.ndarray | None = None, seg_wsum: np.ndarray | None = None,
-                 starts: list[int] | None = None, t_ref: float = 0.0,
+                 starts: Sequence[int] | None = None, t_ref: float = 0.0,
                  since_recompute: int = 0) -> None:
         self.dim = dim
         self.clicks = clicks  # type: ignore[assignment]
-        self.starts: list[int] = [] if starts is None else starts
+        #: first window index of each segment, oldest first (a tuple: see ONE_SEGMENT)
+        self.starts: tuple[int, ...] = () if starts is None else tuple(starts)
         self._vsum: bytes = bytes(8 * dim * len(self.starts))
         self._wsum: bytes = bytes(8 * len(self.starts))
         if seg_vsum is not None:
@@ -326,7 +331,7 @@ class UserState:
                 ids = (orjson.dumps((packedids.unpack(self.items),
                                      packedids.unpack_optional(self.events))),)
             return b"".join((
-                head, _ONE_START if starts == [0] else struct.pack(f"<{n_seg}I", *starts),
+                head, _ONE_START if starts == ONE_SEGMENT else struct.pack(f"<{n_seg}I", *starts),
                 self._wsum, self._vsum, ts, weight, self.has, *ids))
         if fmt != FORMAT_JSON:
             raise ValueError(f"user state: unknown format {fmt}")

@@ -74,7 +74,7 @@ async def test_a_user_with_two_interests_gets_items_near_both(
             return stored_user(r, settings, uid)
 
         await eventually(lambda: (s := stored()) is not None and len(s) == 8)
-        assert stored().starts == [0, 4]  # two sessions, two interest vectors
+        assert stored().starts == (0, 4)  # two sessions, two interest vectors
     finally:
         r.close()
     resp = await client.recall(uid, k=10)
