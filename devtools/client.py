@@ -124,10 +124,15 @@ class RecallClient:
         await self._reader.start()
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        """Stop the reader, then the producer, even when the reader's stop fails or is
+        interrupted (a Ctrl-C that lands in it left the producer unclosed: asyncio's
+        "Unclosed AIOKafkaProducer" at the demo's exit)."""
+        try:
+            if self._reader is not None:
+                await self._reader.stop()
+        finally:
+            if self._producer is not None:
+                await self._producer.stop()
 
     async def __aenter__(self) -> RecallClient:
         await self.start()
