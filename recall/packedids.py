@@ -1,6 +1,6 @@
 """A column of ids packed into one ``bytes``: each id's UTF-8 followed by ``0xFF``, after
 a leading ``0xFF`` (``b"\\xffi1\\xffi7\\xff"`` holds ``["i1", "i7"]``; ``b"\\xff"`` is
-empty). ``None`` is the empty id (an event id of a click that had none).
+empty). ``None`` and ``""`` are the empty id (an event id of a click that had none).
 
 Why: a user's window held its item and event ids as lists of str, one object per click
 (~57 bytes for ``"i123456"`` plus the list's 8-byte slot), so a full window of 50 clicks
@@ -24,7 +24,8 @@ _SEP_STR = "\udcff"
 
 
 def token(item: str | None) -> bytes:
-    """One id as it is appended: its UTF-8 and the separator (``None``: the separator)."""
+    """One id as it is appended: its UTF-8 and the separator (``None`` or ``""``: the
+    separator alone)."""
     return SEP if item is None else item.encode() + SEP
 
 
@@ -47,7 +48,12 @@ def unpack_optional(col: bytes) -> list[str | None]:
 
 def contains(col: bytes, item: str) -> bool:
     """Whether the (non-empty) id ``item`` is in the column."""
-    return SEP + item.encode() + SEP in col
+    return has_token(col, token(item))
+
+
+def has_token(col: bytes, tok: bytes) -> bool:
+    """:func:`contains` for an id already made a :func:`token` (non-empty)."""
+    return SEP + tok in col
 
 
 def first(col: bytes) -> str:

@@ -19,7 +19,7 @@ from itertools import compress
 
 import numpy as np
 
-from recall.packedids import SEP, drop_first, first, insert, token
+from recall.packedids import drop_first, first, has_token, insert, token
 from recall.userkernels import add_clicks, window_sums
 from recall.users import RESCALE_MAX, Lookup, RollingUserVectors
 from recall.userstate import _F8, ONE_SEGMENT, UserState
@@ -50,7 +50,7 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
         if not (math.isfinite(ts) and math.isfinite(weight) and weight > 0):
             raise ValueError(f"click needs a finite ts and weight > 0, got {ts!r}, "
                              f"{weight!r}")
-        tokens.append((token(item_id), token(event_id or None)))
+        tokens.append((token(item_id), token(event_id)))
     out: list[bool] = []
     if not clicks:
         return out
@@ -74,7 +74,7 @@ def apply_batch(policy: RollingUserVectors, clicks: Sequence[UserClick],
     for j, (state, item_id, ts, weight, event_id) in enumerate(clicks):
         events = state.events
         tok_item, tok_event = tokens[j]
-        if event_id and SEP + tok_event in events:  # (packedids.contains)
+        if event_id and has_token(events, tok_event):
             out.append(False)
             continue
         out.append(True)
@@ -259,7 +259,8 @@ def recompute_many(policy: RollingUserVectors, states: Sequence[UserState],
     row = 8 * policy.dim
     for u, st in enumerate(states):
         a, b = bounds[u], bounds[u + 1]
-        st.starts = ONE_SEGMENT if starts_l[a:b] == [0] else tuple(starts_l[a:b])
+        seg = starts_l[a:b]
+        st.starts = ONE_SEGMENT if seg == [0] else tuple(seg)
         st._vsum, st._wsum = vb[a * row:b * row], wb[8 * a:8 * b]
         if lens[u]:
             st.t_ref = refs[u]

@@ -223,7 +223,7 @@ class UserState:
     def clicks(self, clicks: Sequence[Click]) -> None:
         # (both id columns packed first: an id that cannot be encoded changes nothing)
         items = packedids.pack([c[ITEM] for c in clicks])
-        self.events = packedids.pack([c[EVENT] or None for c in clicks])
+        self.events = packedids.pack([c[EVENT] for c in clicks])
         self.items = items
         self.ts = array("d", [c[TS] for c in clicks])
         self.weight = array("d", [c[WEIGHT] for c in clicks])
@@ -443,7 +443,7 @@ class UserState:
                     or not all(e is None or type(e) is str for e in events)):
                 raise ValueError("user state: bad window columns")
             state.items = packedids.pack(items)
-            state.events = packedids.pack([e or None for e in events])
+            state.events = packedids.pack(events)
         _check_starts(starts, n)
         return state
 
