@@ -17,6 +17,7 @@ from devtools import (
     realdata,
 )
 from devtools.e2e import capacity
+from devtools.e2e.traffic import add_warm_clicks_argument
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -56,11 +57,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--click-rate", type=float, default=5000.0, help="clicks per second")
     p.add_argument("--seconds", type=float, default=20.0, help="measured duration")
     p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
-                   help="clicks per warm user before the measured phase (default 3); "
-                        "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
-                        "as a long-running worker holds them (memory, GC pauses); clicks "
-                        "beyond 3 repeat the first three items")
+    add_warm_clicks_argument(p)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--external", action="store_true",
                    help="use a running stack and worker (KAFKA_BOOTSTRAP, REDIS_URL, "

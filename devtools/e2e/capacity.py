@@ -41,6 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from devtools.e2e.traffic import add_warm_clicks_argument
 from devtools.errors import DevtoolsError
 from devtools.procinfo import RssWatch, loadavg
 
@@ -52,11 +53,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
         description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
-                   help="clicks per warm user before the measured phase (default 3); "
-                        "the user window's size (RECALL_USER_WINDOW, 50) fills every window, "
-                        "as a long-running worker holds them (memory, GC pauses); clicks "
-                        "beyond 3 repeat the first three items")
+    add_warm_clicks_argument(p)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",

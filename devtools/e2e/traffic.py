@@ -179,6 +179,16 @@ def click_process(bootstrap: str, topic: str, run: str, rate: float, seconds: fl
     out.put(asyncio.run(main()))
 
 
+def add_warm_clicks_argument(p: argparse.ArgumentParser) -> None:
+    """``--warm-clicks``, as ``bench e2e`` and ``bench capacity`` take it."""
+    p.add_argument("--warm-clicks", type=int, default=None, metavar="N",
+                   help=f"clicks per warm user before the measured phase (default "
+                        f"{WARM_CLICKS}); the user window's size (RECALL_USER_WINDOW, 50) "
+                        "fills every window, as a long-running worker holds them (memory, "
+                        f"GC pauses); clicks beyond {WARM_CLICKS} repeat the first "
+                        f"{WARM_CLICKS} items")
+
+
 def warm_clicks(args: argparse.Namespace) -> int:
     """Clicks per warm user: ``--warm-clicks``, else WARM_CLICKS."""
     n = getattr(args, "warm_clicks", None)
