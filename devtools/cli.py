@@ -18,6 +18,7 @@ from devtools import (
 )
 from devtools.e2e import capacity
 from devtools.e2e.traffic import add_warm_clicks_argument
+from devtools.localstack import add_broker_argument
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -81,6 +82,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
                         "(single records at --rate for --seconds, the worker idle): its "
                         "produce -> fetch latency, the floor of a request's way in (local "
                         "stack only)")
+    add_broker_argument(p)
     p.set_defaults(func=cmd_bench_e2e)
 
     bench_index.add_parser(sub, bench_sub)

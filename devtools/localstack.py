@@ -8,6 +8,7 @@ on loopback, waited for, and stopped by process id.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,25 @@ from stream.kafka import create_topics
 
 log = logging.getLogger(__name__)
 
+#: the local brokers: Tansu (the tests, the demo, the benches' default) and librdkafka's
+#: mock cluster (:mod:`devtools.rdkafka_mock`, for the benches, when Tansu's growing
+#: partitions would be what they measure)
+BROKERS = ("tansu", "rdkafka-mock")
 #: consumer-group session timeout (s) of the worker the local stack starts, unless set
 LOCAL_SESSION_TIMEOUT = 1.5
 
 
 class LocalStackError(DevtoolsError):
     """A local service could not be found or did not start."""
+
+
+def add_broker_argument(p: argparse.ArgumentParser) -> None:
+    """``--broker``, as ``bench e2e`` and ``bench capacity`` take it."""
+    p.add_argument("--broker", choices=BROKERS, default="tansu",
+                   help="the local stack's broker (default tansu): rdkafka-mock is "
+                        "librdkafka's mock cluster (pip install confluent-kafka), whose "
+                        "fetches do not slow as a partition's batches pile up as Tansu's "
+                        "do; a test broker, not Kafka's figures (docs/benchmarks.md)")
 
 
 def free_port() -> int:
@@ -124,6 +138,39 @@ def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service
     return Service("tansu", proc, port, log_path)
 
 
+def start_rdkafka_mock(topics: Mapping[str, int], workdir: Path | None = None,
+                       timeout: float = 20.0) -> Service:
+    """librdkafka's mock cluster (:mod:`devtools.rdkafka_mock`) in a child process, with
+    ``topics`` (name -> partitions) made at start: it has no CreateTopics. It picks its
+    own port and writes it to a file once it listens."""
+    import sys
+
+    from devtools.rdkafka_mock import library_path
+
+    library_path()  # fail here, with the fix, not in the child
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-rdkafka-mock-"))
+    port_file = workdir / "rdkafka-mock.port"
+    port_file.unlink(missing_ok=True)
+    log_path = workdir / "rdkafka-mock.log"
+    args = [sys.executable, "-m", "devtools.rdkafka_mock", "--port-file", str(port_file)]
+    for name, parts in topics.items():
+        args += ["--topic", f"{name}:{parts}"]
+    proc = subprocess.Popen(args, stdout=open(log_path, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise LocalStackError(f"the mock broker exited with {proc.returncode}: "
+                                  f"{log_path.read_text(errors='replace')[-500:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise LocalStackError(f"the mock broker did not start within {timeout:g}s")
+        time.sleep(0.05)
+    port = int(port_file.read_text().rsplit(":", 1)[1])
+    wait_for_port(port, proc=proc)
+    return Service("rdkafka-mock", proc, port, log_path)
+
+
 def start_redis(port: int | None = None, workdir: Path | None = None,
                 appendonly: bool = True) -> Service:
     port = port or free_port()
@@ -162,10 +209,21 @@ class LocalStack:
 
 @contextlib.contextmanager
 def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
-                topics: Iterable[str] = (), partitions: int = 4) -> Iterator[LocalStack]:
-    """Start Tansu and redis-server, create ``topics``, yield, then stop both."""
+                topics: Iterable[str] | Mapping[str, int] = (), partitions: int = 4,
+                broker: str = "tansu") -> Iterator[LocalStack]:
+    """Start a broker (one of :data:`BROKERS`) and redis-server, create ``topics`` (names
+    of ``partitions`` each, or name -> partitions), yield, then stop both."""
+    sized = (dict(topics) if isinstance(topics, Mapping)
+             else dict.fromkeys(topics, partitions))
     workdir = Path(tempfile.mkdtemp(prefix="recall-stack-"))
-    kafka = start_tansu(kafka_port, workdir)
+    if broker == "tansu":
+        kafka = start_tansu(kafka_port, workdir)
+    elif broker == "rdkafka-mock":
+        if kafka_port is not None:
+            raise LocalStackError("the mock broker picks its own port")
+        kafka = start_rdkafka_mock(sized, workdir)
+    else:
+        raise LocalStackError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
     try:
         redis = start_redis(redis_port, workdir)
     except BaseException:
@@ -173,9 +231,10 @@ def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
         raise
     stack = LocalStack(kafka, redis, workdir)
     try:
-        topics = list(topics)
-        if topics:
-            asyncio.run(create_topics(stack.bootstrap, topics, partitions))
+        # the mock has its topics already, so this asks it for nothing it lacks
+        for n in sorted(set(sized.values())):
+            asyncio.run(create_topics(stack.bootstrap,
+                                      [t for t, k in sized.items() if k == n], n))
         log.info("local stack: kafka %s, redis %s", stack.bootstrap, stack.redis_url)
         yield stack
     finally:
@@ -221,15 +280,18 @@ def start_worker(env: dict[str, str], log_path: Path, metrics_port: int,
 def worker_stack(settings: Any, external: bool = False, workdir: Path | None = None,
                  before_worker: Callable[[Any], None] | None = None,
                  worker_timeout: float = 60.0, worker_cpus: set[int] | None = None,
+                 broker: str = "tansu", extra_topics: Mapping[str, int] | None = None,
                  **overrides: Any) -> Iterator[tuple[Any, LocalStack | None, Service | None]]:
     """The worker's world for the demo and the e2e benchmark: ``(settings, stack, worker)``.
 
     ``external``: the broker, Redis and worker of ``settings`` are already running; yield
-    them as they are. Otherwise start Tansu, redis-server and ``recall worker`` (topics
-    created with ``settings.topic_partitions``; faust's web server off; the metrics port
-    moved to a free one if taken; ``overrides`` applied to the settings), calling
-    ``before_worker(settings)`` once the broker and Redis are up, and stop all three, by
-    process id, on exit. ``worker_cpus``: the CPUs the worker may run on (default: ours).
+    them as they are. Otherwise start the ``broker`` (Tansu unless told), redis-server and
+    ``recall worker`` (the worker's topics created with ``settings.topic_partitions``,
+    and ``extra_topics``, name -> partitions, beside them; faust's web server off; the
+    metrics port moved to a free one if taken; ``overrides`` applied to the settings),
+    calling ``before_worker(settings)`` once the broker and Redis are up, and stop all
+    three, by process id, on exit. ``worker_cpus``: the CPUs the worker may run on
+    (default: ours).
     """
     from dataclasses import replace
 
@@ -239,16 +301,16 @@ def worker_stack(settings: Any, external: bool = False, workdir: Path | None = N
     if "metrics_port" not in overrides and not port_free(settings.metrics_port):
         overrides["metrics_port"] = free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="recall-stack-"))
-    with local_stack(topics=(), partitions=settings.topic_partitions) as stack:
-        overrides.setdefault("metrics_host", "127.0.0.1")  # nothing outside needs it
-        if "kafka_session_timeout" not in {*overrides, *set_in_env()}:
-            # Tansu hands a killed worker's partitions over ~1 s after a new member joins
-            # with a session <= 1.5 s, ~4 s at 2 s (README: Failure behaviour)
-            overrides["kafka_session_timeout"] = LOCAL_SESSION_TIMEOUT
-        settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
-                           web_port=0, **overrides)
-        asyncio.run(create_topics(stack.bootstrap, settings.topics.values(),
-                                  settings.topic_partitions))
+    overrides.setdefault("metrics_host", "127.0.0.1")  # nothing outside needs it
+    if "kafka_session_timeout" not in {*overrides, *set_in_env()}:
+        # Tansu hands a killed worker's partitions over ~1 s after a new member joins
+        # with a session <= 1.5 s, ~4 s at 2 s (README: Failure behaviour)
+        overrides["kafka_session_timeout"] = LOCAL_SESSION_TIMEOUT
+    settings = replace(settings, web_port=0, **overrides)
+    topics = {**dict.fromkeys(settings.topics.values(), settings.topic_partitions),
+              **(extra_topics or {})}
+    with local_stack(topics=topics, broker=broker) as stack:
+        settings = replace(settings, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
         if before_worker is not None:
             before_worker(settings)
         log_path = workdir / "worker.log"

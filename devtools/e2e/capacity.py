@@ -43,6 +43,7 @@ from typing import Any
 
 from devtools.e2e.traffic import add_warm_clicks_argument
 from devtools.errors import DevtoolsError
+from devtools.localstack import add_broker_argument
 from devtools.procinfo import RssWatch, loadavg
 
 
@@ -54,6 +55,7 @@ def add_parser(sub: Any, bench_sub: Any) -> None:
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--users", type=int, default=20_000)
     add_warm_clicks_argument(p)
+    add_broker_argument(p)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
@@ -356,12 +358,13 @@ def run_capacity(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="recall-capacity-"))
 
     def load(s: Any) -> None:
-        print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis {s.redis_url}",
-              flush=True)
+        print(f"local stack: Kafka ({args.broker}) {s.kafka_bootstrap}, Redis "
+              f"{s.redis_url}", flush=True)
         asyncio.run(load_catalogue(s, args, keep_old=False))
 
     with affinity(pins[1] if pins else None), worker_stack(
             settings, workdir=workdir, before_worker=load, worker_timeout=300,
+            broker=args.broker,
             kafka_session_timeout=3.0, worker_cpus=pins[0][0] if pins else None,
             metrics_port=free_port()) as (
             settings, stack, worker):
@@ -373,7 +376,7 @@ def run_capacity(args: argparse.Namespace) -> int:
         "warm_clicks": warm_clicks(args),
         "click_ratio": args.click_ratio, "p99_limit_ms": args.p99_ms,
         "lag_limit_ms": args.lag_ms, "step_seconds": args.step_seconds,
-        "pin_worker": args.pin_worker, "cpus": os.cpu_count(),
+        "pin_worker": args.pin_worker, "broker": args.broker, "cpus": os.cpu_count(),
         "best_rate": {str(n): r for n, r in res["best"].items()},
         "per_worker_core": {str(n): round(r / n, 1) for n, r in res["best"].items()},
         "pinned": {str(n): p for n, p in res["pinned"].items()},

@@ -104,6 +104,11 @@ async def broker_round_trip(settings: Any, n: int = 300) -> dict[str, float]:
     return {"p50": float(pct(lat, 50)), "p99": float(pct(lat, 99))}
 
 
+def floor_topic(run: str) -> str:
+    """The topic of a run's broker floor (new, so its partitions start empty)."""
+    return f"{FLOOR_TOPIC}-{run}"
+
+
 async def broker_floor(settings: Any, rate: float, seconds: float, run: str,
                        broker_pid: int | None = None) -> dict[str, Any]:
     """The broker alone under the phase's request traffic: ``rate`` single records a
@@ -119,7 +124,7 @@ async def broker_floor(settings: Any, rate: float, seconds: float, run: str,
     from devtools.e2e.phase import _cpu_seconds
     from stream.kafka import create_topics
 
-    topic = f"{FLOOR_TOPIC}-{run}"
+    topic = floor_topic(run)
     n_parts = settings.topic_partitions
     await create_topics(settings.kafka_bootstrap, [topic], n_parts)
     prod = producer(settings.kafka_bootstrap, 0)

@@ -2,7 +2,8 @@
 
 What it does, in order:
 
-1. The world: a local Tansu + redis-server + ``recall worker`` (or, with ``--external``,
+1. The world: a local broker (Tansu, or with ``--broker rdkafka-mock`` librdkafka's mock
+   cluster) + redis-server + ``recall worker`` (or, with ``--external``,
    the broker, Redis and worker of ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` /
    ``RECALL_METRICS_PORT``).
 2. The catalogue: ``--items`` clustered unit vectors (item ``i{n}`` is in cluster
@@ -52,7 +53,13 @@ from typing import Any
 from devtools.e2e.catalogue import load_catalogue
 from devtools.e2e.measure import measure
 from devtools.e2e.phase import PhaseWatch
-from devtools.e2e.probes import broker_floor, broker_round_trip, trace_lost
+from devtools.e2e.probes import (
+    RTT_TOPIC,
+    broker_floor,
+    broker_round_trip,
+    floor_topic,
+    trace_lost,
+)
 from devtools.e2e.report import ms, plot, summary
 from devtools.e2e.settle import settle
 from devtools.e2e.traffic import warm_clicks, warm_users
@@ -183,11 +190,16 @@ def _local(settings: Any, args: argparse.Namespace, run: str, worker_cpus: set[i
     workdir = Path(tempfile.mkdtemp(prefix="recall-bench-"))
 
     def load(s: Any) -> None:
-        print(f"local stack: Kafka (Tansu) {s.kafka_bootstrap}, Redis "
+        print(f"local stack: Kafka ({args.broker}) {s.kafka_bootstrap}, Redis "
               f"{s.redis_url}", flush=True)
         asyncio.run(load_catalogue(s, args, keep_old=False))
 
+    # made with the worker's: the mock broker cannot create topics later
+    probe_topics = {RTT_TOPIC: 1}
+    if args.broker_floor:
+        probe_topics[floor_topic(run)] = settings.topic_partitions
     with worker_stack(settings, workdir=workdir, before_worker=load,
+                      broker=args.broker, extra_topics=probe_topics,
                       worker_timeout=120, kafka_session_timeout=3.0,
                       worker_cpus=worker_cpus, metrics_port=free_port()
                       ) as (settings, stack, worker):
@@ -221,6 +233,8 @@ def run_bench(args: argparse.Namespace) -> int:
     pin_cpu = getattr(args, "pin_worker", None)
     if pin_cpu is not None and args.external:
         raise DevtoolsError("--pin-worker needs the local stack (not --external)")
+    if args.broker != "tansu" and args.external:
+        raise DevtoolsError("--broker picks the local stack's broker (not --external)")
     pins = pinning(pin_cpu)
     _sigterm_as_interrupt()
     load_start = loadavg()
@@ -248,6 +262,7 @@ def run_bench(args: argparse.Namespace) -> int:
     lat, fresh = out.pop("_latencies"), out.pop("_fresh")
     out.update(memory)
     out["external"] = bool(args.external)
+    out["broker"] = None if args.external else args.broker
     out["pin_worker"] = pin_cpu
     out["worker_cpus"] = worker_cpus
     out["cpus"] = os.cpu_count()
