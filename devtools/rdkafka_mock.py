@@ -14,7 +14,11 @@ topics are made at start from the command line (the local stack's ``create_topic
 finds them and asks for nothing); it has one broker and nothing on disk, so none of
 Kafka's replication or log costs; and it holds a fetch that finds nothing for the
 consumer's whole wait, where Kafka answers as soon as a record arrives, so a request's
-wait for a fetch is longer on it than on Kafka.
+wait for a fetch is longer on it than on Kafka. Each partition keeps only its last 5 MB
+or 100,000 batches (librdkafka's fixed limits for the mock), dropping the oldest: a
+consumer further behind than that loses records, so a run that reports lost requests or
+clicks on this broker has to be read with that in mind (the benches' runs at the target
+load keep up within milliseconds).
 
 Run as a child process by :func:`devtools.localstack.start_rdkafka_mock`, for ``recall
 bench e2e --broker rdkafka-mock`` (and ``bench capacity``); the tests' fixtures and the
