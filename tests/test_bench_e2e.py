@@ -82,6 +82,12 @@ def test_bench_e2e_smoke(capsys: pytest.CaptureFixture[str], tmp_path, monkeypat
     assert figures["broker_floor_lost"] == 0 and figures["broker_floor_p50_ms"] > 0
     assert figures["broker_floor_cpu"] > 0
     assert plot.stat().st_size > 0
+    # e2e per progress window over the phase (the plot's third panel): every response
+    # read in the phase's windows counted once, each window's p50 at most its p99
+    windows = figures["e2e_windows"]
+    assert windows and [w["t"] for w in windows] == sorted(w["t"] for w in windows)
+    assert 0 < sum(w["responses"] for w in windows) <= figures["responses"]
+    assert all(0 < w["p50_ms"] <= w["p99_ms"] for w in windows)
     # the worker was profiled during the measured phase: a speedscope file with samples
     assert figures["py_spy"] == str(profile)
     speedscope = json.loads(profile.read_text())

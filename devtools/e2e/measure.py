@@ -57,6 +57,7 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
         p.start()
     stop_at = start_at + args.seconds
     probes = None
+    windows: list[dict[str, float]] = []
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         if phase is not None:
@@ -69,8 +70,13 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
             await asyncio.sleep(PROGRESS_EVERY)
             window = np.asarray(reader.latencies[seen:]) * 1000
             seen = len(reader.latencies)
-            figures = (f"p50 {np.percentile(window, 50):.1f} ms, "
-                       f"p99 {np.percentile(window, 99):.1f} ms") if len(window) else "-"
+            figures = "-"
+            if len(window):
+                p50, p99 = np.percentile(window, 50), np.percentile(window, 99)
+                figures = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                windows.append({"t": round(time.time() - start_at, 1),
+                                "responses": len(window), "p50_ms": round(float(p50), 3),
+                                "p99_ms": round(float(p99), 3)})
             print(f"[{time.time() - start_at:5.1f}s] requests {req_count.value}, "
                   f"responses {seen}, clicks {click_count.value}; last {PROGRESS_EVERY:.0f}s "
                   f"e2e {figures}; worker RSS {rss.sample() / 2**20:.0f} MB", flush=True)
@@ -164,6 +170,9 @@ async def measure(settings: Any, args: argparse.Namespace, run: str,
     out["worker_cpu_ms_per_request"] = (round(1000 * worker / out["throughput"], 3)
                                         if worker is not None and out["throughput"] > 0
                                         else None)
+    # the responses read in each progress window: whether latency grew over the phase
+    # (a broker slowing as its partitions fill, a queue building) or stayed flat
+    out["e2e_windows"] = windows
     out["_latencies"] = lat
     out["_fresh"] = fresh
     return out

@@ -18,7 +18,11 @@ def ms(x: float | None) -> float | None:
     return None if x is None else round(1000 * x, 3)
 
 
-def plot(path: str, lat_s: Any, fresh_s: list[float], title: str) -> None:
+def plot(path: str, lat_s: Any, fresh_s: list[float], title: str,
+         windows: list[dict[str, float]] | None = None) -> None:
+    """The e2e latency's histogram and distribution (with click freshness's), and with
+    ``windows`` (:func:`devtools.e2e.measure.measure`'s ``e2e_windows``) its p50 and p99
+    over the phase: a broker slowing as its partitions fill shows as a rising line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +30,19 @@ def plot(path: str, lat_s: Any, fresh_s: list[float], title: str) -> None:
     import numpy as np
 
     lat = np.sort(np.asarray(lat_s) * 1000)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if windows:
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.5))
+        t = [w["t"] for w in windows]
+        for q, style in (("p50", ":"), ("p99", "-")):
+            ax3.plot(t, [w[f"{q}_ms"] for w in windows], style, marker=".",
+                     color="tab:blue", label=f"e2e {q} of the responses read in the window")
+        ax3.set_xlabel("s into the phase")
+        ax3.set_ylabel("ms")
+        ax3.set_ylim(bottom=0)
+        ax3.grid(True, alpha=0.3)
+        ax3.legend(loc="upper left", fontsize=8)
+    else:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     if len(lat):
         hi = max(1.0, float(np.percentile(lat, 99.9)))
         ax1.hist(np.minimum(lat, hi), bins=100, color="tab:blue")

@@ -272,7 +272,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.plot:
         plot(args.plot, lat, fresh,
              f"recall bench e2e: {args.items} items, {args.rate:g} req/s, "
-             f"{args.click_rate:g} clicks/s")
+             f"{args.click_rate:g} clicks/s"
+             + ("" if args.external else f", broker {args.broker}"), out["e2e_windows"])
         print(f"plot: {args.plot}", flush=True)
     print(json.dumps(out), flush=True)
     return 0
