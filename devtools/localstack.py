@@ -68,15 +68,28 @@ def port_free(port: int) -> bool:
     return True
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def wait_until(ready: Callable[[], bool], what: str, timeout: float = 20.0,
+               proc: subprocess.Popen | None = None) -> None:
+    """Poll ``ready`` until it holds; LocalStackError ("``what`` after ``timeout``s")
+    when it does not in time, or at once when ``proc`` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise LocalStackError(f"process {proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if ready():
             return
         time.sleep(0.05)
-    raise LocalStackError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    raise LocalStackError(f"{what} after {timeout}s")
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    wait_until(lambda: _accepts(port), f"nothing listening on 127.0.0.1:{port}", timeout, proc)
 
 
 def tansu_binary() -> str:
@@ -158,18 +171,15 @@ def start_rdkafka_mock(topics: Mapping[str, int], workdir: Path | None = None,
         args += ["--topic", f"{name}:{parts}"]
     proc = subprocess.Popen(args, stdout=open(log_path, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise LocalStackError(f"the mock broker exited with {proc.returncode}: "
-                                  f"{log_path.read_text(errors='replace')[-500:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise LocalStackError(f"the mock broker did not start within {timeout:g}s")
-        time.sleep(0.05)
-    port = int(port_file.read_text().rsplit(":", 1)[1])
-    wait_for_port(port, proc=proc)
+    try:
+        wait_until(port_file.exists, "the mock broker wrote no port", timeout, proc)
+        port = int(port_file.read_text().rsplit(":", 1)[1])
+        wait_for_port(port, proc=proc)
+    except LocalStackError as exc:
+        proc.kill()
+        proc.wait()
+        raise LocalStackError(f"{exc}: {log_path.read_text(errors='replace')[-500:]}"
+                              ) from None
     return Service("rdkafka-mock", proc, port, log_path)
 
 
