@@ -2,15 +2,14 @@
 search with exact re-rank.
 
 Layout: normalised vectors, stored as float16 (:data:`VECTOR_DTYPE`), in slots of a
-matrix that grows in place (:mod:`recall.lsh.reserve`), ids <-> slots in a
-compact store that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted
-bucket table over all tables (:class:`BucketTable`, in 16 parts by key range; keys are
-salted per table, so one lookup serves every probe). Small upserts go to the pending
-buckets (:class:`PendingBuckets`: key -> slots in arrays the compiled search reads)
-merged into the sorted table in amortised batches, one part at a time; updated or
-removed slots are masked out of the sorted table until the next merge. Searches (the reads:
-:mod:`recall.lsh.search`) gather the probed buckets and re-rank the candidates by exact
-cosine.
+matrix that grows in place (:mod:`recall.lsh.reserve`), ids <-> slots in a compact store
+that also keeps the free-list (:mod:`recall.lsh.ids`), and one sorted bucket table over
+all tables (:class:`BucketTable`, in 16 parts by key range; keys are salted per table,
+so one lookup serves every probe). Small upserts go to the pending buckets
+(:class:`PendingBuckets`: key -> slots in arrays the compiled search reads) merged into
+the sorted table in amortised batches, one part at a time; updated or removed slots are
+masked out of the sorted table until the next merge. Searches (:mod:`recall.lsh.search`)
+gather the probed buckets and re-rank the candidates by exact cosine.
 
 Threads: one thread owns the index (adds, removes and searches run there). In
 ``merge="deferred"`` mode the heavy part of a merge runs in another thread
@@ -102,6 +101,7 @@ class LSHIndex(SearchMixin):
         self._merging = False  # a deferred merge is being built in another thread
         self._job: _MergeJob | None = None  # a merge begun: parts left to merge
         self._moved = False  # relayout() handed the arrays to a new index
+        self._successor: LSHIndex | None = None  # a move's new index: recall.lsh.move
         self.merges = 0
 
     # ------------------------------------------------------------------ basics
@@ -197,7 +197,7 @@ class LSHIndex(SearchMixin):
         return ids
 
     def _check_writable(self) -> None:
-        if self._moved:
+        if self._moved or self._successor is not None:
             raise RuntimeError("this index's items moved to a new layout (relayout()): "
                                "write to the new index")
         if self._merging:
@@ -357,20 +357,19 @@ class LSHIndex(SearchMixin):
         return parts
 
     def relayout(self, params: LSHParams) -> LSHIndex:
-        """A new index over this one's items with another hash layout (a re-pick's new
-        version: the same catalogue, new ``params``). It takes over this index's vector
-        matrix, live-slot mask and id store (the same arrays, not copies) and builds only
-        its own bucket table from the vectors already in memory (:meth:`build`). So a
-        re-pick at 1M x 64 holds one vector matrix (128 MB) and one id store, where
-        reading the new version back from Redis held two of each, plus the read buffers,
-        beside two tables.
+        """A new index over this one's items with another hash layout, its table built
+        whole beside this one's (the tuner; a worker moves a slice at a time:
+        :mod:`recall.lsh.move`). It takes over this index's vectors, live-slot mask and id
+        store (the same arrays: one copy of the catalogue, where reading the new version
+        from Redis held two). Call it with no write in flight (searches may go on here);
+        afterwards write the new index only: writes here raise."""
+        new = self._heir(params)
+        new.build()
+        self._moved = True
+        return new
 
-        Call it with no write in flight (the caller holds its writers back: the build
-        reads the vectors, in a thread if it likes, while searches on this index go on);
-        afterwards serve the new index and never write this one again: the arrays are
-        the new index's now, and writes here raise. A search still running here sees
-        the new index's writes in the shared vectors, as any search sees an item updated
-        between two reads."""
+    def _heir(self, params: LSHParams) -> LSHIndex:
+        """An index with ``params`` over this one's items (the same arrays), no table."""
         self._check_writable()
         if params.dim != self.dim:
             raise ValueError(f"dimension {params.dim} is not this index's {self.dim}")
@@ -378,13 +377,10 @@ class LSHIndex(SearchMixin):
         n = new._capacity = self._capacity
         new._vecs, new._alive, new._ids = self._vecs, self._alive, self._ids
         new._reserved = self._reserved.hand_over(("_vecs", "_alive"))
-        # per-index state and the search kernels' scratch: the old index may still be
-        # searched (a request in flight, the recall monitor's thread) while this builds
+        # its own state and search scratch: searches go on in this one meanwhile
         for name, dtype in _OWN_PER_SLOT:
             setattr(new, name, new._reserved.grow(name, np.zeros(0, dtype=dtype), n, dtype))
         new._seen = new._reserved.grow("_seen", new._seen, (n + 63) // 64, np.uint64)
-        new.build()
-        self._moved = True
         return new
 
     def relayout_bytes(self, params: LSHParams, table_delta: int | None = None) -> int:
@@ -461,12 +457,16 @@ class LSHIndex(SearchMixin):
         job = self._job if self._job is not None else self._merge_job()
         self._merging = True
         try:
-            while job.next < PARTS:
-                self._swap_part(job, await asyncio.to_thread(self._merge_part, job))
+            await self._merge_parts_off_loop(job)
         finally:
             self._merging = False
-        self._finish_merge(job)
         return True
+
+    async def _merge_parts_off_loop(self, job: _MergeJob) -> None:
+        """The parts left of ``job``, each built in a thread and swapped in here."""
+        while job.next < PARTS:
+            self._swap_part(job, await asyncio.to_thread(self._merge_part, job))
+        self._finish_merge(job)
 
     def _merge_job(self, slots: np.ndarray | None = None, keys: np.ndarray | None = None
                    ) -> _MergeJob:

@@ -64,6 +64,7 @@ class SearchMixin:
     _buckets: BucketTable
     _pending: PendingBuckets
     _stale: int
+    _successor: SearchMixin | None
 
     def vectors_of(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors (zeros where missing) and a "present" mask."""
@@ -96,6 +97,17 @@ class SearchMixin:
         """
         if probes is not None and not (type(probes) is int and probes >= 1):
             raise ValueError(f"probes must be an int >= 1, got {probes!r}")
+        heir = self._successor
+        if heir is not None and not exact:  # a move under way: both layouts, old first
+            mine = self._search_layout(queries, k, exclude, probes)
+            return union_results(self._ids, mine, heir.search(queries, k, exclude,
+                                                              probes=probes), k)
+        return self._search_layout(queries, k, exclude, probes, exact)
+
+    def _search_layout(self, queries: np.ndarray, k: int | Sequence[int],
+                       exclude: Sequence[Collection[str]] | None, probes: int | None,
+                       exact: bool = False) -> list[QueryResult]:
+        """:meth:`search` in this index's own layout."""
         if exclude is None and not exact and self.compiled and probes is None:
             one = self._search_one(queries, k)
             if one is not None:
@@ -331,6 +343,30 @@ EXACT_CAP = 512
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+
+
+def union_results(ids: IdStore, a: list[QueryResult], b: list[QueryResult],
+                  k: int | Sequence[int]) -> list[QueryResult]:
+    """The best k of each query's two answers (:mod:`recall.lsh.move`: the old and the
+    new layout of a move), as one search over both would rank them: by score, equal
+    scores by slot, an item in both kept once (its exact score is the same in both);
+    candidates add up."""
+    ks = [k] * len(a) if isinstance(k, (int, np.integer)) else list(k)
+    out = []
+    for x, y, kk in zip(a, b, ks, strict=True):
+        if not y.ids or not x.ids:
+            best = x if x.ids else y
+            out.append(QueryResult(best.ids, best.scores, x.candidates + y.candidates))
+            continue
+        names = x.ids + y.ids
+        scores = np.concatenate([x.scores, y.scores])
+        slots = ids.slots(names)
+        order = np.lexsort((slots, -scores))
+        ranked = slots[order]
+        keep = order[np.r_[True, ranked[1:] != ranked[:-1]]][:int(kk)]
+        out.append(QueryResult([names[i] for i in keep.tolist()], scores[keep],
+                               x.candidates + y.candidates))
+    return out
 
 
 def _cap_window(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: int,
