@@ -22,8 +22,8 @@ How item changes reach every worker (several workers share one consumer group):
 - **re-layout** (:meth:`ItemsFollower._relayout`): a version that is a re-pick's copy of
   the version served (its meta's ``relayout_of``) holds the same items, so it is not
   read back: the served index's items are re-hashed with the new layout in memory (no
-  second vector matrix), the follower held back meanwhile and going on from where it
-  stood.
+  second vector matrix; a slice at a time, :mod:`recall.lsh.move`), the follower held
+  back meanwhile and going on from where it stood.
 
 A version without recorded offsets for a partition (e.g. one loaded by ``recall load``)
 starts that partition where the follower stood (at start-up: at the end of the topic); a
@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recall.config import Settings
 from recall.lsh import Hasher, LSHIndex, LSHParams
+from recall.lsh.move import move_off_loop
 from recall.messages import Invalid, ItemDelete, ItemUpsert, parse_items
 from recall.store import PartitionWrite, Store, VersionGone
 from stream.metrics import Metrics
@@ -431,16 +432,17 @@ class ItemsFollower:
     async def _relayout(self, version: int, meta: dict[str, Any]) -> bool:
         """Serve ``version`` when it is a re-layout of the version served (a re-pick's
         copy: the same items, a new hash layout) by re-hashing the served index's own
-        items (:meth:`LSHIndex.relayout`: the vectors and ids move to the new index, not
-        copied, not read back from Redis); False when it is not (a version loaded by
+        items (:func:`recall.lsh.move.move_off_loop`: the vectors and ids go to the new
+        index, not copied, not read back from Redis; its table is built a slice of the
+        items at a time as the old table drops them); False when it is not (a version loaded by
         ``recall load``, a re-layout of another version, a rebuild still catching up):
         the caller reads it from Redis.
 
         Nothing is lost or replayed: the served index holds every change up to the
         follower's positions, whatever offsets the copy recorded, and the lock holds the
-        items partitions back while the new tables are built (in a thread; searches go
-        on against the old index), so each change fetched after it goes into the new
-        index. At 1M items the build takes a few seconds; a read from Redis took tens."""
+        items partitions back while the items move (merges in a thread; searches go on
+        against both layouts), so each change fetched after it goes into the new index.
+        At 1M items the move takes seconds; a read from Redis took tens."""
         source = meta.get("relayout_of")
         params = LSHParams.from_dict(meta["params"])
         if source is None or params.dim != self.settings.dim:
@@ -454,7 +456,7 @@ class ItemsFollower:
             # are not held beside the new table while it is built
             if await self.slot.index.merge_off_loop(force=True):
                 await asyncio.to_thread(release_free_heap)
-            index = await asyncio.to_thread(self.slot.index.relayout, params)
+            index = await move_off_loop(self.slot.index, params)
             self.slot.swap(index, version, meta.get("user"))
         await asyncio.to_thread(release_free_heap)
         self.metrics.index_rebuild.set(time.perf_counter() - t0)

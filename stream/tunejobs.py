@@ -113,7 +113,7 @@ def layout_bytes(result: Any, shape: tuple[str, int, int, float]) -> int | None:
     """Bytes of the index arrays of the layout ``shape`` as the tune ``result`` measured
     them on all the items it judged (None: not judged there). Two layouts' figures on the
     same items differ by their bucket tables alone: what a move adds to the worker's
-    memory (``LSHIndex.relayout_bytes``'s ``table_delta``)."""
+    memory (``recall.lsh.move.move_bytes``'s ``table_delta``)."""
     from recall.tuner import shape_of
 
     return next((t.nbytes for t in result.trials

@@ -86,12 +86,13 @@ the same ones (and gives the same answers):
   copied and re-hashed into a new version with those offsets (marked ``relayout_of`` the
   live one), which is switched live and the old one deleted. Every worker then switches
   through ``ItemsFollower.rebuild``: one serving the version copied re-hashes the items
-  it holds in memory (``LSHIndex.relayout``: the vector matrix and ids move to the new
-  index, only the tables are built anew, item changes held back meanwhile and applied
-  to the new index after); any other reads the copy from Redis, replaying item changes
-  from its recorded offsets. Cost: the copy in Redis, and a second set of tables (not
-  a second index) in each worker while it builds: a move that would take the deciding
-  worker past its memory budget waits (:mod:`stream.memory`).
+  it holds in memory (:mod:`recall.lsh.move`: the vector matrix and ids go to the new
+  index, its table is built a slice of the items at a time as the old one drops them,
+  item changes held back meanwhile and applied to the new index after); any other reads
+  the copy from Redis, replaying item changes from its recorded offsets. Cost: the copy
+  in Redis, and in each worker a slice's share of a second table (and the new one's
+  growth, if larger) while it moves: a move that would take the deciding worker past its
+  memory budget waits (:mod:`stream.memory`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ import numpy as np
 
 from recall.config import Settings
 from recall.lsh import LSHIndex, LSHParams
+from recall.lsh.move import move_bytes
 from recall.monitor import ProbeController, SampleBudget, grown, query_recall, served_size
 from recall.store import Store
 from stream.memory import MoveGuard, child_bytes, container_budget, memory_budget
@@ -442,7 +444,7 @@ class RecallWatch:
         least = replace(index.params, L=min(index.params.L, LEAST_TABLES))
         if len(index) > self.settings.retune_items and (why := self.container.refusal(
                 child_bytes(len(index), index.dim), "the re-tune's child") or self.guard.refusal(
-                index.relayout_bytes(least), f"the least move it could propose (L={least.L})")):
+                move_bytes(index, least), f"the least move it could propose (L={least.L})")):
             self.metrics.lsh_retunes_postponed.labels("cost").inc()
             log.warning("LSH cost re-tune skipped, again in %ds: %s", REPICK_LOCK_SECONDS, why)
             return
@@ -489,7 +491,7 @@ class RecallWatch:
         refused = []
         for o in options:
             params = LSHParams.from_dict(o["params"])
-            if why := self.guard.refusal(index.relayout_bytes(params, o.get("table_delta"))):
+            if why := self.guard.refusal(move_bytes(index, params, o.get("table_delta"))):
                 refused.append(f"{params.describe()}: {why}")
                 continue
             log.info("LSH parameters: %s -> %s (cost)", index.params.describe(),
@@ -506,7 +508,7 @@ class RecallWatch:
                       table_delta: int | None = None) -> bool:
         """New parameters (``None``: tune them) as a new live version (module docstring);
         False when another worker holds the lock, the live version moved on, or the move
-        would not fit the memory budget (``table_delta``: LSHIndex.relayout_bytes's)."""
+        would not fit the memory budget (``table_delta``: recall.lsh.move.move_bytes's)."""
         self.rebuilding = True
         t0 = time.perf_counter()
         store, version = self.store, self.slot.version
@@ -518,7 +520,7 @@ class RecallWatch:
         try:
             if params is None:
                 params = await self._tuned(self.slot.index)
-            if why := self.guard.refusal(self.slot.index.relayout_bytes(params, table_delta)):
+            if why := self.guard.refusal(move_bytes(self.slot.index, params, table_delta)):
                 self.metrics.lsh_retunes_postponed.labels(reason).inc()
                 self.quiet_until = self.clock() + POSTPONED_RETRY
                 self._size_held = self._size_held or reason == "size"

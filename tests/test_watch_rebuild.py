@@ -607,9 +607,10 @@ async def test_a_repicked_version_is_served_from_the_items_in_memory_losing_no_c
         await eventually(lambda: slot.version == v2 and sorted(slot.index.ids())
                          == sorted(catalogue), 30)
         assert np.shares_memory(slot.index._vecs, vecs)  # no second vector matrix
-        # the old layout's pending buckets were folded into its table before the new
-        # table was built (their memory is not held beside it)
-        assert not served._pending and served._buckets.size
+        # the old layout's pending buckets were folded into its table before the move
+        # (their memory is not held beside the new table), and its table emptied as the
+        # items moved (recall.lsh.move: never two whole tables)
+        assert not served._pending and served._buckets.size == 0 and served.merges > 1
         assert slot.index.params == new_params
         assert slot.user == user  # the same vectors: the same user-vector settings
         fresh = LSHIndex(new_params)
