@@ -43,6 +43,8 @@ from recall.lsh.params import LSHParams
 #: +70.7 MB over the RSS before it in 5.3 s with 2M, +53.8 MB in 6.3 s with 1M, +44.4 MB
 #: in 8.2 s with 500k; the table built whole beside the old one, +123.1 MB in 8.9 s
 MOVE_ENTRIES = 1_000_000
+#: bytes of an entry's slot in a table (int32)
+_SLOT_BYTES = 4
 
 
 def slice_items(params: LSHParams, entries: int = MOVE_ENTRIES) -> int:
@@ -109,23 +111,32 @@ def move_bytes(index: LSHIndex, params: LSHParams, table_delta: int | None = Non
                entries: int = MOVE_ENTRIES) -> int:
     """Bytes :func:`move_off_loop` to ``params`` holds beside ``index`` at its peak
     (what a worker's memory guard weighs, as :meth:`LSHIndex.relayout_bytes` for a
-    relayout): the two tables' excess over the old one (``table_delta``, the new
-    table's bytes less the old one's, when known, as the tuner measures it; else from
-    the served table's bytes per entry), a slice's keys and parts (9 bytes an entry)
-    while they are merged, a part being rewritten (one merge runs at a time; 2/PARTS of
-    the larger table counted: parts are uneven) and the new index's per-slot arrays."""
+    relayout): the two tables' excess over the old one, a slice's keys and parts (9
+    bytes an entry) while they are merged, a part being rewritten (one merge runs at a
+    time; 2/PARTS of the larger table counted: parts are uneven) and the new index's
+    per-slot arrays. ``table_delta``: the new table's bytes less the old one's when known
+    (the tuner measured both on the same items), else from the served table's bytes per
+    entry.
+
+    The tables: each entry's slot (4 bytes) is in one table, or in both for a slice;
+    the rest of a table (its unique keys, offsets, directory) does not shrink in
+    proportion to its items: a table holding part of the items has at most the whole
+    one's keys, and more than that part of them (buckets fill). So with f of the items
+    moved and a slice of s in both, the two tables exceed the old one by at most 4 bytes
+    x (the new entries less the old ones gone) plus the new table's keys: largest at the
+    last slice when the new table has more entries, else at the first. (At 1M x 16 the
+    two halves' keys came to ~20 MB more than one table's: a move to the same layout
+    peaked +54 MB, of which 51 MB in the merges; this bound is ~70 MB.)"""
     old_table = index._buckets.nbytes()
     per_entry = old_table / index._buckets.size if index._buckets.size else 16.0
     if table_delta is None:
         table_delta = math.ceil(per_entry * len(index) * params.L) - old_table
     new_table = max(old_table + table_delta, 0)
-    # the share of the items a slice holds (s): before the old table drops slice i, the
-    # two hold (1 - f) old + (f + s) new tables, f moved before it; at its largest (the
-    # last slice when the new table is larger, else the first) that is one old table
-    # plus (1 - s) of the growth plus s of the new table
+    old_entries, new_entries = index._buckets.size, len(index) * params.L
     s = min(slice_items(params, entries), len(index)) / max(len(index), 1)
-    tables = (1 - s) * max(new_table - old_table, 0) + s * new_table
-    keys = s * len(index) * params.L * 9
+    new_keys = max(new_table - _SLOT_BYTES * new_entries, 0)
+    tables = _SLOT_BYTES * max(new_entries - old_entries * (1 - s), new_entries * s) + new_keys
+    keys = s * new_entries * 9
     rewrite = 2 * max(old_table, new_table) // PARTS
     cap = index._capacity
     own = cap * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT) + (cap + 63) // 64 * 8
