@@ -12,7 +12,8 @@ since this bench), ``whole`` through :meth:`LSHIndex.relayout` in a thread (befo
 Meanwhile the loop serves one-query searches at ``--rate`` per second (items' vectors
 with a little noise, k = 10); their latency and their recall@10 against exact search are
 printed for before, during and after the move, with the peak RSS over the resident
-memory before it, and one JSON line. One move per process: the peak is this move's.
+memory before it (and what the worker's memory guard estimates for that move), and one
+JSON line. One move per process: the peak is this move's.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from devtools.procinfo import loadavg
     from offline.synthetic import clustered_catalogue
     from recall.lsh import LSHIndex
-    from recall.lsh.move import MOVE_ENTRIES
+    from recall.lsh.move import MOVE_ENTRIES, move_bytes
     from recall.tuner import suggested_params
     from stream.worker import _release_load_memory, _return_big_frees, _warm_up
 
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     truth = [set(r.ids) for r in index.search(queries, 10, exact=True)]
     _release_load_memory()
     searches = Searches(queries, truth, args.rate)
+    guess = (move_bytes(index, target, None, args.slice_entries or MOVE_ENTRIES)
+             if args.how == "slices" else index.relayout_bytes(target)) / 2**20
     holder = [index]
     del index
     slice_entries = args.slice_entries or MOVE_ENTRIES
@@ -169,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     phases = searches.summary()
     print(f"move {served.describe()} -> {target.describe()} at {len(new)} items ({args.how}): "
           f"{wall:.1f} s; RSS {mem['rss_before_mb']} MB before, peak {mem['peak_mb']} MB "
-          f"(+{mem['peak_over_before_mb']} MB), {mem['rss_after_mb']} MB after", flush=True)
+          f"(+{mem['peak_over_before_mb']} MB; the memory guard's estimate +{guess:.1f} MB), "
+          f"{mem['rss_after_mb']} MB after", flush=True)
     for phase, s in phases.items():
         print(f"  searches {phase:6s}: {s['searches']:5d}, p50 / p99 {s['p50_ms']} / "
               f"{s['p99_ms']} ms, recall@10 {s['recall_at_10']}")
     print(json.dumps({"bench": "move", "how": args.how, "slice_entries": slice_entries,
                       "items": len(new), "dim": args.dim,
                       "from": served.to_dict(), "to": target.to_dict(),
-                      "wall_s": round(wall, 2), **mem, "searches": phases,
+                      "wall_s": round(wall, 2), **mem, "guard_estimate_mb": round(guess, 1),
+                      "searches": phases,
                       "loadavg_start": load_start, "loadavg_end": loadavg()}), flush=True)
     return 0
 
