@@ -9,8 +9,13 @@ import contextlib
 from recall.lsh import Hasher, LSHParams
 from recall.store import Store
 
-#: items read and written per round trip when copying a version to a new layout
-COPY_BATCH = 20_000
+#: items read and written per round trip when copying a version to a new layout. Each
+#: batch's HSCAN reply, ids, vectors, keys and HSET commands are held at once, and 20,000
+#: held them past the worker's trims: a copy of 1M x 64 peaked at +91-94 MB over the RSS
+#: before it (``python -m devtools.bench_copy``, in 5.1-6.6 s), +10-12 MB with 2,000
+#: (5.3-6.4 s), +5.7 MB with 1,000 (6.9 s). It set the worker's peak in a live cost move
+#: at 1M (628.3 MB, during the copy; the move after it stayed below)
+COPY_BATCH = 2_000
 
 
 async def copy_version(store: Store, version: int, params: LSHParams, dim: int,
