@@ -8,7 +8,8 @@ kernels (:mod:`recall.kernels`, batched over the queries of a call); ``compiled 
 runs the numpy implementation here that they are tested against (same ids, scores and
 candidate counts; equal scores rank by slot). Scores are float64 sums of the products
 of the stored (float16) item vectors and the float32 query, rounded to float32, on both
-paths.
+paths. While a move to a new layout runs (:mod:`recall.lsh.move`) a search on the old index
+reads both layouts and keeps the best k of the two (:func:`union_results`).
 """
 
 from __future__ import annotations
