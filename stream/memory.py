@@ -3,12 +3,12 @@
 
 A re-pick of the hash layout moves the items to a new bucket table a slice at a time
 (:mod:`recall.lsh.move`): beside the one served, a slice's share of the new table, the
-new table's growth when it is larger, and a part's rewrite (~40 MB at 1M x 64 to the
-same size; a table built whole beside it was +60-140 MB). A worker that re-tunes
-itself must not push its own container over its memory limit for that: an OOM kill
-loses far more than the move gains. So before a move the watch asks :class:`MoveGuard`
-whether the worker's resident memory now plus what the move holds at its peak
-(``recall.lsh.move.move_bytes``) fits the budget; when not, the move is postponed (a
+new table's growth when it is larger, and a part's rewrite (+54-58 MB measured at 1M x
+64 to a same-size layout, 73 MB estimated; a table built whole beside it was +123). A
+worker that re-tunes itself must not push its own container over its memory limit for
+that: an OOM kill loses far more than the move gains. So before a move the watch asks
+:class:`MoveGuard` whether the worker's resident memory now plus what the move holds at
+its peak (``recall.lsh.move.move_bytes``) fits the budget; when not, the move is postponed (a
 warning in the log, ``recall_lsh_retunes_postponed_total{reason}``) and tried again
 later, when items removed or a smaller layout may let it fit. A cost re-tune of a whole
 catalogue is skipped the same way when its child process (:func:`child_bytes`, ~1 GB at
