@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devtools.bench_move import _reset_peak, _status_mb
+from devtools.procinfo import reset_peak_rss, status_mb
 
 
 async def run(items: int, dim: int, batch: int, seed: int) -> dict[str, float]:
@@ -47,15 +47,15 @@ async def run(items: int, dim: int, batch: int, seed: int) -> dict[str, float]:
         del x, rows
         gc.collect()
         release_free_heap()
-        before = _status_mb("VmRSS")
-        reset = _reset_peak()
+        before = status_mb("VmRSS")
+        reset = reset_peak_rss()
         versions.COPY_BATCH = batch
         t0 = time.perf_counter()
         await versions.copy_version(store, version,
                                     LSHParams(family="simhash", dim=dim, k=18, L=16, T=4),
                                     dim, {})
         wall = time.perf_counter() - t0
-        peak = _status_mb("VmHWM")
+        peak = status_mb("VmHWM")
     finally:
         await store.r.aclose()
         redis.stop()

@@ -27,26 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from devtools.procinfo import reset_peak_rss, status_mb
+
 #: queries in the fixed set whose exact top 10 is computed once (recall@10)
 QUERIES = 512
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _reset_peak() -> bool:
-    """Reset this process's VmHWM to its RSS now (Linux 4.0+); False where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class Searches:
@@ -97,8 +81,8 @@ async def run_move(served: list[Any], params: Any, how: str, slice_entries: int,
     searches.index = index
     task = asyncio.ensure_future(searches.run(stop))
     await asyncio.sleep(seconds_around)
-    rss_before = _status_mb("VmRSS")
-    reset = _reset_peak()
+    rss_before = status_mb("VmRSS")
+    reset = reset_peak_rss()
     searches.phase = "during"
     t0 = time.perf_counter()
     if how == "slices":
@@ -109,13 +93,13 @@ async def run_move(served: list[Any], params: Any, how: str, slice_entries: int,
     wall = time.perf_counter() - t0
     searches.index, searches.phase = new, "after"
     await asyncio.to_thread(release_free_heap)
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     await asyncio.sleep(seconds_around)
     stop.set()
     await task
     return new, wall, {"rss_before_mb": round(rss_before, 1), "peak_mb": round(peak, 1),
                        "peak_over_before_mb": round(peak - rss_before, 1),
-                       "rss_after_mb": round(_status_mb("VmRSS"), 1), "peak_reset": reset}
+                       "rss_after_mb": round(status_mb("VmRSS"), 1), "peak_reset": reset}
 
 
 def main(argv: list[str] | None = None) -> int:

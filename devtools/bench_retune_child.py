@@ -24,13 +24,7 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from devtools.procinfo import status_mb
 
 
 def _where(ident: int) -> str:
@@ -54,7 +48,7 @@ def sampled_child(path: str, rows: int, target: float, current: dict[str, Any],
 
     def sample() -> None:
         while not stop.wait(every):
-            rss, where = _status_mb("VmRSS"), _where(main)
+            rss, where = status_mb("VmRSS"), _where(main)
             phase = " > ".join(where.split(" > ")[-3:])
             phases[phase] = max(phases.get(phase, 0.0), rss)
             if rss > peak[0]:
@@ -67,7 +61,7 @@ def sampled_child(path: str, rows: int, target: float, current: dict[str, Any],
     stop.set()
     thread.join()
     return {"out": out, "wall_s": round(time.perf_counter() - t0, 1),
-            "vmhwm_mb": round(_status_mb("VmHWM"), 1), "sampled_peak_mb": round(peak[0], 1),
+            "vmhwm_mb": round(status_mb("VmHWM"), 1), "sampled_peak_mb": round(peak[0], 1),
             "peak_at": peak[1], "phases": phases}
 
 

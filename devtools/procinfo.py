@@ -24,6 +24,26 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def status_mb(field: str, path: str = "/proc/self/status") -> float:
+    """A memory field of this process's status (VmRSS, VmHWM...), MiB; 0 if absent."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its RSS now (Linux 4.0+), so the next peak read is
+    of what follows; False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_mb() -> float:
     """Resident memory of this process now, MiB."""
     try:
