@@ -133,16 +133,20 @@ def test_the_union_ranks_as_one_search_and_keeps_an_item_once() -> None:
     assert second.ids == ["d"] and second.candidates == 2
 
 
-def test_move_bytes_is_far_below_a_whole_builds_estimate() -> None:
+def test_move_bytes_counts_a_slice_not_a_second_table() -> None:
     """What the guard weighs for a move in slices: the new table's growth, its
-    per-slot arrays and a slice, not a second table (``relayout_bytes``)."""
+    per-slot arrays and a slice, not a second whole table (``relayout_bytes``): below
+    a whole build's estimate with slices of an eighth of the items, and growing with the
+    slice."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(100_000, 16)).astype(np.float32)
+    x = rng.normal(size=(300_000, 16)).astype(np.float32)
     index = LSHIndex(LSHParams(dim=16, k=6, L=8, w=1.25, T=2))
     index.stage([f"i{i}" for i in range(len(x))], x)
     index.build()
     same = LSHParams(dim=16, k=6, L=8, w=1.25, T=2, seed=7)
     table = index._buckets.nbytes()
-    assert move_bytes(index, same, entries=100_000) < 0.5 * index.relayout_bytes(same)
+    small, large = (move_bytes(index, same, entries=e) for e in (300_000, 2_400_000))
+    assert small < index.relayout_bytes(same)
+    assert large - small >= 0.5 * table * (2_400_000 - 300_000) / (len(x) * 8)
     bigger = LSHParams(dim=16, k=6, L=16, w=1.25, T=2)
-    assert move_bytes(index, bigger, entries=100_000) > table  # its growth: one table
+    assert move_bytes(index, bigger, entries=300_000) > table  # its growth: one table

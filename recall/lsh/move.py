@@ -45,6 +45,11 @@ from recall.lsh.params import LSHParams
 MOVE_ENTRIES = 1_000_000
 #: bytes of an entry's slot in a table (int32)
 _SLOT_BYTES = 4
+#: the merges' scratch below the mmap threshold (their parts' keys and slots, sorts),
+#: kept by malloc's arenas until the trim after the move: a move of 50,000 items in one
+#: slice peaked 7.7-7.8 MB above the whole build of the same table (+21.5-21.6 against
+#: +13.8-13.9 MB, ``python -m devtools.bench_move --items 50000``, two runs each)
+_SCRATCH_BYTES = 12 * 2**20
 
 
 def slice_items(params: LSHParams, entries: int = MOVE_ENTRIES) -> int:
@@ -113,10 +118,10 @@ def move_bytes(index: LSHIndex, params: LSHParams, table_delta: int | None = Non
     (what a worker's memory guard weighs, as :meth:`LSHIndex.relayout_bytes` for a
     relayout): the two tables' excess over the old one, a slice's keys and parts (9
     bytes an entry) while they are merged, a part being rewritten (one merge runs at a
-    time; 2/PARTS of the larger table counted: parts are uneven) and the new index's
-    per-slot arrays. ``table_delta``: the new table's bytes less the old one's when known
-    (the tuner measured both on the same items), else from the served table's bytes per
-    entry.
+    time; 2/PARTS of the larger table counted: parts are uneven), the new index's
+    per-slot arrays and the merges' scratch (:data:`_SCRATCH_BYTES`). ``table_delta``:
+    the new table's bytes less the old one's when known (the tuner measured both on the
+    same items), else from the served table's bytes per entry.
 
     The tables: each entry's slot (4 bytes) is in one table, or in both for a slice;
     the rest of a table (its unique keys, offsets, directory) does not shrink in
@@ -140,4 +145,4 @@ def move_bytes(index: LSHIndex, params: LSHParams, table_delta: int | None = Non
     rewrite = 2 * max(old_table, new_table) // PARTS
     cap = index._capacity
     own = cap * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT) + (cap + 63) // 64 * 8
-    return math.ceil(tables + keys + rewrite + own)
+    return math.ceil(tables + keys + rewrite + own + _SCRATCH_BYTES)
