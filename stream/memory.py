@@ -4,7 +4,7 @@
 A re-pick of the hash layout moves the items to a new bucket table a slice at a time
 (:mod:`recall.lsh.move`): beside the one served, a slice's share of the new table, the
 new table's growth when it is larger, and a part's rewrite (+54-58 MB measured at 1M x
-64 to a same-size layout, 73 MB estimated; a table built whole beside it was +123). A
+64 to a same-size layout, 85 MB estimated; a table built whole beside it was +123). A
 worker that re-tunes itself must not push its own container over its memory limit for
 that: an OOM kill loses far more than the move gains. So before a move the watch asks
 :class:`MoveGuard` whether the worker's resident memory now plus what the move holds at
