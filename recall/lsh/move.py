@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from recall.lsh.buckets import PARTS
-from recall.lsh.index import _BUILD_BLOCK, _OWN_PER_SLOT, LSHIndex, _MergeJob
+from recall.lsh.index import _OWN_PER_SLOT, LSHIndex, _MergeJob
 from recall.lsh.params import LSHParams
 
 #: table entries (items x L) moved per slice: its keys (8 bytes an entry) and parts (1)
@@ -105,10 +105,7 @@ def _put_back(old: LSHIndex) -> None:
     high = old._high
     back = np.flatnonzero(old._alive[:high] & ~old._in_main[:high])
     if len(back):
-        keys = np.empty((len(back), old.params.L), dtype=np.int64)
-        for i in range(0, len(back), _BUILD_BLOCK):
-            keys[i:i + _BUILD_BLOCK] = old.hasher.keys(old._vecs[back[i:i + _BUILD_BLOCK]])
-        old._merge_now(back, keys)
+        old._run_merge(_index_job(back, old.params))
     old._successor = None
 
 
