@@ -384,27 +384,27 @@ class LSHIndex(SearchMixin):
         return new
 
     def relayout_bytes(self, params: LSHParams, table_delta: int | None = None) -> int:
-        """Bytes :meth:`relayout` to ``params`` holds beside this index at its peak (what a
-        worker's memory guard weighs before a move): the new bucket table, its per-slot
-        arrays and :meth:`build`'s transient (a range's keys: 8 bytes an entry, at most
-        ``_BUILD_RANGE`` of them or one byte an entry of the whole table; the cells'
-        offsets and a range's running copy, 2 x 4 bytes a cell; a block's hashing).
-        ``table_delta``: the new table's bytes less this one's when known (the tuner built
-        both layouts on the same items: their index arrays differ by the tables alone);
-        else this table's bytes per entry at the new entry count, or 16 (a key, an offset
-        and a slot per entry) with no table."""
+        """Bytes :meth:`relayout` to ``params`` holds beside this index at its peak: the
+        new bucket table, its per-slot arrays and :meth:`build`'s transient (a range's
+        keys: 8 bytes an entry, at most ``_BUILD_RANGE`` of them or one byte an entry of
+        the whole table; the cells' offsets and a range's running copy, 2 x 4 bytes a
+        cell; a block's hashing). ``table_delta``: the new table's bytes less this one's
+        when known (the tuner built both layouts on the same items); else this table's
+        bytes per entry at the new entry count, or 16 (a key, an offset, a slot) with none."""
         entries = len(self) * params.L
-        if table_delta is not None:
-            table_bytes = self._buckets.nbytes() + table_delta
-        else:
-            per_entry = (self._buckets.nbytes() / self._buckets.size if self._buckets.size
-                         else 16.0)
-            table_bytes = math.ceil(per_entry * entries)
-        own = self._capacity * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT)
         bits = cell_bits(entries)
         transient = (max(8 * min(entries, _BUILD_RANGE), entries) + 8 * (2**bits + PARTS)
                      + 8 * _BUILD_BLOCK * (params.L * params.k + 2 * params.dim))
-        return int(table_bytes + own + (self._capacity + 63) // 64 * 8 + transient)
+        return int(sum(self._heir_bytes(params, table_delta)) + transient)
+
+    def _heir_bytes(self, params: LSHParams, table_delta: int | None) -> tuple[int, int]:
+        """(table, per-slot arrays): the bytes of an index over these items with ``params``
+        (:meth:`_heir`) once its table is built, as :meth:`relayout_bytes` says."""
+        per_entry = self._buckets.nbytes() / self._buckets.size if self._buckets.size else 16
+        table = (self._buckets.nbytes() + table_delta if table_delta is not None
+                 else math.ceil(per_entry * len(self) * params.L))
+        own = sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT)
+        return table, self._capacity * own + (self._capacity + 63) // 64 * 8
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; returns how many were present. Unknown ids are ignored."""

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from recall.lsh.buckets import PARTS
-from recall.lsh.index import _OWN_PER_SLOT, LSHIndex, _MergeJob
+from recall.lsh.index import LSHIndex, _MergeJob
 from recall.lsh.params import LSHParams
 
 #: table entries (items x L) moved per slice: its keys (8 bytes an entry) and parts (1)
@@ -130,16 +130,12 @@ def move_bytes(index: LSHIndex, params: LSHParams, table_delta: int | None = Non
     two halves' keys came to ~20 MB more than one table's: a move to the same layout
     peaked +54 MB, of which 51 MB in the merges; this bound is ~70 MB.)"""
     old_table = index._buckets.nbytes()
-    per_entry = old_table / index._buckets.size if index._buckets.size else 16.0
-    if table_delta is None:
-        table_delta = math.ceil(per_entry * len(index) * params.L) - old_table
-    new_table = max(old_table + table_delta, 0)
+    new_table, own = index._heir_bytes(params, table_delta)
+    new_table = max(new_table, 0)
     old_entries, new_entries = index._buckets.size, len(index) * params.L
     s = min(slice_items(params, entries), len(index)) / max(len(index), 1)
     new_keys = max(new_table - _SLOT_BYTES * new_entries, 0)
     tables = _SLOT_BYTES * max(new_entries - old_entries * (1 - s), new_entries * s) + new_keys
     keys = s * new_entries * 9
     rewrite = 2 * max(old_table, new_table) // PARTS
-    cap = index._capacity
-    own = cap * sum(np.dtype(d).itemsize for _, d in _OWN_PER_SLOT) + (cap + 63) // 64 * 8
     return math.ceil(tables + keys + rewrite + own + _SCRATCH_BYTES)
