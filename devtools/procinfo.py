@@ -24,13 +24,21 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def status_mb(field: str, path: str = "/proc/self/status") -> float:
+def status_bytes(names: tuple[str, ...], pid: int | str = "self") -> dict[str, int]:
+    """Memory fields (VmHWM, VmRSS, RssAnon...) of a process's /proc status, in bytes;
+    {} once it is gone."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in names:
+                out[name] = int(rest.split()[0]) * 1024
+    return out
+
+
+def status_mb(field: str) -> float:
     """A memory field of this process's status (VmRSS, VmHWM...), MiB; 0 if absent."""
-    with open(path) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return status_bytes((field,)).get(field, 0) / 2**20
 
 
 def reset_peak_rss() -> bool:
@@ -82,12 +90,6 @@ class RssWatch:
     def status(self) -> dict[str, int]:
         """VmHWM (peak), VmRSS, RssAnon (heap, arrays) and RssFile (mapped files such as
         shared libraries: clean pages the kernel can drop) in bytes; {} once gone."""
-        out: dict[str, int] = {}
         if self.pid is None:
-            return out
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                name, _, rest = line.partition(":")
-                if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                    out[name] = int(rest.split()[0]) * 1024
-        return out
+            return {}
+        return status_bytes(("VmHWM", "VmRSS", "RssAnon", "RssFile"), self.pid)
