@@ -26,8 +26,9 @@ from devtools.procinfo import reset_peak_rss, status_mb
 
 async def run(items: int, dim: int, batch: int, seed: int) -> dict[str, float]:
     from devtools.localstack import start_redis
+    from offline.load import load_index
     from offline.synthetic import clustered_catalogue
-    from recall.lsh import Hasher, LSHParams
+    from recall.lsh import LSHParams
     from recall.store import Store
     from stream import versions
     from stream.items import release_free_heap
@@ -37,14 +38,10 @@ async def run(items: int, dim: int, batch: int, seed: int) -> dict[str, float]:
     store = Store.from_url(f"redis://127.0.0.1:{redis.port}/0")
     try:
         served = LSHParams(dim=dim, k=10, L=16, w=1.25, T=14)
-        version = await store.create_version(served.to_dict(), dim)
         x, _ = clustered_catalogue(items, dim, seed=seed)
-        hasher = Hasher(served)
-        for a in range(0, items, 20_000):
-            rows = x[a:a + 20_000]
-            await store.upsert_items(version, [f"i{i}" for i in range(a, a + len(rows))],
-                                     rows, hasher.keys(rows))
-        del x, rows
+        version, _ = await load_index(store, [f"i{i}" for i in range(items)], x, served,
+                                      batch=20_000, progress=False)
+        del x
         gc.collect()
         release_free_heap()
         before = status_mb("VmRSS")
