@@ -105,9 +105,8 @@ async def run_move(served: list[Any], params: Any, how: str, slice_entries: int,
 def main(argv: list[str] | None = None) -> int:
     from devtools.procinfo import loadavg
     from offline.synthetic import clustered_catalogue
-    from recall.lsh import LSHIndex
     from recall.lsh.move import MOVE_ENTRIES, move_bytes
-    from recall.tuner import suggested_params
+    from recall.tuner import bulk_index, suggested_params
     from stream.worker import _release_load_memory, _return_big_frees, _warm_up
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -132,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     served = replace(suggested_params(args.from_items or args.items * 3 // 4, args.dim),
                      T=args.probes)
     target = replace(suggested_params(args.items, args.dim), T=args.probes, seed=7)
-    index = LSHIndex(served, merge="deferred")
-    index.reserve(len(x))
-    for a in range(0, len(x), 65_536):
-        index.stage([f"i{i}" for i in range(a, min(a + 65_536, len(x)))], x[a:a + 65_536])
-    index.build()
+    index = bulk_index(served, x)
     rng = np.random.default_rng(1)
     rows = rng.choice(len(x), QUERIES, replace=False)
     queries = x[rows] + 0.3 * rng.normal(size=(QUERIES, args.dim)).astype(np.float32) / (

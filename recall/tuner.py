@@ -207,7 +207,7 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return _normalize_blocks(vectors)
 
 
-def _index(params: LSHParams, x: np.ndarray) -> LSHIndex:
+def bulk_index(params: LSHParams, x: np.ndarray) -> LSHIndex:
     """An index of every row of x (ids "0", "1", ...), built in one bulk pass (~5 s at
     1M x 64), staged 65,536 rows at a time: staged at once, stage()'s normalised copy
     (244 MB at 1M x 64) and 1M id strs (~65 MB) were the cost re-tune child's peak."""
@@ -247,7 +247,7 @@ def _walk(layouts: Sequence[tuple[str, int, int, float]], x: np.ndarray, q: np.n
     bar = tqdm(layouts, desc=desc, unit="layout", disable=not progress)
     for family, kk, L, w in bar:
         bar.set_postfix_str(f"{family} k={kk} L={L} w={w:g}")
-        index = _index(LSHParams(family=family, dim=x.shape[1], k=kk, L=L, w=w, T=1,
+        index = bulk_index(LSHParams(family=family, dim=x.shape[1], k=kk, L=L, w=w, T=1,
                                  seed=seed), x)
         trials.extend(_ramp(index, votes, q, truth, k, target))
         if (family, kk, L, w) == base:
@@ -271,7 +271,7 @@ def _layout_bytes(params: LSHParams, x: np.ndarray, trials: Sequence[Trial]) -> 
         p = t.params
         if (p.family, p.k, p.L, p.w) == shape and t.items == len(x):
             return t.nbytes
-    return _index(params, x).nbytes()
+    return bulk_index(params, x).nbytes()
 
 
 def _full_size_layouts(trials: Sequence[Trial], target: float, items: int, n: int,
@@ -330,7 +330,7 @@ def _confirmed(finalists: Sequence[Trial], x: np.ndarray, q: np.ndarray, k: int,
     last: LSHIndex | None = None
     for t in finalists:  # one index per shape, each over the last one's arrays
         if shape_of(t.params) not in indexes:
-            last = (_index(t.params, x) if last is None
+            last = (bulk_index(t.params, x) if last is None
                     else last.relayout(t.params))
             indexes[shape_of(t.params)] = last
     times = alternated_ms([(indexes[shape_of(t.params)], t.params) for t in finalists],
@@ -417,7 +417,7 @@ def tune(
         trials, judged_on = trials + judged, full
         judged_queries = len(q)
     if baseline is None:  # the simple strong baseline, on the same queries
-        baseline = _baseline(_index(default, judged_on), default, q, truth, k)
+        baseline = _baseline(bulk_index(default, judged_on), default, q, truth, k)
     if default.family in families:
         # the default as shipped (its probes are on no ramp) competes on the same footing:
         # same items and queries, same timing, same rule. Left out, a quiet 1M run chose

@@ -212,7 +212,7 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
     from recall.tuner import (
-        _index,
+        bulk_index,
         confirmed_move,
         move_candidates,
         shape_of,
@@ -235,7 +235,7 @@ def tune_cheaper_whole(path: str, rows: int, target: float, current: dict[str, A
     # 64): the alternated passes search the index's own vectors, the proposals' tables
     # built over them, and the child's peak was made there, the matrix beside the tables
     base, picks, _ = move_candidates(result, mine)
-    served = _index(base.params, vectors) if base is not None and picks else None
+    served = bulk_index(base.params, vectors) if base is not None and picks else None
     del vectors, some
     moves, why, ratios = confirmed_move(result, mine, served, queries)
     served = layout_bytes(result, mine)

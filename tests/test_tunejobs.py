@@ -52,14 +52,14 @@ def test_the_move_reports_its_table_over_the_served_one() -> None:
     is their bucket tables' alone: what a move adds beside the served table."""
     from types import SimpleNamespace
 
-    from recall.tuner import _index, shape_of
+    from recall.tuner import bulk_index, shape_of
     from stream.tunejobs import layout_bytes
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     a, b = LSHParams(dim=8, k=4, L=8, w=1.25), LSHParams(family="simhash", dim=8, k=9, L=4)
-    ia, ib = _index(a, x), _index(b, x)
+    ia, ib = bulk_index(a, x), bulk_index(b, x)
     trials = [SimpleNamespace(params=a, items=3000, nbytes=ia.nbytes()),
               SimpleNamespace(params=b, items=3000, nbytes=ib.nbytes()),
               SimpleNamespace(params=b, items=500, nbytes=1)]  # a sample's: not it
